@@ -1,0 +1,56 @@
+// The Llama family (Llama 2/3/3.x, Mistral, Qwen2, SmolLM) as one sequence of ops.
+// Differences between variants are config: biases, rope scaling, sliding window, tied embeddings.
+#pragma once
+#include <vector>
+
+#include "engine/model_config.h"
+#include "engine/tensor.h"
+#include "engine/weights.h"
+
+namespace stem {
+
+// The paged KV cache as the model sees it: per layer, K and V pages f32 [P, page_size, Hkv, D].
+struct KvLayers {
+  std::vector<TensorView> k, v;
+};
+
+// One forward step over S sequences: each contributes a run of consecutive new tokens
+// (a prompt chunk, or one decode token). Host-side metadata, built by the engine.
+struct ForwardBatch {
+  std::vector<int32_t> tokens;       // [T]
+  std::vector<int32_t> positions;    // [T]
+  std::vector<int32_t> slots;        // [T] page * page_size + offset, where each token's K/V goes
+  std::vector<int32_t> query_start;  // [S+1] seq s owns rows [query_start[s], query_start[s+1])
+  std::vector<int32_t> kv_lens;      // [S] cached tokens of seq s after this step
+  std::vector<int32_t> page_table;   // [S * max_pages]
+  int32_t max_pages = 0;
+  std::vector<int32_t> logit_rows;   // rows whose logits are wanted (e.g. the last of each seq)
+
+  int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
+  int64_t num_seqs() const { return static_cast<int64_t>(kv_lens.size()); }
+  void validate(int64_t vocab_size) const;
+};
+
+struct LlamaLayer {
+  Tensor input_norm, post_norm;
+  Tensor wq, wk, wv, wo, bq, bk, bv, bo;
+  Tensor w_gate, w_up, w_down, b_gate, b_up, b_down;
+};
+
+class LlamaModel {
+ public:
+  // Loads and checks every tensor the config implies; the error names the file and tensor.
+  LlamaModel(const ModelConfig& config, const WeightStore& weights);
+
+  const ModelConfig& config() const { return config_; }
+  // logits: f32 [batch.logit_rows.size(), vocab], resized as needed.
+  void forward(const ForwardBatch& batch, const KvLayers& kv, Tensor& logits) const;
+
+ private:
+  ModelConfig config_;
+  Tensor embed_, final_norm_, lm_head_;  // lm_head_ empty when tied to embed_
+  std::vector<LlamaLayer> layers_;
+  Tensor inv_freq_;
+};
+
+}  // namespace stem

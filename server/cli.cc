@@ -1,0 +1,126 @@
+#include "server/cli.h"
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "engine/engine.h"
+#include "engine/tokenizer.h"
+
+namespace stem {
+
+namespace {
+
+struct GenerateArgs {
+  std::string model;
+  std::string prompt;
+  bool chat = false;
+  std::string system;
+  SamplingParams sampling;
+  StopConditions stop;
+  int64_t seed = -1;
+  bool show_logprobs = false;
+  int64_t max_model_len = 0;
+};
+
+void add_sampling_flags(CLI::App* cmd, GenerateArgs& a) {
+  cmd->add_option("--temperature", a.sampling.temperature, "Sampling temperature; 0 is greedy")
+      ->envname("STEMSERVE_TEMPERATURE")->capture_default_str();
+  cmd->add_option("--top-k", a.sampling.top_k, "Keep the k most likely tokens; 0 is off")->envname("STEMSERVE_TOP_K");
+  cmd->add_option("--top-p", a.sampling.top_p, "Nucleus sampling mass; 1 is off")->envname("STEMSERVE_TOP_P");
+  cmd->add_option("--min-p", a.sampling.min_p, "Drop tokens below min_p times the top probability")
+      ->envname("STEMSERVE_MIN_P");
+  cmd->add_option("--repetition-penalty", a.sampling.repetition_penalty, "Penalty on tokens already seen; 1 is off")
+      ->envname("STEMSERVE_REPETITION_PENALTY");
+  cmd->add_option("--presence-penalty", a.sampling.presence_penalty, "OpenAI presence penalty")
+      ->envname("STEMSERVE_PRESENCE_PENALTY");
+  cmd->add_option("--frequency-penalty", a.sampling.frequency_penalty, "OpenAI frequency penalty")
+      ->envname("STEMSERVE_FREQUENCY_PENALTY");
+  cmd->add_option("--seed", a.seed, "Seed for sampling; the same seed gives the same tokens")->envname("STEMSERVE_SEED");
+  cmd->add_option("--max-tokens", a.stop.max_tokens, "Most tokens to generate")
+      ->envname("STEMSERVE_MAX_TOKENS")->capture_default_str();
+  cmd->add_option("--stop", a.stop.stop, "Stop string (repeatable)")->envname("STEMSERVE_STOP");
+  cmd->add_option("--stop-token-id", a.stop.stop_token_ids, "Stop token id (repeatable)")
+      ->envname("STEMSERVE_STOP_TOKEN_ID");
+  cmd->add_flag("--ignore-eos", a.stop.ignore_eos, "Keep generating past the end-of-sequence token")
+      ->envname("STEMSERVE_IGNORE_EOS");
+  cmd->add_option("--logprobs", a.sampling.top_logprobs, "Print the n most likely tokens at each step (0-20)")
+      ->envname("STEMSERVE_LOGPROBS");
+}
+
+int run_generate(const GenerateArgs& a) {
+  EngineOptions opts;
+  opts.max_model_len = a.max_model_len;
+  Engine engine(a.model, opts);
+  std::string text = a.prompt;
+  if (a.chat) {
+    nlohmann::json messages = nlohmann::json::array();
+    if (!a.system.empty()) messages.push_back({{"role", "system"}, {"content", a.system}});
+    messages.push_back({{"role", "user"}, {"content", a.prompt}});
+    text = engine.apply_chat_template(messages.dump(), true);
+  }
+  GenerateRequest req;
+  // A chat template writes its own BOS; a raw prompt gets the tokenizer's special tokens.
+  req.prompt = engine.tokenizer().encode(text, !a.chat);
+  req.sampling = a.sampling;
+  if (a.seed >= 0) req.sampling.seed = static_cast<uint64_t>(a.seed);
+  req.sampling.logprobs = a.sampling.top_logprobs > 0;
+  req.stop = a.stop;
+  const Tokenizer& tok = engine.tokenizer();
+  GenerateResult r = engine.generate(req, [&](const TokenEvent& e) {
+    std::fwrite(e.text.data(), 1, e.text.size(), stdout);
+    std::fflush(stdout);
+    if (a.sampling.top_logprobs > 0) {
+      nlohmann::json alts = nlohmann::json::array();
+      for (const auto& t : e.sample.top) alts.push_back({{"token", tok.id_to_token(t.id)}, {"logprob", t.logprob}});
+      std::cerr << nlohmann::json{{"token", tok.id_to_token(e.token)}, {"logprob", e.sample.logprob}, {"top", alts}}.dump()
+                << "\n";
+    }
+  });
+  std::fwrite("\n", 1, 1, stdout);
+  spdlog::info("finish_reason={} prompt_tokens={} completion_tokens={}", finish_reason_name(r.finish), r.prompt_tokens,
+               r.tokens.size());
+  return 0;
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  auto logger = spdlog::stderr_color_mt("stemserve");
+  spdlog::set_default_logger(logger);
+  CLI::App app{"stemserve: a Llama-family inference server with Stem sparse prefill"};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->envname("STEMSERVE_LOG_LEVEL");
+
+  GenerateArgs gen;
+  CLI::App* g = app.add_subcommand("generate", "Generate a completion for one prompt and stream it to stdout");
+  g->add_option("--model", gen.model, "Hugging Face model folder (config.json, model.safetensors, tokenizer)")
+      ->required()->envname("STEMSERVE_MODEL");
+  g->add_option("--prompt", gen.prompt, "The prompt text")->required();
+  g->add_flag("--chat", gen.chat, "Wrap the prompt as a user message in the model's chat template");
+  g->add_option("--system", gen.system, "System message (with --chat)");
+  g->add_option("--max-model-len", gen.max_model_len, "Context length (default: the model's)")
+      ->envname("STEMSERVE_MAX_MODEL_LEN");
+  add_sampling_flags(g, gen);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  try {
+    if (app.got_subcommand(g)) return run_generate(gen);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace stem

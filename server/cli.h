@@ -1,0 +1,10 @@
+// The stemserve command line: `stemserve generate ...` (and, later, `stemserve serve ...`).
+#pragma once
+
+namespace stem {
+
+// Parses argv, runs the chosen subcommand, returns the process exit code. Errors are
+// reported on stderr as one line; nothing escapes as an exception.
+int run_cli(int argc, char** argv);
+
+}  // namespace stem
