@@ -3,7 +3,6 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -51,26 +50,15 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& options)
   eos_ids_ = config_.eos_token_ids;
   if (options.load_tokenizer) {
     tokenizer_ = load_tokenizer(model_dir);
-    for (int32_t id : tokenizer_->eos_token_ids())
+    // The tokenizer's EOS ids include generation_config.json's (Llama 3 names several).
+    for (int32_t id : tokenizer_->eos_ids())
       if (std::find(eos_ids_.begin(), eos_ids_.end(), id) == eos_ids_.end()) eos_ids_.push_back(id);
-    if (fs::exists(model_dir / "tokenizer_config.json")) chat_template_ = load_chat_template(model_dir);
-  }
-  // generation_config.json may name more EOS ids (Llama 3 does).
-  if (std::ifstream in(model_dir / "generation_config.json"); in) {
     try {
-      auto j = nlohmann::json::parse(in);
-      if (j.contains("eos_token_id")) {
-        auto add = [&](const nlohmann::json& v) {
-          if (v.is_number_integer() && std::find(eos_ids_.begin(), eos_ids_.end(), v.get<int32_t>()) == eos_ids_.end())
-            eos_ids_.push_back(v.get<int32_t>());
-        };
-        if (j["eos_token_id"].is_array())
-          for (const auto& v : j["eos_token_id"]) add(v);
-        else
-          add(j["eos_token_id"]);
-      }
-    } catch (const nlohmann::json::parse_error& e) {
-      throw Error((model_dir / "generation_config.json").string() + ": not valid JSON: " + e.what());
+      chat_template_ = std::make_unique<ModelChatTemplate>(load_chat_template(model_dir));
+    } catch (const ChatTemplateError&) {
+      throw;  // a template that does not parse is a broken model folder
+    } catch (const Error& e) {
+      spdlog::warn("no chat template: {}", e.what());
     }
   }
   spdlog::info("loaded {} ({}, {} layers, hidden {}, {} q / {} kv heads, vocab {}), KV cache {} pages of {} tokens",
@@ -88,13 +76,16 @@ const Tokenizer& Engine::tokenizer() const {
 
 std::string Engine::apply_chat_template(const std::string& messages_json, bool add_generation_prompt) const {
   if (!chat_template_) throw Error(model_dir_.string() + ": the model has no chat template");
-  nlohmann::json messages;
+  nlohmann::ordered_json messages;
   try {
-    messages = nlohmann::json::parse(messages_json);
+    messages = nlohmann::ordered_json::parse(messages_json);
   } catch (const nlohmann::json::parse_error& e) {
     throw Error(std::string("messages are not valid JSON: ") + e.what());
   }
-  return chat_template_->render(messages, add_generation_prompt);
+  ChatTemplateInputs in;
+  in.messages = std::move(messages);
+  in.add_generation_prompt = add_generation_prompt;
+  return chat_template_->render(in);
 }
 
 void Engine::step(const std::vector<int32_t>& tokens, int64_t start_pos, std::vector<int32_t>& pages, Tensor& logits,
@@ -175,7 +166,7 @@ GenerateResult Engine::generate(const GenerateRequest& req, const StreamSink& si
   if (max_new > 0) prefill(req.prompt, pages, logits, false);
   Sampler sampler(req.sampling, splitmix64(seed_state_));
   std::unique_ptr<IncrementalDetokenizer> detok;
-  if (tokenizer_) detok = std::make_unique<IncrementalDetokenizer>(*tokenizer_, req.prompt);
+  if (tokenizer_) detok = std::make_unique<IncrementalDetokenizer>(*tokenizer_);
   StopChecker stopper(req.stop.stop);
 
   auto emit = [&](int32_t token, std::string text, const SampleResult& s) {

@@ -18,7 +18,7 @@
 namespace stem {
 
 class Tokenizer;
-class ChatTemplate;
+class ModelChatTemplate;
 
 struct EngineOptions {
   int32_t page_size = 16;
@@ -74,7 +74,7 @@ class Engine {
   int64_t max_model_len() const { return max_model_len_; }
   const Tokenizer& tokenizer() const;  // throws if the model folder has none
   bool has_tokenizer() const { return tokenizer_ != nullptr; }
-  const ChatTemplate* chat_template() const { return chat_template_.get(); }
+  const ModelChatTemplate* chat_template() const { return chat_template_.get(); }
   const std::vector<int32_t>& eos_token_ids() const { return eos_ids_; }
 
   // Renders messages (a JSON array of {role, content}) with the model's chat template.
@@ -97,7 +97,7 @@ class Engine {
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<KvCache> kv_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  std::unique_ptr<ChatTemplate> chat_template_;
+  std::unique_ptr<ModelChatTemplate> chat_template_;
   std::vector<int32_t> eos_ids_;
   uint64_t seed_state_;
 };
