@@ -283,6 +283,11 @@ const std::unordered_map<std::string_view, Filter>& filters() {
          BoundArgs b(a, "default", {"default_value", "boolean"});
          return v.is_undefined() || (b.bool_or(1, false) && !v.truthy()) ? b.get_or(0, Value::string("")) : v;
        }},
+      {"d",
+       [](const Value& v, const CallArgs& a) {
+         BoundArgs b(a, "d", {"default_value", "boolean"});
+         return v.is_undefined() || (b.bool_or(1, false) && !v.truthy()) ? b.get_or(0, Value::string("")) : v;
+       }},
       {"dictsort", do_dictsort},
       {"escape", do_escape},
       {"e", do_escape},

@@ -183,7 +183,9 @@ Value dict_method(const Value& d, const std::string& name) {
       BoundArgs(a, "items", {});
       ValueList out;
       for (const auto& [k, v] : *dict) out.push_back(Value::make_tuple({Value::string(k), v}));
-      return Value::make_list(std::move(out));
+      Value view = Value::make_list(std::move(out));
+      view.view_name = "dict_items";
+      return view;
     });
   }
   if (name == "keys" || name == "values") {
@@ -192,7 +194,9 @@ Value dict_method(const Value& d, const std::string& name) {
       BoundArgs(a, keys ? "keys" : "values", {});
       ValueList out;
       for (const auto& [k, v] : *dict) out.push_back(keys ? Value::string(k) : v);
-      return Value::make_list(std::move(out));
+      Value view = Value::make_list(std::move(out));
+      view.view_name = keys ? "dict_keys" : "dict_values";
+      return view;
     });
   }
   if (name == "get") {
@@ -276,6 +280,9 @@ Value builtin_global(const std::string& name, const TimeSource& now) {
       size_t n = fmt.empty() ? 0 : std::strftime(buf.data(), buf.size(), fmt.c_str(), &tm);
       return Value::string(std::string(buf.data(), n));
     });
+  }
+  if (name == "lipsum" || name == "cycler" || name == "joiner") {  // jinja2 defines them; we do not run them
+    return Value::make_function(name, [name](const CallArgs&) -> Value { fail(name + "() is not supported"); });
   }
   return Value::undefined("'" + name + "' is undefined");
 }

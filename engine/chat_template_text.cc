@@ -209,6 +209,12 @@ int64_t find(std::string_view s, std::string_view sub, bool from_right) {
 
 // ---- case mapping -------------------------------------------------------------------------------
 
+static char32_t lower_cp(char32_t c);
+static char32_t upper_cp(char32_t c);
+bool is_cased_lower(char32_t c) { return upper_cp(c) != c || c == 0xDF; }
+bool is_cased_upper(char32_t c) { return lower_cp(c) != c; }
+static bool is_cased(char32_t c) { return is_cased_lower(c) || is_cased_upper(c); }
+
 static char32_t lower_cp(char32_t c) {
   if (c < 0x80) return (c >= 'A' && c <= 'Z') ? c + 32 : c;
   if ((c >= 0xC0 && c <= 0xDE && c != 0xD7)) return c + 32;
@@ -244,9 +250,6 @@ static char32_t upper_cp(char32_t c) {
   return c;
 }
 
-bool is_cased_lower(char32_t c) { return upper_cp(c) != c || c == 0xDF; }
-bool is_cased_upper(char32_t c) { return lower_cp(c) != c; }
-static bool is_cased(char32_t c) { return is_cased_lower(c) || is_cased_upper(c); }
 
 static void append_upper(std::string& out, char32_t c) {
   if (c == 0xDF) {
@@ -263,8 +266,13 @@ std::string upper(std::string_view s) {
 }
 
 std::string lower(std::string_view s) {
+  std::u32string cps = decode(s);
   std::string out;
-  for (char32_t c : decode(s)) append_utf8(out, lower_cp(c));
+  for (size_t k = 0; k < cps.size(); ++k) {
+    // Python's Final_Sigma rule: a capital sigma ending a word lowers to 'ς'
+    bool final_sigma = cps[k] == 0x3A3 && k > 0 && is_cased(cps[k - 1]) && (k + 1 == cps.size() || !is_cased(cps[k + 1]));
+    append_utf8(out, final_sigma ? 0x3C2 : lower_cp(cps[k]));
+  }
   return out;
 }
 

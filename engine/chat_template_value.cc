@@ -252,7 +252,8 @@ std::string to_str(const Value& v) {
         out += to_repr((*v.list)[k]);
       }
       if (tuple && v.list->size() == 1) out += ",";
-      return out + (tuple ? ")" : "]");
+      out += tuple ? ")" : "]";
+      return v.view_name ? std::string(v.view_name) + "(" + out + ")" : out;
     }
     case Kind::Dict: {
       std::string out = "{";

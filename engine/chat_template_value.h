@@ -50,6 +50,7 @@ struct Value {
   std::shared_ptr<const ValueDict> dict;
   std::shared_ptr<NamespaceObj> ns;
   std::shared_ptr<const FunctionObj> fn;
+  const char* view_name = nullptr;  // "dict_items" etc.: a list that Python prints as a dict view
 
   static Value undefined(std::string reason);
   static Value none();

@@ -1,6 +1,7 @@
 // Replays every case that tests/fixtures/make_chat_template_fixtures.py rendered with Python's
 // jinja2 (configured as transformers does) and requires the same bytes, or the same error.
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "engine/chat_template.h"
@@ -83,6 +84,42 @@ void replay(const std::string& name) {
 }
 
 }  // namespace
+
+// One Jinja feature per probe (feature_probes.json), each rendered by Python into features.json.
+TEST_CASE("chat template features match jinja2 probe by probe") {
+  const std::string dir = std::string(STEM_FIXTURES_DIR) + "/chat_templates/";
+  auto fixture = nlohmann::ordered_json::parse(read_text(dir + "features.json"));
+  const auto& context = fixture["context"];
+  size_t checked = 0;
+  for (const auto& c : fixture["cases"]) {
+    const std::string source = c["template"].get<std::string>();
+    INFO("template: " << source);
+    ++checked;
+    std::optional<ChatTemplate> tmpl;
+    try {
+      tmpl.emplace(source);
+    } catch (const ChatTemplateError& e) {
+      if (c.value("error", "") != "syntax") FAIL_CHECK("did not parse: " << e.what());
+      else CHECK(e.kind() == ChatTemplateError::Kind::kSyntax);
+      continue;
+    }
+    if (c.value("error", "") == "syntax") {
+      FAIL_CHECK("parsed, but jinja2 says: " << c["message"].get<std::string>());
+      continue;
+    }
+    tmpl->set_clock(fixture_now);
+    try {
+      std::string got = tmpl->render(context);
+      if (!c.contains("expected")) FAIL_CHECK("rendered '" << got << "', but jinja2 says: " << c["message"].get<std::string>());
+      else if (got != c["expected"].get<std::string>()) FAIL_CHECK(first_difference(c["expected"].get<std::string>(), got));
+    } catch (const ChatTemplateError& e) {
+      if (c.contains("expected")) FAIL_CHECK("threw: " << e.what());
+      else if (c["error"] == "raised") CHECK(std::string(e.what()) == c["message"].get<std::string>());
+      else CHECK(e.kind() == ChatTemplateError::Kind::kRender);
+    }
+  }
+  CHECK(checked == fixture["cases"].size());
+}
 
 TEST_CASE("chat template fixtures: SmolLM2") { replay("smollm2"); }
 TEST_CASE("chat template fixtures: Qwen2") { replay("qwen2"); }
