@@ -51,6 +51,11 @@ Value select_or_reject(const Value& v, const CallArgs& a, bool select, bool by_a
   return Value::make_list(std::move(out));
 }
 
+Value do_default(const Value& v, const CallArgs& a) {
+  BoundArgs b(a, "default", {"default_value", "boolean"});
+  return v.is_undefined() || (b.bool_or(1, false) && !v.truthy()) ? b.get_or(0, Value::string("")) : v;
+}
+
 Value do_tojson(const Value& v, const CallArgs& a) {
   BoundArgs b(a, "tojson", {"ensure_ascii", "indent", "separators", "sort_keys"});
   JsonStyle style;
@@ -278,16 +283,8 @@ const std::unordered_map<std::string_view, Filter>& filters() {
       {"capitalize", [](const Value& v, const CallArgs&) { return str_filter(v, text::capitalize); }},
       {"count", [](const Value& v, const CallArgs&) { return Value::integer(length_of(v)); }},
       {"length", [](const Value& v, const CallArgs&) { return Value::integer(length_of(v)); }},
-      {"default",
-       [](const Value& v, const CallArgs& a) {
-         BoundArgs b(a, "default", {"default_value", "boolean"});
-         return v.is_undefined() || (b.bool_or(1, false) && !v.truthy()) ? b.get_or(0, Value::string("")) : v;
-       }},
-      {"d",
-       [](const Value& v, const CallArgs& a) {
-         BoundArgs b(a, "d", {"default_value", "boolean"});
-         return v.is_undefined() || (b.bool_or(1, false) && !v.truthy()) ? b.get_or(0, Value::string("")) : v;
-       }},
+      {"default", do_default},
+      {"d", do_default},
       {"dictsort", do_dictsort},
       {"escape", do_escape},
       {"e", do_escape},
