@@ -1,0 +1,196 @@
+// Row-major ↔ column-major: cuBLASLt thinks in column-major matrices. A row-major [R,C] matrix
+// with row stride ld is, byte for byte, a column-major [C,R] matrix with leading dimension ld.
+// So our row-major out[M,N] = a[M,K] · w[N,K]ᵀ is, seen column-major,
+//     outᶜ [N,M] = wᶜ[K,N]ᵀ · aᶜ[K,M]
+// i.e. cuBLASLt's D = op(A)·op(B) with A = w (K×N, transposed: CUBLAS_OP_T, lda = w's row stride),
+// B = a (K×M, not transposed, ldb = a's row stride), D = out (N×M, ldd = out's row stride), and
+// its m, n, k = our N, M, K. This "TN" form is the one cuBLAS runs fastest, and it makes the
+// bias (one value per row of D, i.e. per output feature N) exactly what the BIAS epilogue adds.
+#include <cublasLt.h>
+
+#include <compare>
+#include <map>
+
+#include "kernels/cpu/rows.h"
+#include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/gemm.cuh"
+
+#define STEM_CUBLASLT_CHECK(call)                                                                                    \
+  do {                                                                                                               \
+    const cublasStatus_t stem_lt_status_ = (call);                                                                   \
+    if (stem_lt_status_ != CUBLAS_STATUS_SUCCESS)                                                                    \
+      ::stem::detail::check_failed(__FILE__, __LINE__, #call,                                                        \
+                                   ::stem::detail::concat("cuBLASLt ", cublasLtGetStatusName(stem_lt_status_), ": ", \
+                                                          cublasLtGetStatusString(stem_lt_status_)));                \
+  } while (0)
+
+namespace stem::cuda {
+
+namespace {
+
+// Everything the chosen algorithm depends on. Pointer alignments are in it because cuBLASLt's
+// heuristics assume 256-byte-aligned operands unless told otherwise, and some of its kernels need that.
+struct PlanKey {
+  int64_t m, n, k, lda, ldw, ldo;
+  DType out_dtype;
+  bool has_bias;
+  uint32_t align_a, align_w, align_out, align_bias;
+  auto operator<=>(const PlanKey&) const = default;
+};
+
+struct Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t w_layout = nullptr, a_layout = nullptr, out_layout = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  Plan() = default;
+  Plan(const Plan&) = delete;
+  Plan& operator=(const Plan&) = delete;
+  ~Plan() {  // destructors never throw: failures here are ignored
+    if (out_layout) cublasLtMatrixLayoutDestroy(out_layout);
+    if (a_layout) cublasLtMatrixLayoutDestroy(a_layout);
+    if (w_layout) cublasLtMatrixLayoutDestroy(w_layout);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+// The largest power of two (up to 256) that divides the address.
+uint32_t alignment_of(const void* p) {
+  const auto addr = reinterpret_cast<uintptr_t>(p);
+  uint32_t align = 256;
+  while (align > 1 && addr % align != 0) align /= 2;
+  return align;
+}
+
+// Past this many shapes the cache starts over: a guard against unbounded growth, not a tuning knob.
+constexpr size_t kMaxPlans = 8192;
+
+}  // namespace
+
+struct GemmContext::Impl {
+  size_t workspace_bytes;
+  int device = -1;
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  std::map<PlanKey, std::unique_ptr<Plan>> plans;
+
+  explicit Impl(size_t bytes) : workspace_bytes(bytes) {}
+  ~Impl() {
+    plans.clear();
+    if (workspace) cudaFree(workspace);
+    if (handle) cublasLtDestroy(handle);
+  }
+
+  // Creates the handle and workspace on first use, on the device current then; later calls must
+  // stay on that device (the workspace lives there).
+  void ensure_ready() {
+    if (handle) {
+      int current = -1;
+      CUDA_CHECK(cudaGetDevice(&current));
+      STEM_CHECK(current == device, "matmul: this GemmContext was set up on device ", device,
+                 " but the current device is ", current);
+      return;
+    }
+    CUDA_CHECK(cudaGetDevice(&device));
+    STEM_CUBLASLT_CHECK(cublasLtCreate(&handle));
+    if (workspace_bytes > 0) CUDA_CHECK(cudaMalloc(&workspace, workspace_bytes));
+  }
+
+  Plan& plan_for(const PlanKey& key, const void* bias) {
+    if (auto it = plans.find(key); it != plans.end()) return *it->second;
+    if (plans.size() >= kMaxPlans) plans.clear();
+    auto plan = std::make_unique<Plan>();
+    const cudaDataType_t out_type = key.out_dtype == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
+    STEM_CUBLASLT_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t trans_w = CUBLAS_OP_T, trans_a = CUBLAS_OP_N;
+    STEM_CUBLASLT_CHECK(
+        cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_w, sizeof trans_w));
+    STEM_CUBLASLT_CHECK(
+        cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_a, sizeof trans_a));
+    if (key.has_bias) {
+      const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+      const auto bias_type = static_cast<int32_t>(out_type);
+      STEM_CUBLASLT_CHECK(
+          cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+      STEM_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                         sizeof bias_type));
+      // The heuristics read the bias pointer's alignment from here.
+      STEM_CUBLASLT_CHECK(
+          cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    }
+    STEM_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan->w_layout, CUDA_R_16BF, key.k, key.n, key.ldw));
+    STEM_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan->a_layout, CUDA_R_16BF, key.k, key.m, key.lda));
+    STEM_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan->out_layout, out_type, key.n, key.m, key.ldo));
+
+    cublasLtMatmulPreference_t pref = nullptr;
+    STEM_CUBLASLT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = workspace_bytes;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &key.align_w,
+                                         sizeof key.align_w);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &key.align_a,
+                                         sizeof key.align_a);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &key.align_out,
+                                         sizeof key.align_out);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &key.align_out,
+                                         sizeof key.align_out);
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(handle, plan->desc, plan->w_layout, plan->a_layout, plan->out_layout,
+                                       plan->out_layout, pref, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    STEM_CHECK((status == CUBLAS_STATUS_SUCCESS || status == CUBLAS_STATUS_NOT_SUPPORTED) && found > 0,
+               "matmul: cuBLASLt found no algorithm for M=", key.m, " N=", key.n, " K=", key.k, " (lda ", key.lda,
+               ", ldw ", key.ldw, ", ldo ", key.ldo, ", out ", dtype_name(key.out_dtype), key.has_bias ? ", bias" : "",
+               "): ", cublasLtGetStatusString(status));
+    plan->algo = result.algo;
+    return *plans.emplace(key, std::move(plan)).first->second;
+  }
+};
+
+GemmContext::GemmContext(size_t workspace_bytes) : impl_(std::make_unique<Impl>(workspace_bytes)) {}
+GemmContext::~GemmContext() = default;
+size_t GemmContext::cached_plans() const { return impl_->plans.size(); }
+
+void matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const TensorView& w, const TensorView& bias,
+            cudaStream_t stream) {
+  STEM_CHECK(out.dtype == DType::BF16 || out.dtype == DType::F32, "matmul out must be bf16 or f32, got ", out.str());
+  cpu::check_rows(out, "matmul out", out.dtype, 2);
+  cpu::check_rows(a, "matmul a", DType::BF16, 2);
+  cpu::check_rows(w, "matmul w", DType::BF16, 2);
+  const int64_t m = a.shape[0], k = a.shape[1], n = w.shape[0];
+  STEM_CHECK(w.shape[1] == k, "matmul: w ", w.str(), " must be [N,K] with K = ", k, " as in a ", a.str());
+  STEM_CHECK(out.shape[0] == m && out.shape[1] == n, "matmul: out ", out.str(), " must be [", m, ",", n, "] for a ",
+             a.str(), " and w ", w.str());
+  if (!bias.empty()) {
+    cpu::check_packed(bias, "matmul bias", out.dtype, 1);
+    cpu::check_dim(bias, "matmul bias", 0, n, "N, the rows of w");
+  }
+  if (m == 0 || n == 0) return;
+  STEM_CHECK(k > 0, "matmul: K must be positive, got a ", a.str());
+
+  GemmContext::Impl& impl = ctx.impl();
+  impl.ensure_ready();
+  const PlanKey key{m,
+                    n,
+                    k,
+                    cpu::row_stride(a),
+                    cpu::row_stride(w),
+                    cpu::row_stride(out),
+                    out.dtype,
+                    !bias.empty(),
+                    alignment_of(a.data),
+                    alignment_of(w.data),
+                    alignment_of(out.data),
+                    bias.empty() ? 0u : alignment_of(bias.data)};
+  Plan& plan = impl.plan_for(key, bias.data);
+  if (!bias.empty())
+    STEM_CUBLASLT_CHECK(
+        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias.data, sizeof bias.data));
+  const float alpha = 1.f, beta = 0.f;  // beta = 0: out is never read, so a poisoned buffer is fine
+  STEM_CUBLASLT_CHECK(cublasLtMatmul(impl.handle, plan.desc, &alpha, w.data, plan.w_layout, a.data, plan.a_layout,
+                                     &beta, out.data, plan.out_layout, out.data, plan.out_layout, &plan.algo,
+                                     impl.workspace, impl.workspace_bytes, stream));
+}
+
+}  // namespace stem::cuda

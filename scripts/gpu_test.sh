@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# What one call of the GPU machine runs: configure and build kernels/ and their tests with CUDA on
+# and nothing of the server (that machine lacks the server's libraries), run the CUDA and CPU kernel
+# tests, then the op benchmarks. Logs go to $OUT when it is set (the device tool brings them back),
+# else to build-gpu/logs. The end of the output is a short summary: the tool returns only the tail.
+# Usage: scripts/gpu_test.sh [--no-bench]
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${STEM_BUILD_DIR:-$root/build-gpu}"
+logs="${OUT:-$build/logs}"
+mkdir -p "$logs"
+bench=1
+[ "${1:-}" = "--no-bench" ] && bench=0
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+  nvcc --version | tail -n 2
+  cmake --version | head -n 1
+  g++ --version | head -n 1
+  echo "cores: $(nproc)"
+} > "$logs/env.txt" 2>&1
+cat "$logs/env.txt"
+
+args=(-DCMAKE_BUILD_TYPE=Release -DSTEM_ONLY_KERNELS=ON -DSTEM_CUDA=ON -DSTEM_CUDA_RESOURCE_USAGE=ON)
+keep_going=(-k)
+if command -v ninja > /dev/null; then
+  args+=(-G Ninja)
+  keep_going=(-k 0)
+fi
+# cblas.h sits in a different folder on each distribution's OpenBLAS; point CMake at it if it is anywhere usual.
+if [ ! -f /usr/include/cblas.h ]; then
+  cblas="$(find /usr/include /usr/local/include /opt -name cblas.h 2> /dev/null | head -n 1)"
+  [ -n "$cblas" ] && args+=("-DCBLAS_INCLUDE_DIR=$(dirname "$cblas")")
+fi
+echo "== configure"
+if ! cmake -S "$root" -B "$build" "${args[@]}" > "$logs/configure.log" 2>&1; then
+  tail -n 40 "$logs/configure.log"
+  # What the configure step looks for, to fix it without another round trip.
+  echo "== where things are"
+  find / -xdev \( -name cblas.h -o -name 'Catch2Config.cmake' -o -name 'libopenblas*.so' \) 2>/dev/null | head -20
+  exit 1
+fi
+echo "== build"
+start=$(date +%s)
+# Keep going past a target that fails (another op's files may be half-written): the tests of the
+# targets that did build still run, and the failure is reported here and in ctest's count.
+build_rc=0
+cmake --build "$build" -j "${STEM_JOBS:-16}" -- "${keep_going[@]}" > "$logs/build.log" 2>&1 || build_rc=$?
+if [ "$build_rc" != 0 ]; then
+  echo "BUILD FAILED (rc $build_rc):"
+  grep -E "error|FAILED" "$logs/build.log" | head -n 40
+fi
+echo "built in $(($(date +%s) - start)) s; spills or stack frames in the kernels:"
+grep -B1 "stack frame" "$logs/build.log" | grep -B1 -E "[1-9][0-9]* bytes (stack frame|spill)" | grep -v "^--" \
+  | sed -E 's/^ptxas info +: Function properties for /  /' || echo "  none"
+
+echo "== test"
+export STEM_TEST_REPORT="$logs/rel_errors.txt"
+rm -f "$STEM_TEST_REPORT"
+ctest --test-dir "$build" -R 'cuda/|kernels/' --output-on-failure -j 8 --timeout 300 > "$logs/ctest.log" 2>&1
+test_rc=$?
+grep -E "Failed|\*\*\*|tests passed|Total Test time" "$logs/ctest.log" | tail -n 30
+
+if [ "$bench" = 1 ] && [ -x "$build/bench/bench_ops" ]; then
+  echo "== bench"
+  "$build/bench/bench_ops" --json "$logs/bench.json" > "$logs/bench.txt" 2>&1 || echo "bench_ops failed: rc $?"
+fi
+
+echo "== worst relative error per op (every measurement: rel_errors.txt)"
+if [ -f "$STEM_TEST_REPORT" ]; then
+  awk '{ op = $1; if (!(op in worst) || $NF + 0 > worst[op] + 0) { worst[op] = $NF; where[op] = $0 } n[op]++ }
+       END { for (op in worst) printf "  %-12s %3d checks, worst %s  (%s)\n", op, n[op], worst[op], where[op] }' \
+    "$STEM_TEST_REPORT" | sort
+fi
+[ -f "$logs/bench.txt" ] && { echo "== bench_ops"; cat "$logs/bench.txt"; }
+echo "== build exit status $build_rc, ctest exit status $test_rc"
+[ "$build_rc" = 0 ] || exit "$build_rc"
+exit $test_rc
