@@ -94,6 +94,7 @@ int run_cli(int argc, char** argv) {
   spdlog::set_default_logger(logger);
   CLI::App app{"stemserve: a Llama-family inference server with Stem sparse prefill"};
   app.require_subcommand(1);
+  app.fallthrough();  // global flags (--log-level) may follow the subcommand
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->envname("STEMSERVE_LOG_LEVEL");
 
