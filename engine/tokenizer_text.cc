@@ -158,7 +158,11 @@ bool is_numeric(uint32_t cp) {
 namespace {
 constexpr const char* kWhiteSpaceSet =
     R"(\t\n\x0B\f\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
-constexpr const char* kWordSet = R"(\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D})";
+// Oniguruma's \w, measured against the tokenizers package over all code points: Alphabetic, Mark,
+// Decimal_Number, Connector_Punctuation, and the Latin-1 numbers ² ³ ¹ ¼ ½ ¾.
+constexpr const char* kWordSet = R"(\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{B2}\x{B3}\x{B9}\x{BC}-\x{BE})";
+// Oniguruma's \h is a hexadecimal digit (PCRE2's is horizontal space).
+constexpr const char* kHexSet = "0-9a-fA-F";
 
 // Rewrites the escapes whose meaning differs between Oniguruma and PCRE2.
 std::string translate(std::string_view p, std::string_view what) {
@@ -168,11 +172,14 @@ std::string translate(std::string_view p, std::string_view what) {
     char c = p[i];
     if (c == '\\' && i + 1 < p.size()) {
       char d = p[++i];
-      const char* set = (d == 's' || d == 'S') ? kWhiteSpaceSet : (d == 'w' || d == 'W') ? kWordSet : nullptr;
+      const char* set = (d == 's' || d == 'S')   ? kWhiteSpaceSet
+                        : (d == 'w' || d == 'W') ? kWordSet
+                        : (d == 'h' || d == 'H') ? kHexSet
+                                                 : nullptr;
       if (!set) {
         out += c;
         out += d;
-      } else if (d == 's' || d == 'w') {
+      } else if (d == 's' || d == 'w' || d == 'h') {
         out += in_class ? std::string(set) : "[" + std::string(set) + "]";
       } else if (!in_class) {
         out += "[^" + std::string(set) + "]";
@@ -180,6 +187,14 @@ std::string translate(std::string_view p, std::string_view what) {
         throw Error(std::string(what) + ": regex '" + std::string(p) +
                     "' uses \\" + d + " inside a character class, which stemserve does not support");
       }
+    } else if (c == '(' && !in_class && i + 2 < p.size() && p[i + 1] == '?' &&
+               p.find_first_not_of("imx-", i + 2) != i + 2 &&
+               (p[p.find_first_not_of("imx-", i + 2)] == ':' || p[p.find_first_not_of("imx-", i + 2)] == ')')) {
+      // Inline options: Ruby's (?m) is PCRE2's (?s) (dot matches newline).
+      size_t end = p.find_first_not_of("imx-", i + 2);
+      out += "(?";
+      for (size_t k = i + 2; k < end; ++k) out += p[k] == 'm' ? 's' : p[k];
+      i = end - 1;
     } else if (c == '[' && !in_class) {
       in_class = true;
       out += c;
@@ -217,8 +232,12 @@ Regex::Regex(std::string_view pattern, std::string_view what) {
   std::string translated = translate(pattern, what);
   int err = 0;
   PCRE2_SIZE offset = 0;
+  // Ruby syntax, as Oniguruma's default: ^ and $ match at every line; lines end at \n only.
+  pcre2_compile_context* ctx = pcre2_compile_context_create(nullptr);
+  pcre2_set_newline(ctx, PCRE2_NEWLINE_LF);
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
-                                   PCRE2_UTF | PCRE2_UCP, &err, &offset, nullptr);
+                                   PCRE2_UTF | PCRE2_UCP | PCRE2_MULTILINE, &err, &offset, ctx);
+  pcre2_compile_context_free(ctx);
   if (!code) {
     throw Error(std::string(what) + ": cannot compile regex '" + std::string(pattern) + "': " +
                 pcre2_message(err) + " at offset " + std::to_string(offset));

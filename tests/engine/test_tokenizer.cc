@@ -145,6 +145,9 @@ TEST_CASE("tokenizer fixtures: every Split behaviour, invert, Strip/Replace norm
   check_named("split_behaviors");
 }
 TEST_CASE("tokenizer fixtures: added-token flags, no decoder, Roberta post-processor") { check_named("added_flags"); }
+TEST_CASE("tokenizer fixtures: unk, continuing_subword_prefix, end_of_word_suffix, regex Replace decoder") {
+  check_named("bpe_options");
+}
 
 TEST_CASE("tokenizer fixtures: real Llama-2 SentencePiece tokenizer.model") {
   const fs::path model = fs::path(STEM_SOURCE_DIR) / ".." / "shared" / "data" / "tokenizers" / "llama2-tokenizer.model";
