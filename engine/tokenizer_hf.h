@@ -194,6 +194,12 @@ class HfTokenizer final : public Tokenizer {
   // What decode() hands to the decoders for `id`: nullptr when unknown or skipped.
   const std::string* decode_string(int32_t id, bool skip_special_tokens) const;
   const StageSpecs& stages() const { return stages_; }
+  // Replaces the post-processor's template (transformers' LlamaTokenizerFast does, from
+  // add_bos_token / add_eos_token).
+  void set_template(std::vector<int32_t> prefix, std::vector<int32_t> suffix) {
+    prefix_ = std::move(prefix);
+    suffix_ = std::move(suffix);
+  }
   std::optional<int32_t> unk_id() const { return model_->unk_id(); }
 
  private:

@@ -107,6 +107,29 @@ void fill_special_tokens(const Tokenizer& tok, const json& config, const json& g
   s.adds_bos = s.bos_id && !probe.empty() && probe.front() == *s.bos_id;
 }
 
+// transformers' Llama and Gemma fast tokenizers rebuild the post-processor from add_bos_token
+// (default true) and add_eos_token (default false), whatever tokenizer.json says.
+void apply_llama_template(tok::HfTokenizer& tok, const json& config, const fs::path& dir) {
+  static const char* kClasses[] = {"LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer",
+                                   "CodeLlamaTokenizerFast", "GemmaTokenizer", "GemmaTokenizerFast"};
+  if (!config.is_object() || !config.contains("tokenizer_class") || !config["tokenizer_class"].is_string()) return;
+  const std::string cls = config["tokenizer_class"].get<std::string>();
+  if (std::none_of(std::begin(kClasses), std::end(kClasses), [&](const char* c) { return cls == c; })) return;
+  const fs::path cfg = dir / "tokenizer_config.json";
+  std::vector<int32_t> prefix, suffix;
+  auto add_bos = config.contains("add_bos_token") && config["add_bos_token"].is_boolean()
+                     ? config["add_bos_token"].get<bool>() : true;
+  auto add_eos = config.contains("add_eos_token") && config["add_eos_token"].is_boolean()
+                     ? config["add_eos_token"].get<bool>() : false;
+  if (add_bos) {
+    if (auto id = lookup(tok, config_token(config, "bos_token"), "bos_token", cfg)) prefix.push_back(*id);
+  }
+  if (add_eos) {
+    if (auto id = lookup(tok, config_token(config, "eos_token"), "eos_token", cfg)) suffix.push_back(*id);
+  }
+  tok.set_template(std::move(prefix), std::move(suffix));
+}
+
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& path) {
@@ -135,6 +158,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& path) {
   } else {
     tok = std::make_unique<tok::SpTokenizer>(file, config, clean_up);
   }
+  if (auto* hf = dynamic_cast<tok::HfTokenizer*>(tok.get())) apply_llama_template(*hf, config, dir);
   fill_special_tokens(*tok, config, generation, dir, tok->special_);
   tok->special_.clean_up_tokenization_spaces = clean_up;
   spdlog::debug("tokenizer {}: {} ids, bos {}, {} eos ids", file.string(), tok->vocab_size(),

@@ -247,3 +247,53 @@ TEST_CASE("a minimal tokenizer.json: merges, added tokens, decode") {
   CHECK(tok->eos_ids().empty());  // no config and none of the usual names
   CHECK(tok->bos_id() == 5);      // "<s>" found by name
 }
+
+TEST_CASE("Llama-class tokenizer_config rebuilds the BOS/EOS template, as transformers does") {
+  TempDir tmp;
+  fs::copy_file(kFixtures / "llama2_hf" / "tokenizer.json", tmp.path / "tokenizer.json");
+  write_file(tmp.path / "tokenizer_config.json",
+             R"({"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+                 "add_bos_token": true, "add_eos_token": true})");
+  auto tok = stem::load_tokenizer(tmp.path);
+  auto ids = tok->encode("hi", true);
+  REQUIRE(ids.size() >= 3);
+  CHECK(ids.front() == 1);
+  CHECK(ids.back() == 2);
+  write_file(tmp.path / "tokenizer_config.json", R"({"tokenizer_class": "LlamaTokenizerFast", "add_bos_token": false})");
+  CHECK(stem::load_tokenizer(tmp.path)->encode("hi", true) == stem::load_tokenizer(tmp.path)->encode("hi", false));
+}
+
+TEST_CASE("SentencePiece with added tokens from tokenizer_config.json") {
+  const fs::path model = fs::path(STEM_SOURCE_DIR) / ".." / "shared" / "data" / "tokenizers" / "llama2-tokenizer.model";
+  if (!fs::exists(model)) {
+    WARN("skipped: " << model.string() << " is absent");
+    return;
+  }
+  TempDir tmp;
+  fs::copy_file(model, tmp.path / "tokenizer.model");
+  write_file(tmp.path / "tokenizer_config.json", R"({
+    "add_bos_token": true, "add_eos_token": true, "eos_token": "<|im_end|>",
+    "added_tokens_decoder": {"32000": {"content": "<|im_start|>", "special": true},
+                             "32001": {"content": "<|im_end|>", "special": true},
+                             "32002": {"content": "<extra>", "special": false}}})");
+  auto tok = stem::load_tokenizer(tmp.path);
+  CHECK(tok->vocab_size() == 32003);
+  CHECK(tok->token_to_id("<|im_start|>") == 32000);
+  CHECK(tok->id_to_token(32002) == "<extra>");
+  CHECK(tok->eos_ids() == std::vector<int32_t>{32001});
+  auto plain = stem::load_tokenizer(model);
+  auto hello = plain->encode("Hello", false);
+  auto ids = tok->encode("<|im_start|>Hello<extra><|im_end|>", true);
+  std::vector<int32_t> want = {1, 32000};
+  want.insert(want.end(), hello.begin(), hello.end());
+  want.insert(want.end(), {32002, 32001, 2});
+  CHECK(ids == want);
+  CHECK(tok->decode(ids, true) == "Hello<extra>");
+  CHECK(tok->decode(ids, false) == "<s><|im_start|>Hello<extra><|im_end|></s>");
+  for (bool skip : {true, false}) {
+    stem::IncrementalDetokenizer detok(*tok, skip);
+    std::string all = detok.push(ids);
+    all += detok.flush();
+    CHECK(all == tok->decode(ids, skip));
+  }
+}
