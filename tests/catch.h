@@ -1,10 +1,7 @@
 // Catch2 v3 (GPU machine) or v2 (Debian 12): one include for both.
 #pragma once
 #if __has_include(<catch2/catch_test_macros.hpp>)
-#include <catch2/catch_approx.hpp>
-#include <catch2/catch_test_macros.hpp>
-#include <catch2/generators/catch_generators.hpp>
-#include <catch2/matchers/catch_matchers_string.hpp>
+#include <catch2/catch_all.hpp>
 using Catch::Approx;
 #else
 #include <catch2/catch.hpp>
