@@ -1,0 +1,254 @@
+// Attention benchmarks on the GPU at Llama-3.1-8B heads (32 q heads over 8 KV heads, D 128), bf16,
+// paged cache of 16-token pages in shuffled order.
+//  * Dense causal prefill of one L-token prompt, L = 8K … 128K: TFLOP/s with the usual causal count
+//    FLOPs = 4 · Hq · D · L²/2 (two GEMMs of 2·L·L·D each, half of the score matrix), through the
+//    explicit dense plan (dense_causal_plan) and through the router (lists and plan on the device).
+//  * Decode, one row per sequence: GB/s counting the K/V bytes read once (kv_len · Hkv · D · 2 B ·
+//    2) plus q and out, beside a device-to-device copy (bytes read + written) measured in the run.
+// Times are medians of CUDA-event-timed calls after warm-ups; inputs are random, never zeros.
+// Usage: bench_attention [--json results.json] [--max-len 131072]
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/attention_decode.cuh"
+#include "kernels/cuda/attention_prefill.cuh"
+#include "kernels/cuda/cuda_check.cuh"
+#include "kernels/view.h"
+
+using namespace stem;
+
+namespace {
+
+constexpr int64_t kHq = 32, kHkv = 8, kD = 128, kPage = 16;
+
+class Buffer {
+ public:
+  explicit Buffer(size_t bytes) : bytes_(std::max<size_t>(bytes, 16)) { CUDA_CHECK(cudaMalloc(&ptr_, bytes_)); }
+  ~Buffer() { cudaFree(ptr_); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  void* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+  TensorView view(DType t, std::initializer_list<int64_t> dims) const { return TensorView(ptr_, t, dims); }
+  template <typename T>
+  void upload(const std::vector<T>& host) {
+    CUDA_CHECK(cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_;
+};
+
+// Random bf16 in ±[0.05, 1), tiled from one 8 MiB block (a gigabyte of host randoms is too slow).
+void fill_random_bf16(const Buffer& buf) {
+  static std::vector<uint16_t> block;
+  if (block.empty()) {
+    std::mt19937_64 rng(7);
+    std::uniform_real_distribution<float> mag(0.05f, 1.f);
+    block.resize(size_t{1} << 22);
+    for (uint16_t& h : block) h = f32_to_bf16((rng() & 1 ? -1.f : 1.f) * mag(rng));
+  }
+  const size_t block_bytes = block.size() * 2;
+  for (size_t off = 0; off < buf.bytes(); off += block_bytes)
+    CUDA_CHECK(cudaMemcpy(static_cast<char*>(buf.get()) + off, block.data(), std::min(block_bytes, buf.bytes() - off),
+                          cudaMemcpyHostToDevice));
+}
+
+// Median milliseconds of one call; run(i) does call i.
+template <typename Run>
+double median_ms(Run&& run, int warmup, int reps) {
+  for (int i = 0; i < warmup; ++i) run(i);
+  std::vector<cudaEvent_t> marks(static_cast<size_t>(reps) + 1);
+  for (auto& e : marks) CUDA_CHECK(cudaEventCreate(&e));
+  CUDA_CHECK(cudaEventRecord(marks[0]));
+  for (int i = 0; i < reps; ++i) {
+    run(warmup + i);
+    CUDA_CHECK(cudaEventRecord(marks[static_cast<size_t>(i) + 1]));
+  }
+  CUDA_CHECK(cudaEventSynchronize(marks.back()));
+  CUDA_CHECK(cudaGetLastError());
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    float t = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&t, marks[static_cast<size_t>(i)], marks[static_cast<size_t>(i) + 1]));
+    ms.push_back(t);
+  }
+  for (auto& e : marks) cudaEventDestroy(e);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+// A paged cache holding `copies` disjoint sets of the given sequences' K/V (decode rotates among
+// them so that repeated calls do not run out of L2), pages shuffled.
+struct PagedCache {
+  int64_t pages, max_pages;
+  std::vector<std::vector<int32_t>> tables;  // [copy]: [S, max_pages]
+  Buffer k, v;
+  PagedCache(const std::vector<int32_t>& kv_lens, int copies, std::mt19937_64& rng)
+      : pages(0),
+        max_pages(0),
+        k(bytes(kv_lens, copies)),
+        v(bytes(kv_lens, copies)) {
+    int64_t per_copy = 0;
+    for (int32_t len : kv_lens) {
+      per_copy += (len + kPage - 1) / kPage;
+      max_pages = std::max<int64_t>(max_pages, (len + kPage - 1) / kPage);
+    }
+    pages = per_copy * copies;
+    std::vector<int32_t> order(static_cast<size_t>(pages));
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    size_t next = 0;
+    for (int c = 0; c < copies; ++c) {
+      std::vector<int32_t> table(kv_lens.size() * max_pages, 0);
+      for (size_t s = 0; s < kv_lens.size(); ++s)
+        for (int64_t i = 0; i * kPage < kv_lens[s]; ++i) table[s * max_pages + i] = order[next++];
+      tables.push_back(std::move(table));
+    }
+    fill_random_bf16(k);
+    fill_random_bf16(v);
+  }
+  static size_t bytes(const std::vector<int32_t>& kv_lens, int copies) {
+    int64_t pages = 0;
+    for (int32_t len : kv_lens) pages += (len + kPage - 1) / kPage;
+    return static_cast<size_t>(pages * copies * kPage * kHkv * kD * 2);
+  }
+  TensorView k_view() const { return k.view(DType::BF16, {pages, kPage, kHkv, kD}); }
+  TensorView v_view() const { return v.view(DType::BF16, {pages, kPage, kHkv, kD}); }
+};
+
+std::string json;  // the rows written with --json
+void json_row(const std::string& row) { json += (json.empty() ? "" : ",\n") + std::string("  ") + row; }
+
+void bench_prefill(int64_t len, std::mt19937_64& rng) {
+  const std::vector<int32_t> kv_lens = {static_cast<int32_t>(len)}, query_start = {0, static_cast<int32_t>(len)};
+  PagedCache cache(kv_lens, 1, rng);
+  Buffer q(len * kHq * kD * 2), out(len * kHq * kD * 2), table(cache.tables[0].size() * 4), lens(4), starts(8);
+  fill_random_bf16(q);
+  table.upload(cache.tables[0]);
+  lens.upload(kv_lens);
+  starts.upload(query_start);
+  const cuda::BlockSparsePlan plan = cuda::dense_causal_plan(kv_lens, query_start, kHq);
+  Buffer qblocks(plan.qblocks.size() * 4), offsets(plan.block_offsets.size() * 4),
+      indices(plan.block_indices.size() * 4);
+  qblocks.upload(plan.qblocks);
+  offsets.upload(plan.block_offsets);
+  indices.upload(plan.block_indices);
+
+  const TensorView q_v = q.view(DType::BF16, {len, kHq, kD}), out_v = out.view(DType::BF16, {len, kHq, kD});
+  const TensorView table_v = table.view(DType::I32, {1, cache.max_pages}), lens_v = lens.view(DType::I32, {1}),
+                   starts_v = starts.view(DType::I32, {2});
+  const float scale = 1.f / std::sqrt(float(kD));
+  const double flops = 4.0 * kHq * kD * double(len) * double(len) / 2;
+  // About a second of timed work per size, at least 3 calls.
+  const int reps = static_cast<int>(std::clamp(1e15 / 4 / flops, 3.0, 30.0));
+  const double plan_ms = median_ms(
+      [&](int) {
+        cuda::block_sparse_prefill(out_v, q_v, cache.k_view(), cache.v_view(), table_v, lens_v, starts_v,
+                                   qblocks.view(DType::I32, {plan.n_qblocks(), 2}),
+                                   offsets.view(DType::I32, {int64_t(plan.block_offsets.size())}),
+                                   indices.view(DType::I32, {int64_t(plan.block_indices.size())}), scale, 0, nullptr);
+      },
+      2, reps);
+  const double router_ms = median_ms(
+      [&](int) {
+        cuda::paged_attention(out_v, q_v, cache.k_view(), cache.v_view(), table_v, lens_v, starts_v, scale, 0,
+                              nullptr);
+      },
+      1, reps);
+  const double tf_plan = flops / plan_ms * 1e-9, tf_router = flops / router_ms * 1e-9;
+  std::printf("prefill  L=%-7lld %9.3f ms %7.1f TFLOP/s (plan)   %9.3f ms %7.1f TFLOP/s (router)\n",
+              static_cast<long long>(len), plan_ms, tf_plan, router_ms, tf_router);
+  std::fflush(stdout);
+  char row[256];
+  std::snprintf(row, sizeof row,
+                "{\"op\": \"prefill_dense_causal\", \"len\": %lld, \"ms\": %.4f, \"tflops\": %.2f, \"router_ms\": %.4f, "
+                "\"router_tflops\": %.2f}",
+                static_cast<long long>(len), plan_ms, tf_plan, router_ms, tf_router);
+  json_row(row);
+}
+
+void bench_decode(int64_t seqs, int64_t kv_len, double copy_gbps, std::mt19937_64& rng) {
+  const std::vector<int32_t> kv_lens(static_cast<size_t>(seqs), static_cast<int32_t>(kv_len));
+  std::vector<int32_t> query_start(static_cast<size_t>(seqs) + 1);
+  std::iota(query_start.begin(), query_start.end(), 0);
+  const double kv_bytes = double(seqs) * kv_len * kHkv * kD * 2 * 2;
+  const int copies = static_cast<int>(std::clamp(std::ceil(512e6 / kv_bytes), 1.0, 16.0));
+  PagedCache cache(kv_lens, copies, rng);
+  Buffer q(seqs * kHq * kD * 2), out(seqs * kHq * kD * 2), lens(seqs * 4), starts((seqs + 1) * 4);
+  fill_random_bf16(q);
+  lens.upload(kv_lens);
+  starts.upload(query_start);
+  std::vector<std::unique_ptr<Buffer>> tables;
+  for (const auto& t : cache.tables) {
+    tables.push_back(std::make_unique<Buffer>(t.size() * 4));
+    tables.back()->upload(t);
+  }
+  const float scale = 1.f / std::sqrt(float(kD));
+  const double ms = median_ms(
+      [&](int i) {
+        cuda::paged_decode(out.view(DType::BF16, {seqs, kHq, kD}), q.view(DType::BF16, {seqs, kHq, kD}),
+                           cache.k_view(), cache.v_view(),
+                           tables[static_cast<size_t>(i % copies)]->view(DType::I32, {seqs, cache.max_pages}),
+                           lens.view(DType::I32, {seqs}), starts.view(DType::I32, {seqs + 1}), scale, 0, nullptr);
+      },
+      3, 30);
+  const double bytes = kv_bytes + 2.0 * seqs * kHq * kD * 2;
+  const double gbps = bytes / ms * 1e-6;
+  std::printf("decode   S=%-4lld kv=%-6lld %9.1f us %7.0f GB/s (%3.0f%% of copy)\n", static_cast<long long>(seqs),
+              static_cast<long long>(kv_len), ms * 1e3, gbps, 100 * gbps / copy_gbps);
+  std::fflush(stdout);
+  char row[256];
+  std::snprintf(row, sizeof row, "{\"op\": \"decode\", \"seqs\": %lld, \"kv_len\": %lld, \"us\": %.2f, \"gbps\": %.1f}",
+                static_cast<long long>(seqs), static_cast<long long>(kv_len), ms * 1e3, gbps);
+  json_row(row);
+}
+
+double copy_ceiling_gbps() {
+  const size_t bytes = size_t{1} << 30;
+  Buffer src(bytes), dst(bytes);
+  fill_random_bf16(src);
+  const double ms =
+      median_ms([&](int) { CUDA_CHECK(cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice)); }, 3, 20);
+  return 2.0 * bytes / ms * 1e-6;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  int64_t max_len = 131072;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--max-len") && i + 1 < argc) max_len = std::atoll(argv[++i]);
+  }
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs; heads %lld q / %lld kv, D %lld, pages of %lld\n", prop.name,
+              prop.multiProcessorCount, static_cast<long long>(kHq), static_cast<long long>(kHkv),
+              static_cast<long long>(kD), static_cast<long long>(kPage));
+  std::mt19937_64 rng(1);
+  for (int64_t len = 8192; len <= max_len; len *= 2) bench_prefill(len, rng);
+  const double copy = copy_ceiling_gbps();
+  std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy);
+  for (auto [seqs, kv] : std::vector<std::pair<int64_t, int64_t>>{{1, 8192}, {1, 32768}, {16, 8192}, {64, 4096}, {128, 2048}})
+    bench_decode(seqs, kv, copy, rng);
+  if (!json_path.empty()) {
+    std::ofstream f(json_path);
+    f << "{\"device\": \"" << prop.name << "\", \"copy_gbps\": " << copy << ",\n \"results\": [\n" << json << "\n]}\n";
+  }
+  return 0;
+}

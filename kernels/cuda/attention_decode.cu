@@ -1,0 +1,86 @@
+// Paged decode attention: the kernels live in attention_decode_kernel.cuh; this file holds the
+// launcher, which sizes the split of long contexts and the workspace for the partial states.
+#include "kernels/cuda/attention_decode.cuh"
+
+#include <algorithm>
+
+#include "kernels/cuda/attention_decode_kernel.cuh"
+#include "kernels/cuda/attention_launch.cuh"
+
+namespace stem::cuda {
+namespace {
+
+// Tokens a split covers at least: shorter chunks cost more in partial states than they win.
+constexpr int64_t kMinChunk = 256;
+constexpr int64_t kMaxSplits = 1024;
+
+template <int D>
+void launch_decode(attn::DecodeParams p, int64_t seqs, int64_t kv_heads, cudaStream_t stream) {
+  constexpr int smem = attn::decode_smem_bytes<D>();
+  attn::allow_smem(reinterpret_cast<const void*>(&attn::decode_kernel<D>), smem, "paged_decode");
+  STEM_CHECK(seqs < (int64_t{1} << 31) && kv_heads * p.mtiles < 65536, "paged_decode: ", seqs, " sequences x ",
+             kv_heads * p.mtiles, " head tiles do not fit one launch");
+  const dim3 grid(static_cast<unsigned>(seqs), static_cast<unsigned>(kv_heads * p.mtiles), 1);
+  void* workspace = nullptr;
+  if (p.splits > 1) {
+    const int64_t vectors = seqs * kv_heads * p.mtiles * p.splits * attn::kDecodeVectors;
+    CUDA_CHECK(cudaMallocAsync(&workspace, static_cast<size_t>(vectors) * (D + 1) * sizeof(float), stream));
+    p.part_o = static_cast<float*>(workspace);
+    p.part_lse = p.part_o + vectors * D;
+  }
+  attn::decode_kernel<D><<<dim3(grid.x, grid.y, static_cast<unsigned>(p.splits)), attn::kThreads, smem, stream>>>(p);
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess && p.splits > 1) {
+    attn::decode_reduce_kernel<D><<<grid, attn::kThreads, 0, stream>>>(p);
+    err = cudaGetLastError();
+  }
+  if (workspace != nullptr) CUDA_CHECK(cudaFreeAsync(workspace, stream));
+  STEM_CHECK(err == cudaSuccess, "paged_decode: launch failed: ", cudaGetErrorString(err));
+}
+
+}  // namespace
+
+int64_t decode_max_rows(int64_t q_heads, int64_t kv_heads) {
+  STEM_CHECK(kv_heads > 0 && q_heads % kv_heads == 0, "decode_max_rows: ", q_heads, " q heads over ", kv_heads,
+             " KV heads");
+  return std::max<int64_t>(1, attn::kDecodeVectors / (q_heads / kv_heads));
+}
+
+void paged_decode(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                  const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start, float scale,
+                  int64_t sliding_window, cudaStream_t stream) {
+  const attn::AttentionShape s = attn::check_attention("paged_decode", out, q, k_cache, v_cache, page_table, kv_lens,
+                                                       query_start, scale, sliding_window);
+  if (s.tokens == 0 || s.seqs == 0) return;
+  const int64_t group = s.q_heads / s.kv_heads, max_rows = decode_max_rows(s.q_heads, s.kv_heads);
+  attn::DecodeParams p{};
+  p.out = out.ptr<attn::bf16>();
+  p.q = q.ptr<const attn::bf16>();
+  p.kv = s.kv;
+  p.kv_lens = kv_lens.ptr<const int32_t>();
+  p.query_start = query_start.ptr<const int32_t>();
+  p.q_stride = s.q_stride;
+  p.out_stride = s.out_stride;
+  p.group = static_cast<int32_t>(group);
+  p.max_rows = static_cast<int32_t>(max_rows);
+  p.mtiles = static_cast<int32_t>((max_rows * group + attn::kDecodeVectors - 1) / attn::kDecodeVectors);
+  p.window = s.window;
+  p.scale_log2 = s.scale_log2;
+
+  // Split long contexts until the grid fills the device about twice (two CTAs fit an SM); the
+  // page table's width is the longest context the host can know of without reading kv_lens.
+  const int64_t max_kv = std::max<int64_t>(1, int64_t{s.kv.max_pages} * s.kv.page_size);
+  const int64_t units = s.seqs * s.kv_heads * p.mtiles, target = 2 * attn::multiprocessors();
+  int64_t splits = std::clamp<int64_t>((target + units - 1) / units, 1, kMaxSplits);
+  splits = std::min(splits, (max_kv + kMinChunk - 1) / kMinChunk);
+  int64_t chunk = (max_kv + splits - 1) / splits;
+  chunk = (chunk + attn::kTileKeys - 1) / attn::kTileKeys * attn::kTileKeys;
+  p.chunk = static_cast<int32_t>(chunk);
+  p.splits = static_cast<int32_t>((max_kv + chunk - 1) / chunk);
+  if (s.head_dim == 64)
+    launch_decode<64>(p, s.seqs, s.kv_heads, stream);
+  else
+    launch_decode<128>(p, s.seqs, s.kv_heads, stream);
+}
+
+}  // namespace stem::cuda

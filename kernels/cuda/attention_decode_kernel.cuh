@@ -1,0 +1,269 @@
+// The decode kernels. A CTA owns (sequence, KV head, up to 16 query vectors, one chunk of the
+// context); its four warps split every 64-key tile (16 keys each) and keep separate online-softmax
+// states, merged through shared memory at the end. The 16 query vectors (row r, head-in-group hh →
+// vector r·G + hh) form one m16 MMA tile, so the group's heads cost the tensor cores nothing extra
+// and each K/V tile is read from memory once for all of them.
+#pragma once
+#include <cmath>
+
+#include "kernels/cuda/attention_mma.cuh"
+
+namespace stem::cuda::attn {
+
+constexpr int kDecodeStages = 3;  // K/V tiles in flight per CTA: decode is bound by memory
+constexpr int kDecodeVectors = 16;
+
+struct DecodeParams {
+  bf16* out;
+  const bf16* q;
+  PagedKv kv;
+  const int32_t* kv_lens;
+  const int32_t* query_start;
+  float* part_o;    // [S, Hkv·mtiles, splits, 16, D]: each split's normalised output (splits > 1)
+  float* part_lse;  // [S, Hkv·mtiles, splits, 16]: its log2-sum-exp of scaled scores
+  int64_t q_stride, out_stride;
+  int32_t group, max_rows, mtiles, splits, chunk, window;
+  float scale_log2;
+};
+
+template <int D>
+constexpr int decode_smem_bytes() {
+  return (kDecodeVectors * D + kDecodeStages * 2 * kTileKeys * D) * 2;
+}
+static_assert(4 * kDecodeVectors * (128 + 2) * 4 <= kDecodeStages * 2 * kTileKeys * 128 * 2,
+              "the merge area reuses the K/V stages");
+
+// Which query vectors a CTA owns; false when this CTA has nothing to do for the sequence.
+struct DecodeWork {
+  int row_begin, n_rows, n_vec, vec0, kv_len, first_pos;
+  __device__ bool load(const DecodeParams& p, int seq, int mtile) {
+    row_begin = p.query_start[seq];
+    n_rows = p.query_start[seq + 1] - row_begin;
+    if (n_rows == 0 || n_rows > p.max_rows) return false;  // idle, or the prefill kernel's
+    n_vec = n_rows * p.group;
+    vec0 = mtile * kDecodeVectors;
+    kv_len = p.kv_lens[seq];
+    first_pos = kv_len - n_rows;
+    return vec0 < n_vec;
+  }
+};
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_constant__ DecodeParams p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* s_q = reinterpret_cast<bf16*>(smem);
+  bf16* s_kv = s_q + kDecodeVectors * D;  // stage st: K at st·2·64·D, V right after
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int seq = blockIdx.x, g = blockIdx.y / p.mtiles, split = blockIdx.z;
+  DecodeWork w;
+  if (!w.load(p, seq, blockIdx.y % p.mtiles)) return;
+  const int begin = split * p.chunk;
+  if (begin >= w.kv_len) return;  // the reduce counts only the splits that start inside the context
+  const int end = min(w.kv_len, begin + p.chunk);
+  const int k_min = p.window > 0 ? max(0, w.first_pos - p.window + 1) : 0;
+  const int start = max(begin, k_min & ~(kTileKeys - 1));
+  const int n_tiles = start < end ? (end - start + kTileKeys - 1) / kTileKeys : 0;
+
+  constexpr int kChunks = D / 8;
+  for (int c = tid; c < kDecodeVectors * kChunks; c += kThreads) {
+    const int r = c / kChunks, chunk = c % kChunks, v = w.vec0 + r;
+    const bool valid = v < w.n_vec;
+    const bf16* src = valid ? p.q + static_cast<int64_t>(w.row_begin + v / p.group) * p.q_stride +
+                                  static_cast<int64_t>(g * p.group + v % p.group) * D + chunk * 8
+                            : p.q;
+    cp_async_16(smem_u32(s_q) + tile_offset<D>(r, chunk), src, valid);
+  }
+  cp_async_commit();
+
+  const int32_t* table_row = p.kv.page_table + static_cast<int64_t>(seq) * p.kv.max_pages;
+  KvTileLoader<D> loader(tid);
+  auto issue = [&](int t) {
+    const int k0 = start + t * kTileKeys;
+    bf16* s_k = s_kv + (t % kDecodeStages) * 2 * kTileKeys * D;
+    loader.fetch_page(p.kv, table_row, k0, w.kv_len);
+    loader.issue(p.kv, table_row, g, k0, w.kv_len, s_k, s_k + kTileKeys * D);
+  };
+#pragma unroll
+  for (int t = 0; t < kDecodeStages - 1; ++t) {
+    if (t < n_tiles) issue(t);
+    cp_async_commit();
+  }
+  cp_async_wait<kDecodeStages - 1>();  // the Q group
+  __syncthreads();
+  uint32_t qa[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qa[kk], smem_u32(s_q) + tile_offset<D>(lane & 15, 2 * kk + (lane >> 4)));
+
+  // This thread's two rows (lane/4, lane/4 + 8) and their positions; padding vectors borrow the
+  // last real vector's position so their numbers stay finite (they are never written).
+  int qpos[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf)
+    qpos[hf] = w.first_pos + min(w.vec0 + (lane >> 2) + hf * 8, w.n_vec - 1) / p.group;
+
+  float o[D / 8][4], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[dn][e] = 0.f;
+
+  for (int t = 0; t < n_tiles; ++t) {
+    if (t + kDecodeStages - 1 < n_tiles) issue(t + kDecodeStages - 1);
+    cp_async_commit();
+    cp_async_wait<kDecodeStages - 1>();
+    __syncthreads();
+    const int k0 = start + t * kTileKeys + warp * 16;  // this warp's 16 keys
+    if (k0 < end) {
+      const uint32_t k_base = smem_u32(s_kv + (t % kDecodeStages) * 2 * kTileKeys * D);
+      const uint32_t v_base = k_base + kTileKeys * D * 2;
+      float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t b[4];
+        ldmatrix_x4(b, k_base + tile_offset<D>(warp * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)));
+        mma_bf16(s[0], qa[kk], b[0], b[1]);
+        mma_bf16(s[1], qa[kk], b[2], b[3]);
+      }
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int kpos = k0 + n * 8 + ((lane & 3) << 1) + (e & 1), qp = qpos[e >> 1];
+          if (kpos > qp || (p.window > 0 && qp - kpos >= p.window)) s[n][e] = -INFINITY;
+        }
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const float mx = quad_max(fmaxf(fmaxf(s[0][2 * hf], s[0][2 * hf + 1]), fmaxf(s[1][2 * hf], s[1][2 * hf + 1])));
+        const float new_max = fmaxf(row_max[hf], mx * p.scale_log2);
+        const float base = new_max == -INFINITY ? 0.f : new_max;
+        const float alpha = fast_exp2(row_max[hf] - base);
+        row_max[hf] = new_max;
+        float sum = 0.f;
+#pragma unroll
+        for (int n = 0; n < 2; ++n)
+#pragma unroll
+          for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
+            s[n][e] = fast_exp2(fmaf(s[n][e], p.scale_log2, -base));
+            sum += s[n][e];
+          }
+        row_sum[hf] = row_sum[hf] * alpha + sum;
+#pragma unroll
+        for (int dn = 0; dn < D / 8; ++dn) {
+          o[dn][2 * hf] *= alpha;
+          o[dn][2 * hf + 1] *= alpha;
+        }
+      }
+      const uint32_t a[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]), pack_bf16(s[1][0], s[1][1]),
+                             pack_bf16(s[1][2], s[1][3])};
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, v_base + tile_offset<D>(warp * 16 + (lane & 15), 2 * dn + (lane >> 4)));
+        mma_bf16(o[2 * dn], a, b[0], b[1]);
+        mma_bf16(o[2 * dn + 1], a, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // the stage is refilled by a later issue
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Merge the four warps' states: each writes (max, sum, unnormalised output) per row.
+  float* s_o = reinterpret_cast<float*>(s_kv);  // [4][16][D]
+  float* s_ml = s_o + 4 * kDecodeVectors * D;    // [4][16][2]
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int r = (lane >> 2) + hf * 8, at = warp * kDecodeVectors + r;
+    const float l = quad_sum(row_sum[hf]);
+    if ((lane & 3) == 0) {
+      s_ml[2 * at] = row_max[hf];
+      s_ml[2 * at + 1] = l;
+    }
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      s_o[at * D + dn * 8 + ((lane & 3) << 1)] = o[dn][2 * hf];
+      s_o[at * D + dn * 8 + ((lane & 3) << 1) + 1] = o[dn][2 * hf + 1];
+    }
+  }
+  __syncthreads();
+
+  // Thread → row tid / 8, columns [(tid % 8)·D/8, +D/8).
+  constexpr int kCols = D / 8;
+  const int r = tid >> 3, c0 = (tid & 7) * kCols, v = w.vec0 + r;
+  float m_all = -INFINITY;
+#pragma unroll
+  for (int wi = 0; wi < 4; ++wi) m_all = fmaxf(m_all, s_ml[2 * (wi * kDecodeVectors + r)]);
+  const float base = m_all == -INFINITY ? 0.f : m_all;
+  float weight[4], l_all = 0.f;
+#pragma unroll
+  for (int wi = 0; wi < 4; ++wi) {
+    weight[wi] = fast_exp2(s_ml[2 * (wi * kDecodeVectors + r)] - base);
+    l_all += weight[wi] * s_ml[2 * (wi * kDecodeVectors + r) + 1];
+  }
+  if (v >= w.n_vec) return;
+  const float inv = l_all > 0.f ? 1.f / l_all : 0.f;
+  float acc[kCols];
+#pragma unroll
+  for (int c = 0; c < kCols; ++c) {
+    acc[c] = 0.f;
+#pragma unroll
+    for (int wi = 0; wi < 4; ++wi) acc[c] += weight[wi] * s_o[(wi * kDecodeVectors + r) * D + c0 + c];
+    acc[c] *= inv;
+  }
+  if (p.splits == 1) {
+    bf16* dst = p.out + static_cast<int64_t>(w.row_begin + v / p.group) * p.out_stride +
+                static_cast<int64_t>(g * p.group + v % p.group) * D + c0;
+#pragma unroll
+    for (int c = 0; c < kCols; c += 8) {
+      uint4 packed;
+      packed.x = pack_bf16(acc[c], acc[c + 1]);
+      packed.y = pack_bf16(acc[c + 2], acc[c + 3]);
+      packed.z = pack_bf16(acc[c + 4], acc[c + 5]);
+      packed.w = pack_bf16(acc[c + 6], acc[c + 7]);
+      *reinterpret_cast<uint4*>(dst + c) = packed;
+    }
+  } else {
+    const int64_t at = ((static_cast<int64_t>(seq) * gridDim.y + blockIdx.y) * p.splits + split) * kDecodeVectors + r;
+    float* dst = p.part_o + at * D + c0;
+#pragma unroll
+    for (int c = 0; c < kCols; c += 4) *reinterpret_cast<float4*>(dst + c) = make_float4(acc[c], acc[c + 1], acc[c + 2], acc[c + 3]);
+    if ((tid & 7) == 0) p.part_lse[at] = l_all > 0.f ? base + __log2f(l_all) : -INFINITY;
+  }
+}
+
+// Merges the splits of each query vector: weights 2^(lse_c − max) over the splits that started
+// inside the context. Grid (S, Hkv·mtiles); warp w takes vectors w, w+4, …; lane l columns l·D/32….
+template <int D>
+__global__ void __launch_bounds__(kThreads) decode_reduce_kernel(const __grid_constant__ DecodeParams p) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int seq = blockIdx.x, g = blockIdx.y / p.mtiles;
+  DecodeWork w;
+  if (!w.load(p, seq, blockIdx.y % p.mtiles)) return;
+  const int n_splits = min(p.splits, (w.kv_len + p.chunk - 1) / p.chunk);
+  constexpr int kCols = D / 32;
+  for (int r = warp; r < kDecodeVectors; r += 4) {
+    const int v = w.vec0 + r;
+    if (v >= w.n_vec) break;
+    const int64_t at0 = (static_cast<int64_t>(seq) * gridDim.y + blockIdx.y) * p.splits * kDecodeVectors + r;
+    float m_all = -INFINITY;
+    for (int c = lane; c < n_splits; c += 32) m_all = fmaxf(m_all, p.part_lse[at0 + c * kDecodeVectors]);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) m_all = fmaxf(m_all, __shfl_xor_sync(0xffffffffu, m_all, off));
+    const float base = m_all == -INFINITY ? 0.f : m_all;
+    float acc[kCols] = {}, l_all = 0.f;
+    for (int c = 0; c < n_splits; ++c) {
+      const int64_t at = at0 + c * kDecodeVectors;
+      const float weight = fast_exp2(p.part_lse[at] - base);
+      l_all += weight;
+#pragma unroll
+      for (int k = 0; k < kCols; ++k) acc[k] += weight * p.part_o[at * D + lane * kCols + k];
+    }
+    const float inv = l_all > 0.f ? 1.f / l_all : 0.f;
+    bf16* dst = p.out + static_cast<int64_t>(w.row_begin + v / p.group) * p.out_stride +
+                static_cast<int64_t>(g * p.group + v % p.group) * D + lane * kCols;
+#pragma unroll
+    for (int k = 0; k < kCols; k += 2) *reinterpret_cast<uint32_t*>(dst + k) = pack_bf16(acc[k] * inv, acc[k + 1] * inv);
+  }
+}
+
+}  // namespace stem::cuda::attn
