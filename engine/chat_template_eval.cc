@@ -1,12 +1,16 @@
 #include "engine/chat_template_eval.h"
 
+#include <memory>
+
 #include "engine/chat_template.h"
 
 namespace stem::jinja {
 namespace {
 
-// Variables assigned in one frame; lookups walk outwards, assignments stay here.
-struct Scope {
+// Variables assigned in one frame; lookups walk outwards, assignments stay here. Frames live on
+// the heap so that a macro can hold on to the frame it was defined in (jinja2 macros are
+// closures that see later assignments there).
+struct Scope : std::enable_shared_from_this<Scope> {
   const Scope* parent = nullptr;
   std::vector<std::pair<std::string, Value>> vars;
 
@@ -38,7 +42,7 @@ class Interpreter {
 
   std::string run() {
     std::string out;
-    exec_body(program_.body, root_, out);
+    exec_body(program_.body, *root_, out);
     return out;
   }
 
@@ -78,7 +82,7 @@ class Interpreter {
         scope.set(s.targets[0], Value::string(std::move(captured)));
         return Flow::Normal;
       }
-      case StmtKind::Macro: scope.set(s.targets[0], make_macro(s)); return Flow::Normal;
+      case StmtKind::Macro: scope.set(s.targets[0], make_macro(s, scope)); return Flow::Normal;
       case StmtKind::Break: return Flow::Break;
       case StmtKind::Continue: return Flow::Continue;
     }
@@ -141,32 +145,42 @@ class Interpreter {
     if (s.loop_filter) {  // `for x in xs if cond`: loop.index and loop.length count the kept items
       ValueList kept;
       for (Value& item : items) {
-        Scope probe{&scope, {}};
-        assign(probe, s.targets, item);
-        if (eval(*s.loop_filter, probe).truthy()) kept.push_back(std::move(item));
+        auto probe = child_of(scope);
+        assign(*probe, s.targets, item);
+        if (eval(*s.loop_filter, *probe).truthy()) kept.push_back(std::move(item));
       }
       items = std::move(kept);
     }
     if (items.empty()) {
-      Scope else_scope{&scope, {}};
-      exec_body(s.else_body, else_scope, out);
+      exec_body(s.else_body, *child_of(scope), out);
       return;
     }
     for (size_t k = 0; k < items.size(); ++k) {
-      Scope iteration{&scope, {}};  // jinja2: assignments do not outlive the iteration
-      assign(iteration, s.targets, items[k]);
-      iteration.set("loop", loop_info(items, k));
-      if (exec_body(s.body, iteration, out) == Flow::Break) break;
+      auto iteration = child_of(scope);  // jinja2: assignments do not outlive the iteration
+      assign(*iteration, s.targets, items[k]);
+      iteration->set("loop", loop_info(items, k));
+      if (exec_body(s.body, *iteration, out) == Flow::Break) break;
     }
   }
 
-  Value make_macro(const Stmt& s) {
+  static std::shared_ptr<Scope> child_of(const Scope& parent) {
+    auto child = std::make_shared<Scope>();
+    child->parent = &parent;
+    return child;
+  }
+
+  Value make_macro(const Stmt& s, Scope& defined_in) {
     const Stmt* def = &s;
-    return Value::make_function(s.targets[0], [this, def](const CallArgs& a) {
+    // Weak: the macro lives in that frame's variables. A macro smuggled out of its frame (into a
+    // namespace) falls back to the template's top level.
+    std::weak_ptr<Scope> home = defined_in.weak_from_this();
+    return Value::make_function(s.targets[0], [this, def, home](const CallArgs& a) {
       if (a.positional.size() > def->params.size())
         fail("macro '" + def->targets[0] + "' takes not more than " + std::to_string(def->params.size()) + " argument(s)");
       if (++depth_ > kMaxCallDepth) fail("macro calls nested too deeply");
-      Scope frame{&root_, {}};
+      std::shared_ptr<Scope> outer = home.lock();
+      auto frame_ptr = child_of(outer ? *outer : *root_);
+      Scope& frame = *frame_ptr;
       for (size_t k = 0; k < def->params.size(); ++k) {
         const Arg& p = def->params[k];
         const Value* given = k < a.positional.size() ? &a.positional[k] : nullptr;
@@ -293,7 +307,7 @@ class Interpreter {
   const Program& program_;
   const Value& context_;
   const TimeSource& now_;
-  Scope root_;
+  std::shared_ptr<Scope> root_ = std::make_shared<Scope>();
   int depth_ = 0;
 };
 

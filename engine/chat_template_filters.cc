@@ -14,7 +14,7 @@ namespace {
 using Filter = Value (*)(const Value& v, const CallArgs& a);
 using Test = bool (*)(const Value& v, const CallArgs& a);
 
-Value str_filter(const Value& v, std::string (*f)(std::string_view)) { return Value::string(f(to_str(v))); }
+Value str_filter(const Value& v, std::string (*f)(std::string_view)) { return string_like(v, f(to_str(v))); }
 
 Value first_or_last(const Value& v, bool first) {
   ValueList items = iterate(v);
@@ -144,6 +144,7 @@ Value do_join(const Value& v, const CallArgs& a) {
 
 Value do_map(const Value& v, const CallArgs& a) {
   ValueList out;
+  if (!v.truthy()) return Value::make_list({});  // jinja2 maps nothing over a falsy value, iterable or not
   if (a.positional.empty()) {
     BoundArgs b(a, "map", {"attribute", "default"});
     if (!b.get(0)) fail("map requires a filter argument");
@@ -173,6 +174,7 @@ Value do_unique(const Value& v, const CallArgs& a) {
   ValueList out, seen;
   for (const Value& item : iterate(v)) {
     Value key = sort_key(item, b.get(1), b.bool_or(0, false));
+    if (!is_hashable(key)) fail(std::string("TypeError: unhashable type: '") + type_name(key) + "'");
     if (std::any_of(seen.begin(), seen.end(), [&](const Value& s) { return values_equal(s, key); })) continue;
     seen.push_back(key);
     out.push_back(item);
@@ -196,7 +198,7 @@ Value do_reverse(const Value& v, const CallArgs&) {
   if (v.is_string()) {
     std::u32string cps = text::decode(v.s);
     std::reverse(cps.begin(), cps.end());
-    return Value::string(text::encode(cps));
+    return string_like(v, text::encode(cps));
   }
   ValueList items = iterate(v);
   std::reverse(items.begin(), items.end());
@@ -207,7 +209,10 @@ Value do_indent(const Value& v, const CallArgs& a) {
   BoundArgs b(a, "indent", {"width", "first", "blank"});
   Value width = b.get_or(0, Value::integer(4));
   std::string pad = width.is_string() ? width.s : std::string(std::max<int64_t>(0, width.as_int()), ' ');
-  std::vector<std::string> lines = text::splitlines(to_str(v) + "\n");
+  if (v.is_undefined()) fail_undefined(v);
+  if (!v.is_string()) fail(std::string("TypeError: indent expects a string, got '") + type_name(v) + "'");
+  std::vector<std::string> lines = text::splitlines(v.s + "\n");
+  const Value& like = v;
   std::string out;
   for (size_t k = 0; k < lines.size(); ++k) {
     if (k) out += "\n";
@@ -215,10 +220,11 @@ Value do_indent(const Value& v, const CallArgs& a) {
     out += lines[k];
   }
   if (b.bool_or(1, false)) out = pad + out;
-  return Value::string(std::move(out));
+  return string_like(like, std::move(out));
 }
 
 Value do_escape(const Value& v, const CallArgs&) {
+  if (v.markup) return v;  // already safe: markupsafe does not escape twice
   std::string out;
   for (char c : to_str(v)) {
     switch (c) {
@@ -230,7 +236,7 @@ Value do_escape(const Value& v, const CallArgs&) {
       default: out.push_back(c);
     }
   }
-  return Value::string(std::move(out));
+  return Value::markup_string(std::move(out));
 }
 
 Value do_items(const Value& v, const CallArgs&) {
@@ -242,6 +248,7 @@ Value do_items(const Value& v, const CallArgs&) {
 }
 
 Value do_dictsort(const Value& v, const CallArgs& a) {
+  if (v.is_undefined()) fail_undefined(v);
   BoundArgs b(a, "dictsort", {"case_sensitive", "by", "reverse"});
   ValueList items = *do_items(v, {}).list;
   size_t pos = b.optional_string(1).value_or("key") == "value" ? 1 : 0;
@@ -298,7 +305,7 @@ const std::unordered_map<std::string_view, Filter>& filters() {
       {"list", [](const Value& v, const CallArgs&) { return Value::make_list(iterate(v)); }},
       {"lower", [](const Value& v, const CallArgs&) { return str_filter(v, text::lower); }},
       {"upper", [](const Value& v, const CallArgs&) { return str_filter(v, text::upper); }},
-      {"title", [](const Value& v, const CallArgs&) { return str_filter(v, text::jinja_title); }},
+      {"title", [](const Value& v, const CallArgs&) { return Value::string(text::jinja_title(to_str(v))); }},
       {"map", do_map},
       {"max", [](const Value& v, const CallArgs& a) { return min_or_max(v, a, true); }},
       {"min", [](const Value& v, const CallArgs& a) { return min_or_max(v, a, false); }},
@@ -309,15 +316,15 @@ const std::unordered_map<std::string_view, Filter>& filters() {
       {"replace", do_replace},
       {"reverse", do_reverse},
       {"round", do_round},
-      {"safe", [](const Value& v, const CallArgs&) { return v; }},
+      {"safe", [](const Value& v, const CallArgs&) { return Value::markup_string(to_str(v)); }},
       {"sort", do_sort},
-      {"string", [](const Value& v, const CallArgs&) { return Value::string(to_str(v)); }},
+      {"string", [](const Value& v, const CallArgs&) { return string_like(v, to_str(v)); }},
       {"sum", do_sum},
       {"tojson", do_tojson},
       {"trim",
        [](const Value& v, const CallArgs& a) {
          BoundArgs b(a, "trim", {"chars"});
-         return Value::string(text::strip(to_str(v), b.optional_string(0), true, true));
+         return string_like(v, text::strip(to_str(v), b.optional_string(0), true, true));
        }},
       {"unique", do_unique},
   };
@@ -351,7 +358,7 @@ const std::unordered_map<std::string_view, Test>& tests() {
       {"mapping", [](const Value& v, const CallArgs&) { return v.is_dict(); }},
       {"iterable", [](const Value& v, const CallArgs&) { return is_sequence_like(v); }},
       {"sequence", [](const Value& v, const CallArgs&) { return is_sequence_like(v); }},
-      {"callable", [](const Value& v, const CallArgs&) { return v.kind == Kind::Function; }},
+      {"callable", [](const Value& v, const CallArgs&) { return v.kind == Kind::Function || v.is_undefined(); }},
       {"escaped", [](const Value&, const CallArgs&) { return false; }},
       {"lower", [](const Value& v, const CallArgs&) { return is_lower(to_str(v)); }},
       {"upper", [](const Value& v, const CallArgs&) { return is_lower(text::swapcase(to_str(v))); }},

@@ -1,5 +1,8 @@
 // Methods of str and dict values, and the global functions templates call.
+#include <algorithm>
 #include <array>
+#include <cctype>
+#include <cstdio>
 
 #include "engine/chat_template.h"
 #include "engine/chat_template_ops.h"
@@ -76,6 +79,85 @@ std::string python_format(const std::string& fmt, const CallArgs& args) {
   }
   return out;
 }
+
+// One %-conversion of Python's printf-style formatting, with its flags, width and precision.
+std::string printf_one(char conv, const std::string& flags, int width, int precision, const Value& v) {
+  std::string spec = "%" + flags + (width >= 0 ? std::to_string(width) : "") + (precision >= 0 ? "." + std::to_string(precision) : "");
+  char buf[512];
+  if (conv == 's' || conv == 'r' || conv == 'a') {
+    std::string text = conv == 's' ? to_str(v) : to_repr(v);
+    if (precision >= 0 && text::length(text) > precision) text = text::encode(text::decode(text).substr(0, precision));
+    int pad = width - static_cast<int>(text::length(text));
+    if (pad <= 0) return text;
+    return flags.find('-') != std::string::npos ? text + std::string(pad, ' ') : std::string(pad, ' ') + text;
+  }
+  if (v.is_undefined()) fail_undefined(v);
+  if (!v.is_number()) fail(std::string("TypeError: %") + conv + " format: a real number is required, not " + type_name(v));
+  if (conv == 'd' || conv == 'i' || conv == 'u' || conv == 'x' || conv == 'X' || conv == 'o') {
+    long long n = v.is_integral() ? v.as_int() : static_cast<long long>(v.f);
+    std::snprintf(buf, sizeof buf, (spec + "ll" + (conv == 'i' || conv == 'u' ? 'd' : conv)).c_str(), n);
+    return buf;
+  }
+  if (conv == 'c') return std::string(1, static_cast<char>(v.as_int()));
+  std::snprintf(buf, sizeof buf, (spec + conv).c_str(), v.as_double());
+  return buf;
+}
+
+}  // namespace
+
+Value printf_format(const std::string& fmt, const Value& args) {
+  // Python's str % args: a tuple gives positional arguments; anything else is the one argument,
+  // and when it supports [] (dict, list, Undefined) unused arguments are not an error.
+  ValueList positional = args.kind == Kind::Tuple ? *args.list : ValueList{args};
+  bool mapping = args.kind == Kind::Dict || args.kind == Kind::List || args.is_undefined();
+  size_t used = 0;
+  std::string out;
+  for (size_t k = 0; k < fmt.size(); ++k) {
+    if (fmt[k] != '%') {
+      out.push_back(fmt[k]);
+      continue;
+    }
+    if (++k >= fmt.size()) fail("ValueError: incomplete format");
+    const Value* v = nullptr;
+    Value keyed;
+    if (fmt[k] == '(') {
+      size_t close = fmt.find(')', k);
+      if (close == std::string::npos) fail("ValueError: incomplete format key");
+      if (!mapping) fail("TypeError: format requires a mapping");
+      keyed = get_item(args, Value::string(fmt.substr(k + 1, close - k - 1)));
+      if (keyed.is_undefined()) fail("KeyError: '" + fmt.substr(k + 1, close - k - 1) + "'");
+      v = &keyed;
+      k = close + 1;
+    }
+    std::string flags;
+    while (k < fmt.size() && std::string_view("-+ #0").find(fmt[k]) != std::string_view::npos) flags.push_back(fmt[k++]);
+    int width = -1, precision = -1;
+    while (k < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[k]))) width = std::max(width, 0) * 10 + (fmt[k++] - '0');
+    if (k < fmt.size() && fmt[k] == '.') {
+      precision = 0;
+      while (++k < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[k]))) precision = precision * 10 + (fmt[k] - '0');
+    }
+    while (k < fmt.size() && (fmt[k] == 'h' || fmt[k] == 'l' || fmt[k] == 'L')) ++k;
+    if (k >= fmt.size()) fail("ValueError: incomplete format");
+    char conv = fmt[k];
+    if (conv == '%') {
+      out.push_back('%');
+      continue;
+    }
+    if (std::string_view("sradiuoxXeEfFgGc").find(conv) == std::string_view::npos)
+      fail(std::string("ValueError: unsupported format character '") + conv + "'");
+    if (!v) {
+      if (used >= positional.size()) fail("TypeError: not enough arguments for format string");
+      v = &positional[used++];
+    }
+    out += printf_one(conv, flags, width, precision, *v);
+  }
+  if (used < positional.size() && !mapping)
+    fail("TypeError: not all arguments converted during string formatting");
+  return Value::string(std::move(out));
+}
+
+namespace {
 
 Value strip_method(const std::string& s, const CallArgs& a, const char* name, bool left, bool right) {
   BoundArgs b(a, name, {"chars"});
@@ -168,10 +250,32 @@ const std::vector<std::pair<std::string_view, Method>>& string_methods() {
 
 }  // namespace
 
+// Markup's methods return Markup (split and friends a list of them), and Markup.join escapes.
+Value as_markup_result(const std::string& name, Value result) {
+  static const std::string_view kStringResults[] = {"strip", "lstrip", "rstrip", "upper", "lower", "casefold", "swapcase",
+                                                    "title", "capitalize", "replace", "format", "join"};
+  if (result.is_string() && std::find(std::begin(kStringResults), std::end(kStringResults), name) != std::end(kStringResults))
+    result.markup = true;
+  if (result.kind == Kind::List && (name == "split" || name == "rsplit" || name == "splitlines")) {
+    ValueList items = *result.list;
+    for (Value& item : items) item.markup = true;
+    result = Value::make_list(std::move(items));
+  }
+  return result;
+}
+
 Value string_method(const Value& s, const std::string& name) {
   for (const auto& [n, method] : string_methods()) {
     if (n != name) continue;
-    return Value::make_function("str." + name, [self = s.s, m = method](const CallArgs& a) { return m(self, a); });
+    if (!s.markup)
+      return Value::make_function("str." + name, [self = s.s, m = method](const CallArgs& a) { return m(self, a); });
+    return Value::make_function("Markup." + name, [self = s.s, m = method, name](const CallArgs& a) {
+      if (name != "join" || a.positional.empty()) return as_markup_result(name, m(self, a));
+      ValueList escaped;
+      for (const Value& item : iterate(a.positional[0]))
+        escaped.push_back(item.is_string() && !item.markup ? apply_filter("escape", item, {}) : item);
+      return as_markup_result(name, m(self, CallArgs{{Value::make_list(std::move(escaped))}, {}}));
+    });
   }
   return Value::undefined("'str object' has no attribute '" + name + "'");
 }

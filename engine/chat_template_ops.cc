@@ -1,6 +1,7 @@
 // Operators and attribute/item access with Python's semantics as jinja2 exposes them.
 #include "engine/chat_template_ops.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/chat_template_text.h"
@@ -67,22 +68,50 @@ static Value repeat(const Value& seq, int64_t n) {
   if (seq.is_string()) {
     std::string out;
     for (int64_t k = 0; k < n; ++k) out += seq.s;
-    return Value::string(std::move(out));
+    return string_like(seq, std::move(out));
   }
   ValueList out;
   for (int64_t k = 0; k < n; ++k) out.insert(out.end(), seq.list->begin(), seq.list->end());
   return seq.kind == Kind::Tuple ? Value::make_tuple(std::move(out)) : Value::make_list(std::move(out));
 }
 
+// CPython's float divmod, so that // and % agree with Python to the last bit (1 // 0.1 == 9.0).
+static std::pair<double, double> float_divmod(double vx, double wx) {
+  double mod = std::fmod(vx, wx);
+  double div = (vx - mod) / wx;
+  if (mod != 0.0) {
+    if ((wx < 0) != (mod < 0)) {
+      mod += wx;
+      div -= 1.0;
+    }
+  } else {
+    mod = std::copysign(0.0, wx);
+  }
+  double floordiv;
+  if (div != 0.0) {
+    floordiv = std::floor(div);
+    if (div - floordiv > 0.5) floordiv += 1.0;
+  } else {
+    floordiv = std::copysign(0.0, vx / wx);
+  }
+  return {floordiv, mod};
+}
+
 Value binary_op(const std::string& op, const Value& a, const Value& b) {
   if (a.is_undefined()) fail_undefined(a);
+  if (op == "%" && a.is_string()) return printf_format(a.s, b);  // str.__mod__ accepts anything
   if (b.is_undefined()) fail_undefined(b);
   bool ints = a.is_integral() && b.is_integral();
   bool nums = a.is_number() && b.is_number();
   if (op == "+") {
     if (ints) return Value::integer(checked_int(add_overflows, a.as_int(), b.as_int()));
     if (nums) return Value::number(a.as_double() + b.as_double());
-    if (a.is_string() && b.is_string()) return Value::string(a.s + b.s);
+    if (a.is_string() && b.is_string()) {
+      if (!a.markup && !b.markup) return Value::string(a.s + b.s);
+      // Markup + str escapes the str (markupsafe), whichever side the Markup is on
+      auto safe = [](const Value& v) { return v.markup ? v.s : apply_filter("escape", v, {}).s; };
+      return Value::markup_string(safe(a) + safe(b));
+    }
     if (a.is_sequence() && a.kind == b.kind) {
       ValueList out = *a.list;
       out.insert(out.end(), b.list->begin(), b.list->end());
@@ -119,17 +148,13 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
   }
   if (op == "/") return Value::number(a.as_double() / b.as_double());
   if (op == "//") {
-    if (!ints) return Value::number(std::floor(a.as_double() / b.as_double()));
+    if (!ints) return Value::number(float_divmod(a.as_double(), b.as_double()).first);
     int64_t x = a.as_int(), y = b.as_int(), q = x / y;
     if ((x % y != 0) && ((x < 0) != (y < 0))) --q;  // Python floors
     return Value::integer(q);
   }
   if (op == "%") {
-    if (!ints) {
-      double m = std::fmod(a.as_double(), b.as_double());
-      if (m != 0 && ((m < 0) != (b.as_double() < 0))) m += b.as_double();
-      return Value::number(m);
-    }
+    if (!ints) return Value::number(float_divmod(a.as_double(), b.as_double()).second);
     int64_t m = a.as_int() % b.as_int();
     if (m != 0 && ((m < 0) != (b.as_int() < 0))) m += b.as_int();  // sign of the divisor
     return Value::integer(m);
@@ -138,6 +163,12 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
 }
 
 Value concat_str(const Value& a, const Value& b) { return Value::string(to_str(a) + to_str(b)); }
+
+bool is_hashable(const Value& v) {
+  if (v.kind == Kind::List || v.kind == Kind::Dict) return false;
+  if (v.kind == Kind::Tuple) return std::all_of(v.list->begin(), v.list->end(), is_hashable);
+  return true;
+}
 
 static bool contains(const Value& haystack, const Value& needle) {
   switch (haystack.kind) {
@@ -151,7 +182,9 @@ static bool contains(const Value& haystack, const Value& needle) {
       for (const Value& v : *haystack.list)
         if (values_equal(v, needle)) return true;
       return false;
-    case Kind::Dict: return needle.is_string() && haystack.find(needle.s) != nullptr;
+    case Kind::Dict:
+      if (!is_hashable(needle)) fail(std::string("TypeError: unhashable type: '") + type_name(needle) + "'");
+      return needle.is_string() && haystack.find(needle.s) != nullptr;
     default: fail(std::string("TypeError: argument of type '") + type_name(haystack) + "' is not iterable");
   }
 }
@@ -218,7 +251,7 @@ Value get_item(const Value& obj, const Value& key) {
   } else if (obj.is_string() && key.is_integral()) {
     int64_t k = key.as_int();
     std::u32string cps = text::decode(obj.s);
-    if (index_into(static_cast<int64_t>(cps.size()), k)) return Value::string(text::encode(cps.substr(k, 1)));
+    if (index_into(static_cast<int64_t>(cps.size()), k)) return string_like(obj, text::encode(cps.substr(k, 1)));
   }
   if (key.is_string()) {  // jinja2 falls back to the attribute of that name
     Value attr = get_attr(obj, key.s);
@@ -264,7 +297,7 @@ Value get_slice(const Value& obj, const Value* start, const Value* stop, const V
   if (obj.is_string()) {
     std::u32string out;
     for (int64_t k : picked) out.push_back(cps[k]);
-    return Value::string(text::encode(out));
+    return string_like(obj, text::encode(out));
   }
   ValueList out;
   for (int64_t k : picked) out.push_back((*obj.list)[k]);

@@ -28,8 +28,10 @@ class BoundArgs {
 
 Value binary_op(const std::string& op, const Value& a, const Value& b);  // + - * / // % **
 Value concat_str(const Value& a, const Value& b);                        // ~
+Value printf_format(const std::string& format, const Value& args);       // str % args
 bool compare_op(const std::string& op, const Value& a, const Value& b);  // == != < <= > >= in notin
 Value negate(const Value& v, bool minus);
+bool is_hashable(const Value& v);  // what Python can put in a set or use as a dict key
 
 // jinja2's environment.getattr / getitem: attribute first then item (or the reverse), and an
 // Undefined when neither exists. Using either on an Undefined fails.

@@ -118,7 +118,7 @@ std::string to_str(const Value& v) {
 }
 
 std::string to_repr(const Value& v) {
-  if (v.is_string()) return repr_string(v.s);
+  if (v.is_string()) return v.markup ? "Markup(" + repr_string(v.s) + ")" : repr_string(v.s);
   if (v.is_undefined()) return "Undefined";
   return to_str(v);
 }

@@ -43,6 +43,11 @@ Value Value::string(std::string x) {
   v.s = std::move(x);
   return v;
 }
+Value Value::markup_string(std::string x) {
+  Value v = string(std::move(x));
+  v.markup = true;
+  return v;
+}
 Value Value::make_list(ValueList items) {
   Value v;
   v.kind = Kind::List;

@@ -51,6 +51,7 @@ struct Value {
   std::shared_ptr<NamespaceObj> ns;
   std::shared_ptr<const FunctionObj> fn;
   const char* view_name = nullptr;  // "dict_items" etc.: a list that Python prints as a dict view
+  bool markup = false;  // a markupsafe.Markup string (from |safe, |e): prints as Markup('...') in repr
 
   static Value undefined(std::string reason);
   static Value none();
@@ -58,6 +59,7 @@ struct Value {
   static Value integer(int64_t v);
   static Value number(double v);
   static Value string(std::string v);
+  static Value markup_string(std::string v);  // a Markup: |safe and |e make these
   static Value make_list(ValueList items);
   static Value make_tuple(ValueList items);
   static Value make_dict(ValueDict items);
@@ -77,6 +79,13 @@ struct Value {
   // Dict entry by key; nullptr when absent (or when this is not a dict).
   const Value* find(std::string_view key) const;
 };
+
+// A string result that keeps `like`'s Markup-ness, as Markup's own methods do.
+inline Value string_like(const Value& like, std::string s) {
+  Value v = Value::string(std::move(s));
+  v.markup = like.markup;
+  return v;
+}
 
 // Internal failure while rendering; the interpreter adds the template line and turns it into a
 // ChatTemplateError.

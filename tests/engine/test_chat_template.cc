@@ -56,7 +56,7 @@ struct ModelDir {
 
 }  // namespace
 
-TEST_CASE("variables, literals and output conversion") {
+TEST_CASE("chat template: variables, literals and output conversion") {
   CHECK(render("hello {{ name }}", {{"name", "world"}}) == "hello world");
   CHECK(render("{{ none }} {{ true }} {{ 1.0 }} {{ 1e-5 }} {{ [1, 'a'] }} {{ {'k': none} }} {{ (1,) }}") ==
         "None True 1.0 1e-05 [1, 'a'] {'k': None} (1,)");
@@ -64,12 +64,12 @@ TEST_CASE("variables, literals and output conversion") {
   CHECK(render("{{ 1_000 + 0x10 }}") == "1016");
 }
 
-TEST_CASE("plain nlohmann::json contexts convert implicitly") {
+TEST_CASE("chat template: plain nlohmann::json contexts convert implicitly") {
   nlohmann::json ctx = {{"b", 1}, {"a", 2}};
   CHECK(ChatTemplate("{{ ctx_b }}{% for k in d %}{{ k }}{% endfor %}").render(json{{"d", ctx}, {"ctx_b", 3}}) == "3ab");
 }
 
-TEST_CASE("trim_blocks, lstrip_blocks and whitespace control") {
+TEST_CASE("chat template: trim_blocks, lstrip_blocks and whitespace control") {
   CHECK(render("a\n  {% if true %}\n  b\n  {% endif %}\nc") == "a\n  b\nc");
   CHECK(render("a  {{- 'b' -}}  c") == "abc");
   CHECK(render("{%- if true -%}  x  {%- endif -%}") == "x");
@@ -77,7 +77,7 @@ TEST_CASE("trim_blocks, lstrip_blocks and whitespace control") {
   CHECK(render("{# note #}\nx{% raw %}{{ y }}{% endraw %}") == "x{{ y }}");
 }
 
-TEST_CASE("if / elif / else and conditional expressions") {
+TEST_CASE("chat template: if / elif / else and conditional expressions") {
   const std::string t = "{% if n > 1 %}many{% elif n == 1 %}one{% else %}none{% endif %}";
   CHECK(render(t, {{"n", 2}}) == "many");
   CHECK(render(t, {{"n", 1}}) == "one");
@@ -85,7 +85,7 @@ TEST_CASE("if / elif / else and conditional expressions") {
   CHECK(render("{{ 'y' if x else 'n' }}|{{ 'y' if x }}|{{ x or 'd' }}", {{"x", ""}}) == "n||d");
 }
 
-TEST_CASE("for loops: loop variables, else, filters, unpacking, break and continue") {
+TEST_CASE("chat template: for loops: loop variables, else, filters, unpacking, break and continue") {
   CHECK(render("{% for x in xs %}{{ loop.index }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.revindex }} {% endfor %}",
                {{"xs", {"a", "b"}}}) == "1TrueFalse22 2FalseTrue21 ");
   CHECK(render("{% for x in [] %}x{% else %}empty{% endfor %}") == "empty");
@@ -94,7 +94,7 @@ TEST_CASE("for loops: loop variables, else, filters, unpacking, break and contin
   CHECK(render("{% for n in range(9) %}{% if n == 1 %}{% continue %}{% endif %}{% if n == 4 %}{% break %}{% endif %}{{ n }}{% endfor %}") == "023");
 }
 
-TEST_CASE("set scoping follows jinja2: loops do not leak, if blocks do") {
+TEST_CASE("chat template: set scoping follows jinja2: loops do not leak, if blocks do") {
   CHECK(render("{% set a = 1 %}{% for x in [1, 2] %}{% set a = a + 1 %}{{ a }}{% endfor %}{{ a }}") == "221");
   CHECK(render("{% if true %}{% set q = 3 %}{% endif %}{{ q }}") == "3");
   CHECK(render("{% set ns = namespace(n=0) %}{% for x in [1, 2, 3] %}{% set ns.n = ns.n + x %}{% endfor %}{{ ns.n }}") == "6");
@@ -102,12 +102,12 @@ TEST_CASE("set scoping follows jinja2: loops do not leak, if blocks do") {
   CHECK(render("{% set x %}in {{ 'block' }}{% endset %}{{ x|upper }}") == "IN BLOCK");
 }
 
-TEST_CASE("macros") {
+TEST_CASE("chat template: macros") {
   CHECK(render("{% macro m(who, p='!') %}hi {{ who }}{{ p }}{% endmacro %}{{ m('a') }} {{ m(p='?', who='b') }}") ==
         "hi a! hi b?");
 }
 
-TEST_CASE("attribute, item and slice access") {
+TEST_CASE("chat template: attribute, item and slice access") {
   json ctx = {{"m", {{"role", "user"}, {"content", "héllo"}}}, {"xs", {1, 2, 3, 4}}};
   CHECK(render("{{ m.role }} {{ m['content'] }} {{ m.content[1] }} {{ m.content[::-1] }} {{ m.content|length }}", ctx) ==
         "user héllo é olléh 5");
@@ -115,21 +115,21 @@ TEST_CASE("attribute, item and slice access") {
   CHECK(render("{{ m.get('missing', 'dflt') }} {{ m.get('missing') }}", ctx) == "dflt None");
 }
 
-TEST_CASE("operators follow Python") {
+TEST_CASE("chat template: operators follow Python") {
   CHECK(render("{{ 7 // 2 }} {{ -7 // 2 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 10 }} {{ 'ab' * 2 }} {{ 'a' ~ 1 ~ none }}") ==
         "3 -4 2 3.5 1024 abab a1None");
   CHECK(render("{{ 1 < 2 < 3 }} {{ 'b' in 'abc' }} {{ 2 not in [1, 2] }} {{ [1] + [2] }} {{ 1 == 1.0 }}") ==
         "True True False [1, 2] True");
 }
 
-TEST_CASE("tests") {
+TEST_CASE("chat template: tests") {
   CHECK(render("{{ x is defined }} {{ y is undefined }} {{ n is none }} {{ s is string }} {{ d is mapping }} {{ s is iterable }}",
                {{"x", 1}, {"n", nullptr}, {"s", "s"}, {"d", json::object()}}) == "True True True True True True");
   CHECK(render("{{ 4 is even }} {{ 3 is odd }} {{ 9 is divisibleby 3 }} {{ 1 is integer }} {{ 1.5 is float }} {{ true is boolean }}") ==
         "True True True True True True");
 }
 
-TEST_CASE("filters") {
+TEST_CASE("chat template: filters") {
   CHECK(render("{{ '  x '|trim }}|{{ 'ab'|upper }}|{{ 'hello world'|title }}|{{ [3, 1, 2]|sort|join(',') }}|{{ missing|default('d') }}") ==
         "x|AB|Hello World|1,2,3|d");
   json users = json::parse(R"([{"name": "a", "on": true}, {"name": "b"}, {"name": "c", "on": true}])");
@@ -139,31 +139,31 @@ TEST_CASE("filters") {
         "['a'] 43 2.0 [1, 2]");
 }
 
-TEST_CASE("tojson behaves like transformers' json.dumps") {
+TEST_CASE("chat template: tojson behaves like transformers' json.dumps") {
   json v = json::parse(R"({"b": [1, 2.5, null], "a": "é\"\n"})");
   CHECK(render("{{ v|tojson }}", {{"v", v}}) == "{\"b\": [1, 2.5, null], \"a\": \"é\\\"\\n\"}");
   CHECK(render("{{ v|tojson(indent=2) }}", {{"v", json::parse(R"({"k": [1]})")}}) == "{\n  \"k\": [\n    1\n  ]\n}");
   CHECK(render("{{ {'b': 1, 'a': 2}|tojson(sort_keys=true) }}") == "{\"a\": 2, \"b\": 1}");
 }
 
-TEST_CASE("string methods") {
+TEST_CASE("chat template: string methods") {
   CHECK(render("{{ ' x '.strip() }}|{{ 'a,b'.split(',') }}|{{ 'abc'.startswith('ab') }}|{{ 'a-a'.replace('-', '+') }}|{{ '{}!'.format(1) }}") ==
         "x|['a', 'b']|True|a+a|1!");
 }
 
-TEST_CASE("undefined values print empty and fail when used") {
+TEST_CASE("chat template: undefined values print empty and fail when used") {
   CHECK(render("[{{ nope }}] {{ nope|length }} {{ nope is defined }}") == "[] 0 False");
   CHECK(error_kind("{{ nope + 1 }}") == ChatTemplateError::Kind::kRender);
   CHECK(error_kind("{{ nope.attr }}") == ChatTemplateError::Kind::kRender);
 }
 
-TEST_CASE("raise_exception surfaces the template's message unchanged") {
+TEST_CASE("chat template: raise_exception surfaces the template's message unchanged") {
   const std::string t = "{% if messages[0].role != 'user' %}{{ raise_exception('Conversation must start with a user') }}{% endif %}ok";
   CHECK(error_kind(t, {{"messages", kMessages}}) == ChatTemplateError::Kind::kRaised);
   CHECK(error_message(t, {{"messages", kMessages}}) == "Conversation must start with a user");
 }
 
-TEST_CASE("syntax errors name line and column") {
+TEST_CASE("chat template: syntax errors name line and column") {
   try {
     ChatTemplate("line one\n{% if x %}\n  {{ x | nosuch }}\n{% endif %}");
     FAIL("parsed");
@@ -177,7 +177,7 @@ TEST_CASE("syntax errors name line and column") {
   CHECK_THAT(error_message("a\nb\n{{ 1 / 0 }}"), Catch::Matchers::Contains("line 3"));
 }
 
-TEST_CASE("strftime_now uses the clock, which tests can pin") {
+TEST_CASE("chat template: strftime_now uses the clock, which tests can pin") {
   ChatTemplate t("{{ strftime_now('%d %b %Y') }}");
   t.set_clock([] {
     std::tm tm{};
@@ -190,7 +190,7 @@ TEST_CASE("strftime_now uses the clock, which tests can pin") {
   CHECK(ChatTemplate("{{ strftime_now('%Y')|int > 2000 }}").render(json::object()) == "True");
 }
 
-TEST_CASE("render is safe to call from several threads at once") {
+TEST_CASE("chat template: render is safe to call from several threads at once") {
   const ChatTemplate t("{% for m in messages %}<{{ m.role }}>{{ m.content|trim }}{% endfor %}");
   const json ctx = {{"messages", kMessages}};
   const std::string want = t.render(ctx);
@@ -204,7 +204,7 @@ TEST_CASE("render is safe to call from several threads at once") {
   for (int n : ok) CHECK(n == 200);
 }
 
-TEST_CASE("load_chat_template: string template and string special tokens") {
+TEST_CASE("chat template: load_chat_template: string template and string special tokens") {
   ModelDir dir("string");
   dir.write("tokenizer_config.json", R"({"bos_token": "<s>", "eos_token": "</s>",
     "chat_template": "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"})");
@@ -217,7 +217,7 @@ TEST_CASE("load_chat_template: string template and string special tokens") {
   CHECK(model.render(in) == "<s>[user]hi</s>");
 }
 
-TEST_CASE("load_chat_template: named templates, AddedToken objects, tool_use picked when tools are given") {
+TEST_CASE("chat template: load_chat_template: named templates, AddedToken objects, tool_use picked when tools are given") {
   ModelDir dir("named");
   dir.write("tokenizer_config.json", R"({
     "bos_token": {"__type": "AddedToken", "content": "<|begin|>", "lstrip": false},
@@ -233,7 +233,7 @@ TEST_CASE("load_chat_template: named templates, AddedToken objects, tool_use pic
   CHECK(model.render(in) == "tools 1 01 Jan 2025");
 }
 
-TEST_CASE("load_chat_template: chat_template.jinja beside the config, and clear errors") {
+TEST_CASE("chat template: load_chat_template: chat_template.jinja beside the config, and clear errors") {
   ModelDir dir("jinja");
   dir.write("tokenizer_config.json", R"({"eos_token": "<|im_end|>"})");
   dir.write("chat_template.jinja", "{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}\n");
@@ -256,7 +256,7 @@ TEST_CASE("load_chat_template: chat_template.jinja beside the config, and clear 
   }
 }
 
-TEST_CASE("the SmolLM2 template, as the server uses it") {
+TEST_CASE("chat template: the SmolLM2 template, as the server uses it") {
   std::ifstream in(std::string(STEM_FIXTURES_DIR) + "/chat_templates/smollm2.jinja");
   std::string source((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   stem::ModelChatTemplate model(ChatTemplate(source), std::nullopt, "<|im_start|>", "<|im_end|>");

@@ -83,12 +83,10 @@ void replay(const std::string& name) {
   CHECK(rendered > 0);
 }
 
-}  // namespace
-
-// One Jinja feature per probe (feature_probes.json), each rendered by Python into features.json.
-TEST_CASE("chat template features match jinja2 probe by probe") {
+// A file of {template, expected | error} cases sharing one context.
+void replay_templates(const std::string& file) {
   const std::string dir = std::string(STEM_FIXTURES_DIR) + "/chat_templates/";
-  auto fixture = nlohmann::ordered_json::parse(read_text(dir + "features.json"));
+  auto fixture = nlohmann::ordered_json::parse(read_text(dir + file));
   const auto& context = fixture["context"];
   size_t checked = 0;
   for (const auto& c : fixture["cases"]) {
@@ -120,6 +118,14 @@ TEST_CASE("chat template features match jinja2 probe by probe") {
   }
   CHECK(checked == fixture["cases"].size());
 }
+
+}  // namespace
+
+// One Jinja feature per probe (feature_probes.json), each rendered by Python into features.json.
+TEST_CASE("chat template features match jinja2 probe by probe") { replay_templates("features.json"); }
+
+// Grammar-generated templates mixing everything (whitespace control, loops, macros, filters).
+TEST_CASE("chat template random templates match jinja2") { replay_templates("random_templates.json"); }
 
 TEST_CASE("chat template fixtures: SmolLM2") { replay("smollm2"); }
 TEST_CASE("chat template fixtures: Qwen2") { replay("qwen2"); }
