@@ -37,15 +37,18 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& options)
     : model_dir_(model_dir), options_(options), seed_state_(std::random_device{}()) {
   if (!fs::is_directory(model_dir)) throw Error(model_dir.string() + ": model folder does not exist");
   config_ = load_model_config(model_dir);
-  {
-    WeightStore weights(model_dir);
-    model_ = std::make_unique<LlamaModel>(config_, weights);
-  }
   max_model_len_ = options.max_model_len > 0 ? std::min(options.max_model_len, config_.max_position_embeddings)
                                              : config_.max_position_embeddings;
   const int64_t kv_tokens = options.kv_cache_tokens > 0 ? options.kv_cache_tokens : max_model_len_;
-  kv_ = std::make_unique<KvCache>(config_, (kv_tokens + options.page_size - 1) / options.page_size,
-                                  options.page_size);
+  BackendOptions bo;
+  bo.page_size = options.page_size;
+  bo.num_pages = (kv_tokens + options.page_size - 1) / options.page_size;
+  if (options.device != "cpu") throw Error("device '" + options.device + "' is not available (cpu)");
+  {
+    WeightStore weights(model_dir);
+    backend_ = make_cpu_backend(config_, weights, bo);
+  }
+  kv_ = std::make_unique<PageAllocator>(backend_->num_pages(), backend_->page_size());
 
   eos_ids_ = config_.eos_token_ids;
   if (options.load_tokenizer) {
@@ -61,8 +64,8 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& options)
       spdlog::warn("no chat template: {}", e.what());
     }
   }
-  spdlog::info("loaded {} ({}, {} layers, hidden {}, {} q / {} kv heads, vocab {}), KV cache {} pages of {} tokens",
-               model_dir.string(), config_.architecture, config_.num_hidden_layers, config_.hidden_size,
+  spdlog::info("loaded {} on {} ({}, {} layers, hidden {}, {} q / {} kv heads, vocab {}), KV cache {} pages of {} tokens",
+               model_dir.string(), backend_->name(), config_.architecture, config_.num_hidden_layers, config_.hidden_size,
                config_.num_attention_heads, config_.num_key_value_heads, config_.vocab_size, kv_->num_pages(),
                kv_->page_size());
 }
@@ -95,9 +98,8 @@ void Engine::step(const std::vector<int32_t>& tokens, int64_t start_pos, std::ve
   ForwardBatch b;
   b.tokens = tokens;
   for (int64_t i = 0; i < T; ++i) {
-    const int64_t pos = start_pos + i;
-    b.positions.push_back(static_cast<int32_t>(pos));
-    b.slots.push_back(pages[pos / kv_->page_size()] * kv_->page_size() + static_cast<int32_t>(pos % kv_->page_size()));
+    b.positions.push_back(static_cast<int32_t>(start_pos + i));
+    b.slots.push_back(kv_->slot(pages, start_pos + i));
   }
   b.query_start = {0, static_cast<int32_t>(T)};
   b.kv_lens = {static_cast<int32_t>(start_pos + T)};
@@ -107,7 +109,7 @@ void Engine::step(const std::vector<int32_t>& tokens, int64_t start_pos, std::ve
     for (int64_t i = 0; i < T; ++i) b.logit_rows.push_back(static_cast<int32_t>(i));
   else
     b.logit_rows = {static_cast<int32_t>(T - 1)};
-  model_->forward(b, kv_->layers(), logits);
+  backend_->forward(b, logits);
 }
 
 void Engine::prefill(const std::vector<int32_t>& ids, std::vector<int32_t>& pages, Tensor& logits, bool all_logits) {
@@ -157,7 +159,7 @@ GenerateResult Engine::generate(const GenerateRequest& req, const StreamSink& si
     throw Error("the KV cache holds " + std::to_string(kv_->free_pages() * kv_->page_size()) +
                 " free tokens; this request needs " + std::to_string(n + max_new));
   struct Release {
-    KvCache& kv;
+    PageAllocator& kv;
     std::vector<int32_t>& pages;
     ~Release() { kv.release(pages); }
   } release{*kv_, pages};

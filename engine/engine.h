@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/kv_cache.h"
 #include "engine/model_config.h"
+#include "engine/page_allocator.h"
 #include "engine/sampler.h"
-#include "models/llama.h"
+#include "models/backend.h"
 
 namespace stem {
 
@@ -21,6 +21,7 @@ class Tokenizer;
 class ModelChatTemplate;
 
 struct EngineOptions {
+  std::string device = "cpu";            // "cpu" (the CUDA backend comes with issue 3)
   int32_t page_size = 16;
   int64_t max_model_len = 0;          // 0: the model's max_position_embeddings
   int64_t kv_cache_tokens = 0;        // 0: room for one sequence of max_model_len
@@ -94,8 +95,8 @@ class Engine {
   EngineOptions options_;
   ModelConfig config_;
   int64_t max_model_len_ = 0;
-  std::unique_ptr<LlamaModel> model_;
-  std::unique_ptr<KvCache> kv_;
+  std::unique_ptr<ModelBackend> backend_;
+  std::unique_ptr<PageAllocator> kv_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ModelChatTemplate> chat_template_;
   std::vector<int32_t> eos_ids_;

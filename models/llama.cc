@@ -14,18 +14,6 @@
 
 namespace stem {
 
-void ForwardBatch::validate(int64_t vocab_size) const {
-  const int64_t T = num_tokens(), S = num_seqs();
-  STEM_CHECK(T > 0 && S > 0, "empty batch");
-  STEM_CHECK(static_cast<int64_t>(positions.size()) == T && static_cast<int64_t>(slots.size()) == T,
-             "positions/slots must have one entry per token");
-  STEM_CHECK(static_cast<int64_t>(query_start.size()) == S + 1 && query_start[0] == 0 && query_start[S] == T,
-             "query_start must run from 0 to the token count");
-  STEM_CHECK(static_cast<int64_t>(page_table.size()) == S * max_pages, "page_table must be [S, max_pages]");
-  for (int32_t t : tokens) STEM_CHECK(t >= 0 && t < vocab_size, "token id ", t, " is outside the vocabulary");
-  for (int32_t r : logit_rows) STEM_CHECK(r >= 0 && r < T, "logit row ", r, " is outside the batch");
-}
-
 namespace {
 
 Tensor load_opt(const WeightStore& w, bool present, const std::string& name, std::vector<int64_t> shape) {
@@ -70,7 +58,6 @@ LlamaModel::LlamaModel(const ModelConfig& c, const WeightStore& w) : config_(c) 
 
 void LlamaModel::forward(const ForwardBatch& b, const KvLayers& kv, Tensor& logits) const {
   const ModelConfig& c = config_;
-  b.validate(c.vocab_size);
   STEM_CHECK(static_cast<int64_t>(kv.k.size()) == c.num_hidden_layers, "KV cache has ", kv.k.size(),
              " layers, the model ", c.num_hidden_layers);
   const int64_t T = b.num_tokens(), S = b.num_seqs(), H = c.hidden_size, D = c.head_dim;

@@ -6,29 +6,13 @@
 #include "engine/model_config.h"
 #include "engine/tensor.h"
 #include "engine/weights.h"
+#include "models/backend.h"
 
 namespace stem {
 
 // The paged KV cache as the model sees it: per layer, K and V pages f32 [P, page_size, Hkv, D].
 struct KvLayers {
   std::vector<TensorView> k, v;
-};
-
-// One forward step over S sequences: each contributes a run of consecutive new tokens
-// (a prompt chunk, or one decode token). Host-side metadata, built by the engine.
-struct ForwardBatch {
-  std::vector<int32_t> tokens;       // [T]
-  std::vector<int32_t> positions;    // [T]
-  std::vector<int32_t> slots;        // [T] page * page_size + offset, where each token's K/V goes
-  std::vector<int32_t> query_start;  // [S+1] seq s owns rows [query_start[s], query_start[s+1])
-  std::vector<int32_t> kv_lens;      // [S] cached tokens of seq s after this step
-  std::vector<int32_t> page_table;   // [S * max_pages]
-  int32_t max_pages = 0;
-  std::vector<int32_t> logit_rows;   // rows whose logits are wanted (e.g. the last of each seq)
-
-  int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
-  int64_t num_seqs() const { return static_cast<int64_t>(kv_lens.size()); }
-  void validate(int64_t vocab_size) const;
 };
 
 struct LlamaLayer {

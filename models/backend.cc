@@ -1,0 +1,69 @@
+#include "models/backend.h"
+
+#include "models/llama.h"
+
+namespace stem {
+
+void ForwardBatch::validate(int64_t vocab_size, int64_t num_pages, int32_t page_size) const {
+  const int64_t T = num_tokens(), S = num_seqs();
+  STEM_CHECK(T > 0 && S > 0, "empty batch");
+  STEM_CHECK(static_cast<int64_t>(positions.size()) == T && static_cast<int64_t>(slots.size()) == T,
+             "positions/slots must have one entry per token");
+  STEM_CHECK(static_cast<int64_t>(query_start.size()) == S + 1 && query_start[0] == 0 && query_start[S] == T,
+             "query_start must run from 0 to the token count");
+  STEM_CHECK(max_pages >= 0 && static_cast<int64_t>(page_table.size()) == S * max_pages,
+             "page_table must be [S, max_pages]");
+  for (int32_t t : tokens) STEM_CHECK(t >= 0 && t < vocab_size, "token id ", t, " is outside the vocabulary");
+  for (int32_t s : slots) STEM_CHECK(s >= 0 && s < num_pages * page_size, "KV slot ", s, " is outside the pool");
+  for (int64_t s = 0; s < S; ++s) {
+    STEM_CHECK(query_start[s] <= query_start[s + 1], "query_start must not decrease");
+    const int64_t used = (kv_lens[s] + page_size - 1) / page_size;
+    STEM_CHECK(kv_lens[s] >= query_start[s + 1] - query_start[s] && used <= max_pages, "sequence ", s,
+               " has kv_len ", kv_lens[s], " with ", max_pages, " pages");
+    for (int64_t p = 0; p < used; ++p) {
+      const int32_t page = page_table[s * max_pages + p];
+      STEM_CHECK(page >= 0 && page < num_pages, "page ", page, " is outside the pool");
+    }
+  }
+  for (int32_t r : logit_rows) STEM_CHECK(r >= 0 && r < T, "logit row ", r, " is outside the batch");
+}
+
+namespace {
+
+class CpuBackend final : public ModelBackend {
+ public:
+  CpuBackend(const ModelConfig& c, const WeightStore& w, const BackendOptions& o)
+      : model_(c, w), num_pages_(o.num_pages), page_size_(o.page_size) {
+    STEM_CHECK(o.page_size > 0 && 128 % o.page_size == 0, "page size ", o.page_size, " must divide 128");
+    STEM_CHECK(o.num_pages > 0, "the KV cache needs at least one page");
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+      for (auto* pool : {&k_, &v_}) {
+        pool->emplace_back(DType::F32, std::vector<int64_t>{o.num_pages, o.page_size, c.num_key_value_heads, c.head_dim});
+        (pool == &k_ ? kv_.k : kv_.v).push_back(pool->back().view());
+      }
+  }
+  const ModelConfig& config() const override { return model_.config(); }
+  std::string name() const override { return "cpu"; }
+  int64_t num_pages() const override { return num_pages_; }
+  int32_t page_size() const override { return page_size_; }
+  void forward(const ForwardBatch& batch, Tensor& logits) override {
+    batch.validate(model_.config().vocab_size, num_pages_, page_size_);
+    model_.forward(batch, kv_, logits);
+  }
+
+ private:
+  LlamaModel model_;
+  int64_t num_pages_;
+  int32_t page_size_;
+  std::vector<Tensor> k_, v_;
+  KvLayers kv_;
+};
+
+}  // namespace
+
+std::unique_ptr<ModelBackend> make_cpu_backend(const ModelConfig& config, const WeightStore& weights,
+                                               const BackendOptions& options) {
+  return std::make_unique<CpuBackend>(config, weights, options);
+}
+
+}  // namespace stem

@@ -1,0 +1,57 @@
+// The seam between the engine and a device: a backend holds a model's weights and its paged
+// KV cache on one device and runs forward steps. The engine only does bookkeeping (which
+// pages belong to which sequence) and never sees device memory.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/model_config.h"
+#include "engine/tensor.h"
+
+namespace stem {
+
+class WeightStore;
+
+// One forward step over S sequences: each contributes a run of consecutive new tokens
+// (a prompt chunk, or one decode token). Host-side metadata, built by the engine.
+struct ForwardBatch {
+  std::vector<int32_t> tokens;       // [T]
+  std::vector<int32_t> positions;    // [T]
+  std::vector<int32_t> slots;        // [T] page * page_size + offset, where each token's K/V goes
+  std::vector<int32_t> query_start;  // [S+1] seq s owns rows [query_start[s], query_start[s+1])
+  std::vector<int32_t> kv_lens;      // [S] cached tokens of seq s after this step
+  std::vector<int32_t> page_table;   // [S * max_pages]
+  int32_t max_pages = 0;
+  std::vector<int32_t> logit_rows;   // rows whose logits are wanted (e.g. the last of each seq)
+
+  int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
+  int64_t num_seqs() const { return static_cast<int64_t>(kv_lens.size()); }
+  // Checks shapes, token ids, slots and pages against the model and the KV pool, on the host,
+  // before anything reaches a device kernel.
+  void validate(int64_t vocab_size, int64_t num_pages, int32_t page_size) const;
+};
+
+class ModelBackend {
+ public:
+  virtual ~ModelBackend() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual std::string name() const = 0;  // "cpu", "cuda"
+  virtual int64_t num_pages() const = 0;
+  virtual int32_t page_size() const = 0;
+  // Runs one step: writes the new tokens' K/V into the pages `batch.slots` names, and the
+  // logits of `batch.logit_rows` as f32 [rows, vocab] on the host (resized as needed).
+  virtual void forward(const ForwardBatch& batch, Tensor& logits) = 0;
+};
+
+struct BackendOptions {
+  int64_t num_pages = 0;  // KV pages to allocate
+  int32_t page_size = 16;
+};
+
+// The CPU backend: fp32 weights and KV cache in host memory.
+std::unique_ptr<ModelBackend> make_cpu_backend(const ModelConfig& config, const WeightStore& weights,
+                                               const BackendOptions& options);
+
+}  // namespace stem
