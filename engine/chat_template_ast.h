@@ -74,7 +74,7 @@ struct Stmt;
 using StmtPtr = std::unique_ptr<Stmt>;
 using Body = std::vector<StmtPtr>;
 
-enum class StmtKind { Text, Output, If, For, Set, SetBlock, Break, Continue, Macro };
+enum class StmtKind { Text, Output, If, For, Set, SetBlock, Break, Continue, Macro, With };
 
 struct Stmt {
   StmtKind kind;
@@ -87,7 +87,7 @@ struct Stmt {
   std::vector<std::string> targets;  // For / Set / SetBlock names (several: tuple unpacking); Macro name
   std::string attr;                  // Set `{% set ns.attr = ... %}`: targets[0] is the namespace
   ExprPtr loop_filter;               // For `... if cond`
-  std::vector<Arg> params;           // Macro parameters with their defaults
+  std::vector<Arg> params;           // Macro parameters with their defaults; With's assignments
 };
 
 struct Program {

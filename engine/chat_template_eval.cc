@@ -83,6 +83,11 @@ class Interpreter {
         return Flow::Normal;
       }
       case StmtKind::Macro: scope.set(s.targets[0], make_macro(s, scope)); return Flow::Normal;
+      case StmtKind::With: {  // the values are computed outside, then bound in a scope of their own
+        auto inner = child_of(scope);
+        for (const Arg& a : s.params) inner->set(a.name, eval(*a.value, scope));
+        return exec_body(s.body, *inner, out);
+      }
       case StmtKind::Break: return Flow::Break;
       case StmtKind::Continue: return Flow::Continue;
     }

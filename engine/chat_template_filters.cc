@@ -296,6 +296,12 @@ const std::unordered_map<std::string_view, Filter>& filters() {
       {"escape", do_escape},
       {"e", do_escape},
       {"first", [](const Value& v, const CallArgs&) { return first_or_last(v, true); }},
+      {"format",
+       [](const Value& v, const CallArgs& a) {
+         if (!a.positional.empty() && !a.keyword.empty()) fail("can't handle positional and keyword arguments at the same time");
+         ValueDict named(a.keyword.begin(), a.keyword.end());
+         return printf_format(to_str(v), a.keyword.empty() ? Value::make_tuple(a.positional) : Value::make_dict(std::move(named)));
+       }},
       {"last", [](const Value& v, const CallArgs&) { return first_or_last(v, false); }},
       {"float", do_float},
       {"int", do_int},

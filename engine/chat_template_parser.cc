@@ -102,7 +102,19 @@ void Parser::parse_statement(Body& out) {
     Body inner = parse_statements({"endgeneration"}, true);
     for (auto& st : inner) out.push_back(std::move(st));
     return;
-  } else if (tag == "call" || tag == "filter" || tag == "with" || tag == "block" || tag == "extends" ||
+  } else if (tag == "with") {
+    next();
+    s->kind = StmtKind::With;
+    while (cur().type != Tok::BlockEnd) {
+      if (!s->params.empty()) expect_op(",");
+      Arg assignment;
+      assignment.name = expect_name();
+      expect_op("=");
+      assignment.value = parse_expression(true);
+      s->params.push_back(std::move(assignment));
+    }
+    s->body = parse_statements({"endwith"}, true);
+  } else if (tag == "call" || tag == "filter" || tag == "block" || tag == "extends" ||
              tag == "include" || tag == "import" || tag == "from" || tag == "autoescape" || tag == "do") {
     fail_here("the '" + tag + "' tag is not supported by stemserve's chat template renderer");
   } else {

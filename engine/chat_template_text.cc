@@ -77,14 +77,34 @@ bool is_space(char32_t c) {
          c == 0x3000;
 }
 
+// Code point at byte `pos` and its length; scanning from the ends keeps strip O(stripped).
+static char32_t cp_at(std::string_view s, size_t pos, size_t* len) {
+  size_t n = 1;
+  unsigned char c = static_cast<unsigned char>(s[pos]);
+  if (c >= 0x80) n = (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
+  if (pos + n > s.size()) n = 1;
+  *len = n;
+  if (n == 1) return c;
+  std::u32string one = decode(s.substr(pos, n));
+  return one.size() == 1 ? one[0] : 0xFFFD;
+}
+
 std::string strip(std::string_view s, const std::optional<std::string>& chars, bool left, bool right) {
-  std::u32string cps = decode(s);
   std::u32string set = chars ? decode(*chars) : std::u32string();
   auto strippable = [&](char32_t c) { return chars ? set.find(c) != std::u32string::npos : is_space(c); };
-  size_t b = 0, e = cps.size();
-  if (left) while (b < e && strippable(cps[b])) ++b;
-  if (right) while (e > b && strippable(cps[e - 1])) --e;
-  return encode(std::u32string_view(cps).substr(b, e - b));
+  size_t b = 0, e = s.size(), len = 0;
+  if (left) {
+    while (b < e && strippable(cp_at(s, b, &len))) b += len;
+  }
+  if (right) {
+    while (e > b) {
+      size_t start = e - 1;
+      while (start > b && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80) --start;
+      if (!strippable(cp_at(s, start, &len))) break;
+      e = start;
+    }
+  }
+  return std::string(s.substr(b, e - b));
 }
 
 static std::vector<std::string> split_whitespace(std::string_view s, int64_t maxsplit, bool from_right) {

@@ -102,6 +102,21 @@ TEST_CASE("chat template: set scoping follows jinja2: loops do not leak, if bloc
   CHECK(render("{% set x %}in {{ 'block' }}{% endset %}{{ x|upper }}") == "IN BLOCK");
 }
 
+TEST_CASE("chat template: transformers' {% generation %} tag renders its body") {
+  CHECK(render("{% for m in messages %}{% generation %}<{{ m.content }}>{% endgeneration %}{% endfor %}",
+               {{"messages", kMessages}}) == "<Be brief.><Hi><Hello!>");
+}
+
+TEST_CASE("chat template: unsupported tags are syntax errors that say so") {
+  try {
+    ChatTemplate("{% call m() %}x{% endcall %}");
+    FAIL("parsed");
+  } catch (const ChatTemplateError& e) {
+    CHECK(e.kind() == ChatTemplateError::Kind::kSyntax);
+    CHECK_THAT(e.what(), Catch::Matchers::Contains("'call' tag is not supported"));
+  }
+}
+
 TEST_CASE("chat template: macros") {
   CHECK(render("{% macro m(who, p='!') %}hi {{ who }}{{ p }}{% endmacro %}{{ m('a') }} {{ m(p='?', who='b') }}") ==
         "hi a! hi b?");
