@@ -262,7 +262,9 @@ Value get_item(const Value& obj, const Value& key) {
 
 Value get_slice(const Value& obj, const Value* start, const Value* stop, const Value* step) {
   if (obj.is_undefined()) fail_undefined(obj);
-  if (!obj.is_sequence() && !obj.is_string()) return Value::undefined(object_name(obj) + " is not sliceable");
+  // jinja2 compiles x[a:b] to a plain Python subscript, outside the sandbox's forgiving getitem
+  if (obj.is_dict()) fail("TypeError: unhashable type: 'slice'");
+  if (!obj.is_sequence() && !obj.is_string()) fail(std::string("TypeError: '") + type_name(obj) + "' object is not subscriptable");
   auto bound = [](const Value* v) -> std::optional<int64_t> {
     if (!v || v->is_none()) return std::nullopt;
     if (!v->is_integral()) fail("TypeError: slice indices must be integers or None");
