@@ -41,12 +41,17 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& options)
                                              : config_.max_position_embeddings;
   const int64_t kv_tokens = options.kv_cache_tokens > 0 ? options.kv_cache_tokens : max_model_len_;
   BackendOptions bo;
+  bo.device = options.device;
+  bo.gpu_memory_fraction = options.gpu_memory_fraction;
   bo.page_size = options.page_size;
-  bo.num_pages = (kv_tokens + options.page_size - 1) / options.page_size;
-  if (options.device != "cpu") throw Error("device '" + options.device + "' is not available (cpu)");
-  {
+  // On the GPU the pool fills the memory left after the weights unless a size is given.
+  const bool sized = options.kv_cache_tokens > 0 || options.device == "cpu";
+  bo.num_pages = sized ? (kv_tokens + options.page_size - 1) / options.page_size : 0;
+  if (options.dummy_weights) {
+    backend_ = make_backend(config_, nullptr, bo);
+  } else {
     WeightStore weights(model_dir);
-    backend_ = make_cpu_backend(config_, weights, bo);
+    backend_ = make_backend(config_, &weights, bo);
   }
   kv_ = std::make_unique<PageAllocator>(backend_->num_pages(), backend_->page_size());
 

@@ -21,7 +21,9 @@ class Tokenizer;
 class ModelChatTemplate;
 
 struct EngineOptions {
-  std::string device = "cpu";            // "cpu" (the CUDA backend comes with issue 3)
+  std::string device = "cpu";            // "cpu" or "cuda"
+  bool dummy_weights = false;            // random weights for the config (--load-format dummy)
+  double gpu_memory_fraction = 0.9;      // cuda: share of device memory for weights + KV cache
   int32_t page_size = 16;
   int64_t max_model_len = 0;          // 0: the model's max_position_embeddings
   int64_t kv_cache_tokens = 0;        // 0: room for one sequence of max_model_len

@@ -66,4 +66,20 @@ std::unique_ptr<ModelBackend> make_cpu_backend(const ModelConfig& config, const 
   return std::make_unique<CpuBackend>(config, weights, options);
 }
 
+std::unique_ptr<ModelBackend> make_backend(const ModelConfig& config, const WeightStore* weights,
+                                           const BackendOptions& options) {
+  if (options.device == "cpu") {
+    if (!weights) throw Error("random (dummy) weights are only supported on the cuda device");
+    return make_cpu_backend(config, *weights, options);
+  }
+  if (options.device == "cuda") {
+#ifdef STEM_HAVE_CUDA
+    return make_cuda_backend(config, weights, options);
+#else
+    throw Error("device 'cuda' is not available: this stemserve was built without CUDA");
+#endif
+  }
+  throw Error("unknown device '" + options.device + "' (cpu, cuda)");
+}
+
 }  // namespace stem

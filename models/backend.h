@@ -46,12 +46,21 @@ class ModelBackend {
 };
 
 struct BackendOptions {
-  int64_t num_pages = 0;  // KV pages to allocate
+  std::string device = "cpu";  // "cpu" or "cuda"
+  int64_t num_pages = 0;       // KV pages to allocate; 0: as many as memory allows (cuda)
   int32_t page_size = 16;
+  double gpu_memory_fraction = 0.9;  // cuda: share of the device memory for weights + KV cache
 };
+
+// The backend for options.device. `weights` null means random weights (--load-format dummy).
+std::unique_ptr<ModelBackend> make_backend(const ModelConfig& config, const WeightStore* weights,
+                                           const BackendOptions& options);
 
 // The CPU backend: fp32 weights and KV cache in host memory.
 std::unique_ptr<ModelBackend> make_cpu_backend(const ModelConfig& config, const WeightStore& weights,
                                                const BackendOptions& options);
+// The CUDA backend (models/cuda_backend.cc), in builds with CUDA.
+std::unique_ptr<ModelBackend> make_cuda_backend(const ModelConfig& config, const WeightStore* weights,
+                                                const BackendOptions& options);
 
 }  // namespace stem

@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -25,6 +26,9 @@ struct GenerateArgs {
   int64_t seed = -1;
   bool show_logprobs = false;
   int64_t max_model_len = 0;
+  std::string device = "cpu";
+  std::string load_format = "auto";
+  double gpu_memory_fraction = 0.9;
 };
 
 void add_sampling_flags(CLI::App* cmd, GenerateArgs& a) {
@@ -55,6 +59,10 @@ void add_sampling_flags(CLI::App* cmd, GenerateArgs& a) {
 int run_generate(const GenerateArgs& a) {
   EngineOptions opts;
   opts.max_model_len = a.max_model_len;
+  opts.device = a.device;
+  opts.dummy_weights = a.load_format == "dummy";
+  opts.load_tokenizer = !opts.dummy_weights || std::filesystem::exists(std::filesystem::path(a.model) / "tokenizer.json");
+  opts.gpu_memory_fraction = a.gpu_memory_fraction;
   Engine engine(a.model, opts);
   std::string text = a.prompt;
   if (a.chat) {
@@ -107,6 +115,11 @@ int run_cli(int argc, char** argv) {
   g->add_option("--system", gen.system, "System message (with --chat)");
   g->add_option("--max-model-len", gen.max_model_len, "Context length (default: the model's)")
       ->envname("STEMSERVE_MAX_MODEL_LEN");
+  g->add_option("--device", gen.device, "cpu or cuda")->envname("STEMSERVE_DEVICE")->capture_default_str();
+  g->add_option("--load-format", gen.load_format, "auto (safetensors) or dummy (random weights for config.json)")
+      ->check(CLI::IsMember({"auto", "dummy"}))->envname("STEMSERVE_LOAD_FORMAT")->capture_default_str();
+  g->add_option("--gpu-memory-fraction", gen.gpu_memory_fraction, "Share of GPU memory for weights and KV cache")
+      ->check(CLI::Range(0.05, 0.99))->envname("STEMSERVE_GPU_MEMORY_FRACTION")->capture_default_str();
   add_sampling_flags(g, gen);
 
   try {
