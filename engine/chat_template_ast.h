@@ -74,20 +74,20 @@ struct Stmt;
 using StmtPtr = std::unique_ptr<Stmt>;
 using Body = std::vector<StmtPtr>;
 
-enum class StmtKind { Text, Output, If, For, Set, SetBlock, Break, Continue, Macro, With };
+enum class StmtKind { Text, Output, If, For, Set, SetBlock, Break, Continue, Macro, CallBlock, With };
 
 struct Stmt {
   StmtKind kind;
   size_t offset = 0;
   std::string text;                  // Text
-  ExprPtr expr;                      // Output, Set value, For iterable
+  ExprPtr expr;                      // Output, Set value, For iterable, CallBlock's call
   std::vector<ExprPtr> conditions;   // If: one per `if`/`elif` branch
   std::vector<Body> branches;        // If: bodies matching `conditions`
   Body body, else_body;              // For, SetBlock, Macro / For's and If's `else`
   std::vector<std::string> targets;  // For / Set / SetBlock names (several: tuple unpacking); Macro name
   std::string attr;                  // Set `{% set ns.attr = ... %}`: targets[0] is the namespace
   ExprPtr loop_filter;               // For `... if cond`
-  std::vector<Arg> params;           // Macro parameters with their defaults; With's assignments
+  std::vector<Arg> params;           // Macro / CallBlock caller parameters with defaults; With's assignments
 };
 
 struct Program {

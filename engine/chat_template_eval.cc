@@ -83,6 +83,14 @@ class Interpreter {
         return Flow::Normal;
       }
       case StmtKind::Macro: scope.set(s.targets[0], make_macro(s, scope)); return Flow::Normal;
+      case StmtKind::CallBlock: {
+        const Expr& call = *s.expr;
+        Value callee = eval(*call.children[0], scope);
+        CallArgs args = eval_args(call.args, scope);
+        args.keyword.emplace_back("caller", make_macro(s, scope));
+        out += to_str(call_value(callee, args));
+        return Flow::Normal;
+      }
       case StmtKind::With: {  // the values are computed outside, then bound in a scope of their own
         auto inner = child_of(scope);
         for (const Arg& a : s.params) inner->set(a.name, eval(*a.value, scope));
@@ -196,7 +204,8 @@ class Interpreter {
       for (const auto& [name, v] : a.keyword) {
         bool known = false;
         for (const Arg& p : def->params) known = known || p.name == name;
-        if (!known) fail("macro '" + def->targets[0] + "' takes no keyword argument '" + name + "'");
+        if (name == "caller" && !known) frame.set("caller", v);  // from a {% call %} block
+        else if (!known) fail("macro '" + def->targets[0] + "' takes no keyword argument '" + name + "'");
       }
       std::string out;
       exec_body(def->body, frame, out);
@@ -214,8 +223,17 @@ class Interpreter {
   CallArgs eval_args(const std::vector<Arg>& args, Scope& scope) {
     CallArgs out;
     for (const Arg& a : args) {
-      if (a.name.empty()) out.positional.push_back(eval(*a.value, scope));
-      else out.keyword.emplace_back(a.name, eval(*a.value, scope));
+      if (a.name.empty()) {
+        out.positional.push_back(eval(*a.value, scope));
+      } else if (a.name == "*") {  // f(*xs): the items as positional arguments
+        for (Value& v : iterate(eval(*a.value, scope))) out.positional.push_back(std::move(v));
+      } else if (a.name == "**") {  // f(**d): the entries as keyword arguments
+        Value d = eval(*a.value, scope);
+        if (!d.is_dict()) fail(std::string("TypeError: argument after ** must be a mapping, not ") + type_name(d));
+        for (const auto& [k, v] : *d.dict) out.keyword.emplace_back(k, v);
+      } else {
+        out.keyword.emplace_back(a.name, eval(*a.value, scope));
+      }
     }
     return out;
   }

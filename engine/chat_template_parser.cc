@@ -114,7 +114,9 @@ void Parser::parse_statement(Body& out) {
       s->params.push_back(std::move(assignment));
     }
     s->body = parse_statements({"endwith"}, true);
-  } else if (tag == "call" || tag == "filter" || tag == "block" || tag == "extends" ||
+  } else if (tag == "call") {
+    parse_call_block(*s);
+  } else if (tag == "filter" || tag == "block" || tag == "extends" ||
              tag == "include" || tag == "import" || tag == "from" || tag == "autoescape" || tag == "do") {
     fail_here("the '" + tag + "' tag is not supported by stemserve's chat template renderer");
   } else {
@@ -171,6 +173,15 @@ void Parser::parse_macro(Stmt& s) {
   next();
   s.kind = StmtKind::Macro;
   s.targets.push_back(expect_name());
+  parse_signature(s);
+  int saved = loop_depth_;
+  loop_depth_ = 0;
+  s.body = parse_statements({"endmacro"}, true);
+  loop_depth_ = saved;
+}
+
+// `(a, b=default, ...)` of a macro or of a call block's caller.
+void Parser::parse_signature(Stmt& s) {
   expect_op("(");
   while (!is_op(")")) {
     if (!s.params.empty()) expect_op(",");
@@ -181,9 +192,19 @@ void Parser::parse_macro(Stmt& s) {
     s.params.push_back(std::move(param));
   }
   next();
+}
+
+// {% call [(params)] macro(args) %}body{% endcall %}: the macro gets the body as `caller`.
+void Parser::parse_call_block(Stmt& s) {
+  next();
+  s.kind = StmtKind::CallBlock;
+  s.targets.push_back("caller");
+  if (is_op("(")) parse_signature(s);
+  s.expr = parse_expression(true);
+  if (s.expr->kind != ExprKind::Call) fail_here("expected call");
   int saved = loop_depth_;
   loop_depth_ = 0;
-  s.body = parse_statements({"endmacro"}, true);
+  s.body = parse_statements({"endcall"}, true);
   loop_depth_ = saved;
 }
 

@@ -50,6 +50,8 @@ class Parser {
   void parse_if(Stmt& s);
   void parse_set(Stmt& s);
   void parse_macro(Stmt& s);
+  void parse_signature(Stmt& s);
+  void parse_call_block(Stmt& s);
   void parse_assign_names(Stmt& s, bool with_namespace, const char* end_name);
 
   // ---- expressions ----

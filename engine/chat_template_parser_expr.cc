@@ -287,22 +287,30 @@ ExprPtr Parser::parse_subscript(ExprPtr node) {
   return make2(ExprKind::Item, offset, std::move(node), std::move(key));
 }
 
+// Arguments as jinja2 accepts them: positional, then name=value, with at most one *expr (named
+// "*") and one **expr (named "**").
 void Parser::parse_call_args(std::vector<Arg>& args) {
   expect_op("(");
-  bool seen_keyword = false;
+  bool seen_keyword = false, seen_star = false, seen_star2 = false;
   while (!is_op(")")) {
     if (!args.empty()) {
       expect_op(",");
       if (is_op(")")) break;
     }
-    if (is_op("*") || is_op("**")) fail_here("*args and **kwargs in calls are not supported");
     Arg a;
-    if (cur().type == Tok::Name && peek().type == Tok::Op && peek().text == "=") {
+    if (is_op("*") || is_op("**")) {
+      a.name = cur().text;
+      bool ok = a.name == "*" ? !seen_star && !seen_star2 : !seen_star2;
+      if (!ok) fail_here("invalid syntax for function call expression");
+      (a.name == "*" ? seen_star : seen_star2) = true;
+      next();
+    } else if (cur().type == Tok::Name && peek().type == Tok::Op && peek().text == "=") {
+      if (seen_star2) fail_here("invalid syntax for function call expression");
       a.name = cur().text;
       next();
       next();
       seen_keyword = true;
-    } else if (seen_keyword) {
+    } else if (seen_keyword || seen_star || seen_star2) {
       fail_here("invalid syntax for function call expression");
     }
     a.value = parse_expression(true);

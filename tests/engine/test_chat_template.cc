@@ -109,11 +109,11 @@ TEST_CASE("chat template: transformers' {% generation %} tag renders its body") 
 
 TEST_CASE("chat template: unsupported tags are syntax errors that say so") {
   try {
-    ChatTemplate("{% call m() %}x{% endcall %}");
+    ChatTemplate("{% filter upper %}x{% endfilter %}");
     FAIL("parsed");
   } catch (const ChatTemplateError& e) {
     CHECK(e.kind() == ChatTemplateError::Kind::kSyntax);
-    CHECK_THAT(e.what(), Catch::Matchers::Contains("'call' tag is not supported"));
+    CHECK_THAT(e.what(), Catch::Matchers::Contains("'filter' tag is not supported"));
   }
 }
 
