@@ -4,6 +4,15 @@
 //
 // Behaviour follows the Python `tokenizers` package (encode, decode) and `sentencepiece`;
 // tests/fixtures/tokenizers holds ids made by those packages and the tests compare exactly.
+// Known limits: characters new in Unicode 15-16 may split differently in regex pre-tokenizers
+// (PCRE2 10.42 has Unicode 14; the package's Oniguruma has 16).
+//
+// SentencePiece (`tokenizer.model`): encode splits the text at special tokens (<s>, </s>, <unk>,
+// and tokenizer_config.json's added_tokens_decoder) and encodes each stretch with SentencePiece
+// on its own, as Meta's Llama-2 reference and HF's slow tokenizer (legacy) do; add_bos_token
+// (default true) / add_eos_token (default false) come from tokenizer_config.json. decode with
+// skip_special_tokens is SentencePiece's DecodeIds; without it, control and added tokens are
+// written out between runs that DecodeIds decodes (each run drops its leading space).
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -84,6 +93,10 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
 // Push generated ids one by one; get back only complete new text. After flush() the
 // concatenation of everything returned equals tokenizer.decode(all ids, skip_special_tokens).
 // Handles byte-level BPE, SentencePiece's ▁ and <0x..> byte tokens and its leading-space rule.
+// Text is held back only while a later id can still change it: an incomplete UTF-8 character;
+// a space that transformers' clean-up may remove (" ." -> "."); and, for tokenizer.json files
+// with a ByteFallback decoder (HF Llama-2/Mistral), a whole run of <0x..> tokens, because HF
+// turns every byte of the run into U+FFFD when any part of it is not valid UTF-8.
 // Not thread-safe (one per sequence); the Tokenizer must outlive it.
 class IncrementalDetokenizer {
  public:
@@ -91,6 +104,7 @@ class IncrementalDetokenizer {
   std::string push(int32_t id);
   std::string push(std::span<const int32_t> ids);
   std::string flush();  // at the end of the sequence; push() after flush() starts over
+  void reset();         // drops what is held and starts over
   size_t num_tokens() const { return num_tokens_; }
 
  private:

@@ -23,6 +23,7 @@ Bpe::Bpe(const json& model, const std::string& where) {
   const json& vocab = member(model, "vocab", where);
   if (!vocab.is_object()) fail(where, "vocab must be an object of token -> id");
   int32_t max_id = -1;
+  vocab_.reserve(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     int32_t id = it.value().get<int32_t>();
     if (id < 0) fail(where, "vocab id of '" + it.key() + "' is negative");
@@ -52,6 +53,7 @@ Bpe::Bpe(const json& model, const std::string& where) {
   }
 
   const json& merges = member(model, "merges", where);
+  merges_.reserve(merges.size());
   size_t prefix_len = prefix_ ? prefix_->size() : 0;
   uint32_t rank = 0;
   for (const json& m : merges) {

@@ -197,6 +197,12 @@ std::string IncrementalDetokenizer::flush() {
   return out;
 }
 
+void IncrementalDetokenizer::reset() {
+  state_ = tokenizer_->new_decode_state(skip_special_tokens_);
+  held_.clear();
+  num_tokens_ = 0;
+}
+
 // Holds back a trailing incomplete UTF-8 sequence, should a decode state ever return one.
 std::string IncrementalDetokenizer::release(std::string text) {
   if (!held_.empty()) text.insert(0, held_), held_.clear();
