@@ -3,6 +3,7 @@
 //  * Dense causal prefill of one L-token prompt, L = 8K … 128K: TFLOP/s with the usual causal count
 //    FLOPs = 4 · Hq · D · L²/2 (two GEMMs of 2·L·L·D each, half of the score matrix), through the
 //    explicit dense plan (dense_causal_plan) and through the router (lists and plan on the device).
+//  * Block-sparse prefill with Stem-shaped lists at 32K and 128K: TFLOP/s over the listed blocks.
 //  * Decode, one row per sequence: GB/s counting the K/V bytes read once (kv_len · Hkv · D · 2 B ·
 //    2) plus q and out, beside a device-to-device copy (bytes read + written) measured in the run.
 // Times are medians of CUDA-event-timed calls after warm-ups; inputs are random, never zeros.
@@ -181,6 +182,85 @@ void bench_prefill(int64_t len, std::mt19937_64& rng) {
   json_row(row);
 }
 
+// Block lists shaped like Stem's (DESIGN.md §3 budget k(i) with α = 0.7: 4 sink blocks, 4 window
+// blocks, then random causal blocks up to k(i)), to time the block-sparse path; the selection
+// itself is not Stem's (random, not top-k). Also returns the FLOPs of the blocks it lists, counted
+// as the dense figure counts them (diagonal blocks as half).
+cuda::BlockSparsePlan stem_like_plan(const std::vector<int32_t>& kv_lens, const std::vector<int32_t>& query_start,
+                                     std::mt19937_64& rng, double* flops) {
+  const int64_t nb = (kv_lens[0] + 127) / 128;
+  const int64_t ks = nb < 56 ? nb : nb < 160 ? static_cast<int64_t>(0.2 * nb + 30) : static_cast<int64_t>(0.1 * nb) + 30;
+  cuda::BlockSparsePlan plan;
+  plan.qblocks = cuda::prefill_query_blocks(kv_lens, query_start);
+  plan.block_offsets.push_back(0);
+  *flops = 0;
+  std::vector<int32_t> candidates;
+  for (int64_t b = 0; b < plan.n_qblocks(); ++b) {
+    const int64_t i = plan.qblocks[2 * b + 1];
+    int64_t k = ks;
+    if (i >= ks) {
+      const double step = double(i - ks) / double(std::max<int64_t>(1, nb - ks - 1)) * (0.7 - 1) * double(ks);
+      k = std::clamp<int64_t>(static_cast<int64_t>(std::floor(double(ks) + step)), 1, ks);
+    }
+    for (int64_t h = 0; h < kHq; ++h) {
+      std::vector<char> chosen(static_cast<size_t>(i + 1), 0);
+      int64_t size = 0;
+      for (int64_t j = 0; j <= i; ++j)
+        if (j < 4 || j > i - 4) chosen[j] = 1, ++size;
+      candidates.clear();
+      for (int64_t j = 4; j <= i - 4; ++j) candidates.push_back(static_cast<int32_t>(j));
+      std::shuffle(candidates.begin(), candidates.end(), rng);
+      for (size_t c = 0; c < candidates.size() && size < k; ++c) chosen[candidates[c]] = 1, ++size;
+      for (int64_t j = i; j >= 0; --j)
+        if (chosen[j]) {
+          plan.block_indices.push_back(static_cast<int32_t>(j));
+          *flops += 4.0 * 128 * 128 * kD * (j == i ? 0.5 : 1.0);
+        }
+      plan.block_offsets.push_back(static_cast<int32_t>(plan.block_indices.size()));
+    }
+  }
+  return plan;
+}
+
+void bench_prefill_sparse(int64_t len, std::mt19937_64& rng) {
+  const std::vector<int32_t> kv_lens = {static_cast<int32_t>(len)}, query_start = {0, static_cast<int32_t>(len)};
+  PagedCache cache(kv_lens, 1, rng);
+  Buffer q(len * kHq * kD * 2), out(len * kHq * kD * 2), table(cache.tables[0].size() * 4), lens(4), starts(8);
+  fill_random_bf16(q);
+  table.upload(cache.tables[0]);
+  lens.upload(kv_lens);
+  starts.upload(query_start);
+  double flops = 0;
+  const cuda::BlockSparsePlan plan = stem_like_plan(kv_lens, query_start, rng, &flops);
+  Buffer qblocks(plan.qblocks.size() * 4), offsets(plan.block_offsets.size() * 4),
+      indices(plan.block_indices.size() * 4);
+  qblocks.upload(plan.qblocks);
+  offsets.upload(plan.block_offsets);
+  indices.upload(plan.block_indices);
+  const double dense_flops = 4.0 * kHq * kD * double(len) * double(len) / 2;
+  const int reps = static_cast<int>(std::clamp(1e15 / 4 / flops, 3.0, 30.0));
+  const double ms = median_ms(
+      [&](int) {
+        cuda::block_sparse_prefill(out.view(DType::BF16, {len, kHq, kD}), q.view(DType::BF16, {len, kHq, kD}),
+                                   cache.k_view(), cache.v_view(), table.view(DType::I32, {1, cache.max_pages}),
+                                   lens.view(DType::I32, {1}), starts.view(DType::I32, {2}),
+                                   qblocks.view(DType::I32, {plan.n_qblocks(), 2}),
+                                   offsets.view(DType::I32, {int64_t(plan.block_offsets.size())}),
+                                   indices.view(DType::I32, {int64_t(plan.block_indices.size())}),
+                                   1.f / std::sqrt(float(kD)), 0, nullptr);
+      },
+      2, reps);
+  const double tflops = flops / ms * 1e-9;
+  std::printf("sparse   L=%-7lld density %4.1f%% %9.3f ms %7.1f TFLOP/s on the listed blocks\n",
+              static_cast<long long>(len), 100 * flops / dense_flops, ms, tflops);
+  std::fflush(stdout);
+  char row[256];
+  std::snprintf(row, sizeof row,
+                "{\"op\": \"prefill_stem_like\", \"len\": %lld, \"density\": %.4f, \"ms\": %.4f, \"tflops\": %.2f}",
+                static_cast<long long>(len), flops / dense_flops, ms, tflops);
+  json_row(row);
+}
+
 void bench_decode(int64_t seqs, int64_t kv_len, double copy_gbps, std::mt19937_64& rng) {
   const std::vector<int32_t> kv_lens(static_cast<size_t>(seqs), static_cast<int32_t>(kv_len));
   std::vector<int32_t> query_start(static_cast<size_t>(seqs) + 1);
@@ -242,6 +322,7 @@ int main(int argc, char** argv) {
               static_cast<long long>(kD), static_cast<long long>(kPage));
   std::mt19937_64 rng(1);
   for (int64_t len = 8192; len <= max_len; len *= 2) bench_prefill(len, rng);
+  for (int64_t len = 32768; len <= max_len; len *= 4) bench_prefill_sparse(len, rng);
   const double copy = copy_ceiling_gbps();
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy);
   for (auto [seqs, kv] : std::vector<std::pair<int64_t, int64_t>>{{1, 8192}, {1, 32768}, {16, 8192}, {64, 4096}, {128, 2048}})

@@ -27,9 +27,10 @@ void paged_attention(const TensorView& out, const TensorView& q, const TensorVie
   const int64_t long_seqs = std::min(s.seqs, s.tokens / (max_rows + 1));
   const int64_t capacity = s.tokens / kAttentionBlock + 2 * long_seqs;
   int32_t* plan = nullptr;
-  CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&plan), (2 * capacity + 1) * sizeof(int32_t), stream));
+  // [count, work counter, pad, pad, qblocks...]
+  CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&plan), (2 * capacity + 4) * sizeof(int32_t), stream));
   try {
-    detail::dense_prefill_on_device(out, q, k_cache, v_cache, page_table, kv_lens, query_start, plan + 1, plan,
+    detail::dense_prefill_on_device(out, q, k_cache, v_cache, page_table, kv_lens, query_start, plan + 4, plan,
                                     capacity, max_rows, scale, sliding_window, stream);
   } catch (...) {
     cudaFreeAsync(plan, stream);

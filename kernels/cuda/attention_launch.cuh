@@ -3,10 +3,15 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <array>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 
 #include "kernels/cpu/rows.h"
 #include "kernels/cuda/attention_mma.cuh"
@@ -77,22 +82,42 @@ inline AttentionShape check_attention(const char* op, const TensorView& out, con
   return s;
 }
 
-inline int multiprocessors() {
-  int device = 0, count = 0;
+// Device attributes and kernel settings are asked once per device (kernel), not per launch: a decode
+// step is tens of microseconds, and these calls would be a visible share of it.
+constexpr int kMaxDevices = 64;
+
+inline int current_device() {
+  int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
+  STEM_CHECK(device >= 0 && device < kMaxDevices, "attention: device ", device, " past the ", kMaxDevices, " supported");
+  return device;
+}
+
+inline int multiprocessors() {
+  static std::array<std::atomic<int>, kMaxDevices> cache{};
+  const int device = current_device();
+  if (const int known = cache[device].load(std::memory_order_relaxed)) return known;
+  int count = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  cache[device].store(count, std::memory_order_relaxed);
   return count;
 }
 
-// Raises a kernel's dynamic shared-memory limit past the 48 KB default, after checking the device
-// has that much per block.
+// Raises a kernel's dynamic shared-memory limit past the 48 KB default (once per kernel, device and
+// size), after checking the device has that much per block.
 inline void allow_smem(const void* kernel, int bytes, const char* op) {
-  int device = 0, optin = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int> allowed;  // (kernel, device) → bytes
+  const int device = current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  int& done = allowed[{kernel, device}];
+  if (done >= bytes) return;
+  int optin = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   STEM_CHECK(bytes <= optin, op, ": needs ", bytes, " bytes of shared memory per block, the device has ", optin,
              " (a page table this wide: pass a narrower view)");
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done = bytes;
 }
 
 }  // namespace stem::cuda::attn

@@ -119,16 +119,31 @@ struct KvTileLoader {
   __device__ __forceinline__ void issue(const PagedKv& c, const int32_t* table_row, int g, int k0, int kv_len,
                                         bf16* s_k, bf16* s_v) const {
     const uint32_t k_base = smem_u32(s_k), v_base = smem_u32(s_v);
-    const int in_page = c.page_size - 1;
-    const bool large_pages = c.page_size >= kRows;
+    const int in_page = c.page_size - 1, tok0 = k0 + row0;
+    const int64_t row_stride = static_cast<int64_t>(c.kv_heads) * D;  // between a page's tokens
+    if (c.page_size >= kRows) {
+      // All kRows rows sit in one page, one cache row apart: one address, then constant steps.
+      const int64_t first = tok0 < kv_len ? ((static_cast<int64_t>(page) << c.log2_page) + (tok0 & in_page)) * row_stride +
+                                                g * D + chunk * 8
+                                          : 0;
+      const bf16* k = c.k + first;
+      const bf16* v = c.v + first;
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const bool valid = tok0 + r < kv_len;
+        const uint32_t dst = tile_offset<D>(row0 + r, chunk);
+        cp_async_16(k_base + dst, valid ? k + r * row_stride : c.k, valid);
+        cp_async_16(v_base + dst, valid ? v + r * row_stride : c.v, valid);
+      }
+      return;
+    }
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      const int tok = k0 + row0 + r;
+      const int tok = tok0 + r;
       const bool valid = tok < kv_len;
-      int row_page = page;
-      if (!large_pages && valid) row_page = __ldg(table_row + (tok >> c.log2_page));
+      const int row_page = valid ? __ldg(table_row + (tok >> c.log2_page)) : 0;
       const int64_t slot = (static_cast<int64_t>(row_page) << c.log2_page) + (tok & in_page);
-      const int64_t off = valid ? (slot * c.kv_heads + g) * D + chunk * 8 : 0;
+      const int64_t off = valid ? slot * row_stride + g * D + chunk * 8 : 0;
       const uint32_t dst = tile_offset<D>(row0 + r, chunk);
       cp_async_16(k_base + dst, c.k + off, valid);
       cp_async_16(v_base + dst, c.v + off, valid);

@@ -13,11 +13,12 @@ namespace stem::cuda {
 namespace attn {
 
 // The router's plan: lists the query blocks of every sequence with more than min_rows rows (the
-// others go to the decode kernel), latest block first within a sequence. One CTA; a scan per
-// kThreads sequences places each sequence's blocks.
+// others go to the decode kernel), latest block first within a sequence, and zeroes the prefill
+// kernel's work counter. One CTA; a scan per kThreads sequences places each sequence's blocks.
 __global__ void __launch_bounds__(kThreads) list_query_blocks_kernel(const int32_t* kv_lens, const int32_t* query_start,
                                                                      int seqs, int min_rows, int32_t* qblocks,
-                                                                     int32_t* count, int capacity) {
+                                                                     int32_t* count, int32_t* work_counter,
+                                                                     int capacity) {
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage temp;
   int running = 0;
@@ -43,7 +44,10 @@ __global__ void __launch_bounds__(kThreads) list_query_blocks_kernel(const int32
     running += total;
     __syncthreads();  // temp is reused by the next scan
   }
-  if (threadIdx.x == 0) *count = min(running, capacity);
+  if (threadIdx.x == 0) {
+    *count = min(running, capacity);
+    *work_counter = 0;
+  }
 }
 
 namespace {
@@ -68,27 +72,25 @@ PrefillParams prefill_params(const AttentionShape& s, const TensorView& out, con
   return p;
 }
 
+// A persistent grid: as many CTAs as fit the device at once (or fewer, for few items).
 template <int D>
-void launch_prefill(const PrefillParams& p, int64_t grid_cap, cudaStream_t stream, const char* op) {
+void launch_prefill(const PrefillParams& p, cudaStream_t stream, const char* op) {
   const int smem = prefill_smem_bytes<D>(p.list_cap);
   allow_smem(reinterpret_cast<const void*>(&prefill_kernel<D>), smem, op);
-  int64_t grid = int64_t{p.n_qblocks} * p.q_heads;
-  if (grid_cap > 0) {
-    int per_sm = 0;
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, prefill_kernel<D>, kThreads, smem));
-    grid = std::min<int64_t>(grid, std::max(1, per_sm) * grid_cap);
-  }
-  STEM_CHECK(grid < (int64_t{1} << 31), op, ": ", grid, " work items do not fit one launch");
+  int per_sm = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, prefill_kernel<D>, kThreads, smem));
+  const int64_t wave = int64_t{std::max(1, per_sm)} * multiprocessors();
+  const int64_t grid = std::min<int64_t>(int64_t{p.n_qblocks} * p.q_heads, wave);
   if (grid == 0) return;
   prefill_kernel<D><<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(p);
   STEM_CUDA_CHECK_LAUNCH();
 }
 
-void launch_prefill(int64_t head_dim, const PrefillParams& p, int64_t grid_cap, cudaStream_t stream, const char* op) {
+void launch_prefill(int64_t head_dim, const PrefillParams& p, cudaStream_t stream, const char* op) {
   if (head_dim == 64)
-    launch_prefill<64>(p, grid_cap, stream, op);
+    launch_prefill<64>(p, stream, op);
   else
-    launch_prefill<128>(p, grid_cap, stream, op);
+    launch_prefill<128>(p, stream, op);
 }
 
 }  // namespace
@@ -166,7 +168,20 @@ void block_sparse_prefill(const TensorView& out, const TensorView& q, const Tens
       p.block_indices = block_indices.ptr<const int32_t>();
     }
   }
-  attn::launch_prefill(s.head_dim, p, 0, stream, op);
+  STEM_CHECK(n_qblocks * s.q_heads < (int64_t{1} << 31), op, ": ", n_qblocks, " query blocks x ", s.q_heads,
+             " heads do not fit 32-bit work item numbers");
+  // The work counter, stream-ordered like the launch (graph capture keeps both).
+  int32_t* counter = nullptr;
+  CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&counter), sizeof(int32_t), stream));
+  try {
+    CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(int32_t), stream));
+    p.work_counter = counter;
+    attn::launch_prefill(s.head_dim, p, stream, op);
+  } catch (...) {
+    cudaFreeAsync(counter, stream);
+    throw;
+  }
+  CUDA_CHECK(cudaFreeAsync(counter, stream));
 }
 
 namespace detail {
@@ -179,16 +194,18 @@ void dense_prefill_on_device(const TensorView& out, const TensorView& q, const T
   const attn::AttentionShape s =
       attn::check_attention(op, out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window);
   if (capacity == 0) return;
-  STEM_CHECK(capacity < (int64_t{1} << 30), op, ": ", capacity, " query blocks");
+  STEM_CHECK(capacity * s.q_heads < (int64_t{1} << 31), op, ": ", capacity, " query blocks x ", s.q_heads,
+             " heads do not fit 32-bit work item numbers");
   attn::list_query_blocks_kernel<<<1, attn::kThreads, 0, stream>>>(
       kv_lens.ptr<const int32_t>(), query_start.ptr<const int32_t>(), static_cast<int>(s.seqs),
-      static_cast<int>(min_rows), qblocks, count, static_cast<int>(capacity));
+      static_cast<int>(min_rows), qblocks, count, count + 1, static_cast<int>(capacity));
   STEM_CUDA_CHECK_LAUNCH();
   attn::PrefillParams p = attn::prefill_params(s, out, q, kv_lens, query_start);
   p.qblocks = qblocks;
   p.qblock_count = count;
+  p.work_counter = count + 1;
   p.n_qblocks = static_cast<int32_t>(capacity);
-  attn::launch_prefill(s.head_dim, p, attn::multiprocessors(), stream, op);
+  attn::launch_prefill(s.head_dim, p, stream, op);
 }
 
 }  // namespace detail

@@ -72,7 +72,8 @@ void block_sparse_prefill(const TensorView& out, const TensorView& q, const Tens
 namespace detail {
 // The router's prefill path (kernels/cuda/attention.cu): query blocks of the sequences with more
 // than min_rows rows, listed on the device into qblocks (capacity entries) with their count in
-// *count, then the kernel over a persistent grid with dense causal lists.
+// count[0] (count[1] is the kernel's work counter), then the kernel over a persistent grid with
+// dense causal lists.
 void dense_prefill_on_device(const TensorView& out, const TensorView& q, const TensorView& k_cache,
                              const TensorView& v_cache, const TensorView& page_table, const TensorView& kv_lens,
                              const TensorView& query_start, int32_t* qblocks, int32_t* count, int64_t capacity,
