@@ -64,6 +64,8 @@ BlockSparsePlan dense_causal_plan(std::span<const int32_t> kv_lens, std::span<co
 //   block_indices may be empty views (dense causal); lists longer than the page table's blocks
 //   (ceil(max_pages·page_size / 128)) are cut there.
 // scale multiplies q·k (> 0); sliding_window > 0 also hides keys with query − key ≥ window.
+// The kernel runs on a persistent grid whose CTAs take (query block, head) items from a counter
+// the launcher allocates stream-ordered (cudaMallocAsync, 4 bytes), which graph capture allows.
 void block_sparse_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache,
                           const TensorView& v_cache, const TensorView& page_table, const TensorView& kv_lens,
                           const TensorView& query_start, const TensorView& qblocks, const TensorView& block_offsets,
