@@ -98,29 +98,31 @@ ModelChatTemplate load_chat_template(const std::filesystem::path& model_dir) {
   nlohmann::ordered_json config = nlohmann::ordered_json::object();
   if (auto text = read_file(config_path)) config = read_json(config_path, *text);
 
+  // As transformers: chat_template.jinja and additional_chat_templates/<name>.jinja, when present,
+  // replace whatever tokenizer_config.json says.
   std::map<std::string, std::pair<std::string, std::filesystem::path>> named;  // name -> source, origin
+  if (auto text = read_file(model_dir / "chat_template.jinja")) named["default"] = {*text, model_dir / "chat_template.jinja"};
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(model_dir / "additional_chat_templates", ec)) {
+    if (entry.path().extension() != ".jinja") continue;
+    if (auto text = read_file(entry.path())) named[entry.path().stem().string()] = {*text, entry.path()};
+  }
   auto field = config.find("chat_template");
-  if (field != config.end() && field->is_string()) {
+  if (named.empty() && field != config.end() && field->is_string()) {
     named["default"] = {field->get<std::string>(), config_path};
-  } else if (field != config.end() && field->is_array()) {
+  } else if (named.empty() && field != config.end() && field->is_array()) {
     for (const auto& entry : *field) {
       if (!entry.is_object() || !entry.contains("name") || !entry.contains("template"))
         throw Error(config_path.string() + ": chat_template entries need \"name\" and \"template\"");
       named[entry["name"].get<std::string>()] = {entry["template"].get<std::string>(), config_path};
     }
   }
-  if (!named.count("default")) {  // newer checkpoints keep the template beside the config
-    if (auto text = read_file(model_dir / "chat_template.jinja")) {
-      named["default"] = {*text, model_dir / "chat_template.jinja"};
-    } else if (auto json_text = read_file(model_dir / "chat_template.json")) {
+  if (named.empty()) {  // processors keep it in chat_template.json
+    if (auto json_text = read_file(model_dir / "chat_template.json")) {
       auto j = read_json(model_dir / "chat_template.json", *json_text);
       if (j.contains("chat_template") && j["chat_template"].is_string())
         named["default"] = {j["chat_template"].get<std::string>(), model_dir / "chat_template.json"};
     }
-  }
-  if (!named.count("tool_use")) {
-    const auto extra = model_dir / "additional_chat_templates" / "tool_use.jinja";
-    if (auto text = read_file(extra)) named["tool_use"] = {*text, extra};
   }
   if (!named.count("default")) {
     throw Error(model_dir.string() + ": no chat template (tokenizer_config.json has no \"default\" chat_template "

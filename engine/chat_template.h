@@ -87,10 +87,12 @@ class ModelChatTemplate {
   std::optional<std::string> bos_token_, eos_token_;
 };
 
-// Reads <model_dir>/tokenizer_config.json: `chat_template` as a string or as a list of
-// {"name", "template"} (picks "default", keeps "tool_use"); falls back to chat_template.jinja /
-// chat_template.json beside it. bos_token / eos_token may be strings or {"content": ...}.
-// Throws stem::Error when there is no template, ChatTemplateError when it does not parse.
+// Finds the model's templates as transformers does: chat_template.jinja (and
+// additional_chat_templates/<name>.jinja) when present, else tokenizer_config.json's
+// `chat_template`, a string or a list of {"name", "template"}; last, chat_template.json. Uses
+// "default", and "tool_use" when tools are given. bos_token / eos_token come from
+// tokenizer_config.json, as strings or {"content": ...} objects.
+// Throws stem::Error when there is no template, ChatTemplateError when one does not parse.
 ModelChatTemplate load_chat_template(const std::filesystem::path& model_dir);
 
 }  // namespace stem

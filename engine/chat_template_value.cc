@@ -1,9 +1,5 @@
+// Value construction, Python truthiness and equality, iteration, and conversion from JSON.
 #include "engine/chat_template_value.h"
-
-#include <algorithm>
-#include <charconv>
-#include <cmath>
-#include <cstdio>
 
 #include "engine/chat_template_text.h"
 

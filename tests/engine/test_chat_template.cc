@@ -64,9 +64,11 @@ TEST_CASE("chat template: variables, literals and output conversion") {
   CHECK(render("{{ 1_000 + 0x10 }}") == "1016");
 }
 
-TEST_CASE("chat template: plain nlohmann::json contexts convert implicitly") {
-  nlohmann::json ctx = {{"b", 1}, {"a", 2}};
-  CHECK(ChatTemplate("{{ ctx_b }}{% for k in d %}{{ k }}{% endfor %}").render(json{{"d", ctx}, {"ctx_b", 3}}) == "3ab");
+TEST_CASE("chat template: plain nlohmann::json contexts convert implicitly (keys then come sorted)") {
+  nlohmann::json plain = {{"d", {{"b", 1}, {"a", 2}}}, {"x", 3}};
+  CHECK(ChatTemplate("{{ x }}{% for k in d %}{{ k }}{% endfor %}").render(plain) == "3ab");
+  json ordered = {{"d", {{"b", 1}, {"a", 2}}}, {"x", 3}};
+  CHECK(ChatTemplate("{{ x }}{% for k in d %}{{ k }}{% endfor %}").render(ordered) == "3ba");
 }
 
 TEST_CASE("chat template: trim_blocks, lstrip_blocks and whitespace control") {
@@ -255,6 +257,15 @@ TEST_CASE("chat template: load_chat_template: chat_template.jinja beside the con
   stem::ChatTemplateInputs in;
   in.messages = json::parse(R"([{"role": "user", "content": "x"}])");
   CHECK(stem::load_chat_template(dir.path).render(in) == "x<|im_end|>");
+
+  ModelDir both("both");  // the separate files win over the config, as in transformers
+  both.write("tokenizer_config.json", R"({"chat_template": "from config"})");
+  both.write("chat_template.jinja", "from file");
+  both.write("additional_chat_templates/tool_use.jinja", "tool file");
+  auto model = stem::load_chat_template(both.path);
+  CHECK(model.render(in) == "from file");
+  in.tools = json::array();
+  CHECK(model.render(in) == "tool file");
 
   ModelDir empty("empty");
   empty.write("tokenizer_config.json", "{}");
