@@ -1,18 +1,21 @@
-// The engine: a loaded model (config, weights, tokenizer, chat template) with its KV cache,
-// and generation from token ids to streamed text.
+// The engine: a loaded model (config, weights, tokenizer, chat template) with its KV cache, and
+// continuous-batched generation: requests are added, and each step() runs one forward pass over
+// the decode tokens and prefill chunks the scheduler picks, then streams every sequence's new
+// token to its request's sink. Not thread-safe: one thread (EngineLoop's, or the caller of
+// generate()) drives it.
 #pragma once
-#include <atomic>
 #include <cstdint>
 #include <filesystem>
-#include <functional>
+#include <list>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "engine/model_config.h"
 #include "engine/page_allocator.h"
+#include "engine/request.h"
 #include "engine/sampler.h"
+#include "engine/scheduler.h"
 #include "models/backend.h"
 
 namespace stem {
@@ -25,46 +28,31 @@ struct EngineOptions {
   bool dummy_weights = false;            // random weights for the config (--load-format dummy)
   double gpu_memory_fraction = 0.9;      // cuda: share of device memory for weights + KV cache
   int32_t page_size = 16;
-  int64_t max_model_len = 0;          // 0: the model's max_position_embeddings
-  int64_t kv_cache_tokens = 0;        // 0: room for one sequence of max_model_len
-  int64_t max_num_batched_tokens = 512;  // prefill chunk size
+  int64_t max_model_len = 0;             // 0: the model's max_position_embeddings
+  int64_t kv_cache_tokens = 0;           // 0: room for one sequence of max_model_len (cpu)
+  int64_t max_num_batched_tokens = 512;  // tokens per step: decode rows plus prefill chunks
+  int64_t max_num_seqs = 64;             // sequences in the running batch
   bool load_tokenizer = true;
 };
 
-struct StopConditions {
-  int32_t max_tokens = 256;
-  std::vector<std::string> stop;        // stop strings (never part of the output)
-  std::vector<int32_t> stop_token_ids;  // besides the model's EOS
-  bool ignore_eos = false;
-  bool include_stop_str = false;
+// What one step did, for metrics and logs.
+struct StepStats {
+  int64_t num_seqs = 0;        // sequences in the forward batch
+  int64_t num_tokens = 0;      // rows in the forward batch
+  int64_t num_decode = 0;      // of the sequences, those that decoded one token
+  int64_t num_sampled = 0;     // tokens generated
+  int64_t num_preempted = 0;
+  double forward_seconds = 0;
 };
 
-struct GenerateRequest {
-  std::vector<int32_t> prompt;
-  SamplingParams sampling;
-  StopConditions stop;
-  const std::atomic<bool>* cancelled = nullptr;  // set by the caller to stop early
-};
-
-enum class FinishReason { Length, Stop, Cancelled };
-const char* finish_reason_name(FinishReason r);
-
-// One generated token, as streamed: `text` is the new complete text (may be empty while a
-// UTF-8 character or a possible stop string is still incomplete).
-struct TokenEvent {
-  int32_t token;
-  std::string text;
-  SampleResult sample;
-};
-using StreamSink = std::function<void(const TokenEvent&)>;
-
-struct GenerateResult {
-  std::vector<int32_t> tokens;
-  std::vector<SampleResult> samples;
-  std::string text;
-  FinishReason finish = FinishReason::Length;
-  std::string stop_reason;  // the stop string or token that ended it
-  int64_t prompt_tokens = 0;
+// Running totals, read by the metrics.
+struct EngineCounters {
+  int64_t num_running = 0;  // sequences holding KV pages
+  int64_t num_waiting = 0;  // sequences queued (new or preempted)
+  int64_t used_pages = 0, total_pages = 0;
+  int64_t preemptions = 0;
+  int64_t prompt_tokens = 0;      // of every request added
+  int64_t generation_tokens = 0;  // sampled
 };
 
 class Engine {
@@ -74,7 +62,9 @@ class Engine {
 
   const ModelConfig& config() const { return config_; }
   const std::filesystem::path& model_dir() const { return model_dir_; }
+  const EngineOptions& options() const { return options_; }
   int64_t max_model_len() const { return max_model_len_; }
+  int64_t kv_capacity_tokens() const { return kv_->num_pages() * kv_->page_size(); }
   const Tokenizer& tokenizer() const;  // throws if the model folder has none
   bool has_tokenizer() const { return tokenizer_ != nullptr; }
   const ModelChatTemplate* chat_template() const { return chat_template_.get(); }
@@ -83,15 +73,32 @@ class Engine {
   // Renders messages (a JSON array of {role, content}) with the model's chat template.
   std::string apply_chat_template(const std::string& messages_json, bool add_generation_prompt) const;
 
+  // Throws stem::Error naming what is wrong: empty or too long prompt, token ids outside the
+  // vocabulary, sampling values out of range, n < 1, a request the KV cache can never hold.
+  void validate(const GenerateRequest& request) const;
+  // Validates and queues a request; its sequences' events go to `sink` from the thread that
+  // calls step(). A request with no room to generate (max_tokens 0) finishes here.
+  void add_request(GenerateRequest request, StreamSink sink);
+  bool has_work() const { return !active_.empty(); }
+  // One scheduling step: drops cancelled requests (freeing their pages), runs one forward pass
+  // over the scheduled decode tokens and prefill chunks, samples and streams. No-op when idle.
+  StepStats step();
+  // Ends every request with FinishReason::Abort and `why` (shutdown).
+  void abort_all(const std::string& why);
+  EngineCounters counters() const;
+
+  // Adds one request (n = 1) and steps until it finishes: the one-shot path (CLI, tests).
+  // Other requests added before run along with it.
   GenerateResult generate(const GenerateRequest& request, const StreamSink& sink = {});
   // Teacher-forced logits at every position of `ids`: f32 [ids.size(), vocab].
   Tensor score(const std::vector<int32_t>& ids);
 
  private:
-  // Runs the prompt through the model in chunks; returns the last position's logits.
-  void prefill(const std::vector<int32_t>& ids, std::vector<int32_t>& pages, Tensor& logits, bool all_logits);
-  void step(const std::vector<int32_t>& tokens, int64_t start_pos, std::vector<int32_t>& pages, Tensor& logits,
-            bool all_logits);
+  struct Active;
+  struct Sequence;
+  void finish(Sequence& seq, TokenEvent event);
+  void run_prefill_chunk(const std::vector<int32_t>& tokens, int64_t start_pos, std::vector<int32_t>& pages,
+                         Tensor& logits);
 
   std::filesystem::path model_dir_;
   EngineOptions options_;
@@ -99,10 +106,15 @@ class Engine {
   int64_t max_model_len_ = 0;
   std::unique_ptr<ModelBackend> backend_;
   std::unique_ptr<PageAllocator> kv_;
+  std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ModelChatTemplate> chat_template_;
   std::vector<int32_t> eos_ids_;
   uint64_t seed_state_;
+  int64_t next_seq_id_ = 0;
+  std::list<std::unique_ptr<Active>> active_;
+  int64_t prompt_tokens_total_ = 0, generation_tokens_total_ = 0;
+  Tensor logits_;
 };
 
 }  // namespace stem

@@ -1,0 +1,232 @@
+// Engine's request side: validation, queueing, the batched step and the one-shot generate().
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "engine/engine.h"
+#include "engine/engine_sequence.h"
+#include "engine/tokenizer.h"
+
+namespace stem {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::Length: return "length";
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Cancelled: return "cancelled";
+    case FinishReason::Abort: return "abort";
+  }
+  return "?";
+}
+
+namespace {
+// For seeds the caller did not fix: distinct per sequence, unpredictable across runs.
+uint64_t splitmix64(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+}  // namespace
+
+void Engine::validate(const GenerateRequest& req) const {
+  const int64_t n = static_cast<int64_t>(req.prompt.size());
+  if (n == 0) throw Error("the prompt is empty");
+  if (n >= max_model_len_)
+    throw Error("the prompt has " + std::to_string(n) + " tokens; the model's context is " +
+                std::to_string(max_model_len_) + " tokens, which must also leave room for one generated token");
+  for (int32_t t : req.prompt)
+    if (t < 0 || t >= config_.vocab_size) throw Error("prompt token id " + std::to_string(t) + " is outside the vocabulary");
+  req.sampling.validate();
+  if (req.stop.max_tokens < 0) throw Error("max_tokens must be >= 0");
+  if (req.n < 1) throw Error("n must be >= 1");
+  if (req.n > options_.max_num_seqs)
+    throw Error("n is " + std::to_string(req.n) + "; at most max_num_seqs (" + std::to_string(options_.max_num_seqs) +
+                ") sequences run at once");
+  if (!req.stop.stop.empty() && !tokenizer_) throw Error("stop strings need a tokenizer");
+}
+
+void Engine::add_request(GenerateRequest req, StreamSink sink) {
+  validate(req);
+  auto a = std::make_unique<Active>();
+  a->prompt_len = static_cast<int64_t>(req.prompt.size());
+  const int64_t max_new = std::min<int64_t>(req.stop.max_tokens, max_model_len_ - a->prompt_len);
+  a->request = std::move(req);
+  a->sink = std::move(sink);
+  const GenerateRequest& r = a->request;
+  for (int32_t i = 0; i < r.n; ++i) {
+    // A fixed seed gives each of the n sequences its own stream, the same on every run.
+    SamplingParams params = r.sampling;
+    if (params.seed) params.seed = *params.seed + static_cast<uint64_t>(i);
+    auto s = std::make_unique<Sequence>(a.get(), i, params, splitmix64(seed_state_),
+                                        SequenceOutput(tokenizer_.get(), r.stop, eos_ids_, max_new));
+    s->id = next_seq_id_++;
+    s->tokens = r.prompt;
+    a->seqs.push_back(std::move(s));
+  }
+  a->unfinished = r.n;
+  prompt_tokens_total_ += a->prompt_len;
+  Active& added = *active_.emplace_back(std::move(a));
+  for (auto& s : added.seqs) {
+    if (max_new > 0) {
+      scheduler_->add(s.get());
+    } else {
+      TokenEvent e;
+      e.finish = FinishReason::Length;
+      finish(*s, std::move(e));
+    }
+  }
+  if (added.unfinished == 0) active_.pop_back();
+}
+
+void Engine::finish(Sequence& seq, TokenEvent e) {
+  scheduler_->remove(&seq);
+  seq.done = true;
+  --seq.request->unfinished;
+  e.finished = true;
+  e.index = seq.index;
+  e.prompt_tokens = seq.request->prompt_len;
+  e.completion_tokens = seq.output.num_generated();
+  if (seq.request->sink) seq.request->sink(e);
+}
+
+void Engine::abort_all(const std::string& why) {
+  for (auto& a : active_)
+    for (auto& s : a->seqs)
+      if (!s->done) {
+        TokenEvent e;
+        e.finish = FinishReason::Abort;
+        e.error = why;
+        finish(*s, std::move(e));
+      }
+  active_.clear();
+}
+
+EngineCounters Engine::counters() const {
+  EngineCounters c;
+  c.num_running = scheduler_->num_running();
+  c.num_waiting = scheduler_->num_waiting();
+  c.used_pages = kv_->used_pages();
+  c.total_pages = kv_->num_pages();
+  c.preemptions = scheduler_->num_preemptions();
+  c.prompt_tokens = prompt_tokens_total_;
+  c.generation_tokens = generation_tokens_total_;
+  return c;
+}
+
+StepStats Engine::step() {
+  StepStats stats;
+  // Cancelled requests go first, so their pages are free for this step's schedule.
+  for (auto& a : active_) {
+    if (!a->request.cancelled || !a->request.cancelled->load()) continue;
+    for (auto& s : a->seqs)
+      if (!s->done) {
+        TokenEvent e;
+        e.finish = FinishReason::Cancelled;
+        finish(*s, std::move(e));
+      }
+  }
+  active_.remove_if([](const auto& a) { return a->unfinished == 0; });
+
+  const int64_t preempted_before = scheduler_->num_preemptions();
+  ScheduleResult plan = scheduler_->schedule();
+  stats.num_preempted = scheduler_->num_preemptions() - preempted_before;
+  for (SeqState* p : plan.preempted)
+    spdlog::debug("preempted sequence {} ({} tokens): out of KV pages", p->id, p->tokens.size());
+  if (plan.empty()) return stats;
+
+  // One forward pass: every scheduled sequence contributes a run of rows.
+  ForwardBatch b;
+  int32_t max_pages = 0;
+  for (const ScheduledSeq& c : plan.seqs) max_pages = std::max(max_pages, static_cast<int32_t>(c.seq->pages.size()));
+  b.max_pages = max_pages;
+  b.query_start.push_back(0);
+  std::vector<Sequence*> sampled;
+  for (const ScheduledSeq& c : plan.seqs) {
+    const SeqState& st = *c.seq;
+    for (int64_t p = c.start; p < c.start + c.count; ++p) {
+      b.tokens.push_back(st.tokens[p]);
+      b.positions.push_back(static_cast<int32_t>(p));
+      b.slots.push_back(kv_->slot(st.pages, p));
+    }
+    b.query_start.push_back(static_cast<int32_t>(b.tokens.size()));
+    b.kv_lens.push_back(static_cast<int32_t>(c.start + c.count));
+    b.page_table.insert(b.page_table.end(), st.pages.begin(), st.pages.end());
+    b.page_table.resize(b.page_table.size() + (max_pages - st.pages.size()), 0);
+    if (c.sample) {
+      b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size() - 1));
+      sampled.push_back(static_cast<Sequence*>(c.seq));
+    }
+    stats.num_decode += c.count == 1 && c.sample;
+  }
+  stats.num_seqs = b.num_seqs();
+  stats.num_tokens = b.num_tokens();
+
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    backend_->forward(b, logits_);
+  } catch (const std::exception& e) {
+    // A failed step poisons only the requests in it; the engine goes on with the others.
+    spdlog::error("forward step failed ({} sequences, {} tokens): {}", stats.num_seqs, stats.num_tokens, e.what());
+    for (const ScheduledSeq& c : plan.seqs)
+      for (auto& a : active_)
+        for (auto& s : a->seqs)
+          if (s.get() == c.seq && !s->done) {
+            TokenEvent ev;
+            ev.finish = FinishReason::Abort;
+            ev.error = std::string("internal error: ") + e.what();
+            finish(*s, std::move(ev));
+          }
+    active_.remove_if([](const auto& a) { return a->unfinished == 0; });
+    return stats;
+  }
+  stats.forward_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  const int64_t V = config_.vocab_size;
+  for (size_t r = 0; r < sampled.size(); ++r) {
+    Sequence& s = *sampled[r];
+    const int64_t prompt_len = s.request->prompt_len;
+    const std::span<const int32_t> all(s.tokens);
+    SampleResult sample = s.sampler.sample(std::span<const float>(logits_.ptr<float>() + r * V, V),
+                                           all.first(prompt_len), all.subspan(prompt_len));
+    s.tokens.push_back(sample.token);
+    ++generation_tokens_total_;
+    ++stats.num_sampled;
+    TokenEvent e = s.output.on_token(sample.token, sample);
+    e.index = s.index;
+    e.prompt_tokens = prompt_len;
+    if (e.finished) {
+      finish(s, std::move(e));
+    } else if (s.request->sink) {
+      s.request->sink(e);
+    }
+  }
+  active_.remove_if([](const auto& a) { return a->unfinished == 0; });
+  return stats;
+}
+
+GenerateResult Engine::generate(const GenerateRequest& request, const StreamSink& sink) {
+  if (request.n != 1) throw Error("generate() runs one sequence (n = 1)");
+  GenerateResult r;
+  r.prompt_tokens = static_cast<int64_t>(request.prompt.size());
+  bool done = false;
+  add_request(request, [&](const TokenEvent& e) {
+    if (e.token >= 0) {
+      r.tokens.push_back(e.token);
+      r.samples.push_back(e.sample);
+    }
+    r.text += e.text;
+    if (sink && (e.token >= 0 || !e.text.empty())) sink(e);
+    if (e.finished) {
+      done = true;
+      r.finish = e.finish;
+      r.stop_reason = e.stop_reason;
+      r.error = e.error;
+    }
+  });
+  while (!done) step();
+  return r;
+}
+
+}  // namespace stem

@@ -1,0 +1,75 @@
+// Continuous-batching scheduler: pure bookkeeping over sequences and KV pages, no model.
+// Each step it picks, within a token budget and a sequence cap, one decode token of every running
+// sequence first, then prefill chunks of partially prefilled and waiting prompts (oldest first).
+// When pages run out it preempts the newest running sequence: its pages are freed and it goes back
+// to the waiting queue, to be recomputed later from its prompt and the tokens it has generated.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "engine/page_allocator.h"
+
+namespace stem {
+
+// The scheduler's view of one sequence. The engine owns it and appends sampled tokens.
+struct SeqState {
+  int64_t id = 0;               // admission order: a larger id is newer
+  std::vector<int32_t> tokens;  // the prompt, then the generated tokens
+  int64_t num_computed = 0;     // leading tokens whose K/V are in the cache
+  std::vector<int32_t> pages;
+  int64_t num_preemptions = 0;
+
+  int64_t pending() const { return static_cast<int64_t>(tokens.size()) - num_computed; }
+};
+
+// One sequence's share of a step: tokens [start, start + count) go through the model; when they
+// reach the end of `tokens`, the last row's logits are sampled for the next token.
+struct ScheduledSeq {
+  SeqState* seq = nullptr;
+  int64_t start = 0;
+  int64_t count = 0;
+  bool sample = false;
+};
+
+struct ScheduleResult {
+  std::vector<ScheduledSeq> seqs;
+  std::vector<SeqState*> preempted;  // sequences that lost their pages this step
+  int64_t num_tokens = 0;
+  bool empty() const { return seqs.empty(); }
+};
+
+struct SchedulerOptions {
+  int64_t max_num_batched_tokens = 512;  // tokens per step (decode rows + prefill chunks)
+  int64_t max_num_seqs = 64;             // sequences holding pages at once
+};
+
+class Scheduler {
+ public:
+  Scheduler(PageAllocator& kv, const SchedulerOptions& options);
+
+  // Queues a new sequence (pending() >= 1); it waits until pages and a slot are free.
+  void add(SeqState* seq);
+  // Forgets a finished or cancelled sequence and frees its pages now.
+  void remove(SeqState* seq);
+  // Picks the next step's work, reserves its pages and advances num_computed of what it picked
+  // (the caller must run those tokens through the model before the next call).
+  ScheduleResult schedule();
+
+  int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
+  int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
+  int64_t num_preemptions() const { return num_preemptions_; }
+  const PageAllocator& kv() const { return kv_; }
+  const SchedulerOptions& options() const { return options_; }
+
+ private:
+  void preempt(SeqState* victim, ScheduleResult& out, int64_t& budget);
+
+  PageAllocator& kv_;
+  SchedulerOptions options_;
+  // Keyed by id, so iteration is oldest first and the newest is the last entry.
+  std::map<int64_t, SeqState*> running_, waiting_;
+  int64_t num_preemptions_ = 0;
+};
+
+}  // namespace stem
