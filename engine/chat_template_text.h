@@ -1,6 +1,7 @@
 // Python's str operations on UTF-8 text. Python strings are sequences of code points, so lengths,
 // indices and slices count code points, and whitespace is Unicode whitespace.
 #pragma once
+#include "engine/utf8.h"
 
 #include <cstdint>
 #include <optional>
@@ -12,7 +13,7 @@ namespace stem::jinja::text {
 
 std::u32string decode(std::string_view utf8);
 std::string encode(std::u32string_view cps);
-void append_utf8(std::string& out, char32_t cp);
+inline void append_utf8(std::string& out, char32_t cp) { stem::append_utf8(out, static_cast<uint32_t>(cp)); }
 bool is_ascii(std::string_view s);
 int64_t length(std::string_view s);  // in code points
 

@@ -1,6 +1,7 @@
 // Text helpers shared by the tokenizers (internal): UTF-8, Unicode predicates, NFC, and a PCRE2
 // regex that behaves like the Oniguruma regexes the HF `tokenizers` package compiles.
 #pragma once
+#include "engine/utf8.h"
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -19,7 +20,7 @@ inline size_t utf8_seq_len(unsigned char lead) {
 }
 // Decodes the code point at s[i] of valid UTF-8 and advances i.
 uint32_t next_code_point(std::string_view s, size_t& i);
-void append_utf8(std::string& out, uint32_t cp);
+using stem::append_utf8;
 // Replaces each maximal invalid subsequence by U+FFFD (Rust's String::from_utf8_lossy).
 // When `hold_incomplete_tail` is set, an incomplete but so-far-valid sequence at the end is
 // left unconsumed: the return value is the number of bytes of `in` consumed.
