@@ -11,6 +11,7 @@
 
 #include "engine/engine.h"
 #include "engine/tokenizer.h"
+#include "server/serve.h"
 
 namespace stem {
 
@@ -122,6 +123,9 @@ int run_cli(int argc, char** argv) {
       ->check(CLI::Range(0.05, 0.99))->envname("STEMSERVE_GPU_MEMORY_FRACTION")->capture_default_str();
   add_sampling_flags(g, gen);
 
+  ServeArgs serve;
+  CLI::App* s = add_serve_command(app, serve);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -130,6 +134,7 @@ int run_cli(int argc, char** argv) {
   spdlog::set_level(spdlog::level::from_str(log_level));
   try {
     if (app.got_subcommand(g)) return run_generate(gen);
+    if (app.got_subcommand(s)) return run_serve(serve);
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return 1;

@@ -1,4 +1,5 @@
-// The stemserve command line: `stemserve generate ...` (and, later, `stemserve serve ...`).
+// The stemserve command line: `stemserve generate ...` (one prompt to stdout) and
+// `stemserve serve ...` (the HTTP API).
 #pragma once
 
 namespace stem {

@@ -1,0 +1,175 @@
+// Completions and chat completions over HTTP: the request goes to the engine loop, whose events
+// come back through an Exchange; the handler turns them into one JSON response or SSE events.
+// A client that goes away sets the request's cancellation flag.
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+
+#include "engine/tokenizer.h"
+#include "server/connection_probe.h"
+#include "server/http_context.h"
+#include "server/openai_response.h"
+
+namespace stem {
+
+using ojson = nlohmann::ordered_json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Between the engine's thread (push) and the HTTP thread (take). Shared, so it outlives whichever
+// side lets go first.
+struct Exchange {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<TokenEvent> events;
+  std::shared_ptr<std::atomic<bool>> cancelled = std::make_shared<std::atomic<bool>>(false);
+  // Timing, touched only on the engine's thread.
+  Clock::time_point arrival = Clock::now();
+  std::vector<Clock::time_point> last_token;
+  int32_t open = 0;
+  ServerMetrics* metrics = nullptr;
+
+  void push(const TokenEvent& e) {
+    const auto now = Clock::now();
+    if (e.token >= 0) {
+      auto& last = last_token.at(static_cast<size_t>(e.index));
+      if (last == Clock::time_point{}) {
+        metrics->observe_first_token(std::chrono::duration<double>(now - arrival).count());
+      } else {
+        metrics->observe_inter_token(std::chrono::duration<double>(now - last).count());
+      }
+      last = now;
+    }
+    if (e.finished && --open == 0)
+      metrics->observe_finished(std::chrono::duration<double>(now - arrival).count(),
+                                finish_reason_name(e.finish));
+    {
+      std::lock_guard lock(mu);
+      events.push_back(e);
+    }
+    cv.notify_one();
+  }
+  // Waits up to `timeout` for events; returns those that came (maybe none).
+  std::deque<TokenEvent> take(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu);
+    cv.wait_for(lock, timeout, [&] { return !events.empty(); });
+    std::deque<TokenEvent> out;
+    out.swap(events);
+    return out;
+  }
+};
+
+constexpr std::chrono::milliseconds kPoll{200};
+
+std::string sse(const ojson& j) {
+  return "data: " + j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n";
+}
+
+// An engine abort (shutdown, internal error) as the client sees it.
+ApiError abort_error(const std::string& why) {
+  return why.rfind("internal error", 0) == 0 ? ApiError(500, why) : ApiError(503, why);
+}
+
+}  // namespace
+
+void handle_generation(HttpContext& ctx, ApiKind kind, const httplib::Request& req, httplib::Response& res) {
+  ParsedGeneration parsed;
+  auto x = std::make_shared<Exchange>();
+  try {
+    parsed = parse_generation(kind, parse_json_body(req.body), ctx.model);
+    const int32_t n = parsed.request.n;
+    x->open = n;
+    x->last_token.resize(static_cast<size_t>(n));
+    x->metrics = ctx.metrics;
+    parsed.request.cancelled = x->cancelled;
+    ctx.loop->submit(parsed.request, [x](const TokenEvent& e) { x->push(e); });
+  } catch (const ApiError& e) {
+    return send_error(res, e);
+  } catch (const QueueFullError& e) {
+    return send_error(res, ApiError(429, e.what()));
+  } catch (const ShuttingDownError& e) {
+    return send_error(res, ApiError(503, e.what()));
+  } catch (const Error& e) {
+    return send_error(res, ApiError(400, e.what()));
+  }
+
+  auto builder = std::make_shared<ResponseBuilder>(parsed, ctx.model.name, ctx.model.engine->tokenizer());
+  auto probe = std::make_shared<ConnectionProbe>(req.remote_addr, req.remote_port, req.local_port);
+  const int32_t n = parsed.request.n;
+  if (!probe->found())
+    spdlog::debug("{}: no socket found for {}:{} -> port {}; a disconnect is noticed only when a write fails",
+                  builder->id(), req.remote_addr, req.remote_port, req.local_port);
+
+  if (!parsed.stream) {
+    int32_t open = n;
+    std::string aborted;
+    auto next_probe = Clock::now() + kPoll;
+    while (open > 0) {
+      std::deque<TokenEvent> events = x->take(kPoll);
+      // Events may come faster than the poll interval: look at the connection by the clock.
+      if (Clock::now() >= next_probe && !x->cancelled->load() && probe->closed()) {
+        spdlog::info("{}: client went away; cancelling", builder->id());
+        x->cancelled->store(true);  // the engine drops it and frees its pages at its next step
+      }
+      if (Clock::now() >= next_probe) next_probe = Clock::now() + kPoll;
+      for (const TokenEvent& e : events) {
+        builder->add(e);
+        if (!e.finished) continue;
+        --open;
+        if (e.finish == FinishReason::Abort) aborted = e.error;
+      }
+    }
+    if (x->cancelled->load()) return;  // nobody is left to read an answer
+    if (!aborted.empty()) return send_error(res, abort_error(aborted));
+    return send_json(res, 200, builder->response());
+  }
+
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Accel-Buffering", "no");
+  const bool chat = kind == ApiKind::Chat, include_usage = parsed.include_usage;
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [x, builder, probe, n, chat, include_usage](size_t, httplib::DataSink& sink) {
+        auto write = [&](const std::string& s) {
+          if (sink.write(s.data(), s.size())) return true;
+          x->cancelled->store(true);
+          return false;
+        };
+        if (chat)
+          for (int32_t i = 0; i < n; ++i)
+            if (!write(sse(builder->role_chunk(i)))) return false;
+        int32_t open = n;
+        auto next_probe = Clock::now() + kPoll;
+        while (open > 0) {
+          std::deque<TokenEvent> events = x->take(kPoll);
+          if (Clock::now() >= next_probe && (next_probe = Clock::now() + kPoll, probe->closed())) {
+            spdlog::info("{}: client went away; cancelling", builder->id());
+            x->cancelled->store(true);
+            return false;
+          }
+          for (const TokenEvent& e : events) {
+            ojson chunk = builder->add(e);
+            if (e.finished) --open;
+            if (e.finished && e.finish == FinishReason::Abort) {
+              const ApiError err = abort_error(e.error);
+              if (!write(sse(error_body(err.what(), err.type(), "", err.status())))) return false;
+            } else if (!chunk.is_null() && !write(sse(chunk))) {
+              return false;
+            }
+          }
+        }
+        if (include_usage && !write(sse(builder->usage_chunk()))) return false;
+        if (!write("data: [DONE]\n\n")) return false;
+        sink.done();
+        return true;
+      },
+      [x](bool success) {
+        if (!success) x->cancelled->store(true);
+      });
+}
+
+}  // namespace stem

@@ -1,0 +1,189 @@
+#include "server/http_server.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include "engine/tokenizer.h"
+#include "server/http_context.h"
+#include "server/openai_response.h"
+
+namespace stem {
+
+using ojson = nlohmann::ordered_json;
+
+void send_json(httplib::Response& res, int status, const ojson& body) {
+  res.status = status;
+  // Token texts are valid UTF-8 by construction; `replace` keeps a stray byte from killing a response.
+  res.set_content(body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), "application/json");
+}
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  send_json(res, e.status(), error_body(e.what(), e.type(), e.param(), e.status()));
+}
+
+namespace {
+
+// Compares in time that depends only on the expected key's length, so response timing does not
+// reveal how much of a guessed key was right.
+bool constant_time_equal(const std::string& given, const std::string& expected) {
+  unsigned char diff = given.size() != expected.size();
+  for (size_t i = 0; i < expected.size(); ++i)
+    diff |= static_cast<unsigned char>((i < given.size() ? given[i] : 0) ^ expected[i]);
+  return diff == 0;
+}
+
+// Runs a handler body: ApiErrors become their status, other stem::Errors 400 (they come from
+// validating the request), anything else 500; the server never dies on a request.
+template <typename Fn>
+void guarded(httplib::Response& res, Fn&& fn) {
+  try {
+    fn();
+  } catch (const ApiError& e) {
+    send_error(res, e);
+  } catch (const Error& e) {
+    send_error(res, ApiError(400, e.what()));
+  } catch (const std::exception& e) {
+    spdlog::error("request failed: {}", e.what());
+    send_error(res, ApiError(500, std::string("internal error: ") + e.what()));
+  }
+}
+
+}  // namespace
+
+struct HttpServer::Impl {
+  HttpOptions options;
+  httplib::Server server;
+  HttpContext ctx;
+  std::thread thread;
+  int port = 0;
+
+  void routes();
+};
+
+void HttpServer::Impl::routes() {
+  const std::string expected_auth = options.api_key.empty() ? "" : "Bearer " + options.api_key;
+  server.set_pre_routing_handler([this, expected_auth](const httplib::Request& req, httplib::Response& res) {
+    if (req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+    if (!expected_auth.empty() && !constant_time_equal(req.get_header_value("Authorization"), expected_auth)) {
+      send_error(res, ApiError(401, "a valid API key is required: send 'Authorization: Bearer <key>'", "", "invalid_api_key"));
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (!ctx.ready.load()) {
+      send_error(res, ApiError(503, "the model is still loading; retry when GET /health answers 200"));
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  // Routing misses, oversized bodies and the like: httplib sets the status; we add the body.
+  server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    std::string what = res.status == 404   ? "no route for " + req.method + " " + req.path
+                       : res.status == 413 ? "the request body is larger than the server's limit (--max-request-bytes)"
+                       : res.status == 405 ? "method not allowed"
+                                           : "the request could not be served";
+    send_error(res, ApiError(res.status, what));
+  });
+  server.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+    send_error(res, ApiError(500, "internal error"));
+  });
+
+  server.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    if (ctx.ready.load()) {
+      res.status = 200;
+    } else {
+      send_error(res, ApiError(503, "the model is still loading"));
+    }
+  });
+  server.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    const Engine& e = *ctx.model.engine;
+    send_json(res, 200,
+              ojson{{"object", "list"},
+                    {"data", ojson::array({ojson{{"id", ctx.model.name},
+                                                 {"object", "model"},
+                                                 {"created", 0},
+                                                 {"owned_by", "stemserve"},
+                                                 {"root", ctx.model.path},
+                                                 {"max_model_len", e.max_model_len()}}})}});
+  });
+  server.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_generation(ctx, ApiKind::Completion, req, res);
+  });
+  server.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_generation(ctx, ApiKind::Chat, req, res);
+  });
+  server.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    guarded(res, [&] {
+      const std::vector<int32_t> ids = parse_tokenize(parse_json_body(req.body), ctx.model);
+      send_json(res, 200,
+                ojson{{"tokens", ids}, {"count", ids.size()}, {"max_model_len", ctx.model.engine->max_model_len()}});
+    });
+  });
+  server.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    guarded(res, [&] {
+      const std::vector<int32_t> ids = parse_detokenize(parse_json_body(req.body), ctx.model);
+      send_json(res, 200, ojson{{"prompt", ctx.model.engine->tokenizer().decode(ids, false)}});
+    });
+  });
+  server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(ctx.metrics->render(ctx.loop->counters()), "text/plain; version=0.0.4; charset=utf-8");
+  });
+}
+
+HttpServer::HttpServer(const HttpOptions& options) : impl_(std::make_unique<Impl>()) {
+  impl_->options = options;
+  const int threads = std::max(4, options.threads);
+  impl_->server.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  impl_->server.set_payload_max_length(options.max_body_bytes);
+  impl_->server.set_keep_alive_max_count(1000);
+  impl_->server.set_tcp_nodelay(true);  // SSE events are small: send each at once
+  impl_->routes();
+}
+
+HttpServer::~HttpServer() {
+  stop_accepting();
+  join();
+}
+
+void HttpServer::start() {
+  Impl& m = *impl_;
+  if (m.options.port == 0) {
+    m.port = m.server.bind_to_any_port(m.options.host);
+    if (m.port <= 0) throw Error("cannot listen on " + m.options.host + " (any port)");
+  } else {
+    if (!m.server.bind_to_port(m.options.host, m.options.port))
+      throw Error("cannot listen on " + m.options.host + ":" + std::to_string(m.options.port) +
+                  " (is the address in use or not local?)");
+    m.port = m.options.port;
+  }
+  m.thread = std::thread([&m] { m.server.listen_after_bind(); });
+}
+
+int HttpServer::port() const { return impl_->port; }
+
+void HttpServer::attach(const Engine& engine, EngineLoop& loop, ServerMetrics& metrics) {
+  HttpContext& c = impl_->ctx;
+  c.loop = &loop;
+  c.metrics = &metrics;
+  c.model.engine = &engine;
+  c.model.path = engine.model_dir().string();
+  c.model.name = impl_->options.served_model_name;
+  if (c.model.name.empty()) c.model.name = std::filesystem::path(c.model.path).lexically_normal().filename().string();
+  if (c.model.name.empty()) c.model.name = std::filesystem::path(c.model.path).parent_path().filename().string();
+  c.ready.store(true);
+}
+
+void HttpServer::stop_accepting() {
+  if (!impl_->thread.joinable()) return;
+  // stop() only acts on a running server: give the serving thread a moment to get there.
+  for (int i = 0; i < 200 && !impl_->server.is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  impl_->server.stop();
+}
+
+void HttpServer::join() {
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+}  // namespace stem

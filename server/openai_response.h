@@ -1,0 +1,60 @@
+// OpenAI-style response bodies, built from the engine's TokenEvents: whole responses
+// (text_completion, chat.completion) and streamed chunks (SSE `data:` payloads), with logprobs
+// and usage. One ResponseBuilder per HTTP request.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "engine/request.h"
+#include "server/request_parse.h"
+
+namespace stem {
+
+class Tokenizer;
+
+class ResponseBuilder {
+ public:
+  ResponseBuilder(const ParsedGeneration& request, std::string model_name, const Tokenizer& tokenizer);
+
+  const std::string& id() const { return id_; }
+  // Takes one event into its choice. Returns the stream chunk for it, or null when it carries
+  // nothing to send (text still held back, no logprobs wanted, not finished).
+  nlohmann::ordered_json add(const TokenEvent& event);
+  // Chat streams open each choice with a chunk carrying the assistant role.
+  nlohmann::ordered_json role_chunk(int32_t index) const;
+  // The last chunk when stream_options.include_usage: no choices, the usage.
+  nlohmann::ordered_json usage_chunk() const;
+  // The whole non-streamed response.
+  nlohmann::ordered_json response() const;
+  nlohmann::ordered_json usage() const;
+  int64_t completion_tokens() const;
+
+ private:
+  struct Choice {
+    std::string text;
+    int64_t tokens = 0;
+    int64_t text_offset = 0;
+    nlohmann::ordered_json logprobs;  // accumulated (non-streamed)
+    std::string finish_reason;
+    nlohmann::ordered_json stop_reason = nullptr;
+  };
+  nlohmann::ordered_json logprobs_of(const TokenEvent& e, int64_t text_offset) const;
+  void merge_logprobs(nlohmann::ordered_json& into, const nlohmann::ordered_json& part) const;
+  nlohmann::ordered_json envelope(const char* object) const;
+
+  ApiKind kind_;
+  bool logprobs_;
+  bool include_usage_;
+  std::string id_, model_;
+  int64_t created_;
+  int64_t prompt_tokens_;
+  const Tokenizer& tokenizer_;
+  std::vector<Choice> choices_;
+};
+
+// {"error": {"message", "type", "param", "code"}}
+nlohmann::ordered_json error_body(const std::string& message, const std::string& type, const std::string& param = {},
+                                  int code = 0);
+
+}  // namespace stem

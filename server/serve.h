@@ -1,0 +1,36 @@
+// `stemserve serve`: loads the model, runs the engine loop and the HTTP API until SIGTERM/SIGINT.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace CLI {
+class App;
+}
+
+namespace stem {
+
+struct ServeArgs {
+  std::string model;
+  std::string served_model_name;
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  std::string api_key;
+  int64_t max_queue = 256;
+  int64_t max_num_batched_tokens = 512;
+  int64_t max_num_seqs = 64;
+  int64_t max_model_len = 0;
+  int64_t kv_cache_tokens = 0;
+  int64_t max_request_bytes = 8 << 20;
+  int http_threads = 0;
+  double shutdown_timeout = 30;
+  std::string device = "cpu";
+  std::string load_format = "auto";
+  double gpu_memory_fraction = 0.9;
+};
+
+// Adds the `serve` subcommand with its flags (each also read from a STEMSERVE_* variable).
+CLI::App* add_serve_command(CLI::App& app, ServeArgs& args);
+// Runs the server; returns the process exit code.
+int run_serve(const ServeArgs& args);
+
+}  // namespace stem
