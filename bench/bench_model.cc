@@ -1,0 +1,248 @@
+// Whole-model benchmarks of the CUDA backend with random (dummy) weights, for any config.json
+// (Llama-3.1-8B's by default):
+//   ttft    time to first token of one prompt of L tokens, prefilled in chunks of --chunk tokens,
+//           from the first step's start to the last token's logits on the host;
+//   decode  one decode step for B sequences of context C, replayed from a CUDA graph: wall time of
+//           a whole forward() (metadata, graph, logits to the host) and device time (events around
+//           the step on the stream), and the GB/s of weights + KV the step must read, beside the
+//           device-to-device copy bandwidth measured in the same run.
+// The KV cache is filled with random values (not prefilled; never zeros). Where B sequences of C
+// tokens do not fit in the pool, sequences share pages (flagged "aliased": the bytes are still
+// read once per sequence, but L2 may serve some of them, so the GB/s is an upper bound).
+//
+//   bench_model [--config F] [--ttft 8192,32768,...] [--chunk N] [--batches 1,8,64,256]
+//               [--contexts 1024,32768] [--steps N] [--gpu-memory-fraction F] [--json FILE]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/model_config.h"
+#include "kernels/cuda/cuda_check.cuh"
+#include "models/cuda_backend.h"
+
+using namespace stem;
+
+namespace {
+
+struct Args {
+  std::string config = "bench/configs/llama-3.1-8b.json";
+  std::vector<int64_t> ttft = {8192, 32768, 65536, 131072};
+  int64_t chunk = 16384;
+  std::vector<int64_t> batches = {1, 8, 64, 256}, contexts = {1024, 32768};
+  int steps = 30;
+  double fraction = 0.9;
+  std::string json;
+};
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(std::stoll(item));
+  return out;
+}
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw Error(k + " needs a value");
+      return argv[++i];
+    };
+    if (k == "--config") a.config = value();
+    else if (k == "--ttft") a.ttft = parse_list(value());
+    else if (k == "--chunk") a.chunk = std::stoll(value());
+    else if (k == "--batches") a.batches = parse_list(value());
+    else if (k == "--contexts") a.contexts = parse_list(value());
+    else if (k == "--steps") a.steps = std::stoi(value());
+    else if (k == "--gpu-memory-fraction") a.fraction = std::stod(value());
+    else if (k == "--json") a.json = value();
+    else throw Error("unknown argument " + k);
+  }
+  return a;
+}
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// Device-to-device copy bandwidth (bytes read + written per second), the ceiling for decode.
+double copy_bandwidth_gbs() {
+  const size_t bytes = size_t{2} << 30;
+  void *a = nullptr, *b = nullptr;
+  CUDA_CHECK(cudaMalloc(&a, bytes));
+  CUDA_CHECK(cudaMalloc(&b, bytes));
+  CUDA_CHECK(cudaMemset(a, 0x3c, bytes));
+  cudaEvent_t e0, e1;
+  CUDA_CHECK(cudaEventCreate(&e0));
+  CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<double> ms;
+  for (int i = 0; i < 12; ++i) {
+    CUDA_CHECK(cudaEventRecord(e0));
+    CUDA_CHECK(cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, bytes, cudaMemcpyDeviceToDevice));
+    CUDA_CHECK(cudaEventRecord(e1));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    if (i >= 2) ms.push_back(t);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * static_cast<double>(bytes) / (median(ms) * 1e-3) / 1e9;
+}
+
+std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t n, int64_t vocab) {
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (int32_t& x : t) x = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+  return t;
+}
+
+// One prompt of L tokens in pages 0.., prefilled in chunks; returns ms to the last logits.
+double time_to_first_token(ModelBackend& m, int64_t L, int64_t chunk, std::mt19937_64& rng) {
+  const int32_t P = m.page_size();
+  const std::vector<int32_t> prompt = random_tokens(rng, L, m.config().vocab_size);
+  Tensor logits;
+  const double t0 = now_ms();
+  for (int64_t begin = 0; begin < L; begin += chunk) {
+    const int64_t end = std::min(L, begin + chunk);
+    ForwardBatch b;
+    b.tokens.assign(prompt.begin() + begin, prompt.begin() + end);
+    for (int64_t i = begin; i < end; ++i) {
+      b.positions.push_back(static_cast<int32_t>(i));
+      b.slots.push_back(static_cast<int32_t>(i));  // page i / P, offset i % P: pages 0, 1, 2, ...
+    }
+    b.query_start = {0, static_cast<int32_t>(end - begin)};
+    b.kv_lens = {static_cast<int32_t>(end)};
+    b.max_pages = static_cast<int32_t>((end + P - 1) / P);
+    for (int32_t p = 0; p < b.max_pages; ++p) b.page_table.push_back(p);
+    if (end == L) b.logit_rows = {static_cast<int32_t>(end - begin - 1)};
+    m.forward(b, logits);
+  }
+  return now_ms() - t0;
+}
+
+struct DecodeResult {
+  double wall_ms, device_ms, gbs;
+  bool aliased;
+};
+
+DecodeResult time_decode(CudaModelBackend& m, int64_t B, int64_t C, int steps) {
+  const int32_t P = m.page_size();
+  const int64_t pages_per_seq = (C + 1 + P - 1) / P;
+  const int64_t fit = std::max<int64_t>(1, m.num_pages() / pages_per_seq);
+  STEM_CHECK(pages_per_seq <= m.num_pages(), "a context of ", C, " does not fit the KV pool");
+  ForwardBatch b;
+  b.max_pages = static_cast<int32_t>(pages_per_seq);
+  for (int64_t s = 0; s < B; ++s) {
+    const int64_t first = (s % fit) * pages_per_seq;  // sequences beyond `fit` share pages
+    b.tokens.push_back(static_cast<int32_t>((s * 7919) % m.config().vocab_size));
+    b.positions.push_back(static_cast<int32_t>(C));
+    b.slots.push_back(static_cast<int32_t>((first + C / P) * P + C % P));
+    b.query_start.push_back(static_cast<int32_t>(s));
+    b.kv_lens.push_back(static_cast<int32_t>(C + 1));
+    b.logit_rows.push_back(static_cast<int32_t>(s));
+    for (int64_t p = 0; p < pages_per_seq; ++p) b.page_table.push_back(static_cast<int32_t>(first + p));
+  }
+  b.query_start.push_back(static_cast<int32_t>(B));
+  Tensor logits;
+  for (int i = 0; i < 3; ++i) m.forward(b, logits);  // capture, then warm replays
+  std::vector<double> wall, dev;
+  for (int i = 0; i < steps; ++i) {
+    const double t0 = now_ms();
+    m.forward(b, logits);
+    wall.push_back(now_ms() - t0);
+    dev.push_back(m.stats().last_step_device_ms);
+  }
+  const CudaBackendStats st = m.stats();
+  const double bytes = static_cast<double>(st.weight_step_read_bytes) +
+                       static_cast<double>(B * (C + 1)) * static_cast<double>(st.kv_bytes_per_token);
+  const double d = median(dev);
+  return {median(wall), d, bytes / (d * 1e-3) / 1e9, B > fit};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const Args a = parse_args(argc, argv);
+  std::ifstream in(a.config);
+  if (!in) throw Error(a.config + ": cannot open");
+  std::stringstream text;
+  text << in.rdbuf();
+  const ModelConfig c = parse_model_config(text.str(), a.config);
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  const double copy_gbs = copy_bandwidth_gbs();
+  std::printf("device: %s, %d SMs; device-to-device copy %.0f GB/s (read + write)\n", prop.name,
+              prop.multiProcessorCount, copy_gbs);
+
+  BackendOptions o;
+  o.device = "cuda";
+  o.gpu_memory_fraction = a.fraction;
+  CudaBackendOptions co;
+  co.reserve_step_tokens = a.chunk;
+  const double t_load = now_ms();
+  auto m = make_cuda_model_backend(c, nullptr, o, co);
+  m->fill_kv_random(7);
+  const CudaBackendStats st0 = m->stats();
+  std::printf("model: %s config %s, weights %.2f GB (a decode step reads %.2f GB), KV pool %lld pages x %d = "
+              "%.1f GB (%lld tokens), ready in %.1f s\n",
+              c.architecture.c_str(), a.config.c_str(), st0.weight_bytes / 1e9, st0.weight_step_read_bytes / 1e9,
+              static_cast<long long>(m->num_pages()), m->page_size(), st0.kv_bytes / 1e9,
+              static_cast<long long>(m->num_pages() * m->page_size()), (now_ms() - t_load) / 1e3);
+  nlohmann::json out = {{"device", prop.name},
+                        {"copy_gbs", copy_gbs},
+                        {"config", a.config},
+                        {"weights_gb", st0.weight_bytes / 1e9},
+                        {"kv_pool_tokens", m->num_pages() * m->page_size()},
+                        {"chunk", a.chunk}};
+
+  std::mt19937_64 rng(1);
+  std::printf("\n%-8s %-8s %12s %12s %14s %12s %s\n", "batch", "context", "wall ms", "device ms", "GB/s", "of copy",
+              "");
+  for (int64_t C : a.contexts)
+    for (int64_t B : a.batches) {
+      const DecodeResult r = time_decode(*m, B, C, a.steps);
+      std::printf("%-8lld %-8lld %12.3f %12.3f %14.0f %11.0f%% %s\n", static_cast<long long>(B),
+                  static_cast<long long>(C), r.wall_ms, r.device_ms, r.gbs, 100 * r.gbs / copy_gbs,
+                  r.aliased ? "aliased KV (does not fit: upper bound)" : "");
+      out["decode"].push_back({{"batch", B}, {"context", C}, {"wall_ms", r.wall_ms}, {"device_ms", r.device_ms},
+                               {"gbs", r.gbs}, {"of_copy", r.gbs / copy_gbs}, {"aliased", r.aliased}});
+      std::fflush(stdout);
+    }
+
+  if (!a.ttft.empty()) {
+    time_to_first_token(*m, std::min<int64_t>(2048, a.ttft.front()), a.chunk, rng);  // warm-up
+    std::printf("\n%-10s %12s %10s\n", "prompt", "TTFT ms", "runs");
+    for (int64_t L : a.ttft) {
+      if (L > m->num_pages() * m->page_size()) {
+        std::printf("%-10lld does not fit the KV pool\n", static_cast<long long>(L));
+        continue;
+      }
+      const int runs = L <= 32768 ? 3 : 1;
+      std::vector<double> ms;
+      for (int i = 0; i < runs; ++i) ms.push_back(time_to_first_token(*m, L, a.chunk, rng));
+      std::printf("%-10lld %12.1f %10d\n", static_cast<long long>(L), median(ms), runs);
+      out["ttft"].push_back({{"tokens", L}, {"ms", median(ms)}, {"runs", runs}});
+      std::fflush(stdout);
+    }
+  }
+  if (!a.json.empty()) std::ofstream(a.json) << out.dump(2) << "\n";
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "bench_model: %s\n", e.what());
+  return 1;
+}

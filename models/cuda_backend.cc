@@ -1,0 +1,317 @@
+#include "models/cuda_backend.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/embedding.cuh"
+#include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/kv_write.cuh"
+#include "kernels/cuda/rmsnorm.cuh"
+#include "kernels/cuda/rope.cuh"
+#include "kernels/cuda/swiglu.cuh"
+#include "models/cuda_memory.h"
+#include "models/cuda_step.h"
+#include "models/cuda_weights.h"
+
+namespace stem {
+
+namespace {
+
+using cudabk::DeviceMemory;
+
+// A view of `cols` columns starting at column `col0` of a row-major [rows, width] buffer.
+TensorView columns(void* base, DType dtype, int64_t rows, int64_t width, int64_t col0, int64_t cols) {
+  TensorView v(static_cast<char*>(base) + col0 * static_cast<int64_t>(dtype_size(dtype)), dtype, {rows, cols});
+  v.stride[0] = width;
+  return v;
+}
+
+// The same, split into heads: [rows, heads, head_dim] with row stride `width`.
+TensorView heads(void* base, int64_t rows, int64_t width, int64_t col0, int64_t n_heads, int64_t head_dim) {
+  TensorView v(static_cast<char*>(base) + col0 * 2, DType::BF16, {rows, n_heads, head_dim});
+  v.stride[0] = width;
+  return v;
+}
+
+TensorView i32(const DeviceMemory& meta, int64_t at, std::initializer_list<int64_t> shape) {
+  return TensorView(meta.bytes_ptr(static_cast<size_t>(at) * 4), DType::I32, shape);
+}
+
+// What the kernels take, checked before any weight is loaded.
+const ModelConfig& supported(const ModelConfig& c, const BackendOptions& o) {
+  if (c.head_dim != 64 && c.head_dim != 128)
+    throw Error("CUDA backend: head_dim " + std::to_string(c.head_dim) +
+                " is not supported (the CUDA attention kernels take 64 or 128); use --device cpu");
+  if (!(o.page_size > 0 && 128 % o.page_size == 0 && (o.page_size & (o.page_size - 1)) == 0))
+    throw Error("CUDA backend: page size " + std::to_string(o.page_size) + " must be a power of two dividing 128");
+  return c;
+}
+
+class CudaBackend final : public CudaModelBackend {
+ public:
+  CudaBackend(const ModelConfig& c, const WeightStore* store, const BackendOptions& o, const CudaBackendOptions& co)
+      : config_(supported(c, o)), options_(co), page_size_(o.page_size), weights_(c, store, co.seed) {
+    std::sort(options_.graph_batch_sizes.begin(), options_.graph_batch_sizes.end());
+    const int64_t max_graph = options_.graph_batch_sizes.empty() ? 1 : options_.graph_batch_sizes.back();
+    ensure_workspace(std::max(co.reserve_step_tokens, max_graph), max_graph,
+                     StepLayout::make(std::max(co.reserve_step_tokens, max_graph), max_graph, 1024, max_graph).total);
+    // cuBLASLt takes its workspace at the first GEMM: take it now, so that the pool sizing sees it.
+    cuda::matmul(gemm_, TensorView(ws_.logits.get(), DType::F32, {1, c.vocab_size}),
+                 TensorView(ws_.x.get(), DType::BF16, {1, c.hidden_size}), weights_.lm_head, TensorView(),
+                 stream_.get());
+    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+
+    kv_bytes_per_token_ = static_cast<size_t>(c.num_hidden_layers) * 2 * c.kv_dim() * 2;
+    const size_t page_bytes = kv_bytes_per_token_ * static_cast<size_t>(page_size_);
+    num_pages_ = o.num_pages;
+    size_t free = 0, total = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    if (num_pages_ == 0) {
+      // The fraction bounds everything this process holds (and whatever else the device already
+      // holds): what is left of it after the weights and activations becomes the KV pool.
+      const double budget = o.gpu_memory_fraction * static_cast<double>(total) - static_cast<double>(total - free);
+      num_pages_ = budget > 0 ? static_cast<int64_t>(budget / static_cast<double>(page_bytes)) : 0;
+      STEM_CHECK(num_pages_ > 0, "CUDA backend: no memory left for the KV cache: weights ", weights_.bytes() >> 20,
+                 " MiB, in use ", (total - free) >> 20, " MiB of ", total >> 20, " MiB, gpu_memory_fraction ",
+                 o.gpu_memory_fraction);
+    }
+    kv_ = DeviceMemory(static_cast<size_t>(num_pages_) * page_bytes, "the KV cache");
+    // Zeroed so that pages nothing has written yet (padding rows of a graph read page 0) hold finite values.
+    CUDA_CHECK(cudaMemsetAsync(kv_.get(), 0, kv_.bytes(), stream_.get()));
+    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    spdlog::info("cuda backend: weights {} MiB, activations {} MiB, KV cache {} pages of {} tokens ({} MiB), {} MiB free",
+                 weights_.bytes() >> 20, workspace_bytes() >> 20, num_pages_, page_size_, kv_.bytes() >> 20,
+                 (free - kv_.bytes()) >> 20);
+  }
+
+  ~CudaBackend() override { cudaStreamSynchronize(stream_.get()); }
+
+  const ModelConfig& config() const override { return config_; }
+  std::string name() const override { return "cuda"; }
+  int64_t num_pages() const override { return num_pages_; }
+  int32_t page_size() const override { return page_size_; }
+
+  CudaBackendStats stats() const override {
+    CudaBackendStats s = stats_;
+    s.weight_bytes = weights_.bytes();
+    s.kv_bytes = kv_.bytes();
+    s.workspace_bytes = workspace_bytes();
+    s.weight_step_read_bytes = weights_.step_read_bytes();
+    s.kv_bytes_per_token = kv_bytes_per_token_;
+    return s;
+  }
+
+  void fill_kv_random(uint64_t seed) override {
+    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    fill_random_bf16(kv_.get(), kv_.bytes() / 2, seed);
+  }
+
+  void forward(const ForwardBatch& batch, Tensor& logits) override {
+    batch.validate(config_.vocab_size, num_pages_, page_size_);
+    const GraphKey key = graph_key_for(batch, options_.graph_batch_sizes);
+    const StepLayout layout =
+        key.batch ? StepLayout::make(key.batch, key.batch, key.pages, key.batch)
+                  : StepLayout::make(batch.num_tokens(), batch.num_seqs(), batch.max_pages,
+                                     static_cast<int64_t>(batch.logit_rows.size()));
+    ensure_workspace(layout.tokens, layout.rows, layout.total);
+    fill_step(batch, layout, ws_.meta_host.as<int32_t>());
+    // Rows [0, R) of the final hidden states are the logit rows already when the batch asks for
+    // its first R rows in order (every decode step; a prompt scored at every position).
+    bool gather = false;
+    for (size_t r = 0; r < batch.logit_rows.size(); ++r) gather |= batch.logit_rows[r] != static_cast<int32_t>(r);
+
+    cudaStream_t s = stream_.get();
+    CUDA_CHECK(cudaEventRecord(start_.get(), s));
+    CUDA_CHECK(cudaMemcpyAsync(ws_.meta.get(), ws_.meta_host.as<int32_t>(), static_cast<size_t>(layout.total) * 4,
+                               cudaMemcpyHostToDevice, s));
+    if (key.batch) {
+      auto it = graphs_.find(key);
+      if (it != graphs_.end()) {
+        CUDA_CHECK(cudaGraphLaunch(it->second.get(), s));
+        ++stats_.graph_replays;
+      } else {
+        // First step of this shape: run it eagerly (which also creates the GEMM plans and kernel
+        // settings capture must not), then capture the same launches for the steps to come.
+        run_step(layout, false);
+        graphs_.emplace(key, capture(layout));
+        ++stats_.graphs_captured;
+      }
+    } else {
+      run_step(layout, gather);
+      ++stats_.eager_steps;
+    }
+    CUDA_CHECK(cudaEventRecord(stop_.get(), s));
+
+    const int64_t R = static_cast<int64_t>(batch.logit_rows.size()), V = config_.vocab_size;
+    if (logits.empty() || logits.dtype() != DType::F32 || logits.shape() != std::vector<int64_t>{R, V})
+      logits = Tensor::f32({R, V});
+    if (R > 0)
+      CUDA_CHECK(cudaMemcpyAsync(logits.data(), ws_.logits.get(), static_cast<size_t>(R * V) * 4,
+                                 cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    CUDA_CHECK(cudaEventElapsedTime(&stats_.last_step_device_ms, start_.get(), stop_.get()));
+  }
+
+ private:
+  // Activation buffers for `tokens` rows, logits for `rows` rows, and the step's metadata.
+  struct Workspace {
+    int64_t tokens = 0, rows = 0, meta_ints = 0;
+    DeviceMemory residual, x, qkv, attn, proj, gate_up, gathered, logits, meta;
+    cudabk::PinnedMemory meta_host;
+  };
+
+  size_t workspace_bytes() const {
+    size_t n = 0;
+    for (const DeviceMemory* m : {&ws_.residual, &ws_.x, &ws_.qkv, &ws_.attn, &ws_.proj, &ws_.gate_up, &ws_.gathered,
+                                  &ws_.logits, &ws_.meta})
+      n += m->bytes();
+    return n;
+  }
+
+  // Grows the buffers a step of this shape needs. Captured graphs hold the old addresses, so a
+  // growth drops them (they are captured again on next use); growth is rare: the first step larger
+  // than any before.
+  void ensure_workspace(int64_t tokens, int64_t rows, int64_t meta_ints) {
+    const ModelConfig& c = config_;
+    if (tokens <= ws_.tokens && rows <= ws_.rows && meta_ints <= ws_.meta_ints) return;
+    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    graphs_.clear();
+    const int64_t H = c.hidden_size, QKV = c.q_dim() + 2 * c.kv_dim();
+    if (tokens > ws_.tokens) {
+      tokens = std::max(tokens, ws_.tokens * 5 / 4);  // step sizes creep up: do not regrow for each
+      for (DeviceMemory* m : {&ws_.residual, &ws_.x, &ws_.qkv, &ws_.attn, &ws_.proj, &ws_.gate_up}) m->reset();
+      const size_t T = static_cast<size_t>(tokens);
+      ws_.residual = DeviceMemory(T * H * 4, "activations (residual stream)");
+      ws_.x = DeviceMemory(T * H * 2, "activations (normed)");
+      ws_.qkv = DeviceMemory(T * QKV * 2, "activations (qkv)");
+      ws_.attn = DeviceMemory(T * c.q_dim() * 2, "activations (attention)");
+      ws_.proj = DeviceMemory(T * H * 2, "activations (projections)");
+      ws_.gate_up = DeviceMemory(T * 2 * c.intermediate_size * 2, "activations (MLP)");
+      ws_.tokens = tokens;
+    }
+    if (rows > ws_.rows) {
+      ws_.gathered.reset();
+      ws_.logits.reset();
+      ws_.gathered = DeviceMemory(static_cast<size_t>(rows * H) * 2, "logit rows");
+      ws_.logits = DeviceMemory(static_cast<size_t>(rows * c.vocab_size) * 4, "logits");
+      ws_.rows = rows;
+    }
+    if (meta_ints > ws_.meta_ints) {
+      meta_ints = std::max(meta_ints, ws_.meta_ints * 2);
+      ws_.meta.reset();
+      ws_.meta = DeviceMemory(static_cast<size_t>(meta_ints) * 4, "step metadata");
+      ws_.meta_host = cudabk::PinnedMemory(static_cast<size_t>(meta_ints) * 4);
+      ws_.meta_ints = meta_ints;
+    }
+  }
+
+  TensorView layer_cache(int64_t layer, int which) const {
+    const ModelConfig& c = config_;
+    const size_t layer_bytes = static_cast<size_t>(num_pages_) * page_size_ * c.kv_dim() * 2;
+    return TensorView(kv_.bytes_ptr((2 * static_cast<size_t>(layer) + which) * layer_bytes), DType::BF16,
+                      {num_pages_, page_size_, c.num_key_value_heads, c.head_dim});
+  }
+
+  // The forward pass over the metadata already in ws_.meta, as launches on the stream: nothing
+  // here reads the device or the batch's values, so it can be captured into a graph.
+  void run_step(const StepLayout& l, bool gather) {
+    const ModelConfig& c = config_;
+    const int64_t T = l.tokens, S = l.seqs, R = l.rows, H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
+    const int64_t Hq = c.num_attention_heads, Hk = c.num_key_value_heads, Q = c.q_dim(), KV = c.kv_dim();
+    const int64_t QKV = Q + 2 * KV;
+    const float eps = static_cast<float>(c.rms_norm_eps), scale = 1.0f / std::sqrt(static_cast<float>(D));
+    cudaStream_t s = stream_.get();
+
+    const TensorView tokens = i32(ws_.meta, l.tokens_at, {T}), positions = i32(ws_.meta, l.positions_at, {T});
+    const TensorView slots = i32(ws_.meta, l.slots_at, {T}), query_start = i32(ws_.meta, l.query_start_at, {S + 1});
+    const TensorView kv_lens = i32(ws_.meta, l.kv_lens_at, {S});
+    const TensorView page_table = i32(ws_.meta, l.page_table_at, {S, l.max_pages});
+    const TensorView residual(ws_.residual.get(), DType::F32, {T, H}), x(ws_.x.get(), DType::BF16, {T, H});
+    const TensorView qkv(ws_.qkv.get(), DType::BF16, {T, QKV}), proj(ws_.proj.get(), DType::BF16, {T, H});
+    const TensorView attn(ws_.attn.get(), DType::BF16, {T, Hq, D}), gate_up(ws_.gate_up.get(), DType::BF16, {T, 2 * I});
+    const TensorView q = heads(ws_.qkv.get(), T, QKV, 0, Hq, D), k = heads(ws_.qkv.get(), T, QKV, Q, Hk, D);
+    const TensorView v = heads(ws_.qkv.get(), T, QKV, Q + KV, Hk, D);
+    const TensorView gate = columns(ws_.gate_up.get(), DType::BF16, T, 2 * I, 0, I);
+    const TensorView up = columns(ws_.gate_up.get(), DType::BF16, T, 2 * I, I, I);
+
+    cuda::embedding(residual, tokens, weights_.embed, s);
+    cuda::rmsnorm(x, residual, weights_.layers[0].input_norm, eps, s);
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      const CudaLayerWeights& L = weights_.layers[i];
+      const TensorView k_cache = layer_cache(i, 0), v_cache = layer_cache(i, 1);
+      cuda::matmul(gemm_, qkv, x, L.qkv, L.qkv_bias, s);
+      cuda::rope(q, k, positions, weights_.inv_freq, s);
+      cuda::kv_write(k_cache, v_cache, k, v, slots, s);
+      cuda::paged_attention(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, c.sliding_window, s);
+      cuda::matmul(gemm_, proj, attn.reshape({T, Q}), L.o, L.o_bias, s);
+      cuda::add_rmsnorm(x, residual, proj, L.post_norm, eps, s);
+      cuda::matmul(gemm_, gate_up, x, L.gate_up, L.gate_up_bias, s);
+      cuda::swiglu(gate, gate, up, s);
+      cuda::matmul(gemm_, proj, gate, L.down, L.down_bias, s);
+      const TensorView& next_norm = i + 1 < c.num_hidden_layers ? weights_.layers[i + 1].input_norm : weights_.final_norm;
+      cuda::add_rmsnorm(x, residual, proj, next_norm, eps, s);
+    }
+    if (R == 0) return;
+    TensorView rows = x.rows(0, R);
+    if (gather) {
+      rows = TensorView(ws_.gathered.get(), DType::BF16, {R, H});
+      cuda::embedding(rows, i32(ws_.meta, l.logit_rows_at, {R}), x, s);  // a row gather: x is the "table"
+    }
+    cuda::matmul(gemm_, TensorView(ws_.logits.get(), DType::F32, {R, c.vocab_size}), rows, weights_.lm_head,
+                 TensorView(), s);
+  }
+
+  cudabk::GraphExec capture(const StepLayout& l) {
+    cudaStream_t s = stream_.get();
+    cudaGraph_t graph = nullptr;
+    CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    try {
+      run_step(l, false);
+    } catch (...) {
+      cudaStreamEndCapture(s, &graph);  // leave the stream usable; the launch error is what matters
+      if (graph) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      throw;
+    }
+    CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    CUDA_CHECK(err);
+    return cudabk::GraphExec(exec);
+  }
+
+  // Declared first so that it goes last: everything below may still have work queued on it.
+  cudabk::Stream stream_;
+  ModelConfig config_;
+  CudaBackendOptions options_;
+  int32_t page_size_;
+  int64_t num_pages_ = 0;
+  size_t kv_bytes_per_token_ = 0;
+  CudaWeights weights_;
+  cuda::GemmContext gemm_;
+  Workspace ws_;
+  DeviceMemory kv_;
+  std::map<GraphKey, cudabk::GraphExec> graphs_;
+  cudabk::Event start_, stop_;
+  CudaBackendStats stats_;
+};
+
+}  // namespace
+
+std::unique_ptr<CudaModelBackend> make_cuda_model_backend(const ModelConfig& config, const WeightStore* weights,
+                                                          const BackendOptions& options,
+                                                          const CudaBackendOptions& cuda_options) {
+  return std::make_unique<CudaBackend>(config, weights, options, cuda_options);
+}
+
+std::unique_ptr<ModelBackend> make_cuda_backend(const ModelConfig& config, const WeightStore* weights,
+                                                const BackendOptions& options) {
+  return make_cuda_model_backend(config, weights, options);
+}
+
+}  // namespace stem

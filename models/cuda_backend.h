@@ -1,0 +1,47 @@
+// The CUDA backend: a Llama-family model in bf16 on one GPU, its paged bf16 KV cache, and the
+// forward pass as a list of kernel launches on one stream. Decode steps (one new token per
+// sequence) replay CUDA graphs captured per padded batch size; prefill and mixed steps run eagerly.
+//
+// Host code (g++): it calls the stem::cuda launchers and the CUDA runtime, never a kernel itself.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "models/backend.h"
+
+namespace stem {
+
+// Settings beyond BackendOptions that tests and benchmarks turn; the defaults are the server's.
+struct CudaBackendOptions {
+  // Batch sizes decode graphs are captured for (lazily, on first use); a decode step of S
+  // sequences is padded to the next one. Empty: every step runs eagerly.
+  std::vector<int32_t> graph_batch_sizes = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+  // Tokens per step the activation buffers are sized for before the KV pool takes the rest of
+  // the memory. A larger step still runs: the buffers grow (and captured graphs are dropped).
+  int64_t reserve_step_tokens = 8192;
+  uint64_t seed = 0;  // random (dummy) weights
+};
+
+// What the backend holds and has done, for logs, tests and benchmarks.
+struct CudaBackendStats {
+  size_t weight_bytes = 0, kv_bytes = 0, workspace_bytes = 0;
+  size_t weight_step_read_bytes = 0;  // what one decode step reads of the weights
+  size_t kv_bytes_per_token = 0;      // all layers, K and V
+  int64_t graphs_captured = 0, graph_replays = 0, eager_steps = 0;
+  float last_step_device_ms = 0;  // the last forward's GPU time, metadata upload to logits (no D2H)
+};
+
+class CudaModelBackend : public ModelBackend {
+ public:
+  virtual CudaBackendStats stats() const = 0;
+  // Fills the whole KV pool with random values, so that a benchmark can time decode over long
+  // contexts without prefilling them first (and without timing reads of zeros).
+  virtual void fill_kv_random(uint64_t seed) = 0;
+};
+
+std::unique_ptr<CudaModelBackend> make_cuda_model_backend(const ModelConfig& config, const WeightStore* weights,
+                                                          const BackendOptions& options,
+                                                          const CudaBackendOptions& cuda_options = {});
+
+}  // namespace stem

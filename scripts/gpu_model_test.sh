@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The whole model on the GPU: tests (tests/gpu_model/) and benchmarks (bench/bench_model*).
+#
+# The GPU machine lacks the server's libraries (PCRE2 headers, gRPC), so the binaries are built on
+# a machine that has them (nvcc needs no GPU) and carried over with the shared libraries that the
+# GPU machine does not have:
+#
+#   scripts/gpu_model_test.sh pack                 # here: build (CUDA on), fill build-gpumodel-carry/
+#   scripts/gpu_model_test.sh run [quick|full|none]  # there, from the repo root, with that folder
+#                                                  # carried: tests, then benchmarks (default quick)
+#
+# `run` makes head_dim 64/128 versions of the tiny fixture models with transformers first (the
+# committed ones have head_dim 16/32, which the CUDA attention kernels do not take). Logs and
+# results go to $OUT when it is set (the device tool brings them back), else to the carry folder.
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+carry="$root/build-gpumodel-carry"
+mode="${1:-run}"
+
+pack() {
+  local build="${STEM_BUILD_DIR:-$root/build-gpumodel}"
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTEM_CUDA=ON > /dev/null || exit 1
+  local tests
+  tests=$(cd "$root/tests" && ls gpu_model/test_*.cc | sed -E 's|/|_|; s|\.cc$||')
+  # shellcheck disable=SC2086
+  cmake --build "$build" -j "${STEM_JOBS:-2}" --target stemserve bench_model $tests || exit 1
+  rm -rf "$carry"
+  mkdir -p "$carry/bin" "$carry/lib"
+  cp "$build/server/stemserve" "$build/bench/bench_model" "$carry/bin/"
+  for t in $tests; do cp "$build/tests/$t" "$carry/bin/"; done
+  # Libraries the GPU machine has itself (or newer): the C/C++ runtimes, CUDA, OpenBLAS and its
+  # Fortran runtime. Everything else our binaries link goes along.
+  ldd "$carry"/bin/* | awk '/=>/ { print $1, $3 }' | sort -u | while read -r name path; do
+    case "$name" in
+      libc.so*|libm.so*|libstdc++*|libgcc_s*|libpthread*|libdl.so*|librt.so*|libgomp*|ld-linux*) ;;
+      libcuda*|libcublas*|libcudart*|libnvidia*) ;;
+      libopenblas*|libgfortran*|libquadmath*) ;;
+      *) cp -L "$path" "$carry/lib/$name" ;;
+    esac
+  done
+  strip --strip-unneeded "$carry"/bin/* 2> /dev/null
+  du -sh "$carry"/bin "$carry"/lib
+  ls "$carry/lib"
+}
+
+make_fixtures() {  # $1: output folder; the fixture generator with wider heads
+  python3 - "$1" << 'EOF'
+import sys
+from pathlib import Path
+sys.path.insert(0, "tests/fixtures")
+import torch
+import make_model_fixtures as m
+
+# hidden 256 over 4 heads: head_dim 64; the explicit-head_dim variant takes 128 (q_dim 512).
+m.BASE.update(hidden_size=256, intermediate_size=512)
+m.VARIANTS["llama-head-dim"]["head_dim"] = 128
+torch.set_num_threads(4)
+torch.use_deterministic_algorithms(True)
+for name in m.VARIANTS:
+    m.make_variant(name, Path(sys.argv[1]))
+EOF
+}
+
+run() {
+  local bench="${1:-quick}" logs="${OUT:-$carry/logs}" tmp
+  mkdir -p "$logs"
+  tmp="$(mktemp -d)"
+  export LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  if ! ldconfig -p | grep -q 'libopenblas.so.0 '; then  # OpenBLAS under another name: point at it
+    blas="$(find / -xdev -name 'libopenblas*.so*' 2> /dev/null | head -n 1)"
+    [ -n "$blas" ] && ln -sf "$blas" "$carry/lib/libopenblas.so.0"
+  fi
+  if ldd "$carry"/bin/* | grep -q "not found"; then
+    echo "MISSING LIBRARIES:"; ldd "$carry"/bin/* | grep "not found" | sort -u
+  fi
+  export STEM_SOURCE="$root" STEM_FIXTURES="$root/tests/fixtures" STEM_TEST_REPORT="$logs/model_errors.txt"
+  rm -f "$STEM_TEST_REPORT"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+
+  echo "== fixtures (transformers, head_dim 64/128)"
+  local start=$SECONDS
+  (cd "$root" && make_fixtures "$tmp/fixtures") > "$logs/fixtures.log" 2>&1 || { echo "fixture generation failed:"; tail -n 20 "$logs/fixtures.log"; }
+  echo "  $(ls "$tmp/fixtures" 2> /dev/null | wc -l) models in $((SECONDS - start)) s"
+  export STEM_GPU_MODEL_FIXTURES="$tmp/fixtures"
+
+  echo "== tests"
+  local failed=0
+  : > "$logs/model_tests.log"
+  for t in "$carry"/bin/gpu_model_test_*; do
+    start=$SECONDS
+    "$t" >> "$logs/model_tests.log" 2>&1
+    local rc=$?
+    [ $rc = 0 ] || failed=$((failed + 1))
+    echo "  $(basename "$t"): rc $rc, $((SECONDS - start)) s, $(grep -aE '^(test cases|All tests passed)' "$logs/model_tests.log" | tail -n 1)"
+  done
+  grep -aE -B2 -A12 "FAILED|REQUIRE|CHECK.*failed|SKIPPED" "$logs/model_tests.log" | head -n 80
+
+  echo "== stemserve generate --device cuda --load-format dummy (Llama-3.1-8B shape, 4008-token vocab)"
+  mkdir -p "$tmp/llama8b-dummy"
+  cp "$root"/tests/fixtures/tokenizers/llama3/tokenizer*.json "$root"/tests/fixtures/tokenizers/llama3/generation_config.json "$tmp/llama8b-dummy/"
+  python3 -c "
+import json, sys
+c = json.load(open('$root/bench/configs/llama-3.1-8b.json'))
+c.update(vocab_size=4008, bos_token_id=4000, eos_token_id=[4001, 4007])
+json.dump(c, open('$tmp/llama8b-dummy/config.json', 'w'))"
+  start=$SECONDS
+  "$carry/bin/stemserve" generate --model "$tmp/llama8b-dummy" --device cuda --load-format dummy \
+    --prompt "The capital of France is" --max-tokens 48 --ignore-eos --temperature 0 > "$tmp/gen.txt" 2> "$tmp/gen.err"
+  echo "  rc $?, $((SECONDS - start)) s, $(wc -c < "$tmp/gen.txt") bytes of text; log:"
+  tail -n 4 "$tmp/gen.err" | cut -c1-240
+
+  echo "== worst relative error per check (all: model_errors.txt)"
+  [ -f "$STEM_TEST_REPORT" ] && awk '{ op = $1; if (!(op in worst) || $NF + 0 > worst[op] + 0) { worst[op] = $NF; where[op] = $0 } n[op]++ }
+       END { for (op in worst) printf "  %-28s %4d checks, worst %s  (%s)\n", op, n[op], worst[op], where[op] }' \
+    "$STEM_TEST_REPORT" | sort
+
+  if [ "$bench" != none ]; then
+    local ours=() peer=()
+    [ "$bench" = quick ] && ours=(--ttft 8192 --batches 1,8 --contexts 1024 --steps 10) \
+      && peer=(--ttft 8192 --decode-batches 1)
+    echo "== bench_model ($bench)"
+    "$carry/bin/bench_model" --config "$root/bench/configs/llama-3.1-8b.json" "${ours[@]}" \
+      --json "$logs/bench_model.json" 2>&1 | tee "$logs/bench.txt"
+    echo "== transformers peer"
+    PYTHONUNBUFFERED=1 python3 "$root/bench/bench_model_peer.py" --config "$root/bench/configs/llama-3.1-8b.json" \
+      "${peer[@]}" --json "$logs/bench_peer.json" 2>&1 | grep -v Warning | tee -a "$logs/bench.txt"
+  fi
+  rm -rf "$tmp"
+  echo "== $failed test binaries failed"
+  return $failed
+}
+
+case "$mode" in
+  pack) pack ;;
+  run) run "${2:-quick}" ;;
+  *) echo "usage: $0 pack | run [quick|full|none]" >&2; exit 2 ;;
+esac
