@@ -138,6 +138,8 @@ HttpServer::HttpServer(const HttpOptions& options) : impl_(std::make_unique<Impl
   impl_->server.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   impl_->server.set_payload_max_length(options.max_body_bytes);
   impl_->server.set_keep_alive_max_count(1000);
+  // An idle keep-alive connection holds a thread until this timeout, and shutdown waits for it.
+  impl_->server.set_keep_alive_timeout(2);
   impl_->server.set_tcp_nodelay(true);  // SSE events are small: send each at once
   impl_->routes();
 }

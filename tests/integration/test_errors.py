@@ -1,0 +1,66 @@
+"""Malformed requests get a 4xx with an OpenAI-style error object, and the server stays up."""
+import httpx
+import pytest
+
+GOOD = {"prompt": "Hello", "max_tokens": 2}
+
+CASES = [
+    # (name, path, raw body bytes or a JSON value, status, param)
+    ("bad JSON", "/v1/completions", b'{"prompt": "Hello", ', 400, None),
+    ("not an object", "/v1/completions", b'["Hello"]', 400, None),
+    ("invalid UTF-8", "/v1/completions", b'{"prompt": "caf\xc3\x28"}', 400, None),
+    ("prompt of the wrong type", "/v1/completions", {"prompt": 42}, 400, "prompt"),
+    ("max_tokens of the wrong type", "/v1/completions", {"prompt": "Hi", "max_tokens": "5"}, 400, "max_tokens"),
+    ("temperature of the wrong type", "/v1/completions", {"prompt": "Hi", "temperature": "hot"}, 400,
+     "temperature"),
+    ("stream of the wrong type", "/v1/completions", {"prompt": "Hi", "stream": "yes"}, 400, "stream"),
+    ("temperature out of range", "/v1/completions", {"prompt": "Hi", "temperature": -1}, 400, "temperature"),
+    ("top_p out of range", "/v1/completions", {"prompt": "Hi", "top_p": 0}, 400, "top_p"),
+    ("n of zero", "/v1/completions", {"prompt": "Hi", "n": 0}, 400, "n"),
+    ("unknown model", "/v1/completions", {"prompt": "Hi", "model": "gpt-17"}, 404, "model"),
+    ("empty prompt", "/v1/completions", {"prompt": ""}, 400, "prompt"),
+    ("empty token list", "/v1/completions", {"prompt": []}, 400, "prompt"),
+    ("missing prompt", "/v1/completions", {"max_tokens": 3}, 400, "prompt"),
+    ("token id outside the vocabulary", "/v1/completions", {"prompt": [1, 999999]}, 400, None),
+    ("prompt longer than the context", "/v1/completions", {"prompt": "hello " * 600}, 400, "prompt"),
+    ("max_tokens over the limit", "/v1/completions", {"prompt": "Hi", "max_tokens": 100000}, 400, "max_tokens"),
+    ("max_tokens of zero", "/v1/completions", {"prompt": "Hi", "max_tokens": 0}, 400, "max_tokens"),
+    ("messages missing", "/v1/chat/completions", {"max_tokens": 3}, 400, "messages"),
+    ("messages empty", "/v1/chat/completions", {"messages": []}, 400, "messages"),
+    ("message without role", "/v1/chat/completions", {"messages": [{"content": "hi"}]}, 400, "messages[0].role"),
+    ("message content of the wrong type", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": 3}]}, 400, "messages[0].content"),
+    ("chat max_completion_tokens over the limit", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 100000}, 400,
+     "max_completion_tokens"),
+    ("top_logprobs without logprobs", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, 400, "top_logprobs"),
+    ("stop of the wrong type", "/v1/completions", {"prompt": "Hi", "stop": 5}, 400, "stop"),
+    ("detokenize without tokens", "/detokenize", {"ids": [1]}, 400, "tokens"),
+    ("tokenize without a prompt", "/tokenize", {}, 400, "prompt"),
+]
+
+
+@pytest.mark.parametrize("name,path,body,status,param", CASES, ids=[c[0] for c in CASES])
+def test_malformed_request_gets_4xx_with_a_message(server, name, path, body, status, param):
+    if isinstance(body, bytes):
+        r = httpx.post(server.url + path, content=body, headers={"Content-Type": "application/json"}, timeout=30)
+    else:
+        r = httpx.post(server.url + path, json=body, timeout=30)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"]
+    assert err["type"]
+    if param:
+        assert err["param"] == param
+    # The server is still up and serving.
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+
+
+def test_unknown_route_and_oversized_body(make_server):
+    s = make_server("--max-request-bytes", "1000")
+    r = httpx.get(s.url + "/v2/nothing", timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["message"]
+    r = httpx.post(s.url + "/v1/completions", json={"prompt": "x" * 5000}, timeout=10)
+    assert r.status_code == 413
+    assert httpx.post(s.url + "/v1/completions", json=GOOD, timeout=60).status_code == 200
