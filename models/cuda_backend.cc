@@ -7,6 +7,7 @@
 #include <map>
 
 #include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/attention_decode.cuh"
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/kv_write.cuh"
@@ -136,12 +137,12 @@ class CudaBackend final : public CudaModelBackend {
       } else {
         // First step of this shape: run it eagerly (which also creates the GEMM plans and kernel
         // settings capture must not), then capture the same launches for the steps to come.
-        run_step(layout, false);
+        run_step(layout, false, true);
         graphs_.emplace(key, capture(layout));
         ++stats_.graphs_captured;
       }
     } else {
-      run_step(layout, gather);
+      run_step(layout, gather, false);
       ++stats_.eager_steps;
     }
     CUDA_CHECK(cudaEventRecord(stop_.get(), s));
@@ -218,7 +219,10 @@ class CudaBackend final : public CudaModelBackend {
 
   // The forward pass over the metadata already in ws_.meta, as launches on the stream: nothing
   // here reads the device or the batch's values, so it can be captured into a graph.
-  void run_step(const StepLayout& l, bool gather) {
+  // decode_only: every sequence has one row (a graph step), so attention goes straight to the
+  // decode kernel; the router would also launch its prefill path, which finds no work but costs
+  // two launches per layer once the batch has more rows than decode_max_rows.
+  void run_step(const StepLayout& l, bool gather, bool decode_only) {
     const ModelConfig& c = config_;
     const int64_t T = l.tokens, S = l.seqs, R = l.rows, H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
     const int64_t Hq = c.num_attention_heads, Hk = c.num_key_value_heads, Q = c.q_dim(), KV = c.kv_dim();
@@ -246,7 +250,11 @@ class CudaBackend final : public CudaModelBackend {
       cuda::matmul(gemm_, qkv, x, L.qkv, L.qkv_bias, s);
       cuda::rope(q, k, positions, weights_.inv_freq, s);
       cuda::kv_write(k_cache, v_cache, k, v, slots, s);
-      cuda::paged_attention(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, c.sliding_window, s);
+      if (decode_only)
+        cuda::paged_decode(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, c.sliding_window, s);
+      else
+        cuda::paged_attention(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, c.sliding_window,
+                              s);
       cuda::matmul(gemm_, proj, attn.reshape({T, Q}), L.o, L.o_bias, s);
       cuda::add_rmsnorm(x, residual, proj, L.post_norm, eps, s);
       cuda::matmul(gemm_, gate_up, x, L.gate_up, L.gate_up_bias, s);
@@ -270,7 +278,7 @@ class CudaBackend final : public CudaModelBackend {
     cudaGraph_t graph = nullptr;
     CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
     try {
-      run_step(l, false);
+      run_step(l, false, true);
     } catch (...) {
       cudaStreamEndCapture(s, &graph);  // leave the stream usable; the launch error is what matters
       if (graph) cudaGraphDestroy(graph);
