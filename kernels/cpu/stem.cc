@@ -1,0 +1,91 @@
+#include "kernels/cpu/stem.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/check.h"
+
+namespace stem {
+
+void check_stem_settings(const StemSettings& s) {
+  STEM_CHECK(s.block_size > 0 && s.stride > 0 && s.block_size % s.stride == 0, "Stem: the stride (", s.stride,
+             ") must divide the block size (", s.block_size, ")");
+  STEM_CHECK(s.alpha > 0 && s.alpha <= 1, "Stem: alpha must be in (0, 1], got ", s.alpha);
+  STEM_CHECK(s.lambda >= 0 && std::isfinite(s.lambda), "Stem: lambda must be >= 0, got ", s.lambda);
+  STEM_CHECK(s.sink_blocks >= 0 && s.window_blocks >= 1, "Stem: sink blocks must be >= 0 and window blocks >= 1 (the ",
+             "diagonal block), got ", s.sink_blocks, " and ", s.window_blocks);
+  STEM_CHECK(s.dense_layers >= 0, "Stem: dense layers must be >= 0, got ", s.dense_layers);
+  STEM_CHECK(s.budget_rate > 0 && std::isfinite(s.budget_rate), "Stem: budget rate must be positive, got ",
+             s.budget_rate);
+  STEM_CHECK(s.min_prompt_len >= 0, "Stem: minimum prompt length must be >= 0, got ", s.min_prompt_len);
+}
+
+int64_t stem_num_blocks(int64_t prompt_len, const StemSettings& settings) {
+  return (prompt_len + settings.block_size - 1) / settings.block_size;
+}
+
+int64_t stem_start_budget(int64_t nb, const StemSettings& settings) {
+  if (nb <= 0) return 0;
+  // Python's int() of a double, as the reference computes it.
+  int64_t ks = nb;
+  if (nb >= kStemSmallPromptBlocks && nb < kStemMediumPromptBlocks)
+    ks = static_cast<int64_t>(kStemMediumRate * static_cast<double>(nb) + kStemBudgetBase);
+  else if (nb >= kStemMediumPromptBlocks)
+    ks = static_cast<int64_t>(kStemLongRate * static_cast<double>(nb)) + static_cast<int64_t>(kStemBudgetBase);
+  if (settings.budget_rate != 1.0) ks = static_cast<int64_t>(std::floor(static_cast<double>(ks) * settings.budget_rate));
+  return std::clamp<int64_t>(ks, 1, nb);
+}
+
+int64_t stem_row_budget(int64_t nb, int64_t block, const StemSettings& settings) {
+  const int64_t ks = stem_start_budget(nb, settings);
+  if (block < ks) return ks;
+  const int64_t span = nb - ks - 1;
+  const double fraction = span > 0 ? static_cast<double>(block - ks) / static_cast<double>(span) : 0.0;
+  const double k = static_cast<double>(ks) + fraction * (settings.alpha - 1.0) * static_cast<double>(ks);
+  return std::clamp<int64_t>(static_cast<int64_t>(std::floor(k)), 1, ks);
+}
+
+std::vector<StemQueryBlock> stem_query_blocks(std::span<const int32_t> kv_lens, std::span<const int32_t> query_start,
+                                              std::span<const int32_t> prompt_lens, int64_t sliding_window,
+                                              const StemSettings& settings) {
+  check_stem_settings(settings);
+  STEM_CHECK(query_start.size() == kv_lens.size() + 1 && prompt_lens.size() == kv_lens.size(),
+             "stem_query_blocks: ", kv_lens.size(), " kv_lens need ", kv_lens.size() + 1, " query_start and ",
+             kv_lens.size(), " prompt_lens entries, got ", query_start.size(), " and ", prompt_lens.size());
+  const int64_t bs = settings.block_size;
+  std::vector<StemQueryBlock> blocks;
+  for (size_t s = 0; s < kv_lens.size(); ++s) {
+    const int64_t rows = int64_t{query_start[s + 1]} - query_start[s], kv_len = kv_lens[s], prompt = prompt_lens[s];
+    STEM_CHECK(rows >= 0 && kv_len >= rows, "stem_query_blocks: sequence ", s, " has ", rows, " query rows and kv_len ",
+               kv_len);
+    STEM_CHECK(prompt >= 0, "stem_query_blocks: sequence ", s, " has prompt length ", prompt);
+    if (rows == 0) continue;
+    const int64_t first_pos = kv_len - rows;
+    const bool stem_sequence = sliding_window == 0 && prompt >= settings.min_prompt_len;
+    const int64_t nb = stem_num_blocks(prompt, settings);
+    for (int64_t i = first_pos / bs; i <= (kv_len - 1) / bs; ++i) {
+      StemQueryBlock b;
+      b.seq = static_cast<int32_t>(s);
+      b.block = static_cast<int32_t>(i);
+      const int64_t end = std::min((i + 1) * bs, kv_len);
+      const bool whole = i * bs >= first_pos && end == std::min((i + 1) * bs, prompt);
+      const int64_t budget = stem_sequence && i < nb ? stem_row_budget(nb, i, settings) : i + 1;
+      if (stem_sequence && whole && budget < i + 1) {
+        b.sparse = true;
+        b.budget = static_cast<int32_t>(budget);
+        b.key_end = static_cast<int32_t>(end);
+        b.list_bound = static_cast<int32_t>(std::min(i + 1, budget + settings.sink_blocks + settings.window_blocks));
+      } else {
+        // As the attention kernel's dense lists: from the block the window reaches for the block's first row.
+        const int64_t first_query = std::max(i * bs, first_pos);
+        b.first_key = static_cast<int32_t>(
+            sliding_window > 0 ? std::max<int64_t>(0, first_query - sliding_window + 1) / bs : 0);
+        b.list_bound = static_cast<int32_t>(i - b.first_key + 1);
+      }
+      blocks.push_back(b);
+    }
+  }
+  return blocks;
+}
+
+}  // namespace stem

@@ -1,0 +1,78 @@
+// Stem sparse prefill (DESIGN.md §3, docs/stem.md): the settings, the position-decay budget and
+// the step layout (which query blocks of a step are sparse, and their budgets). Plain host code with
+// no kernels: the CPU reference (stem_plan.h) and the CUDA planner (kernels/cuda/stem.cuh) both
+// build on it, so that they classify every query block identically.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace stem {
+
+// Every constant of the method, with the paper's defaults. The engine maps its flags onto these.
+struct StemSettings {
+  int64_t block_size = 128;    // B: query and key block (the CUDA kernels take 128 only)
+  int64_t stride = 8;          // S: antidiagonal stride; R = B / S pooled groups per block
+  double alpha = 0.7;          // position decay: the last query block keeps alpha · k_s blocks
+  double lambda = 0.2;         // weight of the value bonus λ·max(0, z)
+  int64_t sink_blocks = 4;     // key blocks j < sink_blocks are always kept
+  int64_t window_blocks = 4;   // key blocks i − window_blocks + 1 .. i are always kept
+  int64_t dense_layers = 2;    // layers 0 .. dense_layers − 1 stay dense (applied by the caller)
+  double budget_rate = 1.0;    // multiplies k_s (1.0: the paper's schedule)
+  int64_t min_prompt_len = 8192;  // shorter prompts stay dense
+};
+
+// The budget schedule's constants (DESIGN.md §3): k_s = nb below kSmallPromptBlocks blocks,
+// int(0.2·nb + 30) below kMediumPromptBlocks, int(0.1·nb) + 30 from there on.
+constexpr int64_t kStemSmallPromptBlocks = 56;
+constexpr int64_t kStemMediumPromptBlocks = 160;
+constexpr double kStemMediumRate = 0.2;
+constexpr double kStemLongRate = 0.1;
+constexpr double kStemBudgetBase = 30;
+// Added to the largest value norm before the log, and to the std before dividing by it.
+constexpr double kStemValueEpsilon = 1e-6;
+
+// Rejects settings the method cannot run with (stride not dividing the block, negative counts...).
+void check_stem_settings(const StemSettings& settings);
+
+// Whether layer `layer` (0-based) uses Stem at all.
+inline bool stem_layer_sparse(const StemSettings& settings, int64_t layer) { return layer >= settings.dense_layers; }
+
+// nb: blocks of a prompt of `prompt_len` tokens, ceil(L / B).
+int64_t stem_num_blocks(int64_t prompt_len, const StemSettings& settings);
+
+// k_s: the budget of the first query blocks for a prompt of nb blocks, times budget_rate,
+// clamped to [1, nb].
+int64_t stem_start_budget(int64_t nb, const StemSettings& settings);
+
+// k(i): how many key blocks query block i keeps by score (before the sink and window blocks are
+// added). k_s while i < k_s, then decaying linearly to alpha·k_s at i = nb − 1, evaluated in
+// double in the paper's order (k_s + (i − k_s)/(nb − k_s − 1)·(α − 1)·k_s), floored, clamped to
+// [1, k_s]. When nb − k_s − 1 = 0 the fraction is taken as 0.
+int64_t stem_row_budget(int64_t nb, int64_t block, const StemSettings& settings);
+
+// How Stem treats one query block of a step.
+struct StemQueryBlock {
+  int32_t seq = 0, block = 0;  // sequence s and absolute query block i (positions [iB, iB + B))
+  bool sparse = false;         // scored and selected; otherwise every causal block (dense)
+  int32_t budget = 0;          // k(i) (sparse blocks)
+  int32_t first_key = 0;       // dense blocks: the first key block the sliding window reaches
+  int32_t key_end = 0;         // sparse blocks: keys at positions < key_end are visible (min((i+1)B, kv_len))
+  int32_t list_bound = 0;      // the most key blocks its list can hold
+};
+
+// The query blocks of a step, sequence by sequence, ascending i. Host copies of the attention
+// metadata (kernels/cpu/attention.h) plus each sequence's whole prompt length, which fixes nb
+// however the prompt is chunked. A block is sparse when
+//   - its sequence uses Stem: prompt_len ≥ min_prompt_len and no sliding window;
+//   - the step holds every row of it that the prompt has: iB ≥ first row's position, and
+//     min((i+1)B, kv_len) = min((i+1)B, prompt_len) (a chunk that ends mid-block leaves that
+//     block dense, and so does the next chunk that starts mid-block: their query rows are not all
+//     at hand, and the pooled estimate needs all of them);
+//   - k(i) < i + 1, so that selecting drops something (the first k_s blocks are dense).
+// Sequences with no rows this step have no blocks.
+std::vector<StemQueryBlock> stem_query_blocks(std::span<const int32_t> kv_lens, std::span<const int32_t> query_start,
+                                              std::span<const int32_t> prompt_lens, int64_t sliding_window,
+                                              const StemSettings& settings);
+
+}  // namespace stem
