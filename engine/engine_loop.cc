@@ -34,12 +34,14 @@ void EngineLoop::submit(GenerateRequest request, StreamSink sink) {
       throw QueueFullError("the request queue is full (" + std::to_string(in_flight_) + " sequences in flight, room for " +
                            std::to_string(capacity_) + "); retry later");
     in_flight_ += n;
-    // Each finished sequence gives its room in the queue back.
+    // Each finished sequence gives its room in the queue back, before the front end hears of it:
+    // a client that resubmits on seeing the end must find the room there.
     intake_.push_back({std::move(request), [this, sink = std::move(sink)](const TokenEvent& e) {
+                         if (e.finished) {
+                           std::lock_guard lock(mu_);
+                           if (--in_flight_ == 0) idle_.notify_all();
+                         }
                          if (sink) sink(e);
-                         if (!e.finished) return;
-                         std::lock_guard lock(mu_);
-                         if (--in_flight_ == 0) idle_.notify_all();
                        }});
   }
   wake_.notify_one();

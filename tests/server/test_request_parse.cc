@@ -1,0 +1,169 @@
+// The OpenAI request parser and response builder without HTTP: fields land in the engine
+// request, bad fields name themselves, events become choices, chunks and usage.
+#include "engine/tokenizer.h"
+#include "server/openai_response.h"
+#include "server/request_parse.h"
+#include "tests/test_util.h"
+
+using namespace stem;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+const Engine& engine() {
+  static std::unique_ptr<Engine> e = [] {
+    EngineOptions o;
+    o.max_model_len = 128;
+    o.max_num_seqs = 4;
+    return std::make_unique<Engine>(test::default_model_dir(), o);
+  }();
+  return *e;
+}
+
+ServedModel served() { return ServedModel{"smol", test::default_model_dir().string(), &engine()}; }
+
+// The ApiError's status and param for a body ("" when it parses).
+std::pair<int, std::string> failure(ApiKind kind, const std::string& body) {
+  try {
+    parse_generation(kind, parse_json_body(body), served());
+  } catch (const ApiError& e) {
+    return {e.status(), e.param()};
+  }
+  return {0, ""};
+}
+
+}  // namespace
+
+TEST_CASE("request parse: completion fields become the engine request") {
+  if (!fs::exists(test::default_model_dir() / "model.safetensors")) SKIP("default model not prepared");
+  auto p = parse_generation(ApiKind::Completion, parse_json_body(R"({
+      "model": "smol", "prompt": "Hello world", "max_tokens": 7, "temperature": 0.5, "top_p": 0.9,
+      "top_k": 40, "min_p": 0.1, "repetition_penalty": 1.2, "presence_penalty": 0.3, "frequency_penalty": -0.3,
+      "n": 2, "seed": 11, "stop": ["\n", "END"], "stop_token_ids": [5], "ignore_eos": true, "logprobs": 3,
+      "stream": true, "stream_options": {"include_usage": true}})"), served());
+  const GenerateRequest& r = p.request;
+  CHECK(r.prompt == engine().tokenizer().encode("Hello world", true));
+  CHECK(r.stop.max_tokens == 7);
+  CHECK(r.sampling.temperature == 0.5f);
+  CHECK(r.sampling.top_p == 0.9f);
+  CHECK(r.sampling.top_k == 40);
+  CHECK(r.sampling.min_p == 0.1f);
+  CHECK(r.sampling.repetition_penalty == 1.2f);
+  CHECK(r.sampling.presence_penalty == 0.3f);
+  CHECK(r.sampling.frequency_penalty == -0.3f);
+  CHECK(r.n == 2);
+  CHECK(r.sampling.seed == 11u);
+  CHECK(r.stop.stop == std::vector<std::string>{"\n", "END"});
+  CHECK(r.stop.stop_token_ids == std::vector<int32_t>{5});
+  CHECK(r.stop.ignore_eos);
+  CHECK(p.logprobs);
+  CHECK(p.top_logprobs == 3);
+  CHECK(r.sampling.top_logprobs == 3);
+  CHECK(p.stream);
+  CHECK(p.include_usage);
+}
+
+TEST_CASE("request parse: defaults, token-id prompts and chat messages") {
+  if (!fs::exists(test::default_model_dir() / "model.safetensors")) SKIP("default model not prepared");
+  auto c = parse_generation(ApiKind::Completion, parse_json_body(R"({"prompt": [1, 2, 3]})"), served());
+  CHECK(c.request.prompt == std::vector<int32_t>{1, 2, 3});
+  CHECK(c.request.stop.max_tokens == 16);  // OpenAI's completions default
+  CHECK(c.request.sampling.temperature == 1.0f);
+  CHECK_FALSE(c.stream);
+  auto one = parse_generation(ApiKind::Completion, parse_json_body(R"({"prompt": ["Hi"]})"), served());
+  CHECK(one.request.prompt == engine().tokenizer().encode("Hi", true));
+
+  auto chat = parse_generation(ApiKind::Chat, parse_json_body(R"({"messages": [
+      {"role": "user", "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]}],
+      "logprobs": true, "top_logprobs": 2})"), served());
+  const std::string rendered = engine().apply_chat_template(R"([{"role":"user","content":"Hello"}])", true);
+  CHECK(chat.request.prompt == engine().tokenizer().encode(rendered, false));
+  // Chat defaults to what the context leaves.
+  CHECK(chat.request.stop.max_tokens == 128 - static_cast<int32_t>(chat.request.prompt.size()));
+  CHECK(chat.logprobs);
+  CHECK(chat.top_logprobs == 2);
+  auto mct = parse_generation(ApiKind::Chat,
+                              parse_json_body(R"({"messages": [{"role": "user", "content": "Hi"}],
+                                                  "max_tokens": 9, "max_completion_tokens": 4})"),
+                              served());
+  CHECK(mct.request.stop.max_tokens == 4);
+}
+
+TEST_CASE("request parse: each bad field is a 4xx naming it") {
+  if (!fs::exists(test::default_model_dir() / "model.safetensors")) SKIP("default model not prepared");
+  using P = std::pair<int, std::string>;
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "model": "other"})") == P{404, "model"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": 3})") == P{400, "prompt"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": ["a", "b"]})") == P{400, "prompt"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "max_tokens": 1.5})") == P{400, "max_tokens"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "max_tokens": 128})") == P{400, "max_tokens"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "n": 5})") == P{400, "n"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "temperature": 2.5})") == P{400, "temperature"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "min_p": 2})") == P{400, "min_p"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "top_k": -2})") == P{400, "top_k"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "ignore_eos": 1})") == P{400, "ignore_eos"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "logprobs": 21})") == P{400, "logprobs"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "echo": true})") == P{400, "echo"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "stream_options": 1})") == P{400, "stream_options"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": [1, -4]})") == P{400, "prompt"});
+  CHECK(failure(ApiKind::Chat, R"({"messages": "hi"})") == P{400, "messages"});
+  CHECK(failure(ApiKind::Chat, R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})") ==
+        P{400, "messages[0].content"});
+  CHECK(failure(ApiKind::Chat, R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 30,
+                                  "logprobs": true})") == P{400, "top_logprobs"});
+  std::string long_prompt;
+  for (int i = 0; i < 200; ++i) long_prompt += "hello ";
+  CHECK(failure(ApiKind::Completion, R"({"prompt": ")" + long_prompt + R"("})") == P{400, "prompt"});
+  CHECK(test::error_of([] { parse_json_body("[1]"); }).find("JSON object") != std::string::npos);
+  CHECK(test::error_of([] { parse_json_body("{\"prompt\": \"\xc3\x28\"}"); }).find("UTF-8") != std::string::npos);
+}
+
+TEST_CASE("response builder: events become choices, stream chunks and usage") {
+  if (!fs::exists(test::default_model_dir() / "model.safetensors")) SKIP("default model not prepared");
+  auto p = parse_generation(ApiKind::Chat,
+                            parse_json_body(R"({"messages": [{"role": "user", "content": "Hi"}], "n": 2,
+                                                "logprobs": true, "top_logprobs": 1,
+                                                "stream_options": {"include_usage": true}})"),
+                            served());
+  ResponseBuilder rb(p, "smol", engine().tokenizer());
+  CHECK(rb.id().rfind("chatcmpl-", 0) == 0);
+  auto token = [&](int32_t index, int32_t id, std::string text, int64_t n, bool finished = false) {
+    TokenEvent e;
+    e.index = index;
+    e.token = id;
+    e.text = std::move(text);
+    e.sample.token = id;
+    e.sample.logprob = -0.5f;
+    e.sample.top = {{id, -0.5f}};
+    e.completion_tokens = n;
+    e.finished = finished;
+    return e;
+  };
+  json c0 = rb.add(token(0, 19556, "Hello", 1));
+  CHECK(c0["object"] == "chat.completion.chunk");
+  CHECK(c0["choices"][0]["delta"]["content"] == "Hello");
+  CHECK(c0["choices"][0]["logprobs"]["content"][0]["token"] == "Hello");
+  CHECK(c0["usage"].is_null());
+  TokenEvent stop = token(0, 2, "", 2, true);
+  stop.finish = FinishReason::Stop;
+  stop.stop_reason = "2";
+  json c1 = rb.add(stop);
+  CHECK(c1["choices"][0]["finish_reason"] == "stop");
+  CHECK(c1["choices"][0]["stop_reason"] == 2);
+  TokenEvent len = token(1, 905, " world", 1, true);
+  len.finish = FinishReason::Length;
+  rb.add(len);
+  json r = rb.response();
+  CHECK(r["object"] == "chat.completion");
+  CHECK(r["choices"][0]["message"]["content"] == "Hello");
+  CHECK(r["choices"][1]["message"]["content"] == " world");
+  CHECK(r["choices"][1]["finish_reason"] == "length");
+  CHECK(r["choices"][0]["logprobs"]["content"].size() == 2);
+  CHECK(r["usage"]["completion_tokens"] == 3);
+  CHECK(r["usage"]["total_tokens"] == r["usage"]["prompt_tokens"].get<int64_t>() + 3);
+  json u = rb.usage_chunk();
+  CHECK(u["choices"].empty());
+  CHECK(u["usage"] == r["usage"]);
+  CHECK(rb.role_chunk(1)["choices"][0]["delta"]["role"] == "assistant");
+}
