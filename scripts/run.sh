@@ -19,10 +19,17 @@ if [ "${1:-}" = generate ]; then
 fi
 
 port="${STEMSERVE_PORT:-8000}"
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    --port) port="${args[i + 1]:-$port}" ;;
+    --port=*) port="${args[i]#--port=}" ;;
+  esac
+done
 cat >&2 <<EOM
 stemserve: serving $(basename "$model") on http://127.0.0.1:$port (Ctrl-C to stop). Try, from another shell:
   curl http://127.0.0.1:$port/v1/chat/completions -H 'Content-Type: application/json' \\
-    -d '{"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 64}'
+    -d '{"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 64, "temperature": 0}'
   API reference: docs/api.md
 EOM
 exec "$bin" serve --model "$model" "$@"
