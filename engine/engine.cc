@@ -43,6 +43,9 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& options)
                  kv_capacity_tokens(), max_model_len_, kv_capacity_tokens());
     max_model_len_ = kv_capacity_tokens();
   }
+  if (options.max_num_batched_tokens < options.max_num_seqs)
+    spdlog::warn("max_num_batched_tokens {} < max_num_seqs {}: when every sequence decodes, the newest ones wait",
+                 options.max_num_batched_tokens, options.max_num_seqs);
   scheduler_ = std::make_unique<Scheduler>(
       *kv_, SchedulerOptions{options.max_num_batched_tokens, options.max_num_seqs});
 

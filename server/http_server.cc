@@ -86,6 +86,9 @@ void HttpServer::Impl::routes() {
                                            : "the request could not be served";
     send_error(res, ApiError(res.status, what));
   });
+  server.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    spdlog::debug("{}:{} {} {} -> {}", req.remote_addr, req.remote_port, req.method, req.path, res.status);
+  });
   server.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
     send_error(res, ApiError(500, "internal error"));
   });
