@@ -36,7 +36,7 @@ struct Layout {
   int64_t n_kp = 0, u_total = 0, p_total = 0, slots = 0, capacity = 0, cols = 0;
   // Byte offsets in the plan's memory.
   size_t qblocks_at = 0, qrow_at, qfirst_at, rows_at, jobs_at, stats_at, tiles_at, meta_end;
-  size_t offsets_at, indices_at, sizes_at, slots_at, qp_at, kp_at, u_at, p1_at, p2_at, estimate_at, total;
+  size_t offsets_at, indices_at, sizes_at, slots_at, qp_at, qp_lo_at, kp_at, kp_lo_at, u_at, p1_at, p2_at, estimate_at, total;
 };
 
 template <typename T>
@@ -134,8 +134,10 @@ Layout make_layout(std::vector<StemQueryBlock> all, const StemBatch& host, int64
   l.indices_at = section(static_cast<size_t>(std::max<int64_t>(l.capacity, 1)) * 4);
   l.sizes_at = section(static_cast<size_t>(items) * 4);
   l.slots_at = section(static_cast<size_t>(l.slots) * 4);
-  l.qp_at = section(static_cast<size_t>(n_rows * q_heads * width) * 4);
-  l.kp_at = section(static_cast<size_t>(l.n_kp * kv_heads * width) * 4);
+  l.qp_at = section(static_cast<size_t>(n_rows * q_heads * width) * 2);
+  l.qp_lo_at = section(static_cast<size_t>(n_rows * q_heads * width) * 2);
+  l.kp_at = section(static_cast<size_t>(l.n_kp * kv_heads * width) * 2);
+  l.kp_lo_at = section(static_cast<size_t>(l.n_kp * kv_heads * width) * 2);
   l.u_at = section(static_cast<size_t>(kv_heads * l.u_total) * 4);
   l.p1_at = section(static_cast<size_t>(kv_heads * l.p_total) * 8);
   l.p2_at = section(static_cast<size_t>(kv_heads * l.p_total) * 8);
@@ -151,6 +153,8 @@ void check_stem_cuda(const StemSettings& st, int64_t head_dim) {
   const int64_t threads = st.stride * head_dim / 8;
   STEM_CHECK(threads >= 32 && threads <= 1024, "stem (CUDA): stride ", st.stride, " with head dim ", head_dim,
              " gives ", threads, " pooling threads; they must be 32 to 1024 (stride ≥ ", 256 / head_dim, ")");
+  // The GEMM reads K = S·D in chunks of 64 (always so once the pooling threads fit).
+  STEM_CHECK(st.stride * head_dim % 64 == 0, "stem (CUDA): stride · head dim must be a multiple of 64");
 }
 
 }  // namespace
@@ -224,8 +228,10 @@ struct StemPlanner {
     p.cols = static_cast<int32_t>(l.cols);
     p.u_stride = l.u_total;
     p.p_stride = l.p_total;
-    p.qp = reinterpret_cast<float*>(base + l.qp_at);
-    p.kp = reinterpret_cast<float*>(base + l.kp_at);
+    p.qp_hi = base + l.qp_at;
+    p.qp_lo = base + l.qp_lo_at;
+    p.kp_hi = base + l.kp_at;
+    p.kp_lo = base + l.kp_lo_at;
     p.u = reinterpret_cast<float*>(base + l.u_at);
     p.p1 = reinterpret_cast<double*>(base + l.p1_at);
     p.p2 = reinterpret_cast<double*>(base + l.p2_at);
@@ -243,7 +249,8 @@ struct StemPlanner {
       STEM_CUDA_CHECK_LAUNCH();
       value_stats_kernel<<<dim3(p.n_stats, p.kv_heads), kScanThreads, 0, stream>>>(p);
       STEM_CUDA_CHECK_LAUNCH();
-      estimate_gemm_kernel<<<dim3(p.n_tiles, p.q_heads), kGemmThreads, 0, stream>>>(p);
+      attn::allow_smem(reinterpret_cast<const void*>(&estimate_gemm_kernel), kGemmSmemBytes, "stem_plan");
+      estimate_gemm_kernel<<<dim3(p.n_tiles, p.q_heads), kGemmThreads, kGemmSmemBytes, stream>>>(p);
       STEM_CUDA_CHECK_LAUNCH();
     }
     if (estimated) CUDA_CHECK(cudaEventRecord(estimated, stream));

@@ -3,10 +3,21 @@
 #pragma once
 #include <cub/block/block_scan.cuh>
 
+#include "kernels/cuda/attention_mma.cuh"
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/stem_params.cuh"
 
 namespace stem::cuda::stem_kernels {
+
+// Stores 8 pooled f32 values as bf16 hi (x rounded) and lo (the rest, rounded): hi + lo holds
+// x to about 2^-17, which the GEMM's three products keep.
+__device__ __forceinline__ void store_split8(void* hi_plane, void* lo_plane, int64_t at, const float (&x)[kVec]) {
+  float lo[kVec];
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) lo[e] = x[e] - __bfloat162float(__float2bfloat16_rn(x[e]));
+  store8(static_cast<bf16*>(hi_plane) + at, x);
+  store8(static_cast<bf16*>(lo_plane) + at, lo);
+}
 
 // Threads of the pooling kernels: S·(D/8), thread (t, c) owns stride offset t and channels 8c..8c+7.
 // 1. Qp_t[i] = Σ_{r<R} q[iB + rS + S−1−t] over the block's rows (positions ≥ key_end count as 0).
@@ -29,7 +40,7 @@ __global__ void pool_queries_kernel(const Params p) {
     }
   }
   const int64_t width = int64_t{p.stride} * p.head_dim;
-  store8(p.qp + (int64_t{blockIdx.x} * p.q_heads + h) * width + t * p.head_dim + c * 8, acc);
+  store_split8(p.qp_hi, p.qp_lo, (int64_t{blockIdx.x} * p.q_heads + h) * width + t * p.head_dim + c * 8, acc);
 }
 
 // 2. Kp_t[j] = Σ_{r<R} k[jB + rS + t] (positions ≥ kv_len count as 0), and for each group n of S
@@ -66,7 +77,7 @@ __global__ void pool_keys_kernel(const Params p) {
     if (c == 0) norm2[r * p.stride + t] = valid ? sq : -1.f;
   }
   const int64_t width = int64_t{p.stride} * p.head_dim;
-  store8(p.kp + (int64_t{job.kp_row} * p.kv_heads + g) * width + t * p.head_dim + c * 8, acc);
+  store_split8(p.kp_hi, p.kp_lo, (int64_t{job.kp_row} * p.kv_heads + g) * width + t * p.head_dim + c * 8, acc);
   __syncthreads();
   for (int r = threadIdx.x; r < p.per_block; r += blockDim.x) {
     const int n = job.block * p.per_block + r;
@@ -107,83 +118,112 @@ __global__ void __launch_bounds__(kScanThreads) value_stats_kernel(const Params 
   }
 }
 
-// 4. The estimate GEMM, f32 on the CUDA cores (a few GFLOP at 128K; f32 keeps the CUDA estimate
-// within rounding of the CPU's, so selections differ only on true ties). A CTA computes a 128×128
-// tile of M for one query head: 256 threads, 8×8 outputs each (two 4×4 quads 64 apart, so the
-// shared-memory reads are float4 and conflict-free), K in steps of 8 through double-buffered
-// shared memory. Grid (tiles, Hq).
-constexpr int kGemmTile = 128, kGemmK = 8, kGemmThreads = 256;
-__global__ void __launch_bounds__(kGemmThreads) estimate_gemm_kernel(const Params p) {
-  __shared__ __align__(16) float a_s[2][kGemmK][kGemmTile];
-  __shared__ __align__(16) float b_s[2][kGemmK][kGemmTile];
+// 4. The estimate GEMM on the tensor cores: M = factor · Qp·Kpᵀ with each operand split into bf16
+// hi + lo and three products summed in f32 (hi·hi + hi·lo + lo·hi; lo·lo is below 2^-16), which
+// keeps the estimate within about 1e-5 of an f32 GEMM's, so selections differ from the CPU's only
+// on near-ties. A CTA computes a 128×128 tile of M for one query head; 8 warps of 64×32 outputs,
+// mma.sync m16n8k16 from ldmatrix fragments (the attention kernel's indexing); K in chunks of 64
+// through a two-stage cp.async pipeline of four swizzled tiles (A hi/lo, B hi/lo). Grid (tiles, Hq).
+constexpr int kGemmTile = 128, kGemmK = 64, kGemmThreads = 256;
+constexpr int kGemmTileBytes = kGemmTile * kGemmK * 2;
+constexpr int kGemmSmemBytes = 2 * 4 * kGemmTileBytes;  // 128 KB: one CTA per SM
+__global__ void __launch_bounds__(kGemmThreads, 1) estimate_gemm_kernel(const Params p) {
+  using attn::cp_async_16;
+  using attn::ldmatrix_x4;
+  using attn::mma_bf16;
+  using attn::tile_offset;
+  extern __shared__ __align__(128) unsigned char smem[];
   const Tile tile = p.tiles[blockIdx.x];
-  const int h = blockIdx.y, g = h / p.group, tid = threadIdx.x;
-  const int64_t width = int64_t{p.stride} * p.head_dim;  // K, a multiple of 8
-  // Loader: thread loads one float4 of A and one of B per step: row tid / 2, k offset 4·(tid % 2).
-  const int load_row = tid / 2, load_k = (tid % 2) * 4;
-  const float* a_src =
-      load_row < tile.rows ? p.qp + (int64_t{tile.row0 + load_row} * p.q_heads + h) * width + load_k : nullptr;
-  const float* b_src =
-      load_row < tile.cols ? p.kp + (int64_t{tile.kp_base + tile.col0 + load_row} * p.kv_heads + g) * width + load_k
-                           : nullptr;
-  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-  auto stage = [&](int buf, float4 a, float4 b) {
-    a_s[buf][load_k + 0][load_row] = a.x, a_s[buf][load_k + 1][load_row] = a.y;
-    a_s[buf][load_k + 2][load_row] = a.z, a_s[buf][load_k + 3][load_row] = a.w;
-    b_s[buf][load_k + 0][load_row] = b.x, b_s[buf][load_k + 1][load_row] = b.y;
-    b_s[buf][load_k + 2][load_row] = b.z, b_s[buf][load_k + 3][load_row] = b.w;
+  const int h = blockIdx.y, g = h / p.group, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp >> 2, wn = warp & 3;  // rows wm·64.., columns wn·32..
+  const int64_t width = int64_t{p.stride} * p.head_dim;  // K, a multiple of 64 (S·D with D = 64 or 128, S ≥ 4)
+  const int64_t a_stride = int64_t{p.q_heads} * width, b_stride = int64_t{p.kv_heads} * width;
+  const int64_t a_at = (int64_t{tile.row0} * p.q_heads + h) * width;
+  const int64_t b_at = (int64_t{tile.kp_base + tile.col0} * p.kv_heads + g) * width;
+  const bf16* planes[4] = {static_cast<const bf16*>(p.qp_hi) + a_at, static_cast<const bf16*>(p.qp_lo) + a_at,
+                           static_cast<const bf16*>(p.kp_hi) + b_at, static_cast<const bf16*>(p.kp_lo) + b_at};
+  const uint32_t smem_base = attn::smem_u32(smem);
+
+  // One stage: 4 tiles × 128 rows × 8 chunks of 16 bytes; rows past the tile read as zeros.
+  auto load_stage = [&](int stage, int chunk_k) {
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+#pragma unroll
+      for (int part = 0; part < kGemmTile * 8 / kGemmThreads; ++part) {
+        const int x = part * kGemmThreads + tid, row = x >> 3, chunk = x & 7;
+        const bool valid = row < (t < 2 ? tile.rows : tile.cols);
+        const bf16* src = planes[t] + (valid ? row * (t < 2 ? a_stride : b_stride) + chunk_k * kGemmK + chunk * 8 : 0);
+        cp_async_16(smem_base + (stage * 4 + t) * kGemmTileBytes + tile_offset<kGemmK>(row, chunk), src, valid);
+      }
+    attn::cp_async_commit();
   };
-  stage(0, a_src ? *reinterpret_cast<const float4*>(a_src) : zero, b_src ? *reinterpret_cast<const float4*>(b_src) : zero);
-  __syncthreads();
 
-  const int ty = tid / 16, tx = tid % 16;
-  float acc[8][8];
+  float acc[4][4][4];
 #pragma unroll
-  for (int m = 0; m < 8; ++m)
+  for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
-    for (int n = 0; n < 8; ++n) acc[m][n] = 0.f;
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
 
-  const int steps = static_cast<int>(width / kGemmK);
-  for (int s = 0; s < steps; ++s) {
-    const int buf = s & 1;
-    float4 a_next = zero, b_next = zero;
-    if (s + 1 < steps) {
-      if (a_src) a_next = *reinterpret_cast<const float4*>(a_src + (s + 1) * kGemmK);
-      if (b_src) b_next = *reinterpret_cast<const float4*>(b_src + (s + 1) * kGemmK);
-    }
-#pragma unroll
-    for (int kk = 0; kk < kGemmK; ++kk) {
-      const float4 a0 = *reinterpret_cast<const float4*>(&a_s[buf][kk][ty * 4]);
-      const float4 a1 = *reinterpret_cast<const float4*>(&a_s[buf][kk][64 + ty * 4]);
-      const float4 b0 = *reinterpret_cast<const float4*>(&b_s[buf][kk][tx * 4]);
-      const float4 b1 = *reinterpret_cast<const float4*>(&b_s[buf][kk][64 + tx * 4]);
-      const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-      const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-#pragma unroll
-      for (int m = 0; m < 8; ++m)
-#pragma unroll
-        for (int n = 0; n < 8; ++n) acc[m][n] = fmaf(a[m], b[n], acc[m][n]);
-    }
-    if (s + 1 < steps) stage(buf ^ 1, a_next, b_next);  // the other buffer: last read before the previous sync
+  const int chunks = static_cast<int>(width / kGemmK);
+  load_stage(0, 0);
+  for (int kc = 0; kc < chunks; ++kc) {
+    if (kc + 1 < chunks)
+      load_stage((kc + 1) & 1, kc + 1);
+    else
+      attn::cp_async_commit();  // an empty group keeps the wait count uniform
+    attn::cp_async_wait<1>();
     __syncthreads();
+    const uint32_t a_hi = smem_base + ((kc & 1) * 4 + 0) * kGemmTileBytes, a_lo = a_hi + kGemmTileBytes;
+    const uint32_t b_hi = a_hi + 2 * kGemmTileBytes, b_lo = a_hi + 3 * kGemmTileBytes;
+#pragma unroll
+    for (int kk = 0; kk < kGemmK / 16; ++kk) {
+      uint32_t ah[4][4], al[4][4];
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt) {
+        const uint32_t at = tile_offset<kGemmK>(wm * 64 + mt * 16 + (lane & 15), 2 * kk + (lane >> 4));
+        ldmatrix_x4(ah[mt], a_hi + at);
+        ldmatrix_x4(al[mt], a_lo + at);
+      }
+#pragma unroll
+      for (int nn = 0; nn < 2; ++nn) {
+        uint32_t bh[4], bl[4];
+        const uint32_t at = tile_offset<kGemmK>(wn * 32 + nn * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1));
+        ldmatrix_x4(bh, b_hi + at);
+        ldmatrix_x4(bl, b_lo + at);
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt) {
+          mma_bf16(acc[mt][2 * nn], al[mt], bh[0], bh[1]);
+          mma_bf16(acc[mt][2 * nn + 1], al[mt], bh[2], bh[3]);
+          mma_bf16(acc[mt][2 * nn], ah[mt], bl[0], bl[1]);
+          mma_bf16(acc[mt][2 * nn + 1], ah[mt], bl[2], bl[3]);
+          mma_bf16(acc[mt][2 * nn], ah[mt], bh[0], bh[1]);
+          mma_bf16(acc[mt][2 * nn + 1], ah[mt], bh[2], bh[3]);
+        }
+      }
+    }
+    __syncthreads();  // this stage is refilled by the next iteration's load
   }
+  attn::cp_async_wait<0>();
 
   // Rows past tile.rows are not written; columns past tile.cols hold 0 (zero keys) and stay inside
   // the row (cols is a multiple of 4 and covers every tile's columns).
 #pragma unroll
-  for (int m = 0; m < 8; ++m) {
-    const int row = (m < 4 ? ty * 4 + m : 64 + ty * 4 + m - 4);
-    if (row >= tile.rows) continue;
-    float* out = p.estimate + (int64_t{tile.row0 + row} * p.q_heads + h) * p.cols + tile.col0;
+  for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int col = half * 64 + tx * 4;
-      if (tile.col0 + col >= p.cols) continue;
-      *reinterpret_cast<float4*>(out + col) =
-          make_float4(acc[m][4 * half] * p.factor, acc[m][4 * half + 1] * p.factor, acc[m][4 * half + 2] * p.factor,
-                      acc[m][4 * half + 3] * p.factor);
+      const int row = wm * 64 + mt * 16 + (lane >> 2) + half * 8;
+      if (row >= tile.rows) continue;
+      float* out = p.estimate + (int64_t{tile.row0 + row} * p.q_heads + h) * p.cols + tile.col0;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int col = wn * 32 + nt * 8 + (lane & 3) * 2;
+        if (tile.col0 + col >= p.cols) continue;
+        *reinterpret_cast<float2*>(out + col) =
+            make_float2(acc[mt][nt][2 * half] * p.factor, acc[mt][nt][2 * half + 1] * p.factor);
+      }
     }
-  }
 }
 
 }  // namespace stem::cuda::stem_kernels

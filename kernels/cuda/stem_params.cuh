@@ -59,8 +59,12 @@ struct Params {
   int32_t cols;                // estimate row length (longest causal row, a multiple of 4)
   int64_t u_stride, p_stride;  // per KV head
   // Scratch and outputs.
-  float* qp;        // [n_rows, Hq, S·D]
-  float* kp;        // [key blocks, Hkv, S·D]
+  // Pooled vectors as bf16 pairs hi + lo (hi = bf16(x), lo = bf16(x − hi)): the GEMM's tensor-core
+  // inputs, together 16 significant bits.
+  void* qp_hi;      // bf16 [n_rows, Hq, S·D]
+  void* qp_lo;
+  void* kp_hi;      // bf16 [key blocks, Hkv, S·D]
+  void* kp_lo;
   float* u;         // [Hkv, u_stride]
   double* p1;       // [Hkv, p_stride]
   double* p2;

