@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,11 +22,17 @@ struct StopConditions {
   bool include_stop_str = false;
 };
 
+// How a request's prompt is prefilled: Stem block-sparse attention (docs/stem.md) or dense.
+// Stem still falls back to dense for prompts shorter than StemSettings::min_prompt_len.
+enum class SparsePrefill { Dense, Stem };
+
 struct GenerateRequest {
   std::vector<int32_t> prompt;
   SamplingParams sampling;
   StopConditions stop;
   int32_t n = 1;  // independent sequences sampled from the same prompt
+  // Per-request override of the engine's default prefill mode (--sparse-prefill); unset: default.
+  std::optional<SparsePrefill> sparse_prefill;
   // Set by the front end (client gone, deadline passed); the engine drops the request and frees
   // its pages at its next step. Shared because the engine may still hold it after the caller left.
   std::shared_ptr<std::atomic<bool>> cancelled;
