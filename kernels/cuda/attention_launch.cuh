@@ -22,6 +22,7 @@ namespace stem::cuda::attn {
 struct AttentionShape {
   int64_t tokens, q_heads, kv_heads, head_dim, seqs;
   int64_t q_stride, out_stride;  // elements between tokens' rows
+  int64_t pages;                 // the cache's first dimension
   PagedKv kv;
   float scale_log2;
   int32_t window;
@@ -53,6 +54,7 @@ inline AttentionShape check_attention(const char* op, const TensorView& out, con
   s.head_dim = q.shape[2];
   s.kv_heads = k_cache.shape[2];
   s.seqs = page_table.shape[0];
+  s.pages = k_cache.shape[0];
   STEM_CHECK(s.head_dim == 64 || s.head_dim == 128, op, ": head dim must be 64 or 128 (the CUDA kernels' sizes), got ",
              q.str());
   cpu::check_dim(k_cache, arg_name(op, "k_cache").c_str(), 3, s.head_dim, "head_dim, as in q");

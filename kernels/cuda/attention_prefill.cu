@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/attention_launch.cuh"
 #include "kernels/cuda/attention_prefill_kernel.cuh"
+#include "kernels/cuda/attention_prefill_sm90.cuh"
 
 namespace stem::cuda {
 namespace attn {
@@ -86,8 +87,11 @@ void launch_prefill(const PrefillParams& p, cudaStream_t stream, const char* op)
   STEM_CUDA_CHECK_LAUNCH();
 }
 
-void launch_prefill(int64_t head_dim, const PrefillParams& p, cudaStream_t stream, const char* op) {
-  if (head_dim == 64)
+// Hopper with head dim 128 takes the wgmma/TMA kernel; everything else the mma.sync one.
+void launch_prefill(const AttentionShape& s, const PrefillParams& p, cudaStream_t stream, const char* op) {
+  if (sm90::use_prefill_sm90(s))
+    sm90::launch_prefill_sm90(s, p, stream, op);
+  else if (s.head_dim == 64)
     launch_prefill<64>(p, stream, op);
   else
     launch_prefill<128>(p, stream, op);
@@ -176,7 +180,7 @@ void block_sparse_prefill(const TensorView& out, const TensorView& q, const Tens
   try {
     CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(int32_t), stream));
     p.work_counter = counter;
-    attn::launch_prefill(s.head_dim, p, stream, op);
+    attn::launch_prefill(s, p, stream, op);
   } catch (...) {
     cudaFreeAsync(counter, stream);
     throw;
@@ -205,7 +209,7 @@ void dense_prefill_on_device(const TensorView& out, const TensorView& q, const T
   p.qblock_count = count;
   p.work_counter = count + 1;
   p.n_qblocks = static_cast<int32_t>(capacity);
-  attn::launch_prefill(s.head_dim, p, stream, op);
+  attn::launch_prefill(s, p, stream, op);
 }
 
 }  // namespace detail

@@ -1,6 +1,10 @@
 // The block-sparse prefill kernel against the CPU twin (dense causal lists, through the explicit
 // plan, the in-kernel dense lists and the router) and against a block-restricted softmax (hand-made
-// sparse lists). Host-side checks and the plan helpers run without a GPU too.
+// sparse lists). On Hopper, head dim 128 runs the wgmma/TMA kernel: the same checks cover it, the
+// mma.sync kernel is checked beside it (STEM_PREFILL_SM90=0), and the two are compared on steps
+// with many work items per CTA. Host-side checks and the plan helpers run without a GPU too.
+#include <cstdlib>
+#include <optional>
 #include <set>
 
 #include "tests/cuda/test_attention_common.h"
@@ -32,6 +36,43 @@ const std::vector<PrefillCase> kCases = {
 
 void poison(const PagedStep& step) { step.d_out->poison(); }
 
+// Sets an environment variable for a scope (the prefill launcher reads STEM_PREFILL_SM90 per call).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (old_)
+      setenv(name_, old_->c_str(), 1);
+    else
+      unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+// Whether launches of this head dim and page size take the Hopper kernel on this device (the rule
+// of kernels/cuda/attention_prefill_sm90.cuh, with the switch at its default).
+bool hopper_path(int64_t d, int64_t page_size) {
+  int device = 0, major = 0, minor = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return major == 9 && minor == 0 && d == 128 && page_size >= 8;
+}
+
+void run_plan(const PagedStep& step, const DevicePlan& plan, float scale, int64_t window) {
+  cuda::block_sparse_prefill(step.out_view(), step.q_view(), step.k_view(), step.v_view(), step.table_view(),
+                             step.lens_view(), step.start_view(), plan.qblocks_view(), plan.offsets_view(),
+                             plan.indices_view(), scale, window, nullptr);
+}
+
 }  // namespace
 
 TEST_CASE("cuda prefill with dense causal lists matches the CPU twin") {
@@ -56,6 +97,13 @@ TEST_CASE("cuda prefill with dense causal lists matches the CPU twin") {
                              dplan.indices_view(), scale, c.window, nullptr);
   STEM_CHECK_CLOSE(std::string("attention_prefill_plan ") + c.name, step.download_out(), ref,
                    gpu_test::kBf16Tolerance);
+  if (hopper_path(c.d, c.page_size)) {  // the mma.sync kernel stays the fallback: keep it checked
+    ScopedEnv off("STEM_PREFILL_SM90", "0");
+    poison(step);
+    run_plan(step, dplan, scale, c.window);
+    STEM_CHECK_CLOSE(std::string("attention_prefill_mma ") + c.name, step.download_out(), ref,
+                     gpu_test::kBf16Tolerance);
+  }
 
   poison(step);  // the same lists, computed in the kernel
   cuda::block_sparse_prefill(step.out_view(), step.q_view(), step.k_view(), step.v_view(), step.table_view(),
@@ -127,6 +175,79 @@ TEST_CASE("cuda block_sparse_prefill follows hand-made sparse block lists") {
                              step.lens_view(), step.start_view(), dplan.qblocks_view(), dplan.offsets_view(),
                              dplan.indices_view(), scale, 0, nullptr);
   STEM_CHECK_CLOSE("attention_prefill_sparse d" + std::to_string(d), step.download_out(), ref,
+                   gpu_test::kBf16Tolerance);
+}
+
+TEST_CASE("cuda prefill's Hopper kernel matches the mma.sync kernel over many work items per CTA") {
+  STEM_REQUIRE_GPU();
+  const int64_t hq = 32, hkv = 8, d = 128;
+  const int64_t page_size = GENERATE(16, 8);
+  if (!hopper_path(d, page_size)) SKIP("not a compute capability 9.0 device: both runs would take the mma.sync kernel");
+  const uint64_t seed = ktest::test_seed();
+  INFO("seed " << seed << ", page size " << page_size);
+  std::mt19937_64 rng(seed);
+  // ~1300 (query block, head) items, ten or so per CTA: Q buffers and the K/V ring wrap many times
+  // inside a CTA. A whole prompt, a chunk starting mid-block, a one-row sequence.
+  PagedStep step(rng, hq, hkv, d, page_size, {{4100, 4100}, {2600, 700}, {300, 1}}, 2.f);
+  const float scale = attn_test::default_scale(d);
+
+  // Stem-shaped lists: sinks, a window, random blocks between, in random order; some lists empty.
+  cuda::BlockSparsePlan sparse;
+  sparse.qblocks = cuda::prefill_query_blocks(step.kv_lens, step.query_start);
+  sparse.block_offsets.push_back(0);
+  std::bernoulli_distribution keep(0.3);
+  for (int64_t b = 0; b < sparse.n_qblocks(); ++b) {
+    const int32_t i = sparse.qblocks[2 * b + 1];
+    for (int64_t h = 0; h < hq; ++h) {
+      std::vector<int32_t> list;
+      if ((b * hq + h) % 97 != 5)
+        for (int32_t j = 0; j <= i; ++j)
+          if (j < 4 || j > i - 4 || keep(rng)) list.push_back(j);
+      std::shuffle(list.begin(), list.end(), rng);
+      sparse.block_indices.insert(sparse.block_indices.end(), list.begin(), list.end());
+      sparse.block_offsets.push_back(static_cast<int32_t>(sparse.block_indices.size()));
+    }
+  }
+  struct Lists {
+    const char* name;
+    cuda::BlockSparsePlan plan;
+    int64_t window;
+  };
+  const std::vector<Lists> runs = {
+      {"dense", cuda::dense_causal_plan(step.kv_lens, step.query_start, hq), 0},
+      {"sparse", sparse, 0},
+      {"window1000", cuda::dense_causal_plan(step.kv_lens, step.query_start, hq, 1000), 1000},
+  };
+  for (const Lists& r : runs) {
+    const DevicePlan dplan(r.plan);
+    poison(step);
+    run_plan(step, dplan, scale, r.window);
+    const std::vector<float> hopper = step.download_out();
+    std::vector<float> mma;
+    {
+      ScopedEnv off("STEM_PREFILL_SM90", "0");
+      poison(step);
+      run_plan(step, dplan, scale, r.window);
+      mma = step.download_out();
+    }
+    REQUIRE(gpu_test::count_nan(mma) == 0);
+    STEM_CHECK_CLOSE(std::string("attention_prefill_sm90_vs_mma ") + r.name + " page" + std::to_string(page_size),
+                     hopper, mma, gpu_test::kBf16Tolerance);
+  }
+  // The router's device-side plan (its item count is read on the device) on the same step.
+  poison(step);
+  cuda::paged_attention(step.out_view(), step.q_view(), step.k_view(), step.v_view(), step.table_view(),
+                        step.lens_view(), step.start_view(), scale, 0, nullptr);
+  const std::vector<float> routed = step.download_out();
+  std::vector<float> mma;
+  {
+    ScopedEnv off("STEM_PREFILL_SM90", "0");
+    poison(step);
+    cuda::paged_attention(step.out_view(), step.q_view(), step.k_view(), step.v_view(), step.table_view(),
+                          step.lens_view(), step.start_view(), scale, 0, nullptr);
+    mma = step.download_out();
+  }
+  STEM_CHECK_CLOSE(std::string("attention_router_sm90_vs_mma page") + std::to_string(page_size), routed, mma,
                    gpu_test::kBf16Tolerance);
 }
 

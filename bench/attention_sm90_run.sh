@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One GPU-machine call for the Hopper prefill path (kernels/cuda/attention_prefill_sm90*): build the
+# attention tests and benchmark, run the prefill tests under each consumer schedule
+# (STEM_PREFILL_SM90=1 serial, 2 pipelined) and the decode tests, then the benchmark for the
+# pipelined, serial and mma.sync (=0) kernels, the torch SDPA peers, and a memory check of a small
+# case. Every step has a time limit, so a hang costs one step, not the call. Logs go to $OUT (the
+# device tool brings them back) or build-gpu/logs; the summary is the end of the output.
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${STEM_BUILD_DIR:-$root/build-gpu}"
+logs="${OUT:-$build/logs}"
+mkdir -p "$logs"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
+args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DSTEM_ONLY_KERNELS=ON -DSTEM_CUDA=ON -DSTEM_CUDA_RESOURCE_USAGE=ON)
+if [ ! -f /usr/include/cblas.h ]; then
+  cblas="$(find /usr/include /usr/local/include /opt -name cblas.h 2> /dev/null | head -n 1)"
+  [ -n "$cblas" ] && args+=("-DCBLAS_INCLUDE_DIR=$(dirname "$cblas")")
+fi
+cmake -S "$root" -B "$build" "${args[@]}" > "$logs/configure.log" 2>&1 || { tail -n 30 "$logs/configure.log"; exit 1; }
+start=$(date +%s)
+if ! cmake --build "$build" -j 16 --target cuda_test_attention_prefill cuda_test_attention_decode bench_attention \
+  > "$logs/build.log" 2>&1; then
+  grep -E "error|FAILED" "$logs/build.log" | head -n 40
+  exit 1
+fi
+echo "built in $(($(date +%s) - start)) s; prefill kernels' resources:"
+grep -A2 -E "Compiling entry function '.*prefill.*sm_90a" "$logs/build.log" | grep -E "Used|spill" | sort | uniq -c
+grep -E "C75[0-9][0-9]" "$logs/build.log" | sort -u | cut -c1-200
+
+rc=0
+export STEM_TEST_REPORT="$logs/rel_errors.txt"
+rm -f "$STEM_TEST_REPORT"
+for mode in 2 1; do
+  STEM_PREFILL_SM90=$mode timeout 180 "$build/tests/cuda_test_attention_prefill" > "$logs/test_prefill_$mode.log" 2>&1
+  r=$?
+  echo "== prefill tests, STEM_PREFILL_SM90=$mode: rc $r"
+  [ $r = 0 ] || rc=1
+  tail -n 3 "$logs/test_prefill_$mode.log"
+  grep -B3 -A14 FAILED "$logs/test_prefill_$mode.log" | head -n 50
+done
+timeout 120 "$build/tests/cuda_test_attention_decode" > "$logs/test_decode.log" 2>&1 || rc=1
+echo "== decode tests: $(tail -n 2 "$logs/test_decode.log" | tr '\n' ' ')"
+echo "== relative errors (worst 25)"
+[ -f "$STEM_TEST_REPORT" ] && sort -g -k2 "$STEM_TEST_REPORT" | tail -n 25 | awk '{ print "  " $0 }'
+
+if [ "${1:-}" != --no-bench ]; then
+  for mode in 2 1 0; do
+    echo "== bench, STEM_PREFILL_SM90=$mode"
+    STEM_PREFILL_SM90=$mode timeout 150 "$build/bench/bench_attention" --json "$logs/ours_$mode.json" \
+      > "$logs/bench_$mode.txt" 2>&1 || rc=1
+    grep -E "prefill|sparse|error|rror" "$logs/bench_$mode.txt"
+  done
+  timeout 200 python3 "$root/bench/attention_peer.py" --ours "$logs/ours_2.json" --json "$logs/peers.json" \
+    > "$logs/peers.txt" 2>&1 || rc=1
+  cat "$logs/peers.txt" | tail -n 12
+fi
+if command -v compute-sanitizer > /dev/null; then
+  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 "$build/tests/cuda_test_attention_prefill" \
+    "cuda prefill reads q from fused qkv rows and may write over them" > "$logs/sanitizer.log" 2>&1
+  echo "== prefill memcheck (Hopper path) rc $?: $(grep -m 3 -E "Invalid|ERROR SUMMARY" "$logs/sanitizer.log" | tr '\n' ' ')"
+fi
+echo "== exit $rc"
+exit $rc

@@ -1,0 +1,314 @@
+// The consumer warpgroups of the Hopper prefill kernel: 64 query rows each, S = Q·Kᵀ and O += P·V
+// with wgmma, masking and the online softmax in registers.
+//
+// Fragments (wgmma m64n128 accumulator, per thread): s[4·j + e] is row 16·warp + lane/4 + 8·(e/2)
+// of the warpgroup's 64, column 8·j + 2·(lane % 4) + e % 2. Two adjacent n8 blocks of that are
+// exactly the A fragment of a k16 step, so P goes from the S accumulator to the P·V operand
+// without leaving the thread.
+#pragma once
+#include <cmath>
+
+#include "kernels/cuda/attention_prefill_sm90_layout.cuh"
+
+namespace stem::cuda::sm90 {
+
+#if STEM_SM90A_DEVICE
+
+// Masks one 64×128 score fragment: keys after the row's position, or a window or more behind it.
+// A select, never arithmetic: keys past kv_len may have read NaN.
+__device__ __forceinline__ void mask_scores(float (&s)[64], int row_pos0, int k0, int lane, int window) {
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int qpos = row_pos0 + (lane >> 2) + ((e >> 1) << 3);
+      const int kpos = k0 + 8 * j + ((lane & 3) << 1) + (e & 1);
+      if (kpos > qpos || (window > 0 && qpos - kpos >= window)) s[4 * j + e] = -INFINITY;
+    }
+}
+
+// Online softmax over one tile, log2 domain, with the mma.sync kernel's lazy max: the running max
+// may trail the true one by up to 2^8 before it moves, so O is rescaled only when a row of the warp
+// outgrows it (after the first tiles, rarely). Leaves P in s and each row's tile sum in sum; when
+// it returns true the caller must scale O and the running sums by alpha (it may do so later, once
+// a P·V still reading O has finished).
+__device__ __forceinline__ bool softmax_scores(float (&s)[64], float (&row_max)[2], float scale_log2,
+                                               float (&alpha)[2], float (&sum)[2]) {
+  constexpr float kRescaleSlack = 8.f;
+  float tile_max[2];
+  bool grow = false;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+    tile_max[hf] = attn::quad_max(mx) * scale_log2;
+    grow |= tile_max[hf] > row_max[hf] + kRescaleSlack;  // a −inf max: any finite tile max grows it
+    alpha[hf] = 1.f;
+  }
+  const bool any = __any_sync(0xffffffffu, grow);
+  if (any) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const float new_max = fmaxf(row_max[hf], tile_max[hf]);
+      alpha[hf] = attn::fast_exp2(row_max[hf] - (new_max == -INFINITY ? 0.f : new_max));
+      row_max[hf] = new_max;
+    }
+  }
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const float base = row_max[hf] == -INFINITY ? 0.f : row_max[hf];
+    float acc = 0.f;
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+      for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
+        const float pv = attn::fast_exp2(fmaf(s[4 * j + e], scale_log2, -base));
+        s[4 * j + e] = pv;
+        acc += pv;
+      }
+    sum[hf] = acc;
+  }
+  return any;
+}
+
+__device__ __forceinline__ void rescale(float (&o)[64], float (&row_sum)[2], const float (&alpha)[2], bool grow,
+                                        const float (&sum)[2]) {
+  if (grow) {
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[4 * j + e] *= alpha[e >> 1];
+  }
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) row_sum[hf] = row_sum[hf] * alpha[hf] + sum[hf];
+}
+
+__device__ __forceinline__ void pack_p(const float (&s)[64], uint32_t (&a)[8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    a[kk][0] = attn::pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+    a[kk][1] = attn::pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+    a[kk][2] = attn::pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+    a[kk][3] = attn::pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+
+// Zeroes the V rows at or past kv_len (row z0 on) of a stage, both column halves, then makes the
+// zeros visible to this warpgroup's wgmma. Under the 128-byte swizzle a row keeps its 128 bytes in
+// place, so whole rows are zeroed without unswizzling. Both consumers may do this for one stage;
+// they write the same zeros.
+__device__ __forceinline__ void zero_v_tail(uint32_t v_stage, int z0, int t128, int wg) {
+  for (int c = t128; c < 2 * kBlock * 8; c += 128) {
+    const int half = c >> 10, r = (c >> 3) & (kBlock - 1), piece = c & 7;
+    if (r >= z0) {
+      const uint32_t addr = v_stage + half * kHalfBytes + r * 128 + piece * 16;
+      asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0) : "memory");
+    }
+  }
+  fence_proxy_async();
+  named_barrier_sync(1 + wg, 128);
+}
+
+// Issues S = Q·Kᵀ (64 rows × 128 keys, k = 128 dims) as one wgmma group.
+__device__ __forceinline__ void issue_qk(float (&s)[64], uint32_t q_base, uint32_t k_stage) {
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+    const uint32_t col = (ks >> 2) * kHalfBytes + (ks & 3) * 32;
+    wgmma_m64n128k16_ss(s, smem_descriptor(q_base + col, 16, 1024), smem_descriptor(k_stage + col, 16, 1024), ks > 0);
+  }
+  wgmma_commit();
+}
+
+// Issues O += P·V (k = 128 keys) as one wgmma group.
+__device__ __forceinline__ void issue_pv(float (&o)[64], uint32_t (&a)[8][4], uint32_t v_stage) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[kk][i])::"memory");
+  reg_fence(o);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) wgmma_m64n128k16_rs(o, a[kk], smem_descriptor(v_stage + kk * 16 * 128, kHalfBytes, 1024));
+  wgmma_commit();
+}
+
+// Where a consumer warpgroup is in one item.
+struct ItemRows {
+  int wg_lo, wg_hi;  // the valid positions among its 64 rows (empty when wg_lo > wg_hi)
+  int row_pos0;      // position of this warp's first row
+};
+
+// A tile's key block, read once its K has landed.
+__device__ __forceinline__ int tile_k0(const int* s_tile_block, int stage) { return s_tile_block[stage] * kBlock; }
+
+__device__ __forceinline__ bool needs_mask(const ItemRows& r, int k0, int window) {
+  return k0 + kBlock - 1 > r.wg_lo || (window > 0 && r.wg_hi - k0 >= window);
+}
+
+// One item, GEMMs and softmax strictly in turn; tiles none of the rows see are skipped.
+__device__ __forceinline__ void consume_serial(const PrefillParams& p, const ItemInfo& info, const ItemRows& r,
+                                               uint32_t smem, uint32_t q_base, const Barriers& bars,
+                                               const int* s_tile_block, int& iter, float (&o)[64],
+                                               float (&row_sum)[2], int t128, int wg) {
+  const int lane = t128 & 31;
+  float row_max[2] = {-INFINITY, -INFINITY};
+  for (int t = 0; t < info.count; ++t) {
+    const int stage = iter % kStages, phase = (iter / kStages) & 1;
+    ++iter;
+    mbar_wait(bars.full_k(stage), phase);
+    const int k0 = tile_k0(s_tile_block, stage);
+    const bool visible =
+        r.wg_lo <= r.wg_hi && k0 <= r.wg_hi && (p.window <= 0 || k0 + kBlock - 1 > r.wg_lo - p.window);
+    const uint32_t v_stage = smem + SmemLayout::kV + stage * kTileBytes;
+    uint32_t a[8][4];
+    if (visible) {
+      float s[64];
+      reg_fence(o);
+      issue_qk(s, q_base, smem + SmemLayout::kK + stage * kTileBytes);
+      wgmma_wait<0>();
+      reg_fence(s);
+      if (needs_mask(r, k0, p.window)) mask_scores(s, r.row_pos0, k0, lane, p.window);
+      float alpha[2], sum[2];
+      const bool grow = softmax_scores(s, row_max, p.scale_log2, alpha, sum);
+      rescale(o, row_sum, alpha, grow, sum);
+      pack_p(s, a);
+    }
+    // Every warp waits for V, seen or not: the slot goes back only once both copies have landed,
+    // or the producer's next expect_tx would fall into this phase.
+    mbar_wait(bars.full_v(stage), phase);
+    if (visible) {
+      if (k0 + kBlock > info.kv_len) zero_v_tail(v_stage, info.kv_len - k0, t128, wg);
+      issue_pv(o, a, v_stage);
+      wgmma_wait<0>();
+      reg_fence(o);
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bars.empty(stage));
+  }
+}
+
+// One item with S(t) issued ahead of P·V(t − 1): the softmax of tile t runs while the tensor cores
+// do P·V(t − 1), and O is rescaled only after that has finished. Every tile is computed (a tile
+// the rows do not see comes out all masked); a warpgroup without valid rows only keeps the ring
+// moving. V rows past kv_len are zeroed whenever a tile holds them, since P = 0 there still
+// multiplies them. The first tile is peeled off so that every wgmma wait sits on a path all
+// threads take: ptxas serialises the wgmmas (C7518) when it must add waits on divergent paths.
+__device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const ItemInfo& info, const ItemRows& r,
+                                                  uint32_t smem, uint32_t q_base, const Barriers& bars,
+                                                  const int* s_tile_block, int& iter, float (&o)[64],
+                                                  float (&row_sum)[2], int t128, int wg) {
+  const int lane = t128 & 31;
+  if (r.wg_lo > r.wg_hi) {
+    for (int t = 0; t < info.count; ++t, ++iter) {
+      const int stage = iter % kStages, phase = (iter / kStages) & 1;
+      mbar_wait(bars.full_k(stage), phase);
+      mbar_wait(bars.full_v(stage), phase);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bars.empty(stage));
+    }
+    return;
+  }
+  if (info.count == 0) return;
+  float row_max[2] = {-INFINITY, -INFINITY};
+  uint32_t a[8][4];
+  // Tile 0: S, softmax, P; its P·V is issued with the next tile's S.
+  int prev_stage = iter % kStages, prev_phase = (iter / kStages) & 1;
+  ++iter;
+  mbar_wait(bars.full_k(prev_stage), prev_phase);
+  int prev_k0 = tile_k0(s_tile_block, prev_stage);
+  {
+    float s[64];
+    reg_fence(o);
+    issue_qk(s, q_base, smem + SmemLayout::kK + prev_stage * kTileBytes);
+    wgmma_wait<0>();
+    reg_fence(s);
+    if (needs_mask(r, prev_k0, p.window)) mask_scores(s, r.row_pos0, prev_k0, lane, p.window);
+    float alpha[2], sum[2];
+    const bool grow = softmax_scores(s, row_max, p.scale_log2, alpha, sum);
+    rescale(o, row_sum, alpha, grow, sum);
+    pack_p(s, a);
+  }
+  for (int t = 1; t < info.count; ++t) {
+    const int stage = iter % kStages, phase = (iter / kStages) & 1;
+    ++iter;
+    mbar_wait(bars.full_k(stage), phase);
+    const int k0 = tile_k0(s_tile_block, stage);
+    float s[64];
+    reg_fence(o);
+    issue_qk(s, q_base, smem + SmemLayout::kK + stage * kTileBytes);
+    const uint32_t v_prev = smem + SmemLayout::kV + prev_stage * kTileBytes;
+    mbar_wait(bars.full_v(prev_stage), prev_phase);
+    if (prev_k0 + kBlock > info.kv_len) zero_v_tail(v_prev, info.kv_len - prev_k0, t128, wg);
+    issue_pv(o, a, v_prev);
+    wgmma_wait<1>();  // S(t) done; P·V(t − 1) may still run
+    reg_fence(s);
+    if (needs_mask(r, k0, p.window)) mask_scores(s, r.row_pos0, k0, lane, p.window);
+    float alpha[2], sum[2];
+    const bool grow = softmax_scores(s, row_max, p.scale_log2, alpha, sum);
+    wgmma_wait<0>();
+    reg_fence(o);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bars.empty(prev_stage));
+    rescale(o, row_sum, alpha, grow, sum);
+    pack_p(s, a);
+    prev_stage = stage;
+    prev_phase = phase;
+    prev_k0 = k0;
+  }
+  const uint32_t v_prev = smem + SmemLayout::kV + prev_stage * kTileBytes;
+  mbar_wait(bars.full_v(prev_stage), prev_phase);
+  if (prev_k0 + kBlock > info.kv_len) zero_v_tail(v_prev, info.kv_len - prev_k0, t128, wg);
+  issue_pv(o, a, v_prev);
+  wgmma_wait<0>();
+  reg_fence(o);
+  __syncwarp();
+  if (lane == 0) mbar_arrive(bars.empty(prev_stage));
+}
+
+// The consumer loop: items as the producer announces them, then the normalised rows written out.
+template <Schedule kSchedule>
+__device__ __forceinline__ void consumer(const PrefillParams& p, uint32_t smem, const Barriers& bars,
+                                         const ItemInfo* s_info, const int* s_tile_block) {
+  const int wg = static_cast<int>(threadIdx.x) / 128 - 1;
+  const int t128 = threadIdx.x & 127, warp = t128 >> 5, lane = t128 & 31;
+  int iter = 0, q_iter = 0;
+  for (;;) {
+    const int b = q_iter & 1;
+    mbar_wait(bars.q_full(b), (q_iter >> 1) & 1);
+    ++q_iter;
+    const ItemInfo info = s_info[b];
+    if (info.item < 0) return;
+    const uint32_t q_base = smem + SmemLayout::kQ + b * kTileBytes + wg * 64 * 128;  // this warpgroup's rows
+    const int pos0 = info.blk * kBlock + wg * 64;
+    const ItemRows r{max(pos0, info.q_lo), min(pos0 + 64, info.q_hi) - 1, pos0 + warp * 16};
+
+    float o[64], row_sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o[i] = 0.f;
+    if constexpr (kSchedule == Schedule::kSerial)
+      consume_serial(p, info, r, smem, q_base, bars, s_tile_block, iter, o, row_sum, t128, wg);
+    else
+      consume_pipelined(p, info, r, smem, q_base, bars, s_tile_block, iter, o, row_sum, t128, wg);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bars.q_empty(b));
+
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const float l = attn::quad_sum(row_sum[hf]);
+      const float inv = l > 0.f ? 1.f / l : 0.f;  // an empty list gives zeros, not NaN
+      const int pos = r.row_pos0 + (lane >> 2) + hf * 8;
+      if (pos < info.q_lo || pos >= info.q_hi) continue;
+      bf16* dst = p.out + static_cast<int64_t>(info.q_row0 + pos - info.blk * kBlock) * p.out_stride +
+                  info.h * kHeadDim + ((lane & 3) << 1);
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+        *reinterpret_cast<uint32_t*>(dst + 8 * j) = attn::pack_bf16(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
+    }
+  }
+}
+
+#endif  // STEM_SM90A_DEVICE
+
+}  // namespace stem::cuda::sm90

@@ -1,0 +1,56 @@
+// Shapes, shared-memory layout and barriers of the Hopper prefill kernel
+// (attention_prefill_sm90_kernel.cuh), shared by its producer and consumer halves.
+#pragma once
+#include "kernels/cuda/attention_prefill_kernel.cuh"
+#include "kernels/cuda/attention_prefill_sm90_ptx.cuh"
+
+namespace stem::cuda::sm90 {
+
+using attn::bf16;
+using attn::kBlock;
+using attn::PrefillParams;
+
+constexpr int kHeadDim = 128;
+constexpr int kStages = 2;                      // K/V ring depth
+constexpr int kConsumers = 2;                   // consumer warpgroups, 64 query rows each
+constexpr int kThreads = 128 * (1 + kConsumers);
+constexpr int kConsumerWarps = 4 * kConsumers;  // each arrives once on the "slot free" barriers
+constexpr int kTileBytes = kBlock * kHeadDim * 2;  // a [128, 128] bf16 tile
+constexpr int kHalfBytes = kTileBytes / 2;         // one [128 rows, 64 columns] swizzled half
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128·40 + 256·232 ≤ 64K registers
+
+// How the consumers schedule their GEMMs (STEM_PREFILL_SM90 picks one; see the launcher).
+enum class Schedule {
+  kSerial,     // S = Q·Kᵀ, softmax, O += P·V, one after the other
+  kPipelined,  // S of tile t is issued before P·V of tile t − 1, so softmax(t) overlaps P·V(t − 1)
+};
+
+// What the producer tells the consumers about the item it loaded Q for (item < 0: no more work).
+struct ItemInfo {
+  int item, h, blk, q_lo, q_hi, kv_len, count, q_row0;  // q_row0: token row of position 128·blk
+};
+
+// Shared memory, from a 1024-byte aligned base (the swizzle atoms must be aligned). Q is double
+// buffered so that the next item's Q lands while the consumers finish the current one.
+struct SmemLayout {
+  static constexpr int kQ = 0;
+  static constexpr int kK = 2 * kTileBytes;
+  static constexpr int kV = kK + kStages * kTileBytes;
+  static constexpr int kBars = kV + kStages * kTileBytes;
+  // barriers: full_k[kStages], full_v[kStages], empty[kStages], q_full[2], q_empty[2]
+  static constexpr int kInfo = kBars + (3 * kStages + 4) * 8;
+  static constexpr int kTileBlock = kInfo + 2 * static_cast<int>(sizeof(ItemInfo));
+  static constexpr int kEnd = kTileBlock + kStages * 4;
+  static constexpr int kBytes = kEnd + 1024;  // + slack to align the dynamic base
+};
+
+struct Barriers {
+  uint32_t base;
+  __device__ uint32_t full_k(int s) const { return base + 8 * s; }
+  __device__ uint32_t full_v(int s) const { return base + 8 * (kStages + s); }
+  __device__ uint32_t empty(int s) const { return base + 8 * (2 * kStages + s); }
+  __device__ uint32_t q_full(int b) const { return base + 8 * (3 * kStages + b); }
+  __device__ uint32_t q_empty(int b) const { return base + 8 * (3 * kStages + 2 + b); }
+};
+
+}  // namespace stem::cuda::sm90
