@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # One GPU-machine call for the Hopper prefill path (kernels/cuda/attention_prefill_sm90*): build the
 # attention tests and benchmark, run the prefill tests under each consumer schedule
-# (STEM_PREFILL_SM90=1 serial, 2 pipelined) and the decode tests, then the benchmark for the
-# pipelined, serial and mma.sync (=0) kernels, the torch SDPA peers, and a memory check of a small
-# case. Every step has a time limit, so a hang costs one step, not the call. Logs go to $OUT (the
-# device tool brings them back) or build-gpu/logs; the summary is the end of the output.
+# (STEM_PREFILL_SM90=1 serial, 2 pipelined, 3 ping-pong) and the decode tests, then the benchmark
+# for each schedule and the mma.sync kernel (=0), the torch SDPA peers, and a memory check of a
+# small case. Every step has a time limit, so a hang costs one step, not the call. Logs go to
+# build-gpu/logs, packed into $OUT/logs.tgz when $OUT is set (the device tool brings that back);
+# the summary is the end of the output.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${STEM_BUILD_DIR:-$root/build-gpu}"
-logs="${OUT:-$build/logs}"
-mkdir -p "$logs"
+logs="$build/logs"
+rm -rf "$logs"; mkdir -p "$logs"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
 args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DSTEM_ONLY_KERNELS=ON -DSTEM_CUDA=ON -DSTEM_CUDA_RESOURCE_USAGE=ON)
 if [ ! -f /usr/include/cblas.h ]; then
@@ -30,7 +31,7 @@ grep -E "C75[0-9][0-9]" "$logs/build.log" | sort -u | cut -c1-200
 rc=0
 export STEM_TEST_REPORT="$logs/rel_errors.txt"
 rm -f "$STEM_TEST_REPORT"
-for mode in 2 1; do
+for mode in 3 2 1; do
   STEM_PREFILL_SM90=$mode timeout 180 "$build/tests/cuda_test_attention_prefill" > "$logs/test_prefill_$mode.log" 2>&1
   r=$?
   echo "== prefill tests, STEM_PREFILL_SM90=$mode: rc $r"
@@ -44,13 +45,13 @@ echo "== relative errors (worst 25)"
 [ -f "$STEM_TEST_REPORT" ] && sort -g -k2 "$STEM_TEST_REPORT" | tail -n 25 | awk '{ print "  " $0 }'
 
 if [ "${1:-}" != --no-bench ]; then
-  for mode in 2 1 0; do
+  for mode in 3 2 1 0; do
     echo "== bench, STEM_PREFILL_SM90=$mode"
     STEM_PREFILL_SM90=$mode timeout 150 "$build/bench/bench_attention" --json "$logs/ours_$mode.json" \
       > "$logs/bench_$mode.txt" 2>&1 || rc=1
     grep -E "prefill|sparse|error|rror" "$logs/bench_$mode.txt"
   done
-  timeout 200 python3 "$root/bench/attention_peer.py" --ours "$logs/ours_2.json" --json "$logs/peers.json" \
+  timeout 200 python3 "$root/bench/attention_peer.py" --ours "$logs/ours_${PEER_MODE:-1}.json" --json "$logs/peers.json" \
     > "$logs/peers.txt" 2>&1 || rc=1
   cat "$logs/peers.txt" | tail -n 12
 fi
@@ -59,5 +60,6 @@ if command -v compute-sanitizer > /dev/null; then
     "cuda prefill reads q from fused qkv rows and may write over them" > "$logs/sanitizer.log" 2>&1
   echo "== prefill memcheck (Hopper path) rc $?: $(grep -m 3 -E "Invalid|ERROR SUMMARY" "$logs/sanitizer.log" | tr '\n' ' ')"
 fi
+[ -n "${OUT:-}" ] && tar czf "$OUT/logs.tgz" -C "$logs" .
 echo "== exit $rc"
 exit $rc

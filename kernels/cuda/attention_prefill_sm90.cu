@@ -17,12 +17,12 @@ namespace stem::cuda::sm90 {
 namespace {
 
 // STEM_PREFILL_SM90: 0 = off (the mma.sync kernel), 1 = the serial consumer schedule,
-// 2 = the pipelined one; unset or anything else = the default.
+// 2 = the pipelined one, 3 = pipelined with ping-pong turns; unset or anything else = the default.
 constexpr int kDefaultMode = 1;
 
 int mode() {
   const char* v = std::getenv("STEM_PREFILL_SM90");
-  if (v != nullptr && (!std::strcmp(v, "0") || !std::strcmp(v, "1") || !std::strcmp(v, "2"))) return *v - '0';
+  if (v != nullptr && v[0] >= '0' && v[0] <= '3' && v[1] == '\0') return v[0] - '0';
   return kDefaultMode;
 }
 
@@ -90,7 +90,10 @@ void launch_prefill_sm90(const attn::AttentionShape& s, const attn::PrefillParam
                                     static_cast<uint32_t>(s.kv.page_size), "k_cache");
   const CUtensorMap tm_v = tile_map(s.kv.v, static_cast<uint64_t>(s.kv_heads), cache_rows, kHeadDim, row_stride,
                                     static_cast<uint32_t>(s.kv.page_size), "v_cache");
-  const auto kernel = mode() == 1 ? prefill_sm90_kernel<Schedule::kSerial> : prefill_sm90_kernel<Schedule::kPipelined>;
+  const int m = mode();
+  const auto kernel = m == 1   ? prefill_sm90_kernel<Schedule::kSerial>
+                      : m == 2 ? prefill_sm90_kernel<Schedule::kPipelined>
+                               : prefill_sm90_kernel<Schedule::kPingPong>;
   attn::allow_smem(reinterpret_cast<const void*>(kernel), SmemLayout::kBytes, op);
   kernel<<<static_cast<unsigned>(grid), kThreads, SmemLayout::kBytes, stream>>>(p, tm_q, tm_k, tm_v);
   STEM_CUDA_CHECK_LAUNCH();

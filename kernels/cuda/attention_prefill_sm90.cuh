@@ -13,7 +13,7 @@ namespace stem::cuda::sm90 {
 // whole 1024-byte swizzle atoms), and the switch on. The environment variable STEM_PREFILL_SM90
 // is read at each call, so that tests and benchmarks can compare the kernels in one process:
 // 0 turns the path off (the mma.sync kernel runs), 1 picks the serial consumer schedule (the
-// default), 2 the pipelined one.
+// default), 2 the pipelined one, 3 pipelined with ping-pong turns between the consumers.
 bool use_prefill_sm90(const attn::AttentionShape& s);
 
 // Launches the kernel over a persistent grid; p is filled as for the mma.sync kernel.

@@ -147,6 +147,12 @@ __device__ __forceinline__ bool needs_mask(const ItemRows& r, int k0, int window
   return k0 + kBlock - 1 > r.wg_lo || (window > 0 && r.wg_hi - k0 >= window);
 }
 
+// Hands a ring slot (or Q buffer) back: one arrival per consumer warp, after its reads are done.
+__device__ __forceinline__ void release(uint32_t bar, int lane) {
+  __syncwarp();
+  if (lane == 0) mbar_arrive(bar);
+}
+
 // One item, GEMMs and softmax strictly in turn; tiles none of the rows see are skipped.
 __device__ __forceinline__ void consume_serial(const PrefillParams& p, const ItemInfo& info, const ItemRows& r,
                                                uint32_t smem, uint32_t q_base, const Barriers& bars,
@@ -169,14 +175,17 @@ __device__ __forceinline__ void consume_serial(const PrefillParams& p, const Ite
       issue_qk(s, q_base, smem + SmemLayout::kK + stage * kTileBytes);
       wgmma_wait<0>();
       reg_fence(s);
+      release(bars.empty_k(stage), lane);
       if (needs_mask(r, k0, p.window)) mask_scores(s, r.row_pos0, k0, lane, p.window);
       float alpha[2], sum[2];
       const bool grow = softmax_scores(s, row_max, p.scale_log2, alpha, sum);
       rescale(o, row_sum, alpha, grow, sum);
       pack_p(s, a);
+    } else {
+      release(bars.empty_k(stage), lane);
     }
-    // Every warp waits for V, seen or not: the slot goes back only once both copies have landed,
-    // or the producer's next expect_tx would fall into this phase.
+    // Every warp waits for V, seen or not: the slot goes back only once its copy has landed, or
+    // the producer's next expect_tx would fall into this phase.
     mbar_wait(bars.full_v(stage), phase);
     if (visible) {
       if (k0 + kBlock > info.kv_len) zero_v_tail(v_stage, info.kv_len - k0, t128, wg);
@@ -184,36 +193,53 @@ __device__ __forceinline__ void consume_serial(const PrefillParams& p, const Ite
       wgmma_wait<0>();
       reg_fence(o);
     }
-    __syncwarp();
-    if (lane == 0) mbar_arrive(bars.empty(stage));
+    release(bars.empty_v(stage), lane);
   }
 }
+
+// The ping-pong turn between the two consumers (named barriers 3 and 4, both warpgroups counted):
+// a consumer waits for its turn before issuing a batch of GEMMs and passes the turn on after.
+// Consumer 1 hands consumer 0 the first turn; consumer 0 takes one last turn at exit, so every
+// arrival is matched.
+constexpr int kTurnBarrier = 3;
+__device__ __forceinline__ void turn_wait(int wg) { named_barrier_sync(kTurnBarrier + wg, 256); }
+__device__ __forceinline__ void turn_pass(int wg) { named_barrier_arrive(kTurnBarrier + (wg ^ 1), 256); }
 
 // One item with S(t) issued ahead of P·V(t − 1): the softmax of tile t runs while the tensor cores
 // do P·V(t − 1), and O is rescaled only after that has finished. Every tile is computed (a tile
 // the rows do not see comes out all masked); a warpgroup without valid rows only keeps the ring
-// moving. V rows past kv_len are zeroed whenever a tile holds them, since P = 0 there still
-// multiplies them. The first tile is peeled off so that every wgmma wait sits on a path all
-// threads take: ptxas serialises the wgmmas (C7518) when it must add waits on divergent paths.
+// (and the turns) moving. V rows past kv_len are zeroed whenever a tile holds them, since P = 0
+// there still multiplies them. The first tile is peeled off so that every wgmma wait sits on a
+// path all threads take: ptxas serialises the wgmmas (C7518) when it must add waits on divergent
+// paths. With kTurns, each batch of GEMMs (S(0); S(t) with P·V(t − 1); the last P·V) is one turn.
+template <bool kTurns>
 __device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const ItemInfo& info, const ItemRows& r,
                                                   uint32_t smem, uint32_t q_base, const Barriers& bars,
                                                   const int* s_tile_block, int& iter, float (&o)[64],
                                                   float (&row_sum)[2], int t128, int wg) {
   const int lane = t128 & 31;
+  if (info.count == 0) return;
   if (r.wg_lo > r.wg_hi) {
     for (int t = 0; t < info.count; ++t, ++iter) {
       const int stage = iter % kStages, phase = (iter / kStages) & 1;
       mbar_wait(bars.full_k(stage), phase);
+      release(bars.empty_k(stage), lane);
       mbar_wait(bars.full_v(stage), phase);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(bars.empty(stage));
+      release(bars.empty_v(stage), lane);
+      if constexpr (kTurns) {
+        turn_wait(wg);
+        turn_pass(wg);
+      }
+    }
+    if constexpr (kTurns) {  // the turn of the last P·V
+      turn_wait(wg);
+      turn_pass(wg);
     }
     return;
   }
-  if (info.count == 0) return;
   float row_max[2] = {-INFINITY, -INFINITY};
   uint32_t a[8][4];
-  // Tile 0: S, softmax, P; its P·V is issued with the next tile's S.
+  // Tile 0: S, softmax, P; its P·V goes out with the next tile's S.
   int prev_stage = iter % kStages, prev_phase = (iter / kStages) & 1;
   ++iter;
   mbar_wait(bars.full_k(prev_stage), prev_phase);
@@ -221,9 +247,12 @@ __device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const 
   {
     float s[64];
     reg_fence(o);
+    if constexpr (kTurns) turn_wait(wg);
     issue_qk(s, q_base, smem + SmemLayout::kK + prev_stage * kTileBytes);
+    if constexpr (kTurns) turn_pass(wg);
     wgmma_wait<0>();
     reg_fence(s);
+    release(bars.empty_k(prev_stage), lane);
     if (needs_mask(r, prev_k0, p.window)) mask_scores(s, r.row_pos0, prev_k0, lane, p.window);
     float alpha[2], sum[2];
     const bool grow = softmax_scores(s, row_max, p.scale_log2, alpha, sum);
@@ -233,24 +262,26 @@ __device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const 
   for (int t = 1; t < info.count; ++t) {
     const int stage = iter % kStages, phase = (iter / kStages) & 1;
     ++iter;
+    const uint32_t v_prev = smem + SmemLayout::kV + prev_stage * kTileBytes;
+    mbar_wait(bars.full_v(prev_stage), prev_phase);
+    if (prev_k0 + kBlock > info.kv_len) zero_v_tail(v_prev, info.kv_len - prev_k0, t128, wg);
     mbar_wait(bars.full_k(stage), phase);
     const int k0 = tile_k0(s_tile_block, stage);
     float s[64];
     reg_fence(o);
+    if constexpr (kTurns) turn_wait(wg);
     issue_qk(s, q_base, smem + SmemLayout::kK + stage * kTileBytes);
-    const uint32_t v_prev = smem + SmemLayout::kV + prev_stage * kTileBytes;
-    mbar_wait(bars.full_v(prev_stage), prev_phase);
-    if (prev_k0 + kBlock > info.kv_len) zero_v_tail(v_prev, info.kv_len - prev_k0, t128, wg);
     issue_pv(o, a, v_prev);
+    if constexpr (kTurns) turn_pass(wg);
     wgmma_wait<1>();  // S(t) done; P·V(t − 1) may still run
     reg_fence(s);
+    release(bars.empty_k(stage), lane);
     if (needs_mask(r, k0, p.window)) mask_scores(s, r.row_pos0, k0, lane, p.window);
     float alpha[2], sum[2];
     const bool grow = softmax_scores(s, row_max, p.scale_log2, alpha, sum);
     wgmma_wait<0>();
     reg_fence(o);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(bars.empty(prev_stage));
+    release(bars.empty_v(prev_stage), lane);
     rescale(o, row_sum, alpha, grow, sum);
     pack_p(s, a);
     prev_stage = stage;
@@ -260,26 +291,29 @@ __device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const 
   const uint32_t v_prev = smem + SmemLayout::kV + prev_stage * kTileBytes;
   mbar_wait(bars.full_v(prev_stage), prev_phase);
   if (prev_k0 + kBlock > info.kv_len) zero_v_tail(v_prev, info.kv_len - prev_k0, t128, wg);
+  if constexpr (kTurns) turn_wait(wg);
   issue_pv(o, a, v_prev);
+  if constexpr (kTurns) turn_pass(wg);
   wgmma_wait<0>();
   reg_fence(o);
-  __syncwarp();
-  if (lane == 0) mbar_arrive(bars.empty(prev_stage));
+  release(bars.empty_v(prev_stage), lane);
 }
 
 // The consumer loop: items as the producer announces them, then the normalised rows written out.
 template <Schedule kSchedule>
 __device__ __forceinline__ void consumer(const PrefillParams& p, uint32_t smem, const Barriers& bars,
                                          const ItemInfo* s_info, const int* s_tile_block) {
+  constexpr bool kTurns = kSchedule == Schedule::kPingPong;
   const int wg = static_cast<int>(threadIdx.x) / 128 - 1;
   const int t128 = threadIdx.x & 127, warp = t128 >> 5, lane = t128 & 31;
+  if (kTurns && wg == 1) turn_pass(wg);  // consumer 0 takes the first turn
   int iter = 0, q_iter = 0;
   for (;;) {
     const int b = q_iter & 1;
     mbar_wait(bars.q_full(b), (q_iter >> 1) & 1);
     ++q_iter;
     const ItemInfo info = s_info[b];
-    if (info.item < 0) return;
+    if (info.item < 0) break;
     const uint32_t q_base = smem + SmemLayout::kQ + b * kTileBytes + wg * 64 * 128;  // this warpgroup's rows
     const int pos0 = info.blk * kBlock + wg * 64;
     const ItemRows r{max(pos0, info.q_lo), min(pos0 + 64, info.q_hi) - 1, pos0 + warp * 16};
@@ -290,9 +324,8 @@ __device__ __forceinline__ void consumer(const PrefillParams& p, uint32_t smem, 
     if constexpr (kSchedule == Schedule::kSerial)
       consume_serial(p, info, r, smem, q_base, bars, s_tile_block, iter, o, row_sum, t128, wg);
     else
-      consume_pipelined(p, info, r, smem, q_base, bars, s_tile_block, iter, o, row_sum, t128, wg);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(bars.q_empty(b));
+      consume_pipelined<kTurns>(p, info, r, smem, q_base, bars, s_tile_block, iter, o, row_sum, t128, wg);
+    release(bars.q_empty(b), lane);
 
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
@@ -307,6 +340,7 @@ __device__ __forceinline__ void consumer(const PrefillParams& p, uint32_t smem, 
         *reinterpret_cast<uint32_t*>(dst + 8 * j) = attn::pack_bf16(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
     }
   }
+  if (kTurns && wg == 0) turn_wait(wg);  // consumer 1's last hand-over
 }
 
 #endif  // STEM_SM90A_DEVICE

@@ -88,21 +88,24 @@ __device__ __forceinline__ void producer(const PrefillParams& p, const CUtensorM
       int row = 0;
       if (lane < pages_per_block && tok < info.kv_len) row = __ldg(table_row + (tok >> log2_page)) << log2_page;
       const int stage = iter % kStages, phase = (iter / kStages) & 1;
-      mbar_wait(bars.empty(stage), phase ^ 1);
+      const uint32_t k_dst = smem + SmemLayout::kK + stage * kTileBytes + lane * page_size * 128;
+      const uint32_t v_dst = smem + SmemLayout::kV + stage * kTileBytes + lane * page_size * 128;
+      mbar_wait(bars.empty_k(stage), phase ^ 1);
       if (lane == 0) {
         s_tile_block[stage] = j;
         mbar_arrive_expect_tx(bars.full_k(stage), kTileBytes);
-        mbar_arrive_expect_tx(bars.full_v(stage), kTileBytes);
       }
       __syncwarp();
       if (lane < pages_per_block) {
-        const uint32_t k_dst = smem + SmemLayout::kK + stage * kTileBytes + lane * page_size * 128;
-        const uint32_t v_dst = smem + SmemLayout::kV + stage * kTileBytes + lane * page_size * 128;
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          tma_load_3d(k_dst + half * kHalfBytes, tm_k, bars.full_k(stage), half * 64, g, row);
-          tma_load_3d(v_dst + half * kHalfBytes, tm_v, bars.full_v(stage), half * 64, g, row);
-        }
+        tma_load_3d(k_dst, tm_k, bars.full_k(stage), 0, g, row);
+        tma_load_3d(k_dst + kHalfBytes, tm_k, bars.full_k(stage), 64, g, row);
+      }
+      mbar_wait(bars.empty_v(stage), phase ^ 1);
+      if (lane == 0) mbar_arrive_expect_tx(bars.full_v(stage), kTileBytes);
+      __syncwarp();
+      if (lane < pages_per_block) {
+        tma_load_3d(v_dst, tm_v, bars.full_v(stage), 0, g, row);
+        tma_load_3d(v_dst + kHalfBytes, tm_v, bars.full_v(stage), 64, g, row);
       }
       ++iter;
     }
@@ -128,7 +131,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int s = 0; s < kStages; ++s) {
       mbar_init(bars.full_k(s), 1);
       mbar_init(bars.full_v(s), 1);
-      mbar_init(bars.empty(s), kConsumerWarps);
+      mbar_init(bars.empty_k(s), kConsumerWarps);
+      mbar_init(bars.empty_v(s), kConsumerWarps);
     }
     for (int b = 0; b < 2; ++b) {
       mbar_init(bars.q_full(b), 1);

@@ -23,6 +23,8 @@ constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128·40 + 256·232 �
 enum class Schedule {
   kSerial,     // S = Q·Kᵀ, softmax, O += P·V, one after the other
   kPipelined,  // S of tile t is issued before P·V of tile t − 1, so softmax(t) overlaps P·V(t − 1)
+  kPingPong,   // pipelined, and the two consumers take turns issuing their GEMMs (one's softmax
+               // runs while the other's GEMMs have the tensor cores)
 };
 
 // What the producer tells the consumers about the item it loaded Q for (item < 0: no more work).
@@ -37,8 +39,10 @@ struct SmemLayout {
   static constexpr int kK = 2 * kTileBytes;
   static constexpr int kV = kK + kStages * kTileBytes;
   static constexpr int kBars = kV + kStages * kTileBytes;
-  // barriers: full_k[kStages], full_v[kStages], empty[kStages], q_full[2], q_empty[2]
-  static constexpr int kInfo = kBars + (3 * kStages + 4) * 8;
+  // barriers: full_k[kStages], full_v[kStages], empty_k[kStages], empty_v[kStages], q_full[2],
+  // q_empty[2]. K and V slots are handed back separately: K as soon as S = Q·Kᵀ is done, so the
+  // next K lands while P·V still reads V.
+  static constexpr int kInfo = kBars + (4 * kStages + 4) * 8;
   static constexpr int kTileBlock = kInfo + 2 * static_cast<int>(sizeof(ItemInfo));
   static constexpr int kEnd = kTileBlock + kStages * 4;
   static constexpr int kBytes = kEnd + 1024;  // + slack to align the dynamic base
@@ -48,9 +52,10 @@ struct Barriers {
   uint32_t base;
   __device__ uint32_t full_k(int s) const { return base + 8 * s; }
   __device__ uint32_t full_v(int s) const { return base + 8 * (kStages + s); }
-  __device__ uint32_t empty(int s) const { return base + 8 * (2 * kStages + s); }
-  __device__ uint32_t q_full(int b) const { return base + 8 * (3 * kStages + b); }
-  __device__ uint32_t q_empty(int b) const { return base + 8 * (3 * kStages + 2 + b); }
+  __device__ uint32_t empty_k(int s) const { return base + 8 * (2 * kStages + s); }
+  __device__ uint32_t empty_v(int s) const { return base + 8 * (3 * kStages + s); }
+  __device__ uint32_t q_full(int b) const { return base + 8 * (4 * kStages + b); }
+  __device__ uint32_t q_empty(int b) const { return base + 8 * (4 * kStages + 2 + b); }
 };
 
 }  // namespace stem::cuda::sm90
