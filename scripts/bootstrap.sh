@@ -6,7 +6,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 packages=(build-essential cmake ninja-build ccache pkg-config git python3 python3-venv curl
           nlohmann-json3-dev libspdlog-dev libcli11-dev catch2 libpcre2-dev libsentencepiece-dev
-          libopenblas-dev libcpp-httplib-dev prometheus-cpp-dev)
+          libopenblas-dev libcpp-httplib-dev prometheus-cpp-dev
+          libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

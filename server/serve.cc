@@ -6,15 +6,17 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <memory>
 
 #include "engine/engine_loop.h"
+#include "server/grpc_server.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
 
 namespace stem {
 
 CLI::App* add_serve_command(CLI::App& app, ServeArgs& a) {
-  CLI::App* s = app.add_subcommand("serve", "Serve the model over an OpenAI-compatible HTTP API");
+  CLI::App* s = app.add_subcommand("serve", "Serve the model over an OpenAI-compatible HTTP API and gRPC");
   s->add_option("--model", a.model, "Hugging Face model folder (config.json, model.safetensors, tokenizer)")
       ->required()->envname("STEMSERVE_MODEL");
   s->add_option("--served-model-name", a.served_model_name, "The model's name in the API (default: the folder's name)")
@@ -22,7 +24,11 @@ CLI::App* add_serve_command(CLI::App& app, ServeArgs& a) {
   s->add_option("--host", a.host, "Address to listen on")->envname("STEMSERVE_HOST")->capture_default_str();
   s->add_option("--port", a.port, "HTTP port (0: any free port, logged at start)")
       ->check(CLI::Range(0, 65535))->envname("STEMSERVE_PORT")->capture_default_str();
-  s->add_option("--api-key", a.api_key, "Require 'Authorization: Bearer <key>' on every endpoint but /health")
+  s->add_option("--grpc-port", a.grpc_port, "gRPC port (0: any free port, logged at start; -1: no gRPC server)")
+      ->check(CLI::Range(-1, 65535))->envname("STEMSERVE_GRPC_PORT")->capture_default_str();
+  s->add_option("--api-key", a.api_key,
+                "Require 'Authorization: Bearer <key>' on every endpoint but /health (gRPC: the metadata, "
+                "except for health and reflection)")
       ->envname("STEMSERVE_API_KEY");
   s->add_option("--max-queue", a.max_queue, "Sequences that may wait beyond --max-num-seqs; more get 429")
       ->check(CLI::NonNegativeNumber)->envname("STEMSERVE_MAX_QUEUE")->capture_default_str();
@@ -72,6 +78,18 @@ int run_serve(const ServeArgs& a) {
   server.start();
   spdlog::info("listening on http://{}:{} (loading the model; /health answers 503 until it is ready)", a.host,
                server.port());
+  std::unique_ptr<GrpcServer> grpc;
+  if (a.grpc_port >= 0) {
+    GrpcOptions g;
+    g.host = a.host;
+    g.port = a.grpc_port;
+    g.api_key = a.api_key;
+    g.max_message_bytes = static_cast<size_t>(a.max_request_bytes);
+    g.served_model_name = a.served_model_name;
+    grpc = std::make_unique<GrpcServer>(g);
+    grpc->start();
+    spdlog::info("gRPC listening on {}:{} (health NOT_SERVING until the model is ready)", a.host, grpc->port());
+  }
 
   EngineOptions opts;
   opts.device = a.device;
@@ -87,18 +105,23 @@ int run_serve(const ServeArgs& a) {
   EngineLoop loop(engine, a.max_queue);
   loop.set_step_observer([&metrics](const StepStats& s) { metrics.observe_step(s); });
   server.attach(engine, loop, metrics);
+  if (grpc) grpc->attach(engine, loop, metrics);
   spdlog::info("ready: http://{}:{}/v1 serves '{}' (max_model_len {}, KV cache {} tokens, max_num_seqs {})", a.host,
                server.port(), std::filesystem::path(a.model).filename().string(), engine.max_model_len(),
                engine.kv_capacity_tokens(), a.max_num_seqs);
+  if (grpc) spdlog::info("ready: gRPC stemserve.v1.Stemserve on {}:{}", a.host, grpc->port());
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
   spdlog::info("{}: no longer accepting connections; {} sequences in flight get {} s to finish",
                sig == SIGTERM ? "SIGTERM" : "SIGINT", loop.in_flight(), a.shutdown_timeout);
   server.stop_accepting();
+  if (grpc) grpc->begin_drain();
   const int64_t aborted =
       loop.drain(std::chrono::milliseconds(static_cast<int64_t>(a.shutdown_timeout * 1000)));
   if (aborted) spdlog::warn("ended {} unfinished sequences with an error", aborted);
+  // Every sequence has ended: the streams only have their last messages to write.
+  if (grpc) grpc->shutdown(std::chrono::seconds(5));
   server.join();
   spdlog::info("stopped");
   return 0;

@@ -1,4 +1,5 @@
-// `stemserve serve`: loads the model, runs the engine loop and the HTTP API until SIGTERM/SIGINT.
+// `stemserve serve`: loads the model, runs the engine loop, the HTTP API and the gRPC API until
+// SIGTERM/SIGINT.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -14,6 +15,7 @@ struct ServeArgs {
   std::string served_model_name;
   std::string host = "127.0.0.1";
   int port = 8000;
+  int grpc_port = 50051;  // -1: no gRPC server
   std::string api_key;
   int64_t max_queue = 256;
   int64_t max_num_batched_tokens = 512;

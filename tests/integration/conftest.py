@@ -1,4 +1,5 @@
 """Starts the real `stemserve serve` process on a free loopback port for the integration tests.
+Its gRPC API gets a free port too (`grpc_port`), unless a test passes its own --grpc-port.
 
 The binary comes from $STEMSERVE_BIN (CTest sets it), else build-test/ or build/; the model
 from $STEM_TEST_MODEL, else models/cache/SmolLM2-135M-Instruct. Tests skip when the model is
@@ -33,20 +34,26 @@ def _model():
 
 
 class Server:
-    """One stemserve process; `url` is its base URL once /health answers 200."""
+    """One stemserve process; `url` is its base URL once /health answers 200; `grpc_target` is
+    host:port of its gRPC API (None when started with --grpc-port -1)."""
 
     def __init__(self, *args, env=None):
         model = _model()
         if not (model / "model.safetensors").exists():
             pytest.skip(f"default model not prepared at {model}")
         self.log = tempfile.NamedTemporaryFile(prefix="stemserve-", suffix=".log", delete=False)
+        # A fixed gRPC port would clash between the servers the tests run at once.
+        grpc_args = [] if "--grpc-port" in args else ["--grpc-port", "0"]
         cmd = [str(_binary()), "serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0",
-               "--max-model-len", "512", *args]
+               "--max-model-len", "512", *grpc_args, *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env={**os.environ, **(env or {})})
         self.port = self._wait_for_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._wait_healthy()
+        m = re.search(r"gRPC listening on 127\.0\.0\.1:(\d+)", self.log_text())
+        self.grpc_port = int(m.group(1)) if m else None
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}" if m else None
 
     def log_text(self):
         return pathlib.Path(self.log.name).read_text(errors="replace")

@@ -1,0 +1,27 @@
+// stemserve.v1 protobuf messages to and from the engine's types. A request is mapped onto the
+// body of the matching OpenAI request and checked by request_parse.cc, so that both APIs share
+// one set of defaults, limits and messages. Errors are ApiErrors, as the HTTP API's.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "engine/request.h"
+#include "server/request_parse.h"
+#include "stemserve/v1/stemserve.pb.h"
+
+namespace stem {
+
+class Tokenizer;
+
+// Generate: text or token ids as /v1/completions, chat messages as /v1/chat/completions.
+ParsedGeneration parse_grpc_generate(const stemserve::v1::GenerateRequest& request, const ServedModel& model);
+std::vector<int32_t> parse_grpc_tokenize(const stemserve::v1::TokenizeRequest& request, const ServedModel& model);
+std::vector<int32_t> parse_grpc_detokenize(const stemserve::v1::DetokenizeRequest& request, const ServedModel& model);
+stemserve::v1::ModelInfoResponse model_info(const ServedModel& model);
+
+// Adds one engine event of a sequence to `into` (a message of that sequence not yet sent):
+// its token, text and logprobs, and when it is the last, the finish reason and usage.
+void add_event(const TokenEvent& event, bool logprobs, const Tokenizer& tokenizer,
+               stemserve::v1::GenerateResponse& into);
+
+}  // namespace stem

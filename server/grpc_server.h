@@ -1,0 +1,49 @@
+// The gRPC API (proto/stemserve/v1/stemserve.proto): Generate (server streaming), Tokenize,
+// Detokenize and ModelInfo, beside the standard grpc.health.v1 service and server reflection.
+// It shares the HTTP API's engine loop, API key, queue limit and shutdown. Like the HTTP server
+// it starts before the model is loaded: health answers NOT_SERVING and calls UNAVAILABLE until
+// attach().
+#pragma once
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+namespace stem {
+
+class Engine;
+class EngineLoop;
+class ServerMetrics;
+
+struct GrpcOptions {
+  std::string host = "127.0.0.1";
+  int port = 50051;                   // 0: any free port (port() tells which)
+  std::string api_key;                // empty: no auth
+  size_t max_message_bytes = 8u << 20;  // larger requests get RESOURCE_EXHAUSTED from gRPC itself
+  std::string served_model_name;      // empty: the model folder's name
+};
+
+class GrpcServer {
+ public:
+  explicit GrpcServer(const GrpcOptions& options);
+  ~GrpcServer();  // shuts down at once if shutdown() was not called
+
+  // Binds and serves on gRPC's own threads; throws stem::Error if the address cannot be bound.
+  void start();
+  int port() const;
+  // The model is loaded: calls are served and health turns SERVING. The objects must outlive
+  // the server (or at least its shutdown()).
+  void attach(const Engine& engine, EngineLoop& loop, ServerMetrics& metrics);
+  // Shutdown begins: health turns NOT_SERVING for good, new calls get UNAVAILABLE; calls in
+  // flight go on.
+  void begin_drain();
+  // Stops the server: waits up to `grace` for the calls in flight (their sequences should have
+  // been drained from the engine loop first), then cancels the rest.
+  void shutdown(std::chrono::milliseconds grace);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace stem

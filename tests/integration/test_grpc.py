@@ -1,0 +1,273 @@
+"""The gRPC API against the real server, with a grpcio client generated from our proto at test
+time: Generate streams the same greedy text as the HTTP API, Tokenize/Detokenize/ModelInfo,
+health and reflection, a cancelled call or an expired deadline frees the request's KV pages,
+a full queue is RESOURCE_EXHAUSTED, bad requests get their status code, the API key."""
+import concurrent.futures
+import signal
+
+import grpc
+import httpx
+import pytest
+
+from grpc_helpers import channel, collect, stubs, wait_until
+
+pb, pb_grpc = stubs()
+GREEDY = pb.SamplingParams(temperature=0)
+LONG = dict(text="Once upon a time", max_tokens=400, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    ch = channel(server.grpc_target)
+    yield pb_grpc.StemserveStub(ch)
+    ch.close()
+
+
+def http_completion(server, body):
+    r = httpx.post(server.url + body.pop("_path", "/v1/completions"), json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_generate_streams_the_http_answer(server, stub):
+    prompt = "The capital of France is"
+    seqs = collect(stub.Generate(pb.GenerateRequest(text=prompt, max_tokens=8, sampling=GREEDY, ignore_eos=True),
+                                 timeout=60))
+    http = http_completion(server, {"prompt": prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": True})
+    s = seqs[0]
+    assert s["text"] == http["choices"][0]["text"] and s["text"]
+    assert len(s["token_ids"]) == 8
+    assert s["last"].finish_reason == pb.FINISH_REASON_LENGTH
+    assert s["last"].usage.prompt_tokens == http["usage"]["prompt_tokens"]
+    assert s["last"].usage.completion_tokens == 8
+    # The same request as token ids gives the same tokens.
+    ids = stub.Tokenize(pb.TokenizeRequest(text=prompt)).token_ids
+    again = collect(stub.Generate(pb.GenerateRequest(token_ids=pb.TokenIds(ids=ids), max_tokens=8, sampling=GREEDY,
+                                                     ignore_eos=True), timeout=60))
+    assert again[0]["token_ids"] == s["token_ids"]
+
+
+def test_generate_chat_equals_http_chat(server, stub, model_name):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(**m) for m in messages])
+    seqs = collect(stub.Generate(pb.GenerateRequest(model=model_name, chat=chat, max_tokens=6, sampling=GREEDY),
+                                 timeout=60))
+    http = http_completion(server, {"_path": "/v1/chat/completions", "messages": messages, "max_tokens": 6,
+                                    "temperature": 0})
+    assert seqs[0]["text"] == http["choices"][0]["message"]["content"]
+    assert seqs[0]["last"].usage.prompt_tokens == http["usage"]["prompt_tokens"]
+
+
+def test_generate_stop_string_logprobs_and_n(stub):
+    req = pb.GenerateRequest(text="1, 2, 3, 4,", max_tokens=8, sampling=pb.SamplingParams(temperature=0.8, seed=7),
+                             n=2, logprobs=True, top_logprobs=2, stop=["7"], sparse_prefill="dense")
+    seqs = collect(stub.Generate(req, timeout=60))
+    assert sorted(seqs) == [0, 1]
+    for s in seqs.values():
+        assert len(s["logprobs"]) == len(s["token_ids"]) > 0
+        for tid, lp in zip(s["token_ids"], s["logprobs"]):
+            assert lp.token_id == tid and lp.logprob <= 0
+            assert len(lp.top_logprobs) == 2 and lp.top_logprobs[0].logprob >= lp.top_logprobs[1].logprob
+        assert "7" not in s["text"]
+        if s["last"].finish_reason == pb.FINISH_REASON_STOP:
+            assert s["last"].stop_reason == "7"
+    # A seed repeats.
+    assert collect(stub.Generate(req, timeout=60))[1]["token_ids"] == seqs[1]["token_ids"]
+
+
+def test_tokenize_detokenize_round_trip_and_model_info(server, stub, model_name):
+    text = "Hello world, ünïcödé!"
+    tok = stub.Tokenize(pb.TokenizeRequest(text=text))
+    http = httpx.post(server.url + "/tokenize", json={"prompt": text}, timeout=10).json()
+    assert list(tok.token_ids) == http["tokens"] and tok.count == len(http["tokens"])
+    assert stub.Detokenize(pb.DetokenizeRequest(token_ids=tok.token_ids, skip_special_tokens=True)).text == text
+    info = stub.ModelInfo(pb.ModelInfoRequest())
+    assert info.name == model_name
+    assert info.architecture == "LlamaForCausalLM" and info.model_type == "llama"
+    assert info.context_length == 512 and info.vocab_size == 49152 and info.device == "cpu"
+    assert tok.max_model_len == 512 and list(info.eos_token_ids)
+
+
+def test_health_and_reflection(server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    ch = channel(server.grpc_target)
+    health = health_pb2_grpc.HealthStub(ch)
+    for service in ("", "stemserve.v1.Stemserve"):
+        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(ch)
+    requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol="stemserve.v1.Stemserve")]
+    answers = list(reflection.ServerReflectionInfo(iter(requests), timeout=10))
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert {"stemserve.v1.Stemserve", "grpc.health.v1.Health"} <= names
+    assert answers[1].file_descriptor_response.file_descriptor_proto  # the schema, for tools
+    ch.close()
+
+
+def test_cancel_mid_stream_frees_pages(server, stub):
+    call = stub.Generate(pb.GenerateRequest(**LONG), timeout=120)
+    for i, _ in enumerate(call):
+        if i == 2:
+            break
+    assert server.metrics()["stemserve_kv_cache_used_pages"] > 0
+    call.cancel()
+    server.wait_metric("stemserve_kv_cache_used_pages", lambda v: v == 0)
+    server.wait_metric("stemserve_num_requests_running", lambda v: v == 0)
+
+
+def test_deadline_mid_generation_frees_pages(server, stub):
+    got = 0
+    with pytest.raises(grpc.RpcError) as e:
+        for _ in stub.Generate(pb.GenerateRequest(**LONG), timeout=1.5):
+            got += 1
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 0 < got < 400
+    server.wait_metric("stemserve_kv_cache_used_pages", lambda v: v == 0)
+
+
+def code_of(fn):
+    with pytest.raises(grpc.RpcError) as e:
+        fn()
+    assert e.value.details()
+    return e.value.code(), e.value.details()
+
+
+def test_full_queue_is_resource_exhausted(make_server):
+    s = make_server("--max-num-seqs", "1", "--max-queue", "1")
+    st = pb_grpc.StemserveStub(channel(s.grpc_target))
+    calls = [st.Generate(pb.GenerateRequest(**LONG), timeout=120) for _ in range(2)]
+    # One runs, one waits; the third finds the queue full.
+    wait_until(lambda: (lambda m: m["stemserve_num_requests_running"] == 1 and
+                        m["stemserve_num_requests_waiting"] == 1)(s.metrics()), what="one running, one waiting")
+    code, details = code_of(lambda: list(st.Generate(pb.GenerateRequest(text="Hi", max_tokens=2), timeout=30)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue" in details
+    for c in calls:
+        c.cancel()
+    s.wait_metric("stemserve_kv_cache_used_pages", lambda v: v == 0)
+    wait_until(lambda: s.metrics()["stemserve_num_requests_waiting"] == 0, what="queue empty")
+    assert collect(st.Generate(pb.GenerateRequest(text="Hi", max_tokens=2), timeout=60))[0]["last"]
+
+
+def bad_utf8_generate():
+    """A GenerateRequest whose text is the bytes 'caf\\xc3\\x28' (not UTF-8), which no client
+    library would build: the placeholder is swapped in the encoded message."""
+    raw = pb.GenerateRequest(text="cafXY", max_tokens=2).SerializeToString()
+    return raw.replace(b"cafXY", b"caf\xc3\x28")
+
+
+INVALID = [
+    ("no prompt", pb.GenerateRequest(max_tokens=2)),
+    ("empty text", pb.GenerateRequest(text="", max_tokens=2)),
+    ("empty token ids", pb.GenerateRequest(token_ids=pb.TokenIds(ids=[]), max_tokens=2)),
+    ("token id outside the vocabulary", pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 999999]))),
+    ("empty chat", pb.GenerateRequest(chat=pb.ChatMessages(messages=[]))),
+    ("prompt longer than the context", pb.GenerateRequest(text="hello " * 600)),
+    ("max_tokens over the limit", pb.GenerateRequest(text="Hi", max_tokens=100000)),
+    ("max_tokens of zero", pb.GenerateRequest(text="Hi", max_tokens=0)),
+    ("temperature out of range", pb.GenerateRequest(text="Hi", sampling=pb.SamplingParams(temperature=-1))),
+    ("top_p out of range", pb.GenerateRequest(text="Hi", sampling=pb.SamplingParams(top_p=0))),
+    ("n over max_num_seqs", pb.GenerateRequest(text="Hi", n=1000)),
+    ("top_logprobs without logprobs", pb.GenerateRequest(text="Hi", top_logprobs=3)),
+    ("top_logprobs over 20", pb.GenerateRequest(text="Hi", logprobs=True, top_logprobs=21)),
+    ("unknown sparse_prefill", pb.GenerateRequest(text="Hi", sparse_prefill="sparse")),
+    ("stop token id negative", pb.GenerateRequest(text="Hi", stop_token_ids=[-3])),
+    ("invalid UTF-8", None),
+]
+
+
+@pytest.mark.parametrize("name,request_", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_generate_is_invalid_argument(server, stub, name, request_):
+    if request_ is None:
+        ch = channel(server.grpc_target)
+        raw = ch.unary_stream("/stemserve.v1.Stemserve/Generate", request_serializer=lambda b: b,
+                              response_deserializer=pb.GenerateResponse.FromString)
+        code, details = code_of(lambda: list(raw(bad_utf8_generate(), timeout=30)))
+        ch.close()
+    else:
+        code, details = code_of(lambda: list(stub.Generate(request_, timeout=30)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    # The server is still up and serving.
+    assert stub.ModelInfo(pb.ModelInfoRequest(), timeout=10).name
+
+
+def test_other_bad_requests(stub):
+    code, details = code_of(lambda: list(stub.Generate(pb.GenerateRequest(model="gpt-17", text="Hi"), timeout=30)))
+    assert code == grpc.StatusCode.NOT_FOUND and "gpt-17" in details
+    assert code_of(lambda: stub.Tokenize(pb.TokenizeRequest(model="gpt-17", text="Hi")))[0] == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: stub.Tokenize(pb.TokenizeRequest()))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    code, details = code_of(lambda: stub.Detokenize(pb.DetokenizeRequest(token_ids=[1, 999999])))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "999999" in details
+    # "stem" is accepted (and, until Stem prefill is wired into the server, served densely).
+    assert collect(stub.Generate(pb.GenerateRequest(text="Hi", max_tokens=1, sparse_prefill="stem"),
+                                 timeout=60))[0]["last"]
+
+
+def test_api_key(make_server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    s = make_server(env={"STEMSERVE_API_KEY": "s3cret"})
+    ch = channel(s.grpc_target)
+    st = pb_grpc.StemserveStub(ch)
+    for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", "s3cret"),),
+                     (("authorization", "Bearer s3cret-and-more"),)):
+        for call in (lambda: st.ModelInfo(pb.ModelInfoRequest(), metadata=metadata),
+                     lambda: st.Tokenize(pb.TokenizeRequest(text="Hi"), metadata=metadata),
+                     lambda: list(st.Generate(pb.GenerateRequest(text="Hi", max_tokens=1), metadata=metadata))):
+            code, details = code_of(call)
+            assert code == grpc.StatusCode.UNAUTHENTICATED and "Bearer" in details
+    ok = (("authorization", "Bearer s3cret"),)
+    assert st.ModelInfo(pb.ModelInfoRequest(), metadata=ok).name
+    assert collect(st.Generate(pb.GenerateRequest(text="Hi", max_tokens=1), metadata=ok))[0]["last"]
+    # Health needs no key, as GET /health.
+    assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest()).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    ch.close()
+
+
+def test_sigterm_drains_grpc_streams(make_server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    s = make_server("--shutdown-timeout", "60")
+    ch = channel(s.grpc_target)
+    st = pb_grpc.StemserveStub(ch)
+    call = st.Generate(pb.GenerateRequest(text="Once upon a time", max_tokens=24, ignore_eos=True), timeout=120)
+    first = next(call)
+    s.proc.send_signal(signal.SIGTERM)
+    # Draining: health says NOT_SERVING and new calls are refused, while the stream goes on.
+    health = health_pb2_grpc.HealthStub(ch)
+    wait_until(lambda: health.Check(health_pb2.HealthCheckRequest()).status ==
+               health_pb2.HealthCheckResponse.NOT_SERVING, what="NOT_SERVING")
+    code, _ = code_of(lambda: list(st.Generate(pb.GenerateRequest(text="Hi", max_tokens=1), timeout=10)))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    rest = collect(call)[0]
+    assert len(first.token_ids) + len(rest["token_ids"]) == 24
+    assert rest["last"].finish_reason == pb.FINISH_REASON_LENGTH
+    assert s.proc.wait(timeout=60) == 0
+    ch.close()
+
+
+def test_grpc_port_minus_one_turns_grpc_off(make_server):
+    s = make_server("--grpc-port", "-1", "--max-num-seqs", "1")
+    assert s.grpc_target is None
+    assert "gRPC" not in s.log_text()
+
+
+def test_concurrent_grpc_and_http_streams_agree(server, stub, client, model_name):
+    prompts = ["The capital of France is", "1, 2, 3, 4,", "def fibonacci(n):", "Water boils at"]
+    alone = {p: http_completion(server, {"prompt": p, "max_tokens": 6, "temperature": 0,
+                                         "ignore_eos": True})["choices"][0]["text"] for p in prompts}
+
+    def via_grpc(p):
+        return collect(stub.Generate(pb.GenerateRequest(text=p, max_tokens=6, sampling=GREEDY, ignore_eos=True),
+                                     timeout=120))[0]["text"]
+
+    def via_http(p):
+        return client.completions.create(model=model_name, prompt=p, max_tokens=6, temperature=0,
+                                         extra_body={"ignore_eos": True}).choices[0].text
+
+    jobs = [(p, fn) for p in prompts for fn in (via_grpc, via_http)]
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda j: (j[0], j[1](j[0])), jobs))
+    for p, text in results:
+        assert text == alone[p], p
+    server.wait_metric("stemserve_kv_cache_used_pages", lambda v: v == 0)

@@ -1,0 +1,165 @@
+// The gRPC front end without a network: protobuf requests land in the engine request with the
+// HTTP API's rules, errors carry the right status code and field, engine events become stream
+// messages; and our protobuf lives beside libsentencepiece's private copy in one process.
+#include "engine/tokenizer.h"
+#include "server/grpc_context.h"
+#include "server/grpc_convert.h"
+#include "tests/test_util.h"
+
+using namespace stem;
+namespace v1 = stemserve::v1;
+namespace fs = std::filesystem;
+
+namespace {
+
+const Engine& engine() {
+  static std::unique_ptr<Engine> e = [] {
+    EngineOptions o;
+    o.max_model_len = 128;
+    o.max_num_seqs = 4;
+    return std::make_unique<Engine>(test::default_model_dir(), o);
+  }();
+  return *e;
+}
+
+bool have_model() { return fs::exists(test::default_model_dir() / "model.safetensors"); }
+
+ServedModel served() { return ServedModel{"smol", test::default_model_dir().string(), &engine()}; }
+
+// The status code and message a request fails with (OK when it parses).
+grpc::Status failure(const v1::GenerateRequest& r) {
+  try {
+    parse_grpc_generate(r, served());
+  } catch (const ApiError& e) {
+    return status_of(e);
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
+TEST_CASE("grpc: our protobuf and libsentencepiece's own copy live in one process") {
+  // Were libprotobuf.so loaded, one of the two would bind to the other's symbols and crash here.
+  v1::GenerateRequest r;
+  r.set_text("héllo");
+  r.mutable_sampling()->set_seed(42);
+  v1::GenerateRequest back;
+  REQUIRE(back.ParseFromString(r.SerializeAsString()));
+  CHECK(back.text() == "héllo");
+  CHECK(back.sampling().seed() == 42);
+  std::string bad = r.SerializeAsString();
+  bad[bad.find("h\xc3\xa9")] = '\xc3';  // 0xC3 0xC3: not UTF-8
+  CHECK_FALSE(back.ParseFromString(bad));
+
+  const fs::path model = fs::path(STEM_SOURCE_DIR) / ".." / "shared" / "data" / "tokenizers" / "llama2-tokenizer.model";
+  if (!fs::exists(model)) {
+    WARN("SentencePiece half skipped: " << model.string() << " is absent");
+    return;
+  }
+  auto tok = load_tokenizer(model);
+  const std::vector<int32_t> ids = tok->encode("Hello world", true);
+  CHECK(ids.front() == 1);
+  CHECK(tok->decode(ids, true) == "Hello world");
+}
+
+TEST_CASE("grpc: a Generate request lands in the engine request") {
+  if (!have_model()) return;
+  v1::GenerateRequest r;
+  r.set_text("The capital of France is");
+  r.mutable_sampling()->set_temperature(0.5f);
+  r.mutable_sampling()->set_top_k(7);
+  r.mutable_sampling()->set_seed(9);
+  r.set_max_tokens(5);
+  r.add_stop("\n");
+  r.add_stop_token_ids(13);
+  r.set_ignore_eos(true);
+  r.set_n(2);
+  r.set_logprobs(true);
+  r.set_top_logprobs(3);
+  r.set_sparse_prefill("stem");
+  const ParsedGeneration p = parse_grpc_generate(r, served());
+  CHECK(p.kind == ApiKind::Completion);
+  CHECK(p.request.prompt == engine().tokenizer().encode("The capital of France is", true));
+  CHECK(p.request.sampling.temperature == 0.5f);
+  CHECK(p.request.sampling.top_k == 7);
+  CHECK(p.request.sampling.seed == 9u);
+  CHECK(p.request.sampling.top_p == 1.0f);  // unset: the HTTP default
+  CHECK(p.request.stop.max_tokens == 5);
+  CHECK(p.request.stop.stop == std::vector<std::string>{"\n"});
+  CHECK(p.request.stop.stop_token_ids == std::vector<int32_t>{13});
+  CHECK(p.request.stop.ignore_eos);
+  CHECK(p.request.n == 2);
+  CHECK(p.logprobs);
+  CHECK(p.request.sampling.top_logprobs == 3);
+  CHECK(p.request.sparse_prefill == SparsePrefill::Stem);
+
+  v1::GenerateRequest chat;
+  v1::ChatMessage* m = chat.mutable_chat()->add_messages();
+  m->set_role("user");
+  m->set_content("Hi");
+  const ParsedGeneration c = parse_grpc_generate(chat, served());
+  CHECK(c.kind == ApiKind::Chat);
+  CHECK(c.request.stop.max_tokens == 128 - static_cast<int64_t>(c.request.prompt.size()));  // chat: the rest
+  CHECK_FALSE(c.request.sparse_prefill.has_value());
+  v1::GenerateRequest ids;
+  for (int32_t id : {1, 2, 3}) ids.mutable_token_ids()->add_ids(id);
+  CHECK(parse_grpc_generate(ids, served()).request.stop.max_tokens == 16);  // completions: 16
+}
+
+TEST_CASE("grpc: bad Generate requests name the field with the right status code") {
+  if (!have_model()) return;
+  auto with = [](auto set) {
+    v1::GenerateRequest r;
+    r.set_text("Hi");
+    set(r);
+    return failure(r);
+  };
+  CHECK(failure(v1::GenerateRequest()).error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  grpc::Status s = with([](auto& r) { r.set_max_tokens(1000); });
+  CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(s.error_message().rfind("max_tokens: ", 0) == 0);
+  s = with([](auto& r) { r.set_sparse_prefill("sparse"); });
+  CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(s.error_message().find("sparse_prefill") != std::string::npos);
+  s = with([](auto& r) { r.set_model("gpt-17"); });
+  CHECK(s.error_code() == grpc::StatusCode::NOT_FOUND);
+  CHECK(with([](auto& r) { r.set_top_logprobs(2); }).error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(with([](auto& r) { r.mutable_sampling()->set_top_p(0); }).error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(with([](auto& r) { r.set_n(5); }).error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(with([](auto& r) { r.set_model("smol"); }).ok());
+  CHECK(status_of(ApiError(429, "full")).error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
+  CHECK(status_of(ApiError(503, "loading")).error_code() == grpc::StatusCode::UNAVAILABLE);
+  CHECK(status_of(ApiError(401, "key")).error_code() == grpc::StatusCode::UNAUTHENTICATED);
+}
+
+TEST_CASE("grpc: engine events become stream messages") {
+  if (!have_model()) return;
+  const Tokenizer& tok = engine().tokenizer();
+  v1::GenerateResponse msg;
+  TokenEvent e;
+  e.index = 1;
+  e.token = tok.encode(" Paris", false).at(0);
+  e.text = " Paris";
+  e.sample.logprob = -0.25f;
+  e.sample.top = {{e.token, -0.25f}, {5, -2.0f}};
+  add_event(e, true, tok, msg);
+  e.token = tok.encode(".", false).at(0);
+  e.text = ".";
+  e.finished = true;
+  e.finish = FinishReason::Stop;
+  e.stop_reason = "\n";
+  e.prompt_tokens = 5;
+  e.completion_tokens = 2;
+  add_event(e, true, tok, msg);
+  CHECK(msg.index() == 1);
+  CHECK(msg.text() == " Paris.");
+  CHECK(msg.token_ids_size() == 2);
+  REQUIRE(msg.logprobs_size() == 2);
+  CHECK(msg.logprobs(0).token() == " Paris");
+  CHECK(msg.logprobs(0).logprob() == -0.25f);
+  CHECK(msg.logprobs(0).top_logprobs_size() == 2);
+  CHECK(msg.finish_reason() == v1::FINISH_REASON_STOP);
+  CHECK(msg.stop_reason() == "\n");
+  CHECK(msg.usage().prompt_tokens() == 5);
+  CHECK(msg.usage().completion_tokens() == 2);
+}
