@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One GPU-machine call for the Hopper prefill path (kernels/cuda/attention_prefill_sm90*): build the
-# attention tests and benchmark, run the prefill tests under each consumer schedule
-# (STEM_PREFILL_SM90=1 serial, 2 pipelined, 3 ping-pong) and the decode tests, then the benchmark
-# for each schedule and the mma.sync kernel (=0), the torch SDPA peers, and a memory check of a
-# small case. Every step has a time limit, so a hang costs one step, not the call. Logs go to
+# attention tests and benchmark, run the prefill tests under each build of the Hopper kernel
+# (STEM_PREFILL_SM90=1..7, kernels/cuda/attention_prefill_sm90.cu lists them) and the decode
+# tests, then the benchmark for each build and the mma.sync kernel (=0), the torch SDPA peers, and
+# a memory check of a small case under each build. Every step has a time limit, so a hang costs one step, not the call. Logs go to
 # build-gpu/logs, packed into $OUT/logs.tgz when $OUT is set (the device tool brings that back);
 # the summary is the end of the output.
 set -uo pipefail
@@ -31,7 +31,8 @@ grep -E "C75[0-9][0-9]" "$logs/build.log" | sort -u | cut -c1-200
 rc=0
 export STEM_TEST_REPORT="$logs/rel_errors.txt"
 rm -f "$STEM_TEST_REPORT"
-for mode in 3 2 1; do
+modes="${STEM_SM90_MODES:-7 6 5 4 3 2 1}"
+for mode in $modes; do
   STEM_PREFILL_SM90=$mode timeout 180 "$build/tests/cuda_test_attention_prefill" > "$logs/test_prefill_$mode.log" 2>&1
   r=$?
   echo "== prefill tests, STEM_PREFILL_SM90=$mode: rc $r"
@@ -45,7 +46,7 @@ echo "== relative errors (worst 25)"
 [ -f "$STEM_TEST_REPORT" ] && sort -g -k2 "$STEM_TEST_REPORT" | tail -n 25 | awk '{ print "  " $0 }'
 
 if [ "${1:-}" != --no-bench ]; then
-  for mode in 3 2 1 0; do
+  for mode in $modes 0; do
     echo "== bench, STEM_PREFILL_SM90=$mode"
     STEM_PREFILL_SM90=$mode timeout 150 "$build/bench/bench_attention" --json "$logs/ours_$mode.json" \
       > "$logs/bench_$mode.txt" 2>&1 || rc=1
@@ -56,9 +57,12 @@ if [ "${1:-}" != --no-bench ]; then
   cat "$logs/peers.txt" | tail -n 12
 fi
 if command -v compute-sanitizer > /dev/null; then
-  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 "$build/tests/cuda_test_attention_prefill" \
-    "cuda prefill reads q from fused qkv rows and may write over them" > "$logs/sanitizer.log" 2>&1
-  echo "== prefill memcheck (Hopper path) rc $?: $(grep -m 3 -E "Invalid|ERROR SUMMARY" "$logs/sanitizer.log" | tr '\n' ' ')"
+  for mode in $modes; do
+    STEM_PREFILL_SM90=$mode timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
+      "$build/tests/cuda_test_attention_prefill" "cuda prefill reads q from fused qkv rows and may write over them" \
+      > "$logs/sanitizer_$mode.log" 2>&1
+    echo "== prefill memcheck, STEM_PREFILL_SM90=$mode: rc $? $(grep -m 3 -E "Invalid|ERROR SUMMARY" "$logs/sanitizer_$mode.log" | tr '\n' ' ')"
+  done
 fi
 [ -n "${OUT:-}" ] && tar czf "$OUT/logs.tgz" -C "$logs" .
 echo "== exit $rc"

@@ -16,14 +16,26 @@
 namespace stem::cuda::sm90 {
 namespace {
 
-// STEM_PREFILL_SM90: 0 = off (the mma.sync kernel), 1 = the serial consumer schedule,
-// 2 = the pipelined one, 3 = pipelined with ping-pong turns; unset or anything else = the default.
-constexpr int kDefaultMode = 1;
+// STEM_PREFILL_SM90: 0 = off (the mma.sync kernel), 1 to 7 = the kernel builds in the switch of
+// launch_prefill_sm90; unset or anything else = the default. All seven pass the prefill tests on
+// the H100 and time within ±3% of each other there (bench/RESULTS.md): the consumers' schedule
+// and the ring depth barely move it. 3 (pipelined with ping-pong turns, 2 stages, 2 Q buffers)
+// was fastest or tied at every length, dense and sparse, so it is the default.
+constexpr int kDefaultMode = 3;
+constexpr int kModes = 8;
 
 int mode() {
   const char* v = std::getenv("STEM_PREFILL_SM90");
-  if (v != nullptr && v[0] >= '0' && v[0] <= '3' && v[1] == '\0') return v[0] - '0';
+  if (v != nullptr && v[0] >= '0' && v[0] < '0' + kModes && v[1] == '\0') return v[0] - '0';
   return kDefaultMode;
+}
+
+template <class C>
+void launch(const PrefillParams& p, const CUtensorMap& tm_q, const CUtensorMap& tm_k, const CUtensorMap& tm_v,
+            int64_t grid, cudaStream_t stream, const char* op) {
+  attn::allow_smem(reinterpret_cast<const void*>(&prefill_sm90_kernel<C>), C::Layout::kBytes, op);
+  prefill_sm90_kernel<C><<<static_cast<unsigned>(grid), kThreads, C::Layout::kBytes, stream>>>(p, tm_q, tm_k, tm_v);
+  STEM_CUDA_CHECK_LAUNCH();
 }
 
 // Compute capability as major·10 + minor, asked once per device.
@@ -90,13 +102,16 @@ void launch_prefill_sm90(const attn::AttentionShape& s, const attn::PrefillParam
                                     static_cast<uint32_t>(s.kv.page_size), "k_cache");
   const CUtensorMap tm_v = tile_map(s.kv.v, static_cast<uint64_t>(s.kv_heads), cache_rows, kHeadDim, row_stride,
                                     static_cast<uint32_t>(s.kv.page_size), "v_cache");
-  const int m = mode();
-  const auto kernel = m == 1   ? prefill_sm90_kernel<Schedule::kSerial>
-                      : m == 2 ? prefill_sm90_kernel<Schedule::kPipelined>
-                               : prefill_sm90_kernel<Schedule::kPingPong>;
-  attn::allow_smem(reinterpret_cast<const void*>(kernel), SmemLayout::kBytes, op);
-  kernel<<<static_cast<unsigned>(grid), kThreads, SmemLayout::kBytes, stream>>>(p, tm_q, tm_k, tm_v);
-  STEM_CUDA_CHECK_LAUNCH();
+  using S = Schedule;
+  switch (mode()) {
+    case 1: return launch<Config<S::kSerial, 2, 2, false>>(p, tm_q, tm_k, tm_v, grid, stream, op);
+    case 2: return launch<Config<S::kPipelined, 2, 2, false>>(p, tm_q, tm_k, tm_v, grid, stream, op);
+    case 3: return launch<Config<S::kPingPong, 2, 2, false>>(p, tm_q, tm_k, tm_v, grid, stream, op);
+    case 4: return launch<Config<S::kPingPong, 2, 2, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
+    case 5: return launch<Config<S::kSerial, 3, 1, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
+    case 6: return launch<Config<S::kPipelined, 3, 1, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
+    default: return launch<Config<S::kPingPong, 3, 1, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
+  }
 }
 
 }  // namespace stem::cuda::sm90

@@ -12,8 +12,8 @@ namespace stem::cuda::sm90 {
 // sm_90a code runs there only), head dim 128, pages of at least 8 tokens (each TMA box must fill
 // whole 1024-byte swizzle atoms), and the switch on. The environment variable STEM_PREFILL_SM90
 // is read at each call, so that tests and benchmarks can compare the kernels in one process:
-// 0 turns the path off (the mma.sync kernel runs), 1 picks the serial consumer schedule (the
-// default), 2 the pipelined one, 3 pipelined with ping-pong turns between the consumers.
+// 0 turns the path off (the mma.sync kernel runs), 1 to 7 pick a build of the Hopper kernel
+// (consumer schedule, ring depth, Q buffers; attention_prefill_sm90.cu lists them), unset = 3.
 bool use_prefill_sm90(const attn::AttentionShape& s);
 
 // Launches the kernel over a persistent grid; p is filled as for the mma.sync kernel.

@@ -154,10 +154,13 @@ __device__ __forceinline__ void release(uint32_t bar, int lane) {
 }
 
 // One item, GEMMs and softmax strictly in turn; tiles none of the rows see are skipped.
+template <class C>
 __device__ __forceinline__ void consume_serial(const PrefillParams& p, const ItemInfo& info, const ItemRows& r,
-                                               uint32_t smem, uint32_t q_base, const Barriers& bars,
+                                               uint32_t smem, uint32_t q_base, const typename C::Bars& bars,
                                                const int* s_tile_block, int& iter, float (&o)[64],
                                                float (&row_sum)[2], int t128, int wg) {
+  constexpr int kStages = C::kStages;
+  using L = typename C::Layout;
   const int lane = t128 & 31;
   float row_max[2] = {-INFINITY, -INFINITY};
   for (int t = 0; t < info.count; ++t) {
@@ -167,12 +170,12 @@ __device__ __forceinline__ void consume_serial(const PrefillParams& p, const Ite
     const int k0 = tile_k0(s_tile_block, stage);
     const bool visible =
         r.wg_lo <= r.wg_hi && k0 <= r.wg_hi && (p.window <= 0 || k0 + kBlock - 1 > r.wg_lo - p.window);
-    const uint32_t v_stage = smem + SmemLayout::kV + stage * kTileBytes;
+    const uint32_t v_stage = smem + L::kV + stage * kTileBytes;
     uint32_t a[8][4];
     if (visible) {
       float s[64];
       reg_fence(o);
-      issue_qk(s, q_base, smem + SmemLayout::kK + stage * kTileBytes);
+      issue_qk(s, q_base, smem + L::kK + stage * kTileBytes);
       wgmma_wait<0>();
       reg_fence(s);
       release(bars.empty_k(stage), lane);
@@ -212,11 +215,14 @@ __device__ __forceinline__ void turn_pass(int wg) { named_barrier_arrive(kTurnBa
 // there still multiplies them. The first tile is peeled off so that every wgmma wait sits on a
 // path all threads take: ptxas serialises the wgmmas (C7518) when it must add waits on divergent
 // paths. With kTurns, each batch of GEMMs (S(0); S(t) with P·V(t − 1); the last P·V) is one turn.
-template <bool kTurns>
+template <class C>
 __device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const ItemInfo& info, const ItemRows& r,
-                                                  uint32_t smem, uint32_t q_base, const Barriers& bars,
+                                                  uint32_t smem, uint32_t q_base, const typename C::Bars& bars,
                                                   const int* s_tile_block, int& iter, float (&o)[64],
                                                   float (&row_sum)[2], int t128, int wg) {
+  constexpr bool kTurns = C::kSchedule == Schedule::kPingPong;
+  constexpr int kStages = C::kStages;
+  using L = typename C::Layout;
   const int lane = t128 & 31;
   if (info.count == 0) return;
   if (r.wg_lo > r.wg_hi) {
@@ -248,7 +254,7 @@ __device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const 
     float s[64];
     reg_fence(o);
     if constexpr (kTurns) turn_wait(wg);
-    issue_qk(s, q_base, smem + SmemLayout::kK + prev_stage * kTileBytes);
+    issue_qk(s, q_base, smem + L::kK + prev_stage * kTileBytes);
     if constexpr (kTurns) turn_pass(wg);
     wgmma_wait<0>();
     reg_fence(s);
@@ -262,7 +268,7 @@ __device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const 
   for (int t = 1; t < info.count; ++t) {
     const int stage = iter % kStages, phase = (iter / kStages) & 1;
     ++iter;
-    const uint32_t v_prev = smem + SmemLayout::kV + prev_stage * kTileBytes;
+    const uint32_t v_prev = smem + L::kV + prev_stage * kTileBytes;
     mbar_wait(bars.full_v(prev_stage), prev_phase);
     if (prev_k0 + kBlock > info.kv_len) zero_v_tail(v_prev, info.kv_len - prev_k0, t128, wg);
     mbar_wait(bars.full_k(stage), phase);
@@ -270,7 +276,7 @@ __device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const 
     float s[64];
     reg_fence(o);
     if constexpr (kTurns) turn_wait(wg);
-    issue_qk(s, q_base, smem + SmemLayout::kK + stage * kTileBytes);
+    issue_qk(s, q_base, smem + L::kK + stage * kTileBytes);
     issue_pv(o, a, v_prev);
     if constexpr (kTurns) turn_pass(wg);
     wgmma_wait<1>();  // S(t) done; P·V(t − 1) may still run
@@ -288,7 +294,7 @@ __device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const 
     prev_phase = phase;
     prev_k0 = k0;
   }
-  const uint32_t v_prev = smem + SmemLayout::kV + prev_stage * kTileBytes;
+  const uint32_t v_prev = smem + L::kV + prev_stage * kTileBytes;
   mbar_wait(bars.full_v(prev_stage), prev_phase);
   if (prev_k0 + kBlock > info.kv_len) zero_v_tail(v_prev, info.kv_len - prev_k0, t128, wg);
   if constexpr (kTurns) turn_wait(wg);
@@ -300,31 +306,32 @@ __device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const 
 }
 
 // The consumer loop: items as the producer announces them, then the normalised rows written out.
-template <Schedule kSchedule>
-__device__ __forceinline__ void consumer(const PrefillParams& p, uint32_t smem, const Barriers& bars,
+template <class C>
+__device__ __forceinline__ void consumer(const PrefillParams& p, uint32_t smem, const typename C::Bars& bars,
                                          const ItemInfo* s_info, const int* s_tile_block) {
-  constexpr bool kTurns = kSchedule == Schedule::kPingPong;
+  constexpr bool kTurns = C::kSchedule == Schedule::kPingPong;
+  using L = typename C::Layout;
   const int wg = static_cast<int>(threadIdx.x) / 128 - 1;
   const int t128 = threadIdx.x & 127, warp = t128 >> 5, lane = t128 & 31;
   if (kTurns && wg == 1) turn_pass(wg);  // consumer 0 takes the first turn
   int iter = 0, q_iter = 0;
   for (;;) {
-    const int b = q_iter & 1;
-    mbar_wait(bars.q_full(b), (q_iter >> 1) & 1);
+    const int b = q_iter % C::kQBuffers;
+    mbar_wait(bars.q_full(b), (q_iter / C::kQBuffers) & 1);
     ++q_iter;
     const ItemInfo info = s_info[b];
     if (info.item < 0) break;
-    const uint32_t q_base = smem + SmemLayout::kQ + b * kTileBytes + wg * 64 * 128;  // this warpgroup's rows
+    const uint32_t q_base = smem + L::kQ + b * kTileBytes + wg * 64 * 128;  // this warpgroup's rows
     const int pos0 = info.blk * kBlock + wg * 64;
     const ItemRows r{max(pos0, info.q_lo), min(pos0 + 64, info.q_hi) - 1, pos0 + warp * 16};
 
     float o[64], row_sum[2] = {0.f, 0.f};
 #pragma unroll
     for (int i = 0; i < 64; ++i) o[i] = 0.f;
-    if constexpr (kSchedule == Schedule::kSerial)
-      consume_serial(p, info, r, smem, q_base, bars, s_tile_block, iter, o, row_sum, t128, wg);
+    if constexpr (C::kSchedule == Schedule::kSerial)
+      consume_serial<C>(p, info, r, smem, q_base, bars, s_tile_block, iter, o, row_sum, t128, wg);
     else
-      consume_pipelined<kTurns>(p, info, r, smem, q_base, bars, s_tile_block, iter, o, row_sum, t128, wg);
+      consume_pipelined<C>(p, info, r, smem, q_base, bars, s_tile_block, iter, o, row_sum, t128, wg);
     release(bars.q_empty(b), lane);
 
 #pragma unroll
