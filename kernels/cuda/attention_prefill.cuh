@@ -66,6 +66,9 @@ BlockSparsePlan dense_causal_plan(std::span<const int32_t> kv_lens, std::span<co
 // scale multiplies q·k (> 0); sliding_window > 0 also hides keys with query − key ≥ window.
 // The kernel runs on a persistent grid whose CTAs take (query block, head) items from a counter
 // the launcher allocates stream-ordered (cudaMallocAsync, 4 bytes), which graph capture allows.
+// On a compute capability 9.0 device with D = 128 and pages of at least 8 tokens it is the
+// wgmma/TMA kernel (kernels/cuda/attention_prefill_sm90.cuh), elsewhere the mma.sync one; the
+// environment variable STEM_PREFILL_SM90=0 forces the mma.sync kernel.
 void block_sparse_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache,
                           const TensorView& v_cache, const TensorView& page_table, const TensorView& kv_lens,
                           const TensorView& query_start, const TensorView& qblocks, const TensorView& block_offsets,
