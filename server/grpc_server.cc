@@ -165,6 +165,9 @@ void GrpcServer::start() {
   const std::string address = listen_address(m.options.host, m.options.port);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &m.port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<size_t>(m.options.max_message_bytes, INT32_MAX)));
+  // gRPC sets SO_REUSEPORT by default: a second server on the same port would then share it
+  // silently instead of failing as the HTTP port does.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(&m.service);
   m.server = builder.BuildAndStart();
   if (!m.server || m.port == 0)
