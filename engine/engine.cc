@@ -19,6 +19,7 @@ namespace fs = std::filesystem;
 Engine::Engine(const fs::path& model_dir, const EngineOptions& options)
     : model_dir_(model_dir), options_(options), seed_state_(std::random_device{}()) {
   if (!fs::is_directory(model_dir)) throw Error(model_dir.string() + ": model folder does not exist");
+  check_stem_settings(options.stem);  // before minutes of weight loading
   config_ = load_model_config(model_dir);
   max_model_len_ = options.max_model_len > 0 ? std::min(options.max_model_len, config_.max_position_embeddings)
                                              : config_.max_position_embeddings;
@@ -27,6 +28,7 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& options)
   bo.device = options.device;
   bo.gpu_memory_fraction = options.gpu_memory_fraction;
   bo.page_size = options.page_size;
+  bo.stem = options.stem;
   // On the GPU the pool fills the memory left after the weights unless a size is given.
   const bool sized = options.kv_cache_tokens > 0 || options.device == "cpu";
   bo.num_pages = sized ? (kv_tokens + options.page_size - 1) / options.page_size : 0;
@@ -67,6 +69,13 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& options)
                model_dir.string(), backend_->name(), config_.architecture, config_.num_hidden_layers, config_.hidden_size,
                config_.num_attention_heads, config_.num_key_value_heads, config_.vocab_size, kv_->num_pages(),
                kv_->page_size());
+  if (options.sparse_prefill == SparsePrefill::Stem)
+    spdlog::info("prefill: Stem sparse attention from {} prompt tokens (alpha {}, lambda {}, budget rate {}, {} sink / "
+                 "{} window blocks, layers < {} dense); requests may ask for dense",
+                 options.stem.min_prompt_len, options.stem.alpha, options.stem.lambda, options.stem.budget_rate,
+                 options.stem.sink_blocks, options.stem.window_blocks, options.stem.dense_layers);
+  else
+    spdlog::info("prefill: dense attention; requests may ask for Stem");
 }
 
 Engine::~Engine() = default;

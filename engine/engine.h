@@ -33,6 +33,10 @@ struct EngineOptions {
   int64_t max_num_batched_tokens = 512;  // tokens per step: decode rows plus prefill chunks
   int64_t max_num_seqs = 64;             // sequences in the running batch
   bool load_tokenizer = true;
+  // Stem sparse prefill (docs/stem.md): the mode of requests that do not choose one, and the
+  // method's settings. Prompts shorter than stem.min_prompt_len prefill densely either way.
+  SparsePrefill sparse_prefill = SparsePrefill::Stem;
+  StemSettings stem;
 };
 
 // What one step did, for metrics and logs.
@@ -43,6 +47,8 @@ struct StepStats {
   int64_t num_sampled = 0;     // tokens generated
   int64_t num_preempted = 0;
   double forward_seconds = 0;
+  int64_t stem_seqs = 0;  // of the sequences, those prefilling with Stem
+  StemStepStats stem;     // what Stem did in the forward pass (the backend's figures)
 };
 
 // Running totals, read by the metrics.
@@ -53,6 +59,7 @@ struct EngineCounters {
   int64_t preemptions = 0;
   int64_t prompt_tokens = 0;      // of every request added
   int64_t generation_tokens = 0;  // sampled
+  int64_t stem_sparse_blocks = 0;  // query blocks Stem selected key blocks for, summed over layers
 };
 
 class Engine {
@@ -113,7 +120,7 @@ class Engine {
   uint64_t seed_state_;
   int64_t next_seq_id_ = 0;
   std::list<std::unique_ptr<Active>> active_;
-  int64_t prompt_tokens_total_ = 0, generation_tokens_total_ = 0;
+  int64_t prompt_tokens_total_ = 0, generation_tokens_total_ = 0, stem_sparse_blocks_total_ = 0;
   Tensor logits_;
 };
 

@@ -20,6 +20,14 @@ const char* finish_reason_name(FinishReason r) {
   return "?";
 }
 
+const char* sparse_prefill_name(SparsePrefill mode) { return mode == SparsePrefill::Stem ? "stem" : "dense"; }
+
+std::optional<SparsePrefill> parse_sparse_prefill(std::string_view name) {
+  if (name == "stem") return SparsePrefill::Stem;
+  if (name == "dense") return SparsePrefill::Dense;
+  return std::nullopt;
+}
+
 namespace {
 // For seeds the caller did not fix: distinct per sequence, unpredictable across runs.
 uint64_t splitmix64(uint64_t& s) {
@@ -63,6 +71,11 @@ void Engine::add_request(GenerateRequest req, StreamSink sink) {
                                         SequenceOutput(tokenizer_.get(), r.stop, eos_ids_, max_new));
     s->id = next_seq_id_++;
     s->tokens = r.prompt;
+    s->stem = r.sparse_prefill.value_or(options_.sparse_prefill) == SparsePrefill::Stem;
+    // Chunks of a Stem prefill end on block boundaries, so its selection is the unchunked one.
+    // (A short prompt that outgrows min_prompt_len while decoding and is then recomputed after a
+    // preemption keeps 1: its cut blocks are merely computed densely.)
+    if (s->stem && a->prompt_len >= options_.stem.min_prompt_len) s->chunk_align = options_.stem.block_size;
     a->seqs.push_back(std::move(s));
   }
   a->unfinished = r.n;
@@ -112,6 +125,7 @@ EngineCounters Engine::counters() const {
   c.preemptions = scheduler_->num_preemptions();
   c.prompt_tokens = prompt_tokens_total_;
   c.generation_tokens = generation_tokens_total_;
+  c.stem_sparse_blocks = stem_sparse_blocks_total_;
   return c;
 }
 
@@ -144,7 +158,14 @@ StepStats Engine::step() {
   b.query_start.push_back(0);
   std::vector<Sequence*> sampled;
   for (const ScheduledSeq& c : plan.seqs) {
-    const SeqState& st = *c.seq;
+    Sequence& st = static_cast<Sequence&>(*c.seq);
+    // A prefill starts at position 0 (a new prompt, or a recompute after a preemption) and covers
+    // every token the sequence has then; its later chunks and its decode rows follow.
+    if (c.start == 0) st.prefill_len = static_cast<int64_t>(st.tokens.size());
+    const bool stem_rows = st.stem && c.start < st.prefill_len;
+    b.prompt_lens.push_back(stem_rows ? static_cast<int32_t>(st.prefill_len) : 0);
+    b.stem.push_back(stem_rows ? 1 : 0);
+    stats.stem_seqs += stem_rows && st.prefill_len >= options_.stem.min_prompt_len;
     for (int64_t p = c.start; p < c.start + c.count; ++p) {
       b.tokens.push_back(st.tokens[p]);
       b.positions.push_back(static_cast<int32_t>(p));
@@ -182,6 +203,12 @@ StepStats Engine::step() {
     return stats;
   }
   stats.forward_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  stats.stem = backend_->last_stem_stats();
+  stem_sparse_blocks_total_ += stats.stem.sparse_blocks;
+  if (stats.stem.sparse_blocks > 0)
+    spdlog::debug("stem: {} sparse query blocks over the layers ({} sequences); skipped {} of {} causal key blocks "
+                  "(cpu)", stats.stem.sparse_blocks, stats.stem_seqs, stats.stem.skipped_key_blocks,
+                  stats.stem.causal_key_blocks);
 
   const int64_t V = config_.vocab_size;
   for (size_t r = 0; r < sampled.size(); ++r) {

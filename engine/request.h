@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/sampler.h"
@@ -25,6 +26,10 @@ struct StopConditions {
 // How a request's prompt is prefilled: Stem block-sparse attention (docs/stem.md) or dense.
 // Stem still falls back to dense for prompts shorter than StemSettings::min_prompt_len.
 enum class SparsePrefill { Dense, Stem };
+// "dense", "stem": the names the CLI flag, the HTTP field and the gRPC field use.
+const char* sparse_prefill_name(SparsePrefill mode);
+// The mode a name names, or nullopt for any other string (the caller reports the bad value).
+std::optional<SparsePrefill> parse_sparse_prefill(std::string_view name);
 
 struct GenerateRequest {
   std::vector<int32_t> prompt;

@@ -6,6 +6,19 @@
 
 namespace stem {
 
+namespace {
+
+// How many of s's pending tokens fit a budget: all of them, or a chunk cut back to end on a
+// multiple of s.chunk_align when that leaves it at least one token.
+int64_t chunk_size(const SeqState& s, int64_t budget) {
+  const int64_t n = std::min(s.pending(), budget);
+  if (n == s.pending() || s.chunk_align <= 1) return n;
+  const int64_t aligned_end = (s.num_computed + n) / s.chunk_align * s.chunk_align;
+  return aligned_end > s.num_computed ? aligned_end - s.num_computed : n;
+}
+
+}  // namespace
+
 Scheduler::Scheduler(PageAllocator& kv, const SchedulerOptions& options) : kv_(kv), options_(options) {
   if (options.max_num_batched_tokens < 1) throw Error("max_num_batched_tokens must be >= 1");
   if (options.max_num_seqs < 1) throw Error("max_num_seqs must be >= 1");
@@ -53,7 +66,7 @@ ScheduleResult Scheduler::schedule() {
   for (SeqState* s : order) {
     if (budget == 0) break;
     if (!running_.count(s->id)) continue;  // preempted earlier in this step
-    const int64_t n = std::min(s->pending(), budget);
+    const int64_t n = chunk_size(*s, budget);
     bool placed = true;
     while (!kv_.reserve(s->pages, s->num_computed + n)) {
       SeqState* victim = std::prev(running_.end())->second;  // the newest
@@ -74,7 +87,7 @@ ScheduleResult Scheduler::schedule() {
     SeqState* s = waiting_.begin()->second;
     // One preempted this step would only be recomputed from scratch and preempted again.
     if (std::find(out.preempted.begin(), out.preempted.end(), s) != out.preempted.end()) break;
-    const int64_t n = std::min(s->pending(), budget);
+    const int64_t n = chunk_size(*s, budget);
     if (!kv_.reserve(s->pages, s->num_computed + n)) break;
     waiting_.erase(waiting_.begin());
     running_[s->id] = s;

@@ -1,6 +1,8 @@
 // Continuous-batching scheduler: pure bookkeeping over sequences and KV pages, no model.
 // Each step it picks, within a token budget and a sequence cap, one decode token of every running
 // sequence first, then prefill chunks of partially prefilled and waiting prompts (oldest first).
+// A chunk that does not finish its prompt ends on a multiple of the sequence's chunk_align when
+// the budget reaches one (the rest of the budget goes to the next sequence).
 // When pages run out it preempts the newest running sequence: its pages are freed and it goes back
 // to the waiting queue, to be recomputed later from its prompt and the tokens it has generated.
 #pragma once
@@ -19,6 +21,10 @@ struct SeqState {
   int64_t num_computed = 0;     // leading tokens whose K/V are in the cache
   std::vector<int32_t> pages;
   int64_t num_preemptions = 0;
+  // Prefill chunks that stop short of the end of `tokens` end on a multiple of this where the
+  // token budget allows: Stem's block (128) for Stem prefills, whose selection then does not
+  // depend on the chunking (docs/stem.md); 1 otherwise.
+  int64_t chunk_align = 1;
 
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - num_computed; }
 };

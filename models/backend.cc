@@ -1,5 +1,7 @@
 #include "models/backend.h"
 
+#include <algorithm>
+
 #include "models/llama.h"
 
 namespace stem {
@@ -26,6 +28,20 @@ void ForwardBatch::validate(int64_t vocab_size, int64_t num_pages, int32_t page_
     }
   }
   for (int32_t r : logit_rows) STEM_CHECK(r >= 0 && r < T, "logit row ", r, " is outside the batch");
+  STEM_CHECK(prompt_lens.size() == stem.size() && (stem.empty() || static_cast<int64_t>(stem.size()) == S),
+             "prompt_lens and stem must both be empty or have one entry per sequence");
+  for (int32_t p : prompt_lens) STEM_CHECK(p >= 0, "prompt length ", p, " is negative");
+}
+
+bool ForwardBatch::any_stem() const {
+  return std::any_of(stem.begin(), stem.end(), [](uint8_t x) { return x != 0; });
+}
+
+std::vector<int32_t> ForwardBatch::stem_prompt_lens() const {
+  std::vector<int32_t> lens(static_cast<size_t>(num_seqs()), 0);
+  for (size_t s = 0; s < stem.size(); ++s)
+    if (stem[s]) lens[s] = prompt_lens[s];
+  return lens;
 }
 
 namespace {
@@ -33,7 +49,8 @@ namespace {
 class CpuBackend final : public ModelBackend {
  public:
   CpuBackend(const ModelConfig& c, const WeightStore& w, const BackendOptions& o)
-      : model_(c, w), num_pages_(o.num_pages), page_size_(o.page_size) {
+      : model_(c, w), num_pages_(o.num_pages), page_size_(o.page_size), stem_(o.stem) {
+    check_stem_settings(stem_);
     STEM_CHECK(o.page_size > 0 && 128 % o.page_size == 0, "page size ", o.page_size, " must divide 128");
     STEM_CHECK(o.num_pages > 0, "the KV cache needs at least one page");
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
@@ -48,13 +65,16 @@ class CpuBackend final : public ModelBackend {
   int32_t page_size() const override { return page_size_; }
   void forward(const ForwardBatch& batch, Tensor& logits) override {
     batch.validate(model_.config().vocab_size, num_pages_, page_size_);
-    model_.forward(batch, kv_, logits);
+    model_.forward(batch, kv_, logits, stem_, &stem_stats_);
   }
+  StemStepStats last_stem_stats() const override { return stem_stats_; }
 
  private:
   LlamaModel model_;
   int64_t num_pages_;
   int32_t page_size_;
+  StemSettings stem_;
+  StemStepStats stem_stats_;
   std::vector<Tensor> k_, v_;
   KvLayers kv_;
 };

@@ -9,6 +9,7 @@
 
 #include "engine/model_config.h"
 #include "engine/tensor.h"
+#include "kernels/cpu/stem.h"
 
 namespace stem {
 
@@ -25,12 +26,31 @@ struct ForwardBatch {
   std::vector<int32_t> page_table;   // [S * max_pages]
   int32_t max_pages = 0;
   std::vector<int32_t> logit_rows;   // rows whose logits are wanted (e.g. the last of each seq)
+  // Stem sparse prefill (docs/stem.md). Both empty, or [S] each. prompt_lens[s]: the whole length
+  // of the prefill seq s is in (its prompt, or prompt + generated tokens when recomputed after a
+  // preemption), so that Stem's schedule counts the whole prompt in every chunk. stem[s] != 0: seq
+  // s prefills with Stem in the layers stem_layer_sparse names (still dense below the settings'
+  // min_prompt_len); 0: dense. Decode rows carry 0.
+  std::vector<int32_t> prompt_lens;
+  std::vector<uint8_t> stem;
 
   int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
   int64_t num_seqs() const { return static_cast<int64_t>(kv_lens.size()); }
+  bool any_stem() const;
+  // The prompt lengths the Stem kernels take: prompt_lens[s] where stem[s], else 0 (a prompt of no
+  // blocks is all dense), so one call serves a batch that mixes Stem and dense sequences.
+  std::vector<int32_t> stem_prompt_lens() const;
   // Checks shapes, token ids, slots and pages against the model and the KV pool, on the host,
   // before anything reaches a device kernel.
   void validate(int64_t vocab_size, int64_t num_pages, int32_t page_size) const;
+};
+
+// What Stem did in the last forward step (zeros when it did nothing).
+struct StemStepStats {
+  int64_t sparse_blocks = 0;  // query blocks scored and selected, summed over the sparse layers
+  // Summed over the sparse layers, the sparse query blocks' heads: causal key blocks, and those
+  // left out of the lists. CPU only: the CUDA backend does not read its lists back (both 0).
+  int64_t causal_key_blocks = 0, skipped_key_blocks = 0;
 };
 
 class ModelBackend {
@@ -43,6 +63,7 @@ class ModelBackend {
   // Runs one step: writes the new tokens' K/V into the pages `batch.slots` names, and the
   // logits of `batch.logit_rows` as f32 [rows, vocab] on the host (resized as needed).
   virtual void forward(const ForwardBatch& batch, Tensor& logits) = 0;
+  virtual StemStepStats last_stem_stats() const { return {}; }
 };
 
 struct BackendOptions {
@@ -50,6 +71,7 @@ struct BackendOptions {
   int64_t num_pages = 0;       // KV pages to allocate; 0: as many as memory allows (cuda)
   int32_t page_size = 16;
   double gpu_memory_fraction = 0.9;  // cuda: share of the device memory for weights + KV cache
+  StemSettings stem;                 // for the sequences a ForwardBatch marks as Stem
 };
 
 // The backend for options.device. `weights` null means random weights (--load-format dummy).

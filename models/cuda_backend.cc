@@ -13,6 +13,7 @@
 #include "kernels/cuda/kv_write.cuh"
 #include "kernels/cuda/rmsnorm.cuh"
 #include "kernels/cuda/rope.cuh"
+#include "kernels/cuda/stem.cuh"
 #include "kernels/cuda/swiglu.cuh"
 #include "models/cuda_memory.h"
 #include "models/cuda_step.h"
@@ -49,13 +50,17 @@ const ModelConfig& supported(const ModelConfig& c, const BackendOptions& o) {
                 " is not supported (the CUDA attention kernels take 64 or 128); use --device cpu");
   if (!(o.page_size > 0 && 128 % o.page_size == 0 && (o.page_size & (o.page_size - 1)) == 0))
     throw Error("CUDA backend: page size " + std::to_string(o.page_size) + " must be a power of two dividing 128");
+  check_stem_settings(o.stem);
+  if (o.stem.block_size != 128)
+    throw Error("CUDA backend: Stem block size " + std::to_string(o.stem.block_size) +
+                " is not supported (the block-sparse attention kernel takes 128)");
   return c;
 }
 
 class CudaBackend final : public CudaModelBackend {
  public:
   CudaBackend(const ModelConfig& c, const WeightStore* store, const BackendOptions& o, const CudaBackendOptions& co)
-      : config_(supported(c, o)), options_(co), page_size_(o.page_size), weights_(c, store, co.seed) {
+      : config_(supported(c, o)), options_(co), page_size_(o.page_size), stem_(o.stem), weights_(c, store, co.seed) {
     std::sort(options_.graph_batch_sizes.begin(), options_.graph_batch_sizes.end());
     const int64_t max_graph = options_.graph_batch_sizes.empty() ? 1 : options_.graph_batch_sizes.back();
     ensure_workspace(std::max(co.reserve_step_tokens, max_graph), max_graph,
@@ -96,6 +101,8 @@ class CudaBackend final : public CudaModelBackend {
   int64_t num_pages() const override { return num_pages_; }
   int32_t page_size() const override { return page_size_; }
 
+  StemStepStats last_stem_stats() const override { return stem_stats_; }
+
   CudaBackendStats stats() const override {
     CudaBackendStats s = stats_;
     s.weight_bytes = weights_.bytes();
@@ -113,7 +120,13 @@ class CudaBackend final : public CudaModelBackend {
 
   void forward(const ForwardBatch& batch, Tensor& logits) override {
     batch.validate(config_.vocab_size, num_pages_, page_size_);
-    const GraphKey key = graph_key_for(batch, options_.graph_batch_sizes);
+    stem_stats_ = {};
+    // Stem's host part reads the step's host metadata, so a step with Stem blocks runs eagerly
+    // (only a one-row last chunk could otherwise look like a decode step).
+    const std::vector<int32_t> stem_lens = batch.stem_prompt_lens();
+    const cuda::StemBatch stem_host{batch.kv_lens, batch.query_start, stem_lens};
+    const bool stem = stem_step(batch, stem_lens);
+    const GraphKey key = stem ? GraphKey{} : graph_key_for(batch, options_.graph_batch_sizes);
     const StepLayout layout =
         key.batch ? StepLayout::make(key.batch, key.batch, key.pages, key.batch)
                   : StepLayout::make(batch.num_tokens(), batch.num_seqs(), batch.max_pages,
@@ -142,7 +155,7 @@ class CudaBackend final : public CudaModelBackend {
         ++stats_.graphs_captured;
       }
     } else {
-      run_step(layout, gather, false);
+      run_step(layout, gather, false, stem ? &stem_host : nullptr);
       ++stats_.eager_steps;
     }
     CUDA_CHECK(cudaEventRecord(stop_.get(), s));
@@ -158,6 +171,19 @@ class CudaBackend final : public CudaModelBackend {
   }
 
  private:
+  // Whether the step has a sparse query block (then the layers stem_layer_sparse names go through
+  // cuda::stem_prefill); counts them for last_stem_stats.
+  bool stem_step(const ForwardBatch& b, const std::vector<int32_t>& stem_lens) {
+    if (!b.any_stem()) return false;
+    int64_t sparse = 0;
+    for (const StemQueryBlock& q : stem_query_blocks(b.kv_lens, b.query_start, stem_lens, config_.sliding_window, stem_))
+      sparse += q.sparse;
+    int64_t layers = 0;
+    for (int64_t l = 0; l < config_.num_hidden_layers; ++l) layers += stem_layer_sparse(stem_, l);
+    stem_stats_.sparse_blocks = sparse * layers;
+    return sparse > 0;
+  }
+
   // Activation buffers for `tokens` rows, logits for `rows` rows, and the step's metadata.
   struct Workspace {
     int64_t tokens = 0, rows = 0, meta_ints = 0;
@@ -222,7 +248,9 @@ class CudaBackend final : public CudaModelBackend {
   // decode_only: every sequence has one row (a graph step), so attention goes straight to the
   // decode kernel; the router would also launch its prefill path, which finds no work but costs
   // two launches per layer once the batch has more rows than decode_max_rows.
-  void run_step(const StepLayout& l, bool gather, bool decode_only) {
+  // stem: the step's host metadata when it has Stem blocks (eager steps only: the planner's host
+  // part depends on the values).
+  void run_step(const StepLayout& l, bool gather, bool decode_only, const cuda::StemBatch* stem = nullptr) {
     const ModelConfig& c = config_;
     const int64_t T = l.tokens, S = l.seqs, R = l.rows, H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
     const int64_t Hq = c.num_attention_heads, Hk = c.num_key_value_heads, Q = c.q_dim(), KV = c.kv_dim();
@@ -250,7 +278,10 @@ class CudaBackend final : public CudaModelBackend {
       cuda::matmul(gemm_, qkv, x, L.qkv, L.qkv_bias, s);
       cuda::rope(q, k, positions, weights_.inv_freq, s);
       cuda::kv_write(k_cache, v_cache, k, v, slots, s);
-      if (decode_only)
+      if (stem && stem_layer_sparse(stem_, i))
+        cuda::stem_prefill(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, *stem, scale, c.sliding_window,
+                           stem_, s);
+      else if (decode_only)
         cuda::paged_decode(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, c.sliding_window, s);
       else
         cuda::paged_attention(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, c.sliding_window,
@@ -298,6 +329,8 @@ class CudaBackend final : public CudaModelBackend {
   ModelConfig config_;
   CudaBackendOptions options_;
   int32_t page_size_;
+  StemSettings stem_;
+  StemStepStats stem_stats_;
   int64_t num_pages_ = 0;
   size_t kv_bytes_per_token_ = 0;
   CudaWeights weights_;

@@ -10,6 +10,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
+#include "kernels/cpu/stem_attention.h"
 #include "kernels/cpu/swiglu.h"
 
 namespace stem {
@@ -21,6 +22,20 @@ Tensor load_opt(const WeightStore& w, bool present, const std::string& name, std
 }
 
 TensorView view_or_empty(const Tensor& t) { return t.empty() ? TensorView() : t.view(); }
+
+// Adds one layer's plan to the step's Stem figures: every listed (query block, head) of a sparse
+// block against its causal key blocks.
+void count_stem(const cpu::StemPlan& plan, const std::vector<StemQueryBlock>& blocks, StemStepStats& stats) {
+  for (int64_t b = 0; b < plan.n_qblocks(); ++b) {
+    if (!blocks[b].sparse) continue;
+    ++stats.sparse_blocks;
+    for (int64_t h = 0; h < plan.q_heads; ++h) {
+      const int64_t causal = int64_t{blocks[b].block} + 1;
+      stats.causal_key_blocks += causal;
+      stats.skipped_key_blocks += causal - static_cast<int64_t>(plan.list(b, h).size());
+    }
+  }
+}
 
 }  // namespace
 
@@ -56,7 +71,8 @@ LlamaModel::LlamaModel(const ModelConfig& c, const WeightStore& w) : config_(c) 
   std::copy(inv.begin(), inv.end(), inv_freq_.ptr<float>());
 }
 
-void LlamaModel::forward(const ForwardBatch& b, const KvLayers& kv, Tensor& logits) const {
+void LlamaModel::forward(const ForwardBatch& b, const KvLayers& kv, Tensor& logits, const StemSettings& stem,
+                         StemStepStats* stats) const {
   const ModelConfig& c = config_;
   STEM_CHECK(static_cast<int64_t>(kv.k.size()) == c.num_hidden_layers, "KV cache has ", kv.k.size(),
              " layers, the model ", c.num_hidden_layers);
@@ -77,6 +93,15 @@ void LlamaModel::forward(const ForwardBatch& b, const KvLayers& kv, Tensor& logi
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const float eps = static_cast<float>(c.rms_norm_eps);
 
+  // Stem runs only when some query block of the step is sparse; otherwise every layer is dense
+  // attention, the same numbers the block lists would give, by the faster path.
+  const std::vector<int32_t> stem_lens = b.stem_prompt_lens();
+  const TensorView prompt_lens = i32(stem_lens, {S});
+  std::vector<StemQueryBlock> stem_blocks;
+  if (b.any_stem()) stem_blocks = stem_query_blocks(b.kv_lens, b.query_start, stem_lens, c.sliding_window, stem);
+  const bool stem_step = std::any_of(stem_blocks.begin(), stem_blocks.end(), [](const auto& x) { return x.sparse; });
+  if (stats) *stats = {};
+
   cpu::embedding(h.view(), tokens, embed_.view());
   cpu::rmsnorm(x.view(), h.view(), layers_[0].input_norm.view(), eps);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -86,8 +111,16 @@ void LlamaModel::forward(const ForwardBatch& b, const KvLayers& kv, Tensor& logi
     cpu::matmul(v.view().reshape({T, Hk * D}), x.view(), L.wv.view(), view_or_empty(L.bv));
     cpu::rope(q.view(), k.view(), positions, inv_freq_.view());
     cpu::kv_write(kv.k[l], kv.v[l], k.view(), v.view(), slots);
-    cpu::paged_attention(attn.view(), q.view(), kv.k[l], kv.v[l], page_table, kv_lens, query_start, scale,
-                         c.sliding_window);
+    if (stem_step && stem_layer_sparse(stem, l)) {
+      const cpu::StemPlan plan = cpu::stem_plan(q.view(), kv.k[l], kv.v[l], page_table, kv_lens, query_start,
+                                                prompt_lens, scale, c.sliding_window, stem);
+      if (stats) count_stem(plan, stem_blocks, *stats);
+      cpu::block_sparse_attention(attn.view(), q.view(), kv.k[l], kv.v[l], page_table, kv_lens, query_start, plan,
+                                  scale, c.sliding_window);
+    } else {
+      cpu::paged_attention(attn.view(), q.view(), kv.k[l], kv.v[l], page_table, kv_lens, query_start, scale,
+                           c.sliding_window);
+    }
     cpu::matmul(proj.view(), attn.view().reshape({T, Hq * D}), L.wo.view(), view_or_empty(L.bo));
     cpu::add_rmsnorm(x.view(), h.view(), proj.view(), L.post_norm.view(), eps);
     cpu::matmul(gate.view(), x.view(), L.w_gate.view(), view_or_empty(L.b_gate));

@@ -27,8 +27,11 @@ class LlamaModel {
   LlamaModel(const ModelConfig& config, const WeightStore& weights);
 
   const ModelConfig& config() const { return config_; }
-  // logits: f32 [batch.logit_rows.size(), vocab], resized as needed.
-  void forward(const ForwardBatch& batch, const KvLayers& kv, Tensor& logits) const;
+  // logits: f32 [batch.logit_rows.size(), vocab], resized as needed. The sequences the batch marks
+  // as Stem prefill with Stem (`stem`) in the layers stem_layer_sparse names; `stats` (optional)
+  // gets what Stem did.
+  void forward(const ForwardBatch& batch, const KvLayers& kv, Tensor& logits, const StemSettings& stem = {},
+               StemStepStats* stats = nullptr) const;
 
  private:
   ModelConfig config_;

@@ -30,7 +30,41 @@ struct GenerateArgs {
   std::string device = "cpu";
   std::string load_format = "auto";
   double gpu_memory_fraction = 0.9;
+  SparsePrefill sparse_prefill = SparsePrefill::Stem;
+  StemSettings stem;
 };
+
+// Stem sparse prefill (docs/stem.md), the same flags on generate and serve. The settings' own
+// check (check_stem_settings) runs when the engine loads; these catch what a flag alone can.
+void add_prefill_flags(CLI::App* cmd, SparsePrefill& mode, StemSettings& st) {
+  cmd->add_option_function<std::string>(
+         "--sparse-prefill", [&mode](const std::string& v) { mode = parse_sparse_prefill(v).value(); },
+         "Prefill attention: stem (block-sparse, for prompts of --stem-min-prompt-len tokens or more) or dense; a "
+         "request may choose with \"sparse_prefill\"")
+      ->check(CLI::IsMember({"stem", "dense"}))->envname("STEMSERVE_SPARSE_PREFILL")->default_str("stem");
+  cmd->add_option("--stem-min-prompt-len", st.min_prompt_len, "Prompts shorter than this prefill densely")
+      ->check(CLI::NonNegativeNumber)->envname("STEMSERVE_STEM_MIN_PROMPT_LEN")->capture_default_str();
+  cmd->add_option("--stem-alpha", st.alpha, "Position decay: the last query block keeps alpha times the first's budget")
+      ->check(CLI::Range(0.0, 1.0))->envname("STEMSERVE_STEM_ALPHA")->capture_default_str();
+  cmd->add_option("--stem-lambda", st.lambda, "Weight of the value-norm bonus in a key block's score")
+      ->check(CLI::NonNegativeNumber)->envname("STEMSERVE_STEM_LAMBDA")->capture_default_str();
+  cmd->add_option("--stem-block-size", st.block_size, "Query and key block in tokens (the kernels take 128 only)")
+      ->check(CLI::Validator(
+          [](std::string& v) { return v == "128" ? std::string() : "only 128 is supported (the kernels' block), got " + v; },
+          "128"))
+      ->envname("STEMSERVE_STEM_BLOCK_SIZE")->capture_default_str();
+  cmd->add_option("--stem-stride", st.stride, "Antidiagonal stride of the estimate (must divide the block size)")
+      ->check(CLI::PositiveNumber)->envname("STEMSERVE_STEM_STRIDE")->capture_default_str();
+  cmd->add_option("--stem-sink-blocks", st.sink_blocks, "Leading key blocks every query block keeps")
+      ->check(CLI::NonNegativeNumber)->envname("STEMSERVE_STEM_SINK_BLOCKS")->capture_default_str();
+  cmd->add_option("--stem-window-blocks", st.window_blocks, "Key blocks up to and including its own that a query "
+                  "block keeps")
+      ->check(CLI::PositiveNumber)->envname("STEMSERVE_STEM_WINDOW_BLOCKS")->capture_default_str();
+  cmd->add_option("--stem-dense-layers", st.dense_layers, "The first layers that stay dense")
+      ->check(CLI::NonNegativeNumber)->envname("STEMSERVE_STEM_DENSE_LAYERS")->capture_default_str();
+  cmd->add_option("--stem-budget-rate", st.budget_rate, "Multiplies the blocks each query block keeps (1: the paper's)")
+      ->check(CLI::PositiveNumber)->envname("STEMSERVE_STEM_BUDGET_RATE")->capture_default_str();
+}
 
 void add_sampling_flags(CLI::App* cmd, GenerateArgs& a) {
   cmd->add_option("--temperature", a.sampling.temperature, "Sampling temperature; 0 is greedy")
@@ -64,6 +98,8 @@ int run_generate(const GenerateArgs& a) {
   opts.dummy_weights = a.load_format == "dummy";
   opts.load_tokenizer = !opts.dummy_weights || std::filesystem::exists(std::filesystem::path(a.model) / "tokenizer.json");
   opts.gpu_memory_fraction = a.gpu_memory_fraction;
+  opts.sparse_prefill = a.sparse_prefill;
+  opts.stem = a.stem;
   Engine engine(a.model, opts);
   std::string text = a.prompt;
   if (a.chat) {
@@ -122,9 +158,11 @@ int run_cli(int argc, char** argv) {
   g->add_option("--gpu-memory-fraction", gen.gpu_memory_fraction, "Share of GPU memory for weights and KV cache")
       ->check(CLI::Range(0.05, 0.99))->envname("STEMSERVE_GPU_MEMORY_FRACTION")->capture_default_str();
   add_sampling_flags(g, gen);
+  add_prefill_flags(g, gen.sparse_prefill, gen.stem);
 
   ServeArgs serve;
   CLI::App* s = add_serve_command(app, serve);
+  add_prefill_flags(s, serve.sparse_prefill, serve.stem);
 
   try {
     app.parse(argc, argv);

@@ -252,6 +252,12 @@ ParsedGeneration parse_generation(ApiKind kind, const json& body, const ServedMo
   r.sampling.logprobs = p.logprobs;
   r.sampling.top_logprobs = p.top_logprobs;
 
+  // stemserve's own field: Stem or dense prefill for this request (default: --sparse-prefill).
+  if (auto mode = get_string(body, "sparse_prefill")) {
+    r.sparse_prefill = parse_sparse_prefill(*mode);
+    if (!r.sparse_prefill) bad("sparse_prefill", "'sparse_prefill' must be \"stem\" or \"dense\", got \"" + *mode + "\"");
+  }
+
   p.stream = get_bool(body, "stream").value_or(false);
   if (const json* so = field(body, "stream_options")) {
     if (!so->is_object()) bad("stream_options", "'stream_options' must be an object");

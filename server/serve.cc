@@ -100,6 +100,8 @@ int run_serve(const ServeArgs& a) {
   opts.kv_cache_tokens = a.kv_cache_tokens;
   opts.max_num_batched_tokens = a.max_num_batched_tokens;
   opts.max_num_seqs = a.max_num_seqs;
+  opts.sparse_prefill = a.sparse_prefill;
+  opts.stem = a.stem;
   Engine engine(a.model, opts);
   ServerMetrics metrics;
   EngineLoop loop(engine, a.max_queue);

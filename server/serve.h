@@ -4,6 +4,9 @@
 #include <cstdint>
 #include <string>
 
+#include "engine/request.h"
+#include "kernels/cpu/stem.h"
+
 namespace CLI {
 class App;
 }
@@ -28,6 +31,9 @@ struct ServeArgs {
   std::string device = "cpu";
   std::string load_format = "auto";
   double gpu_memory_fraction = 0.9;
+  // Stem sparse prefill (its flags are wired in server/cli.cc, shared with generate).
+  SparsePrefill sparse_prefill = SparsePrefill::Stem;
+  StemSettings stem;
 };
 
 // Adds the `serve` subcommand with its flags (each also read from a STEMSERVE_* variable).

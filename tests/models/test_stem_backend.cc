@@ -1,0 +1,145 @@
+// Stem in the CPU backend, on the tiny llama-gqa fixture (3 layers, 4 q / 2 KV heads, random
+// weights) with ~1.5K-token prompts: Stem prefill in chunks of 256 tokens gives the unchunked
+// logits at every position and skips the same key blocks; a batch that mixes a Stem sequence with
+// a dense one gives each sequence's logits alone; and Stem really changes the numbers.
+#include <algorithm>
+#include <random>
+
+#include "engine/model_config.h"
+#include "engine/weights.h"
+#include "models/backend.h"
+#include "tests/test_util.h"
+
+using namespace stem;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kModel = fs::path(test::fixtures_dir()) / "models" / "llama-gqa";
+constexpr int32_t kPageSize = 16;
+constexpr int64_t kPagesPerSeq = 128;  // 2048 tokens
+
+StemSettings settings() {
+  StemSettings s;
+  s.min_prompt_len = 1024;
+  s.budget_rate = 0.25;  // k_s = 3 of 12 blocks
+  s.sink_blocks = 1;
+  s.window_blocks = 1;
+  s.dense_layers = 1;  // of 3 layers
+  return s;
+}
+
+std::unique_ptr<ModelBackend> backend() {
+  BackendOptions o;
+  o.num_pages = 2 * kPagesPerSeq;
+  o.page_size = kPageSize;
+  o.stem = settings();
+  return make_cpu_backend(load_model_config(kModel), WeightStore(kModel), o);
+}
+
+std::vector<int32_t> random_prompt(int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (int32_t& x : t) x = static_cast<int32_t>(rng() % 256);
+  return t;
+}
+
+// One sequence's share of a step: rows [begin, end) of `prompt`, in the pages of slot `seq`.
+struct Part {
+  int64_t seq;
+  const std::vector<int32_t>* prompt;
+  int64_t begin, end;
+  bool stem;
+};
+
+// Every row's logits are asked for, in the batch's row order.
+ForwardBatch make_batch(const std::vector<Part>& parts) {
+  ForwardBatch b;
+  b.max_pages = kPagesPerSeq;
+  b.query_start.push_back(0);
+  for (const Part& p : parts) {
+    for (int64_t i = p.begin; i < p.end; ++i) {
+      b.tokens.push_back((*p.prompt)[i]);
+      b.positions.push_back(static_cast<int32_t>(i));
+      b.slots.push_back(static_cast<int32_t>(p.seq * kPagesPerSeq * kPageSize + i));
+      b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size() - 1));
+    }
+    b.query_start.push_back(static_cast<int32_t>(b.tokens.size()));
+    b.kv_lens.push_back(static_cast<int32_t>(p.end));
+    for (int64_t pg = 0; pg < kPagesPerSeq; ++pg) b.page_table.push_back(static_cast<int32_t>(p.seq * kPagesPerSeq + pg));
+    b.prompt_lens.push_back(static_cast<int32_t>(p.prompt->size()));
+    b.stem.push_back(p.stem ? 1 : 0);
+  }
+  return b;
+}
+
+struct Prefill {
+  std::vector<float> logits;  // [prompt rows, vocab]
+  StemStepStats stem;         // summed over the steps
+};
+
+void add(StemStepStats& sum, const StemStepStats& s) {
+  sum.sparse_blocks += s.sparse_blocks;
+  sum.causal_key_blocks += s.causal_key_blocks;
+  sum.skipped_key_blocks += s.skipped_key_blocks;
+}
+
+Prefill prefill(ModelBackend& m, const std::vector<int32_t>& prompt, int64_t chunk, bool stem) {
+  Prefill out;
+  Tensor logits;
+  for (int64_t begin = 0; begin < static_cast<int64_t>(prompt.size()); begin += chunk) {
+    const int64_t end = std::min<int64_t>(static_cast<int64_t>(prompt.size()), begin + chunk);
+    m.forward(make_batch({{0, &prompt, begin, end, stem}}), logits);
+    out.logits.insert(out.logits.end(), logits.ptr<float>(), logits.ptr<float>() + logits.numel());
+    add(out.stem, m.last_stem_stats());
+  }
+  return out;
+}
+
+float max_abs_diff(const float* a, const float* b, size_t n) {
+  float d = 0;
+  for (size_t i = 0; i < n; ++i) d = std::max(d, std::abs(a[i] - b[i]));
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("stem backend: chunked Stem prefill equals unchunked; mixed Stem and dense batches") {
+  auto m = backend();
+  const int64_t V = m->config().vocab_size;
+  const std::vector<int32_t> a = random_prompt(1500, 1), b = random_prompt(600, 2);
+
+  const Prefill dense = prefill(*m, a, 1500, false);
+  const Prefill whole = prefill(*m, a, 1500, true);
+  CHECK(dense.stem.sparse_blocks == 0);
+  // nb = 12, k_s = 3: blocks 3..11 are sparse, in layers 1 and 2.
+  CHECK(whole.stem.sparse_blocks == 9 * 2);
+  CHECK(whole.stem.skipped_key_blocks > whole.stem.causal_key_blocks / 4);
+  // Rows of the first k_s blocks attend to everything: the same numbers as dense. Later rows differ.
+  const size_t dense_rows = 3 * 128 * static_cast<size_t>(V);
+  CHECK(max_abs_diff(whole.logits.data(), dense.logits.data(), dense_rows) == 0.f);
+  CHECK(max_abs_diff(whole.logits.data(), dense.logits.data(), whole.logits.size()) > 1e-4f);
+
+  SECTION("chunks of 256: every position's logits as unchunked, the same blocks skipped") {
+    const Prefill chunked = prefill(*m, a, 256, true);
+    REQUIRE(chunked.logits.size() == whole.logits.size());
+    CHECK(chunked.stem.sparse_blocks == whole.stem.sparse_blocks);
+    CHECK(chunked.stem.skipped_key_blocks == whole.stem.skipped_key_blocks);
+    CHECK(max_abs_diff(chunked.logits.data(), whole.logits.data(), whole.logits.size()) == 0.f);
+  }
+  SECTION("chunks of 200 cut blocks, which are then computed densely") {
+    const Prefill cut = prefill(*m, a, 200, true);
+    CHECK(cut.stem.sparse_blocks < whole.stem.sparse_blocks);
+    CHECK(cut.stem.skipped_key_blocks < whole.stem.skipped_key_blocks);
+  }
+  SECTION("one batch of a Stem sequence and a dense one: each as alone") {
+    const Prefill b_alone = prefill(*m, b, 600, false);
+    Tensor logits;
+    m->forward(make_batch({{0, &b, 0, 600, false}, {1, &a, 0, 1500, true}}), logits);
+    CHECK(m->last_stem_stats().sparse_blocks == whole.stem.sparse_blocks);
+    CHECK(m->last_stem_stats().skipped_key_blocks == whole.stem.skipped_key_blocks);
+    const float* out = logits.ptr<float>();
+    CHECK(max_abs_diff(out, b_alone.logits.data(), b_alone.logits.size()) == 0.f);
+    CHECK(max_abs_diff(out + b_alone.logits.size(), whole.logits.data(), whole.logits.size()) == 0.f);
+  }
+}
