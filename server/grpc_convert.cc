@@ -79,12 +79,8 @@ ParsedGeneration parse_grpc_generate(const v1::GenerateRequest& in, const Served
   } else if (in.logprobs()) {
     body["logprobs"] = in.top_logprobs();  // /v1/completions: the count of alternatives turns logprobs on
   }
-  const std::string& sparse = in.sparse_prefill();
-  if (!sparse.empty() && sparse != "stem" && sparse != "dense")
-    bad("sparse_prefill", "'sparse_prefill' must be \"stem\", \"dense\" or empty, got \"" + sparse + "\"");
-  ParsedGeneration parsed = parse_generation(kind, body, model);
-  if (!sparse.empty()) parsed.request.sparse_prefill = sparse == "stem" ? SparsePrefill::Stem : SparsePrefill::Dense;
-  return parsed;
+  if (!in.sparse_prefill().empty()) body["sparse_prefill"] = in.sparse_prefill();  // "": the server's default
+  return parse_generation(kind, body, model);
 }
 
 std::vector<int32_t> parse_grpc_tokenize(const v1::TokenizeRequest& in, const ServedModel& model) {

@@ -199,7 +199,7 @@ def test_other_bad_requests(stub):
     assert code_of(lambda: stub.Tokenize(pb.TokenizeRequest()))[0] == grpc.StatusCode.INVALID_ARGUMENT
     code, details = code_of(lambda: stub.Detokenize(pb.DetokenizeRequest(token_ids=[1, 999999])))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "999999" in details
-    # "stem" is accepted (and, until Stem prefill is wired into the server, served densely).
+    # "stem" is accepted (a prompt this short is still prefilled densely).
     assert collect(stub.Generate(pb.GenerateRequest(text="Hi", max_tokens=1, sparse_prefill="stem"),
                                  timeout=60))[0]["last"]
 
