@@ -1,7 +1,9 @@
 // Whole-model benchmarks of the CUDA backend with random (dummy) weights, for any config.json
 // (Llama-3.1-8B's by default):
 //   ttft    time to first token of one prompt of L tokens, prefilled in chunks of --chunk tokens,
-//           from the first step's start to the last token's logits on the host;
+//           from the first step's start to the last token's logits on the host; with dense
+//           attention, Stem sparse prefill (default settings: prompts from 8192 tokens), or both
+//           side by side (--sparse-prefill);
 //   decode  one decode step for B sequences of context C, replayed from a CUDA graph: wall time of
 //           a whole forward() (metadata, graph, logits to the host) and device time (events around
 //           the step on the stream), and the GB/s of weights + KV the step must read, beside the
@@ -10,8 +12,9 @@
 // tokens do not fit in the pool, sequences share pages (flagged "aliased": the bytes are still
 // read once per sequence, but L2 may serve some of them, so the GB/s is an upper bound).
 //
-//   bench_model [--config F] [--ttft 8192,32768,...] [--chunk N] [--batches 1,8,64,256]
-//               [--contexts 1024,32768] [--steps N] [--gpu-memory-fraction F] [--json FILE]
+//   bench_model [--config F] [--ttft 8192,32768,...] [--chunk N] [--sparse-prefill dense|stem|both]
+//               [--batches 1,8,64,256] [--contexts 1024,32768] [--steps N] [--gpu-memory-fraction F]
+//               [--json FILE]      (an empty list, e.g. --batches '', skips that part)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -34,6 +37,7 @@ struct Args {
   std::string config = "bench/configs/llama-3.1-8b.json";
   std::vector<int64_t> ttft = {8192, 32768, 65536, 131072};
   int64_t chunk = 16384;
+  std::string sparse_prefill = "both";
   std::vector<int64_t> batches = {1, 8, 64, 256}, contexts = {1024, 32768};
   int steps = 30;
   double fraction = 0.9;
@@ -59,6 +63,7 @@ Args parse_args(int argc, char** argv) {
     if (k == "--config") a.config = value();
     else if (k == "--ttft") a.ttft = parse_list(value());
     else if (k == "--chunk") a.chunk = std::stoll(value());
+    else if (k == "--sparse-prefill") a.sparse_prefill = value();
     else if (k == "--batches") a.batches = parse_list(value());
     else if (k == "--contexts") a.contexts = parse_list(value());
     else if (k == "--steps") a.steps = std::stoi(value());
@@ -66,6 +71,8 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--json") a.json = value();
     else throw Error("unknown argument " + k);
   }
+  if (a.sparse_prefill != "dense" && a.sparse_prefill != "stem" && a.sparse_prefill != "both")
+    throw Error("--sparse-prefill takes dense, stem or both, got " + a.sparse_prefill);
   return a;
 }
 
@@ -111,8 +118,9 @@ std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t n, int64_t voca
   return t;
 }
 
-// One prompt of L tokens in pages 0.., prefilled in chunks; returns ms to the last logits.
-double time_to_first_token(ModelBackend& m, int64_t L, int64_t chunk, std::mt19937_64& rng) {
+// One prompt of L tokens in pages 0.., prefilled in chunks (with Stem when `stem`: every chunk
+// carries the whole prompt length, as the engine sends it); returns ms to the last logits.
+double time_to_first_token(ModelBackend& m, int64_t L, int64_t chunk, bool stem, std::mt19937_64& rng) {
   const int32_t P = m.page_size();
   const std::vector<int32_t> prompt = random_tokens(rng, L, m.config().vocab_size);
   Tensor logits;
@@ -130,6 +138,8 @@ double time_to_first_token(ModelBackend& m, int64_t L, int64_t chunk, std::mt199
     b.max_pages = static_cast<int32_t>((end + P - 1) / P);
     for (int32_t p = 0; p < b.max_pages; ++p) b.page_table.push_back(p);
     if (end == L) b.logit_rows = {static_cast<int32_t>(end - begin - 1)};
+    b.prompt_lens = {static_cast<int32_t>(L)};
+    b.stem = {static_cast<uint8_t>(stem ? 1 : 0)};
     m.forward(b, logits);
   }
   return now_ms() - t0;
@@ -208,11 +218,13 @@ int main(int argc, char** argv) try {
                         {"config", a.config},
                         {"weights_gb", st0.weight_bytes / 1e9},
                         {"kv_pool_tokens", m->num_pages() * m->page_size()},
-                        {"chunk", a.chunk}};
+                        {"chunk", a.chunk},
+                        {"sparse_prefill", a.sparse_prefill}};
 
   std::mt19937_64 rng(1);
-  std::printf("\n%-8s %-8s %12s %12s %14s %12s %s\n", "batch", "context", "wall ms", "device ms", "GB/s", "of copy",
-              "");
+  if (!a.batches.empty() && !a.contexts.empty())
+    std::printf("\n%-8s %-8s %12s %12s %14s %12s %s\n", "batch", "context", "wall ms", "device ms", "GB/s", "of copy",
+                "");
   for (int64_t C : a.contexts)
     for (int64_t B : a.batches) {
       const DecodeResult r = time_decode(*m, B, C, a.steps);
@@ -225,18 +237,34 @@ int main(int argc, char** argv) try {
     }
 
   if (!a.ttft.empty()) {
-    time_to_first_token(*m, std::min<int64_t>(2048, a.ttft.front()), a.chunk, rng);  // warm-up
-    std::printf("\n%-10s %12s %10s\n", "prompt", "TTFT ms", "runs");
+    std::vector<std::pair<std::string, bool>> modes;
+    if (a.sparse_prefill != "stem") modes.emplace_back("dense", false);
+    if (a.sparse_prefill != "dense") modes.emplace_back("stem", true);
+    // Warm-up: first launches, GEMM plans, the stream-ordered pool; Stem's needs a prompt it
+    // makes sparse (16K: blocks 55..127 are).
+    time_to_first_token(*m, std::min<int64_t>(2048, a.ttft.front()), a.chunk, false, rng);
+    if (a.sparse_prefill != "dense") time_to_first_token(*m, 16384, a.chunk, true, rng);
+    std::printf("\n%-10s", "prompt");
+    for (const auto& [name, stem] : modes) std::printf(" %14s", (name + " TTFT ms").c_str());
+    std::printf(" %10s %s\n", "runs", modes.size() == 2 ? "  dense / stem" : "");
     for (int64_t L : a.ttft) {
       if (L > m->num_pages() * m->page_size()) {
         std::printf("%-10lld does not fit the KV pool\n", static_cast<long long>(L));
         continue;
       }
       const int runs = L <= 32768 ? 3 : 1;
-      std::vector<double> ms;
-      for (int i = 0; i < runs; ++i) ms.push_back(time_to_first_token(*m, L, a.chunk, rng));
-      std::printf("%-10lld %12.1f %10d\n", static_cast<long long>(L), median(ms), runs);
-      out["ttft"].push_back({{"tokens", L}, {"ms", median(ms)}, {"runs", runs}});
+      std::printf("%-10lld", static_cast<long long>(L));
+      std::vector<double> medians;
+      for (const auto& [name, stem] : modes) {
+        std::vector<double> ms;
+        for (int i = 0; i < runs; ++i) ms.push_back(time_to_first_token(*m, L, a.chunk, stem, rng));
+        medians.push_back(median(ms));
+        std::printf(" %14.1f", medians.back());
+        out["ttft"].push_back({{"tokens", L}, {"mode", name}, {"ms", medians.back()}, {"runs", runs}});
+      }
+      std::printf(" %10d", runs);
+      if (medians.size() == 2) std::printf("  %.2fx", medians[0] / medians[1]);
+      std::printf("\n");
       std::fflush(stdout);
     }
   }

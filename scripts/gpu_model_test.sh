@@ -6,8 +6,10 @@
 # GPU machine does not have:
 #
 #   scripts/gpu_model_test.sh pack                 # here: build (CUDA on), fill build-gpumodel-carry/
-#   scripts/gpu_model_test.sh run [quick|full|none]  # there, from the repo root, with that folder
-#                                                  # carried: tests, then benchmarks (default quick)
+#   scripts/gpu_model_test.sh run [quick|full|stem|none]  # there, from the repo root, with that
+#                                                  # folder carried: tests, then benchmarks (default
+#                                                  # quick; stem: TTFT Stem beside dense at 32K-128K,
+#                                                  # no decode, no peer)
 #
 # `run` makes head_dim 64/128 versions of the tiny fixture models with transformers first (the
 # committed ones have head_dim 16/32, which the CUDA attention kernels do not take). Logs and
@@ -109,6 +111,14 @@ json.dump(c, open('$tmp/llama8b-dummy/config.json', 'w'))"
   echo "  rc $?, $((SECONDS - start)) s, $(wc -c < "$tmp/gen.txt") bytes of text; log:"
   tail -n 4 "$tmp/gen.err" | cut -c1-240
 
+  echo "== stemserve generate --device cuda, Stem on a 1.5K-token prompt (--stem-min-prompt-len 1024)"
+  start=$SECONDS
+  "$carry/bin/stemserve" generate --model "$tmp/llama8b-dummy" --device cuda --load-format dummy \
+    --prompt "$(python3 -c 'print("the quick brown fox jumps over the lazy dog " * 170)')" --max-tokens 8 --ignore-eos \
+    --temperature 0 --stem-min-prompt-len 1024 --stem-budget-rate 0.25 --log-level debug > "$tmp/gen.txt" 2> "$tmp/gen.err"
+  echo "  rc $?, $((SECONDS - start)) s, $(grep -c 'stem: ' "$tmp/gen.err") steps with sparse blocks; log:"
+  grep -E 'stem: |prefill:|finish_reason' "$tmp/gen.err" | tail -n 4 | cut -c1-240
+
   echo "== worst relative error per check (all: model_errors.txt)"
   [ -f "$STEM_TEST_REPORT" ] && awk '{ op = $1; if (!(op in worst) || $NF + 0 > worst[op] + 0) { worst[op] = $NF; where[op] = $0 } n[op]++ }
        END { for (op in worst) printf "  %-28s %4d checks, worst %s  (%s)\n", op, n[op], worst[op], where[op] }' \
@@ -118,12 +128,15 @@ json.dump(c, open('$tmp/llama8b-dummy/config.json', 'w'))"
     local ours=() peer=()
     [ "$bench" = quick ] && ours=(--ttft 8192 --batches 1,8 --contexts 1024 --steps 10) \
       && peer=(--ttft 8192 --decode-batches 1)
+    [ "$bench" = stem ] && ours=(--ttft 32768,65536,131072 --sparse-prefill both --batches "")
     echo "== bench_model ($bench)"
     "$carry/bin/bench_model" --config "$root/bench/configs/llama-3.1-8b.json" "${ours[@]}" \
       --json "$logs/bench_model.json" 2>&1 | tee "$logs/bench.txt"
-    echo "== transformers peer"
-    PYTHONUNBUFFERED=1 python3 "$root/bench/bench_model_peer.py" --config "$root/bench/configs/llama-3.1-8b.json" \
-      "${peer[@]}" --json "$logs/bench_peer.json" 2>&1 | grep -v Warning | tee -a "$logs/bench.txt"
+    if [ "$bench" != stem ]; then
+      echo "== transformers peer"
+      PYTHONUNBUFFERED=1 python3 "$root/bench/bench_model_peer.py" --config "$root/bench/configs/llama-3.1-8b.json" \
+        "${peer[@]}" --json "$logs/bench_peer.json" 2>&1 | grep -v Warning | tee -a "$logs/bench.txt"
+    fi
   fi
   rm -rf "$tmp"
   echo "== $failed test binaries failed"
