@@ -104,7 +104,7 @@ float max_abs_diff(const float* a, const float* b, size_t n) {
 
 }  // namespace
 
-TEST_CASE("stem backend: chunked Stem prefill equals unchunked; mixed Stem and dense batches") {
+TEST_CASE("stem backend: chunked Stem prefill equals unchunked, and mixed Stem and dense batches each sequence alone") {
   auto m = backend();
   const int64_t V = m->config().vocab_size;
   const std::vector<int32_t> a = random_prompt(1500, 1), b = random_prompt(600, 2);
