@@ -17,7 +17,6 @@
 namespace stem {
 
 namespace v1 = stemserve::v1;
-using Clock = std::chrono::steady_clock;
 
 namespace {
 
@@ -28,7 +27,6 @@ struct GenerateStream {
   std::shared_ptr<std::atomic<bool>> cancel_flag = std::make_shared<std::atomic<bool>>(false);
   bool logprobs = false;
   const Tokenizer* tokenizer = nullptr;
-  ServerMetrics* metrics = nullptr;
 
   std::mutex mu;
   std::deque<v1::GenerateResponse> queue;  // messages not yet written
@@ -39,30 +37,13 @@ struct GenerateStream {
   int32_t open = 0;                        // sequences not yet finished
   grpc::Status status;                     // the first error an engine event carried
 
-  // Timing, touched only on the engine's thread.
-  Clock::time_point arrival = Clock::now();
-  std::vector<Clock::time_point> last_token;
-  int32_t unobserved = 0;
+  RequestTimer timer;  // touched only on the engine's thread
 
-  void observe(const TokenEvent& e) {
-    const auto now = Clock::now();
-    if (e.token >= 0) {
-      auto& last = last_token.at(static_cast<size_t>(e.index));
-      if (last == Clock::time_point{}) {
-        metrics->observe_first_token(std::chrono::duration<double>(now - arrival).count());
-      } else {
-        metrics->observe_inter_token(std::chrono::duration<double>(now - last).count());
-      }
-      last = now;
-    }
-    if (e.finished && --unobserved == 0)
-      metrics->observe_finished(std::chrono::duration<double>(now - arrival).count(), finish_reason_name(e.finish));
-  }
 
   // The engine's sink: the event joins the queue, merged into the sequence's queued message when
   // there is one (a slow reader gets several tokens per message rather than a growing queue).
   void push(const TokenEvent& e) {
-    observe(e);
+    timer.observe(e);
     {
       std::lock_guard lock(mu);
       if (finished || client_gone) return;
@@ -160,11 +141,10 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* start_generate(GrpcContext& ctx, grp
   try {
     ParsedGeneration parsed = parse_grpc_generate(in, ctx.model);
     const int32_t n = parsed.request.n;
-    stream->open = stream->unobserved = n;
-    stream->last_token.resize(static_cast<size_t>(n));
+    stream->open = n;
+    stream->timer.start(ctx.metrics, n);
     stream->logprobs = parsed.logprobs;
     stream->tokenizer = &ctx.model.engine->tokenizer();
-    stream->metrics = ctx.metrics;
     parsed.request.cancelled = stream->cancel_flag;
     ctx.loop->submit(std::move(parsed.request), [stream](const TokenEvent& e) { stream->push(e); });
   } catch (const ApiError& e) {

@@ -184,11 +184,7 @@ void GrpcServer::attach(const Engine& engine, EngineLoop& loop, ServerMetrics& m
   GrpcContext& c = impl_->ctx;
   c.loop = &loop;
   c.metrics = &metrics;
-  c.model.engine = &engine;
-  c.model.path = engine.model_dir().string();
-  c.model.name = impl_->options.served_model_name;
-  if (c.model.name.empty()) c.model.name = std::filesystem::path(c.model.path).lexically_normal().filename().string();
-  if (c.model.name.empty()) c.model.name = std::filesystem::path(c.model.path).parent_path().filename().string();
+  c.model = ServedModel::of(engine, impl_->options.served_model_name);
   c.ready.store(true);
   if (impl_->server && !c.draining.load()) {
     impl_->server->GetHealthCheckService()->SetServingStatus("", true);

@@ -27,26 +27,10 @@ struct Exchange {
   std::condition_variable cv;
   std::deque<TokenEvent> events;
   std::shared_ptr<std::atomic<bool>> cancelled = std::make_shared<std::atomic<bool>>(false);
-  // Timing, touched only on the engine's thread.
-  Clock::time_point arrival = Clock::now();
-  std::vector<Clock::time_point> last_token;
-  int32_t open = 0;
-  ServerMetrics* metrics = nullptr;
+  RequestTimer timer;  // touched only on the engine's thread
 
   void push(const TokenEvent& e) {
-    const auto now = Clock::now();
-    if (e.token >= 0) {
-      auto& last = last_token.at(static_cast<size_t>(e.index));
-      if (last == Clock::time_point{}) {
-        metrics->observe_first_token(std::chrono::duration<double>(now - arrival).count());
-      } else {
-        metrics->observe_inter_token(std::chrono::duration<double>(now - last).count());
-      }
-      last = now;
-    }
-    if (e.finished && --open == 0)
-      metrics->observe_finished(std::chrono::duration<double>(now - arrival).count(),
-                                finish_reason_name(e.finish));
+    timer.observe(e);
     {
       std::lock_guard lock(mu);
       events.push_back(e);
@@ -82,9 +66,7 @@ void handle_generation(HttpContext& ctx, ApiKind kind, const httplib::Request& r
   try {
     parsed = parse_generation(kind, parse_json_body(req.body), ctx.model);
     const int32_t n = parsed.request.n;
-    x->open = n;
-    x->last_token.resize(static_cast<size_t>(n));
-    x->metrics = ctx.metrics;
+    x->timer.start(ctx.metrics, n);
     parsed.request.cancelled = x->cancelled;
     ctx.loop->submit(parsed.request, [x](const TokenEvent& e) { x->push(e); });
   } catch (const ApiError& e) {

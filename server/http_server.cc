@@ -172,11 +172,7 @@ void HttpServer::attach(const Engine& engine, EngineLoop& loop, ServerMetrics& m
   HttpContext& c = impl_->ctx;
   c.loop = &loop;
   c.metrics = &metrics;
-  c.model.engine = &engine;
-  c.model.path = engine.model_dir().string();
-  c.model.name = impl_->options.served_model_name;
-  if (c.model.name.empty()) c.model.name = std::filesystem::path(c.model.path).lexically_normal().filename().string();
-  if (c.model.name.empty()) c.model.name = std::filesystem::path(c.model.path).parent_path().filename().string();
+  c.model = ServedModel::of(engine, impl_->options.served_model_name);
   c.ready.store(true);
 }
 

@@ -75,4 +75,24 @@ std::string ServerMetrics::render(const EngineCounters& c) {
   return TextSerializer().Serialize(registry_->Collect());
 }
 
+void RequestTimer::start(ServerMetrics* metrics, int32_t n) {
+  metrics_ = metrics;
+  open_ = n;
+  last_token_.assign(static_cast<size_t>(n), Clock::time_point{});
+}
+
+void RequestTimer::observe(const TokenEvent& e) {
+  const auto now = Clock::now();
+  auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
+  if (e.token >= 0) {
+    auto& last = last_token_.at(static_cast<size_t>(e.index));
+    if (last == Clock::time_point{})
+      metrics_->observe_first_token(seconds(now - arrival_));
+    else
+      metrics_->observe_inter_token(seconds(now - last));
+    last = now;
+  }
+  if (e.finished && --open_ == 0) metrics_->observe_finished(seconds(now - arrival_), finish_reason_name(e.finish));
+}
+
 }  // namespace stem

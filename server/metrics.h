@@ -2,9 +2,11 @@
 // requests running and waiting, KV-cache usage, preemptions, prompt and generated tokens,
 // histograms of time to first token, inter-token latency, end-to-end latency and batch size.
 #pragma once
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "engine/engine.h"
 
@@ -41,6 +43,22 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>* finished_;
   std::mutex mu_;  // render() turns the engine's running totals into counter increments
   EngineCounters last_;
+};
+
+// One request's latencies as its events arrive (on the engine's thread): time to first token
+// and the gaps between tokens per sequence, end to end once all of its n sequences finished.
+class RequestTimer {
+ public:
+  using Clock = std::chrono::steady_clock;
+  // Timing starts at construction (the request's arrival); start() names its n sequences.
+  void start(ServerMetrics* metrics, int32_t n);
+  void observe(const TokenEvent& e);
+
+ private:
+  ServerMetrics* metrics_ = nullptr;
+  Clock::time_point arrival_ = Clock::now();
+  std::vector<Clock::time_point> last_token_;
+  int32_t open_ = 0;
 };
 
 }  // namespace stem

@@ -1,11 +1,22 @@
 #include "server/request_parse.h"
 
 #include <cmath>
+#include <filesystem>
 #include <optional>
 
 #include "engine/tokenizer.h"
 
 namespace stem {
+
+ServedModel ServedModel::of(const Engine& engine, const std::string& served_name) {
+  ServedModel m;
+  m.engine = &engine;
+  m.path = engine.model_dir().string();
+  m.name = served_name;
+  if (m.name.empty()) m.name = std::filesystem::path(m.path).lexically_normal().filename().string();
+  if (m.name.empty()) m.name = std::filesystem::path(m.path).parent_path().filename().string();  // "dir/"
+  return m;
+}
 
 using nlohmann::json;
 

@@ -17,6 +17,8 @@ struct ServedModel {
   std::string path;  // the folder; also accepted as a model name
   const Engine* engine = nullptr;
   bool matches(const std::string& model) const { return model == name || model == path; }
+  // The engine's model under `served_name`, or under its folder's name when that is empty.
+  static ServedModel of(const Engine& engine, const std::string& served_name);
 };
 
 enum class ApiKind { Completion, Chat };
