@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/check.h"
 
@@ -18,6 +20,26 @@ void check_stem_settings(const StemSettings& s) {
   STEM_CHECK(s.budget_rate > 0 && std::isfinite(s.budget_rate), "Stem: budget rate must be positive, got ",
              s.budget_rate);
   STEM_CHECK(s.min_prompt_len >= 0, "Stem: minimum prompt length must be >= 0, got ", s.min_prompt_len);
+  STEM_CHECK(s.selector == StemSelector::TopK || s.selector == StemSelector::Threshold ||
+                 s.selector == StemSelector::None,
+             "Stem: unknown selector ", static_cast<int>(s.selector));
+  STEM_CHECK(s.threshold > 0 && s.threshold <= 1, "Stem: the threshold (softmax mass to keep) must be in (0, 1], got ",
+             s.threshold);
+}
+
+const char* stem_selector_name(StemSelector selector) {
+  switch (selector) {
+    case StemSelector::TopK: return "topk";
+    case StemSelector::Threshold: return "threshold";
+    case StemSelector::None: return "none";
+  }
+  return "?";
+}
+
+StemSelector parse_stem_selector(std::string_view name) {
+  for (StemSelector s : {StemSelector::TopK, StemSelector::Threshold, StemSelector::None})
+    if (name == stem_selector_name(s)) return s;
+  throw Error("Stem: unknown selector '" + std::string(name) + "' (topk, threshold, none)");
 }
 
 int64_t stem_num_blocks(int64_t prompt_len, const StemSettings& settings) {
@@ -36,13 +58,33 @@ int64_t stem_start_budget(int64_t nb, const StemSettings& settings) {
   return std::clamp<int64_t>(ks, 1, nb);
 }
 
-int64_t stem_row_budget(int64_t nb, int64_t block, const StemSettings& settings) {
+namespace {
+
+int64_t decayed_row_budget(int64_t nb, int64_t block, const StemSettings& settings) {
   const int64_t ks = stem_start_budget(nb, settings);
   if (block < ks) return ks;
   const int64_t span = nb - ks - 1;
   const double fraction = span > 0 ? static_cast<double>(block - ks) / static_cast<double>(span) : 0.0;
   const double k = static_cast<double>(ks) + fraction * (settings.alpha - 1.0) * static_cast<double>(ks);
   return std::clamp<int64_t>(static_cast<int64_t>(std::floor(k)), 1, ks);
+}
+
+}  // namespace
+
+int64_t stem_uniform_budget(int64_t nb, const StemSettings& settings) {
+  if (nb <= 0) return 0;
+  int64_t kept = 0;  // E
+  for (int64_t i = 0; i < nb; ++i) kept += std::min(decayed_row_budget(nb, i, settings), i + 1);
+  int64_t best = 1, best_gap = -1;
+  for (int64_t k = 1; k <= nb; ++k) {
+    const int64_t gap = std::abs(k * nb - k * (k - 1) / 2 - kept);
+    if (best_gap < 0 || gap < best_gap) best = k, best_gap = gap;
+  }
+  return best;
+}
+
+int64_t stem_row_budget(int64_t nb, int64_t block, const StemSettings& settings) {
+  return settings.position_decay ? decayed_row_budget(nb, block, settings) : stem_uniform_budget(nb, settings);
 }
 
 std::vector<StemQueryBlock> stem_query_blocks(std::span<const int32_t> kv_lens, std::span<const int32_t> query_start,
@@ -63,18 +105,27 @@ std::vector<StemQueryBlock> stem_query_blocks(std::span<const int32_t> kv_lens, 
     const int64_t first_pos = kv_len - rows;
     const bool stem_sequence = sliding_window == 0 && prompt >= settings.min_prompt_len;
     const int64_t nb = stem_num_blocks(prompt, settings);
+    const bool top_k = settings.selector == StemSelector::TopK;
+    const int64_t always = settings.sink_blocks + settings.window_blocks;  // kept whatever the scores
+    // Without position decay every row has the same budget: computed once, not per block.
+    const int64_t uniform = stem_sequence && top_k && !settings.position_decay ? stem_uniform_budget(nb, settings) : 0;
     for (int64_t i = first_pos / bs; i <= (kv_len - 1) / bs; ++i) {
       StemQueryBlock b;
       b.seq = static_cast<int32_t>(s);
       b.block = static_cast<int32_t>(i);
       const int64_t end = std::min((i + 1) * bs, kv_len);
       const bool whole = i * bs >= first_pos && end == std::min((i + 1) * bs, prompt);
-      const int64_t budget = stem_sequence && i < nb ? stem_row_budget(nb, i, settings) : i + 1;
-      if (stem_sequence && whole && budget < i + 1) {
+      int64_t budget = i + 1;
+      if (stem_sequence && i < nb && top_k) budget = settings.position_decay ? decayed_row_budget(nb, i, settings) : uniform;
+      const bool drops = top_k ? budget < i + 1 : i + 1 > always;
+      if (stem_sequence && whole && i < nb && drops) {
         b.sparse = true;
-        b.budget = static_cast<int32_t>(budget);
+        b.budget = top_k ? static_cast<int32_t>(budget) : 0;
         b.key_end = static_cast<int32_t>(end);
-        b.list_bound = static_cast<int32_t>(std::min(i + 1, budget + settings.sink_blocks + settings.window_blocks));
+        const int64_t bound = settings.selector == StemSelector::TopK   ? budget + always
+                              : settings.selector == StemSelector::None ? always
+                                                                        : i + 1;
+        b.list_bound = static_cast<int32_t>(std::min(i + 1, bound));
       } else {
         // As the attention kernel's dense lists: from the block the window reaches for the block's first row.
         const int64_t first_query = std::max(i * bs, first_pos);

@@ -5,9 +5,18 @@
 #pragma once
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 namespace stem {
+
+// How a sparse query block picks its key blocks by score (before the sink and window blocks are
+// added). TopK is Stem; the others are the baselines of the accuracy evaluation (bench/eval/).
+enum class StemSelector : int32_t {
+  TopK = 0,       // the k(i) highest scores (the position-decay budget)
+  Threshold = 1,  // XAttention-style: the fewest blocks whose softmax mass of scores reaches `threshold`
+  None = 2,       // nothing by score: the sink and window blocks only (StreamingLLM-like)
+};
 
 // Every constant of the method, with the paper's defaults. The engine maps its flags onto these.
 struct StemSettings {
@@ -20,7 +29,16 @@ struct StemSettings {
   int64_t dense_layers = 2;    // layers 0 .. dense_layers − 1 stay dense (applied by the caller)
   double budget_rate = 1.0;    // multiplies k_s (1.0: the paper's schedule)
   int64_t min_prompt_len = 8192;  // shorter prompts stay dense
+  // Selection variants (docs/stem.md, "Variants"); the defaults are Stem. A value bonus of zero is
+  // lambda = 0 (the score is then the plain pooled estimate).
+  StemSelector selector = StemSelector::TopK;
+  bool position_decay = true;  // false: the decayed schedule's total budget spread evenly (TopK)
+  double threshold = 0.9;      // Threshold: the softmax mass of a row's block scores to keep, (0, 1]
 };
+
+// "topk", "threshold", "none"; parse_stem_selector throws stem::Error naming the choices.
+const char* stem_selector_name(StemSelector selector);
+StemSelector parse_stem_selector(std::string_view name);
 
 // The budget schedule's constants (DESIGN.md §3): k_s = nb below kSmallPromptBlocks blocks,
 // int(0.2·nb + 30) below kMediumPromptBlocks, int(0.1·nb) + 30 from there on.
@@ -48,8 +66,16 @@ int64_t stem_start_budget(int64_t nb, const StemSettings& settings);
 // k(i): how many key blocks query block i keeps by score (before the sink and window blocks are
 // added). k_s while i < k_s, then decaying linearly to alpha·k_s at i = nb − 1, evaluated in
 // double in the paper's order (k_s + (i − k_s)/(nb − k_s − 1)·(α − 1)·k_s), floored, clamped to
-// [1, k_s]. When nb − k_s − 1 = 0 the fraction is taken as 0.
+// [1, k_s]. When nb − k_s − 1 = 0 the fraction is taken as 0. Without position decay: the uniform
+// budget (stem_uniform_budget), the same for every block.
 int64_t stem_row_budget(int64_t nb, int64_t block, const StemSettings& settings);
+
+// The budget without position decay: the k for every query block that keeps, in total over the
+// nb blocks, as many key blocks as the decayed schedule does. A row keeps min(k, i + 1) blocks,
+// so the totals are E = Σ_i min(k(i), i + 1) (decayed) and f(k) = Σ_i min(k, i + 1)
+// = k·nb − k(k − 1)/2; the uniform budget is the k in [1, nb] with f(k) nearest E (ties: the
+// smaller k).
+int64_t stem_uniform_budget(int64_t nb, const StemSettings& settings);
 
 // How Stem treats one query block of a step.
 struct StemQueryBlock {
@@ -69,7 +95,8 @@ struct StemQueryBlock {
 //     min((i+1)B, kv_len) = min((i+1)B, prompt_len) (a chunk that ends mid-block leaves that
 //     block dense, and so does the next chunk that starts mid-block: their query rows are not all
 //     at hand, and the pooled estimate needs all of them);
-//   - k(i) < i + 1, so that selecting drops something (the first k_s blocks are dense).
+//   - selecting can drop something: k(i) < i + 1 for TopK (the first k_s blocks are dense), and
+//     i + 1 > sink_blocks + window_blocks for Threshold and None (their budget is 0: unused).
 // Sequences with no rows this step have no blocks.
 std::vector<StemQueryBlock> stem_query_blocks(std::span<const int32_t> kv_lens, std::span<const int32_t> query_start,
                                               std::span<const int32_t> prompt_lens, int64_t sliding_window,

@@ -95,6 +95,24 @@ std::vector<int32_t> stem_top_k(std::span<const float> scores, int64_t k) {
   return order;
 }
 
+std::vector<int32_t> stem_threshold_select(std::span<const float> scores, double tau) {
+  if (scores.empty()) return {};
+  const double largest = *std::max_element(scores.begin(), scores.end());
+  std::vector<double> mass(scores.size());
+  double total = 0;
+  for (size_t j = 0; j < scores.size(); ++j) total += (mass[j] = std::exp(double{scores[j]} - largest));
+  std::vector<int32_t> order(scores.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return scores[a] > scores[b]; });
+  const double target = tau * total;
+  double kept = 0;
+  size_t count = 0;
+  while (count < order.size() && (count == 0 || kept < target)) kept += mass[order[count++]];
+  order.resize(count);
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
 StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                    const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
                    const TensorView& prompt_lens, float scale, int64_t sliding_window, const StemSettings& settings,
@@ -143,8 +161,10 @@ StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorV
       bonus(static_cast<size_t>(rows * kv_heads * cols), 0.f);
   std::vector<std::vector<int32_t>> chosen(static_cast<size_t>(rows * q_heads));
 
-  // Sparse blocks of a sequence are consecutive: pool its keys once for all of them.
-  for (int64_t r0 = 0; r0 < rows;) {
+  // Sparse blocks of a sequence are consecutive: pool its keys once for all of them. Sink and
+  // window alone (None) need no scores: they stay zeros.
+  const bool scored = settings.selector != StemSelector::None;
+  for (int64_t r0 = 0; scored && r0 < rows;) {
     const int32_t s = blocks[sparse[r0]].seq;
     int64_t r1 = r0;
     while (r1 < rows && blocks[sparse[r1]].seq == s) ++r1;
@@ -184,7 +204,10 @@ StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorV
       for (int64_t j = 0; j <= b.block; ++j)
         score[j] = logit[(r * q_heads + h) * cols + j] + bonus[(r * kv_heads + h / group) * cols + j];
       std::vector<char> keep(score.size(), 0);
-      for (int32_t j : stem_top_k(score, b.budget)) keep[j] = 1;
+      if (settings.selector == StemSelector::TopK)
+        for (int32_t j : stem_top_k(score, b.budget)) keep[j] = 1;
+      else if (settings.selector == StemSelector::Threshold)
+        for (int32_t j : stem_threshold_select(score, settings.threshold)) keep[j] = 1;
       for (int64_t j = 0; j < std::min<int64_t>(settings.sink_blocks, b.block + 1); ++j) keep[j] = 1;
       for (int64_t j = std::max<int64_t>(0, b.block - settings.window_blocks + 1); j <= b.block; ++j) keep[j] = 1;
       std::vector<int32_t>& list = chosen[static_cast<size_t>(r * q_heads + h)];

@@ -54,4 +54,9 @@ StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorV
 // Top-k of one row: the `k` largest of scores[0..n) (ties: lower index first), ascending index.
 std::vector<int32_t> stem_top_k(std::span<const float> scores, int64_t k);
 
+// Threshold selection of one row (StemSelector::Threshold): with p[j] = exp(scores[j] − max), in
+// double, the fewest of the largest scores (ties: lower index first) whose p sums to at least
+// tau·Σp, at least one; ascending index. tau in (0, 1].
+std::vector<int32_t> stem_threshold_select(std::span<const float> scores, double tau);
+
 }  // namespace stem::cpu

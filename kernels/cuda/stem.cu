@@ -157,6 +157,14 @@ void check_stem_cuda(const StemSettings& st, int64_t head_dim) {
   STEM_CHECK(st.stride * head_dim % 64 == 0, "stem (CUDA): stride · head dim must be a multiple of 64");
 }
 
+// Launch 5 for one selector (select_kernel's template argument).
+template <StemSelector kSelector>
+void launch_select(dim3 grid, int smem, cudaStream_t stream, const Params& p) {
+  attn::allow_smem(reinterpret_cast<const void*>(&select_kernel<kSelector>), smem, "stem_plan");
+  select_kernel<kSelector><<<grid, kSelectThreads, smem, stream>>>(p);
+  STEM_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 // Builds plans; a friend of StemPlan.
@@ -213,6 +221,7 @@ struct StemPlanner {
     p.lambda = static_cast<float>(st.lambda);
     p.sinks = static_cast<int32_t>(std::min<int64_t>(st.sink_blocks, 1 << 30));
     p.window = static_cast<int32_t>(std::min<int64_t>(st.window_blocks, 1 << 30));
+    p.threshold = st.threshold;
     p.rows = reinterpret_cast<const Row*>(base + l.rows_at);
     p.key_jobs = reinterpret_cast<const KeyJob*>(base + l.jobs_at);
     p.stats_jobs = reinterpret_cast<const StatsJob*>(base + l.stats_at);
@@ -242,7 +251,8 @@ struct StemPlanner {
     p.indices = reinterpret_cast<int32_t*>(base + l.indices_at);
 
     const unsigned pool_threads = static_cast<unsigned>(st.stride * d / 8);
-    if (p.n_rows > 0) {
+    // Sink and window alone (StemSelector::None) read no scores: no estimate.
+    if (p.n_rows > 0 && st.selector != StemSelector::None) {
       pool_queries_kernel<<<dim3(p.n_rows, p.q_heads), pool_threads, 0, stream>>>(p);
       STEM_CUDA_CHECK_LAUNCH();
       pool_keys_kernel<<<dim3(p.n_key_jobs, p.kv_heads), pool_threads, 0, stream>>>(p);
@@ -256,9 +266,14 @@ struct StemPlanner {
     if (estimated) CUDA_CHECK(cudaEventRecord(estimated, stream));
     if (p.n_rows > 0) {
       const int smem = select_smem_bytes(p.cols);
-      attn::allow_smem(reinterpret_cast<const void*>(&select_kernel), smem, "stem_plan");
-      select_kernel<<<dim3(p.n_rows, p.kv_heads), kSelectThreads, smem, stream>>>(p);
-      STEM_CUDA_CHECK_LAUNCH();
+      const dim3 grid(p.n_rows, p.kv_heads);
+      if (st.selector == StemSelector::TopK) {
+        launch_select<StemSelector::TopK>(grid, smem, stream, p);
+      } else if (st.selector == StemSelector::Threshold) {
+        launch_select<StemSelector::Threshold>(grid, smem, stream, p);
+      } else {
+        launch_select<StemSelector::None>(grid, smem, stream, p);
+      }
     }
     const int64_t items = int64_t{p.n_qblocks} * p.q_heads;
     if (items > 0) {

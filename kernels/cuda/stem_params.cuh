@@ -47,6 +47,7 @@ struct Params {
   float factor;                      // scale / (S·R²)
   float lambda;
   int32_t sinks, window;
+  double threshold;  // StemSelector::Threshold: the softmax mass each row keeps
   // The host's layout.
   const Row* rows;
   const KeyJob* key_jobs;

@@ -1,10 +1,12 @@
 // Stem's selection on the device (launches 5–7 of kernels/cuda/stem.cuh): value bonus and top-k per
 // query block and head, then the CSR lists. Include from stem.cu only (device code).
 #pragma once
+#include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
 #include <cstdint>
 
+#include "kernels/cpu/stem.h"
 #include "kernels/cuda/stem_params.cuh"
 
 namespace stem::cuda::stem_kernels {
@@ -19,6 +21,71 @@ __device__ __forceinline__ uint32_t order_key(float score) {
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
+// The score a key stands for (order_key's inverse; −0 comes back as +0).
+__device__ __forceinline__ float key_score(uint32_t key) {
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key);
+}
+
+// Where a row's selection cuts the ranking by (key desc, j asc): every key above `prefix`, and the
+// first `remaining` of the `equal` keys equal to it.
+struct Cut {
+  uint32_t prefix;
+  int remaining, equal;
+};
+
+// Σ over the keys ≥ at of exp(score − top), in double. Each thread sums j ≡ tid (mod threads) in
+// ascending j, then one block reduction: the same order of additions for every `at`, so the sum
+// over every key (at = 0) is the total bit for bit. Every thread gets the result.
+__device__ double mass_from(const uint32_t* keys, int n, uint32_t at, double top) {
+  using Reduce = cub::BlockReduce<double, kSelectThreads>;
+  __shared__ typename Reduce::TempStorage temp;
+  __shared__ double result;
+  double sum = 0;
+  for (int j = threadIdx.x; j < n; j += kSelectThreads)
+    if (keys[j] >= at) sum += exp(static_cast<double>(key_score(keys[j])) - top);
+  const double total = Reduce(temp).Sum(sum);
+  if (threadIdx.x == 0) result = total;
+  __syncthreads();
+  const double mass = result;
+  __syncthreads();  // temp and result are reused by the next call
+  return mass;
+}
+
+// Threshold selection (StemSelector::Threshold) of one row of n keys, as cpu::stem_threshold_select:
+// the fewest of the largest scores whose exp(score − max) sum to tau·total. A bisection over the
+// key space finds the largest key v with mass(keys ≥ v) ≥ tau·total; the keys above v fall short,
+// so the cut is all of them and as many keys equal to v (ties: lower j) as make up the rest.
+__device__ Cut threshold_cut(const uint32_t* keys, int n, double tau) {
+  __shared__ unsigned largest;
+  __shared__ int equal_count;
+  if (threadIdx.x == 0) largest = 0, equal_count = 0;
+  __syncthreads();
+  unsigned mine = 0;
+  for (int j = threadIdx.x; j < n; j += kSelectThreads) mine = max(mine, keys[j]);
+  atomicMax(&largest, mine);
+  __syncthreads();
+  const uint32_t top_key = largest;
+  const double top = key_score(top_key), target = tau * mass_from(keys, n, 0u, top);
+  uint32_t lo = 0, hi = top_key;  // mass(≥ lo) ≥ target holds for lo = 0 (tau ≤ 1)
+  while (lo < hi) {
+    const uint32_t mid = lo + static_cast<uint32_t>((uint64_t{hi} - lo + 1) / 2);
+    if (mass_from(keys, n, mid, top) >= target)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const double above = lo < 0xFFFFFFFFu ? mass_from(keys, n, lo + 1, top) : 0.0;
+  int mine_equal = 0;
+  for (int j = threadIdx.x; j < n; j += kSelectThreads) mine_equal += keys[j] == lo;
+  atomicAdd(&equal_count, mine_equal);
+  __syncthreads();
+  const int equal = equal_count;
+  const double each = exp(static_cast<double>(key_score(lo)) - top);
+  const int need = static_cast<int>(ceil((target - above) / each));
+  __syncthreads();  // largest and equal_count are reused by the next head
+  return {lo, max(1, min(need, equal)), equal};
+}
+
 // Shared memory of the select kernel for estimate rows of `cols` entries: the keys and the bonus.
 inline int select_smem_bytes(int cols) { return cols * 4 + cols * 4; }
 
@@ -27,7 +94,10 @@ inline int select_smem_bytes(int cols) { return cols * 4 + cols * 4; }
 // for each query head of the group the k(i)-th largest key by a radix select (four 8-bit digits,
 // most significant first, a shared histogram each), and one pass that keeps the keys above it,
 // the first equal ones in ascending j (ties to the lower block), the sinks and the window,
-// compacted into the head's slot in ascending j. Grid (rows, Hkv).
+// compacted into the head's slot in ascending j. Grid (rows, Hkv). kSelector: TopK is Stem (the
+// radix select); Threshold cuts where threshold_cut says instead; None keeps the sinks and the
+// window alone (no scores are read: the estimate is not computed for it).
+template <StemSelector kSelector>
 __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Params p) {
   using Scan = cub::BlockScan<int, kSelectThreads>;
   __shared__ typename Scan::TempStorage temp, temp2;
@@ -47,7 +117,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Params p) 
   const double var = c > 1 ? fmax(0.0, (p2[c] - c * mean * mean) / (c - 1)) : 0.0;
   const float mean_f = static_cast<float>(mean), inv_std = static_cast<float>(1.0 / (sqrt(var) + 1e-6));
   const float* u = p.u + g * p.u_stride + row.u_base;
-  for (int j = tid; j < n; j += kSelectThreads) {
+  for (int j = tid; j < n && kSelector != StemSelector::None; j += kSelectThreads) {
     const int first = j * p.per_block, count = min(p.per_block, c - first);
     float sum = 0.f;
     for (int x = first; x < first + count; ++x) sum += fmaxf(0.f, (u[x] - mean_f) * inv_std);
@@ -58,13 +128,21 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Params p) 
     const int h = g * p.group + hh;
     __syncthreads();  // bonus ready; the previous head's keys no longer read
     const float* m = p.estimate + (int64_t{blockIdx.x} * p.q_heads + h) * p.cols;
-    for (int j = tid; j < n; j += kSelectThreads) keys[j] = order_key(m[j] + bonus[j]);
+    for (int j = tid; j < n; j += kSelectThreads)
+      keys[j] = kSelector == StemSelector::None ? 0u : order_key(m[j] + bonus[j]);
 
     // The k-th largest key, digit by digit: among the keys that match the digits found so far,
     // the digit whose bucket holds the remaining-th largest.
     uint32_t prefix = 0, mask = 0;
     int remaining = row.budget, equal = 0;
-    for (int shift = 24; shift >= 0; shift -= 8) {
+    if constexpr (kSelector == StemSelector::Threshold) {
+      __syncthreads();  // keys ready
+      const Cut cut = threshold_cut(keys, n, p.threshold);
+      prefix = cut.prefix, remaining = cut.remaining, equal = cut.equal;
+    } else if constexpr (kSelector == StemSelector::None) {
+      prefix = 0xFFFFFFFFu, remaining = 0;  // no key is above it, none of the equal ones is kept
+    }
+    for (int shift = 24; shift >= 0 && kSelector == StemSelector::TopK; shift -= 8) {
       hist[tid] = 0;  // kSelectThreads == 256 bins
       __syncthreads();
       // Most keys share their top digit (sign and exponent): lanes with equal digits add once.

@@ -1,42 +1,13 @@
 // Stem under chunked prefill (CPU reference): a prompt planned in one step and in chunks chooses
 // the same blocks for every query block both see whole; chunks that cut a block leave that block
 // dense; sequences batched together plan as they would alone.
-#include <map>
-#include <utility>
-
 #include "tests/catch.h"
 #include "tests/kernels/test_stem_util.h"
 
 using namespace stem;
+using stem_test::Lists;
+using stem_test::plan_chunk;
 using stem_test::Step;
-
-namespace {
-
-using Lists = std::map<std::pair<int32_t, int32_t>, std::vector<int32_t>>;  // (block i, head h) → list
-
-// Plans rows [begin, end) of sequence 0 of `step` (whose cache holds the whole prompt) as one
-// step with kv_len = end, and returns its lists by (i, h), with the sparse blocks in *sparse.
-Lists plan_chunk(Step& step, int32_t begin, int32_t end, float scale, const StemSettings& st,
-                 std::map<int32_t, bool>* sparse = nullptr) {
-  std::vector<int32_t> lens = {end}, starts = {0, end - begin}, prompts = {step.prompt_lens[0]};
-  TensorView table(step.page_table.data(), DType::I32, {1, step.max_pages});
-  const TensorView q = Step::view(step.q, {step.tokens, step.q_heads, step.dim}).rows(begin, end);
-  cpu::StemScores scores;
-  const cpu::StemPlan plan = cpu::stem_plan(
-      q, step.cache_view(step.k_cache), step.cache_view(step.v_cache), table, TensorView(lens.data(), DType::I32, {1}),
-      TensorView(starts.data(), DType::I32, {2}), TensorView(prompts.data(), DType::I32, {1}), scale, 0, st, &scores);
-  Lists lists;
-  for (int64_t b = 0; b < plan.n_qblocks(); ++b)
-    for (int64_t h = 0; h < step.q_heads; ++h) {
-      const auto list = plan.list(b, h);
-      lists[{plan.qblocks[2 * b + 1], static_cast<int32_t>(h)}] = std::vector<int32_t>(list.begin(), list.end());
-    }
-  if (sparse)
-    for (const StemQueryBlock& b : scores.blocks) (*sparse)[b.block] = true;
-  return lists;
-}
-
-}  // namespace
 
 TEST_CASE("stem chunked and unchunked prefill choose the same blocks") {
   const uint64_t seed = ktest::test_seed();
