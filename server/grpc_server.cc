@@ -8,6 +8,8 @@
 #include <filesystem>
 
 #include "engine/tokenizer.h"
+#include "server/auth.h"
+#include "server/grpc_auth_interceptor.h"
 #include "server/grpc_context.h"
 #include "server/grpc_convert.h"
 #include "stemserve/v1/stemserve.grpc.pb.h"
@@ -17,15 +19,6 @@ namespace stem {
 namespace v1 = stemserve::v1;
 
 namespace {
-
-// Compares in time that depends only on the expected value's length, so response timing does not
-// reveal how much of a guessed key was right.
-bool constant_time_equal(std::string_view given, std::string_view expected) {
-  unsigned char diff = given.size() != expected.size();
-  for (size_t i = 0; i < expected.size(); ++i)
-    diff |= static_cast<unsigned char>((i < given.size() ? given[i] : 0) ^ expected[i]);
-  return diff == 0;
-}
 
 // Every method takes and gives raw bytes and parses them itself: a request that does not parse
 // (invalid UTF-8 in a string field) is then INVALID_ARGUMENT, where gRPC's own parsing says INTERNAL.
@@ -151,7 +144,7 @@ struct GrpcServer::Impl {
 
 GrpcServer::GrpcServer(const GrpcOptions& options) : impl_(std::make_unique<Impl>()) {
   impl_->options = options;
-  if (!options.api_key.empty()) impl_->ctx.expected_auth = "Bearer " + options.api_key;
+  impl_->ctx.expected_auth = expected_authorization(options.api_key);
 }
 
 GrpcServer::~GrpcServer() { shutdown(std::chrono::milliseconds(0)); }
@@ -169,6 +162,12 @@ void GrpcServer::start() {
   // silently instead of failing as the HTTP port does.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(&m.service);
+  // With an API key, reflection asks for it too; health stays open, as GET /health does.
+  if (auto auth = make_reflection_auth(m.ctx.expected_auth)) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+    interceptors.push_back(std::move(auth));
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   m.server = builder.BuildAndStart();
   if (!m.server || m.port == 0)
     throw Error("cannot listen for gRPC on " + address + " (is the address in use or not local? --grpc-port -1 turns gRPC off)");

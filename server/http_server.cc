@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "engine/tokenizer.h"
+#include "server/auth.h"
 #include "server/http_context.h"
 #include "server/openai_response.h"
 
@@ -25,15 +26,6 @@ void send_error(httplib::Response& res, const ApiError& e) {
 }
 
 namespace {
-
-// Compares in time that depends only on the expected key's length, so response timing does not
-// reveal how much of a guessed key was right.
-bool constant_time_equal(const std::string& given, const std::string& expected) {
-  unsigned char diff = given.size() != expected.size();
-  for (size_t i = 0; i < expected.size(); ++i)
-    diff |= static_cast<unsigned char>((i < given.size() ? given[i] : 0) ^ expected[i]);
-  return diff == 0;
-}
 
 // Runs a handler body: ApiErrors become their status, other stem::Errors 400 (they come from
 // validating the request), anything else 500; the server never dies on a request.
@@ -64,7 +56,7 @@ struct HttpServer::Impl {
 };
 
 void HttpServer::Impl::routes() {
-  const std::string expected_auth = options.api_key.empty() ? "" : "Bearer " + options.api_key;
+  const std::string expected_auth = expected_authorization(options.api_key);
   server.set_pre_routing_handler([this, expected_auth](const httplib::Request& req, httplib::Response& res) {
     if (req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
     if (!expected_auth.empty() && !constant_time_equal(req.get_header_value("Authorization"), expected_auth)) {

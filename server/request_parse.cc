@@ -219,8 +219,8 @@ ParsedGeneration parse_generation(ApiKind kind, const json& body, const ServedMo
   if (prompt_len == 0) bad(kind == ApiKind::Chat ? "messages" : "prompt", "the prompt is empty after tokenization");
   if (prompt_len >= context)
     bad(kind == ApiKind::Chat ? "messages" : "prompt",
-        "This model's maximum context length is " + std::to_string(context) + " tokens. However, your prompt has " +
-            std::to_string(prompt_len) + " tokens (at least one more is needed for the completion).");
+        "This model's maximum context length is " + std::to_string(context) + " tokens (--max-model-len). However, "
+        "your prompt has " + std::to_string(prompt_len) + " tokens (at least one more is needed for the completion).");
 
   std::optional<int64_t> max_tokens = get_int(body, "max_tokens");
   const char* max_name = "max_tokens";
@@ -231,14 +231,16 @@ ParsedGeneration parse_generation(ApiKind kind, const json& body, const ServedMo
   const int64_t max_new = max_tokens.value_or(kind == ApiKind::Chat ? room : std::min<int64_t>(16, room));
   if (max_new < 1) bad(max_name, std::string("'") + max_name + "' must be at least 1");
   if (max_new > room)
-    bad(max_name, "This model's maximum context length is " + std::to_string(context) + " tokens. However, you requested " +
+    bad(max_name, "This model's maximum context length is " + std::to_string(context) +
+                      " tokens (--max-model-len). However, you requested " +
                       std::to_string(prompt_len + max_new) + " tokens (" + std::to_string(prompt_len) +
                       " in the prompt, " + std::to_string(max_new) + " for the completion).");
   r.stop.max_tokens = static_cast<int32_t>(max_new);
 
   if (auto n = get_int(body, "n")) {
     if (*n < 1 || *n > engine.options().max_num_seqs)
-      bad("n", "'n' must be between 1 and " + std::to_string(engine.options().max_num_seqs));
+      bad("n", "'n' must be between 1 and " + std::to_string(engine.options().max_num_seqs) +
+                   " (the server's --max-num-seqs)");
     r.n = static_cast<int32_t>(*n);
   }
   if (auto best_of = get_int(body, "best_of"); best_of && *best_of != r.n)

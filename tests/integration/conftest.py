@@ -37,14 +37,16 @@ class Server:
     """One stemserve process; `url` is its base URL once /health answers 200; `grpc_target` is
     host:port of its gRPC API (None when started with --grpc-port -1)."""
 
-    def __init__(self, *args, env=None):
+    def __init__(self, *args, env=None, host="127.0.0.1", wrapper=()):
         model = _model()
         if not (model / "model.safetensors").exists():
             pytest.skip(f"default model not prepared at {model}")
         self.log = tempfile.NamedTemporaryFile(prefix="stemserve-", suffix=".log", delete=False)
         # A fixed gRPC port would clash between the servers the tests run at once.
         grpc_args = [] if "--grpc-port" in args else ["--grpc-port", "0"]
-        cmd = [str(_binary()), "serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0",
+        # host=None leaves --host out (the binary's default); `wrapper` runs it under a tool (strace).
+        host_args = ["--host", host] if host else []
+        cmd = [*wrapper, str(_binary()), "serve", "--model", str(model), *host_args, "--port", "0",
                "--max-model-len", "512", *grpc_args, *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env={**os.environ, **(env or {})})
@@ -143,8 +145,8 @@ def make_server():
     """Starts extra servers with their own flags; stops them at the end of the test."""
     started = []
 
-    def make(*args, env=None):
-        s = Server(*args, env=env)
+    def make(*args, env=None, **kw):
+        s = Server(*args, env=env, **kw)
         started.append(s)
         return s
 
