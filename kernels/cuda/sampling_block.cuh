@@ -1,0 +1,197 @@
+// Block-wide building blocks of the sampling kernel (kernels/cuda/sampling.cu): float keys,
+// reductions, an exclusive scan in thread order, and the radix select that finds the top-k and
+// top-p thresholds without sorting. Device code only; every function is called by the whole block.
+#pragma once
+#include <cstdint>
+
+namespace stem::cuda::sampling {
+
+constexpr int kThreads = 512;  // one block per row
+constexpr int kWarps = kThreads / 32;
+constexpr int kItems = 4;  // consecutive ids per thread in the id-ordered scans
+constexpr int kTile = kThreads * kItems;
+
+// NaN never wins (read as -inf); -0 and +0 are one value, so one key.
+__device__ __forceinline__ float canonical(float x) { return isnan(x) ? -INFINITY : (x == 0.0f ? 0.0f : x); }
+
+// A larger float has a larger key (the twin's key_of).
+__device__ __forceinline__ uint32_t key_of(float x) {
+  const uint32_t u = __float_as_uint(x);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Shared memory of one block. Reused by the passes one after another.
+struct Shared {
+  double mass[256];
+  unsigned count[256];
+  double dbuf[kWarps];
+  float fbuf[kWarps];
+  int ibuf[kWarps];
+  uint32_t bin;
+  double above;
+  double total;
+  int found;
+  int top_gt;
+  int top_id[20];
+  float top_val[20];
+};
+
+__device__ __forceinline__ double block_sum(double v, Shared& sh) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();  // the previous user of dbuf is done
+  if ((threadIdx.x & 31) == 0) sh.dbuf[threadIdx.x >> 5] = v;
+  __syncthreads();
+  double s = 0;
+  for (int w = 0; w < kWarps; ++w) s += sh.dbuf[w];  // same order in every thread: one result
+  return s;
+}
+
+__device__ __forceinline__ int block_max(int v, Shared& sh) {
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) sh.ibuf[threadIdx.x >> 5] = v;
+  __syncthreads();
+  int m = sh.ibuf[0];
+  for (int w = 1; w < kWarps; ++w) m = max(m, sh.ibuf[w]);
+  return m;
+}
+
+// Exclusive prefix sum over the threads in order; `total` gets the block's sum (the same value,
+// summed in the same order, in every thread).
+template <typename T>
+__device__ __forceinline__ T block_exclusive_scan(T v, T* buf, T& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  T incl = v;
+  for (int o = 1; o < 32; o <<= 1) {
+    const T t = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += t;
+  }
+  T excl = __shfl_up_sync(0xffffffffu, incl, 1);
+  if (lane == 0) excl = T(0);
+  __syncthreads();
+  if (lane == 31) buf[warp] = incl;
+  __syncthreads();
+  T before = T(0), all = T(0);
+  for (int w = 0; w < kWarps; ++w) {
+    if (w < warp) before += buf[w];
+    all += buf[w];
+  }
+  total = all;
+  return before + excl;
+}
+
+// Online log-sum-exp state: sum of exp(x − m), in double.
+struct Lse {
+  float m = -INFINITY;
+  double s = 0;
+  __device__ __forceinline__ void add(float x) {
+    if (x == -INFINITY) return;
+    if (x > m) {
+      s = (m == -INFINITY ? 0.0 : s * exp(static_cast<double>(m) - x)) + 1.0;
+      m = x;
+    } else {
+      s += exp(static_cast<double>(x) - m);
+    }
+  }
+  __device__ __forceinline__ void merge(float m2, double s2) {
+    if (m2 == -INFINITY) return;
+    if (m == -INFINITY) {
+      m = m2;
+      s = s2;
+      return;
+    }
+    const float mm = fmaxf(m, m2);
+    s = s * exp(static_cast<double>(m) - mm) + s2 * exp(static_cast<double>(m2) - mm);
+    m = mm;
+  }
+};
+
+// Radix select over the keys of row w (canonical) that are >= floor_key: the largest key T with
+// weight(key >= T) >= target, where weight is 1 per element (kMass false: T is the target-th
+// largest key) or e = exp((x − m)·inv_t) (kMass true). With `fraction`, target is a fraction of
+// the whole weight, which the first pass measures (returned in sh.total). On return *above is
+// the weight of the keys > T. If rounding leaves the target unreached, T is the smallest key.
+template <bool kMass>
+__device__ uint32_t radix_select(const float* __restrict__ w, int V, uint32_t floor_key, double target,
+                                 bool fraction, float m, double inv_t, Shared& sh, double* above_out) {
+  const int lane = threadIdx.x & 31;
+  uint32_t prefix = 0;
+  double above = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int b = threadIdx.x; b < 256; b += kThreads) {
+      sh.mass[b] = 0;
+      sh.count[b] = 0;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < V; i += kThreads) {
+      const float x = canonical(w[i]);
+      const uint32_t k = key_of(x);
+      if (k < floor_key) continue;
+      if (shift < 24 && (k >> (shift + 8)) != (prefix >> (shift + 8))) continue;
+      const int bin = (k >> shift) & 255;
+      if constexpr (kMass)
+        atomicAdd(&sh.mass[bin], exp((static_cast<double>(x) - m) * inv_t));
+      else
+        atomicAdd(&sh.count[bin], 1u);
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      // Lane l owns bins 255−8l down to 248−8l: lane order is descending key order.
+      double v[8], chunk = 0;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int b = 255 - 8 * lane - j;
+        v[j] = kMass ? sh.mass[b] : static_cast<double>(sh.count[b]);
+        chunk += v[j];
+      }
+      double incl = chunk;
+      for (int o = 1; o < 32; o <<= 1) {
+        const double t = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += t;
+      }
+      double excl = __shfl_up_sync(0xffffffffu, incl, 1);
+      if (lane == 0) excl = 0;
+      double goal = target;
+      if (shift == 24 && fraction) {
+        const double all = __shfl_sync(0xffffffffu, incl, 31);
+        goal = target * all;
+        if (lane == 0) sh.total = all;
+      }
+      const unsigned hit = __ballot_sync(0xffffffffu, above + incl >= goal);
+      const unsigned nonempty = __ballot_sync(0xffffffffu, chunk > 0);
+      // The first lane that reaches the goal; if none (rounding), the last lane with weight.
+      const int pick = hit ? __ffs(hit) - 1 : (nonempty ? 31 - __clz(nonempty) : 31);
+      if (lane == pick) {
+        double acc = above + excl, acc_at = acc, acc_nz = acc;
+        int chosen = -1, last_nz = 255 - 8 * lane - 7;
+        for (int j = 0; j < 8; ++j) {
+          const int b = 255 - 8 * lane - j;
+          if (v[j] > 0) {
+            last_nz = b;
+            acc_nz = acc;
+          }
+          if (hit && acc + v[j] >= goal) {
+            chosen = b;
+            acc_at = acc;
+            break;
+          }
+          acc += v[j];
+        }
+        if (chosen < 0) {  // rounding between the lane sums and the bin sums: the last bin with weight
+          chosen = last_nz;
+          acc_at = acc_nz;
+        }
+        sh.bin = static_cast<uint32_t>(chosen);
+        sh.above = acc_at;
+      }
+    }
+    __syncthreads();
+    prefix |= sh.bin << shift;
+    above = sh.above;
+    if (shift == 24 && fraction) target *= sh.total;  // every thread's goal from now on
+  }
+  *above_out = above;
+  return prefix;
+}
+
+}  // namespace stem::cuda::sampling
