@@ -184,9 +184,20 @@ StepStats Engine::step() {
   stats.num_seqs = b.num_seqs();
   stats.num_tokens = b.num_tokens();
 
+  // How to sample each logit row: the op's parameters and, where a penalty is on, the
+  // sequence's penalty tokens (kept incrementally by its Sampler).
+  SamplingBatch sb;
+  for (Sequence* s : sampled) {
+    const int64_t prompt_len = s->request->prompt_len;
+    sb.add_row(s->sampler.row(static_cast<int64_t>(s->tokens.size()) - prompt_len));
+    const std::span<const PenaltyToken> pen = s->sampler.penalties(s->tokens, prompt_len);
+    sb.add_penalties(pen.data(), pen.size());
+  }
+
   const auto t0 = std::chrono::steady_clock::now();
+  SampledTokens out;
   try {
-    backend_->forward(b, logits_);
+    backend_->forward_sample(b, sb, out);
   } catch (const std::exception& e) {
     // A failed step poisons only the requests in it; the engine goes on with the others.
     spdlog::error("forward step failed ({} sequences, {} tokens): {}", stats.num_seqs, stats.num_tokens, e.what());
@@ -210,13 +221,10 @@ StepStats Engine::step() {
                   "(cpu)", stats.stem.sparse_blocks, stats.stem_seqs, stats.stem.skipped_key_blocks,
                   stats.stem.causal_key_blocks);
 
-  const int64_t V = config_.vocab_size;
   for (size_t r = 0; r < sampled.size(); ++r) {
     Sequence& s = *sampled[r];
     const int64_t prompt_len = s.request->prompt_len;
-    const std::span<const int32_t> all(s.tokens);
-    SampleResult sample = s.sampler.sample(std::span<const float>(logits_.ptr<float>() + r * V, V),
-                                           all.first(prompt_len), all.subspan(prompt_len));
+    SampleResult sample = s.sampler.result(out, static_cast<int64_t>(r), config_.vocab_size);
     s.tokens.push_back(sample.token);
     ++generation_tokens_total_;
     ++stats.num_sampled;

@@ -2,11 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
-#include <numeric>
-#include <unordered_map>
 
 #include "kernels/check.h"
+#include "models/backend.h"
 
 namespace stem {
 
@@ -23,112 +21,79 @@ void SamplingParams::validate() const {
 }
 
 Sampler::Sampler(const SamplingParams& params, uint64_t fallback_seed)
-    : params_(params), rng_(params.seed.value_or(fallback_seed)) {}
+    : params_(params), seed_(params.seed.value_or(fallback_seed)) {}
 
-double Sampler::uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+SamplingRow Sampler::row(int64_t generated) const {
+  SamplingRow r;
+  r.temperature = params_.temperature;
+  r.top_k = params_.top_k;
+  r.top_p = params_.top_p;
+  r.min_p = params_.min_p;
+  r.repetition_penalty = params_.repetition_penalty;
+  r.presence_penalty = params_.presence_penalty;
+  r.frequency_penalty = params_.frequency_penalty;
+  r.top_logprobs = params_.top_logprobs;
+  r.logprobs = params_.logprobs ? 1 : 0;
+  r.seed = seed_;
+  r.step = static_cast<uint64_t>(generated);
+  return r;
+}
 
-namespace {
-
-// log-softmax value of logits[id], with the row's max and log-sum-exp precomputed.
-struct LogSoftmax {
-  float max = -std::numeric_limits<float>::infinity();
-  double log_sum = 0;
-  explicit LogSoftmax(std::span<const float> x) {
-    for (float v : x) max = std::max(max, v);
-    double s = 0;
-    for (float v : x) s += std::exp(static_cast<double>(v) - max);
-    log_sum = std::log(s);
+std::span<const PenaltyToken> Sampler::penalties(std::span<const int32_t> tokens, int64_t prompt_len) {
+  const bool repetition = params_.repetition_penalty != 1.0f;
+  if (!repetition && params_.presence_penalty == 0.0f && params_.frequency_penalty == 0.0f) return {};
+  if (tokens.size() < seen_) {  // not the sequence this list was built from: start over
+    list_.clear();
+    index_.clear();
+    seen_ = 0;
   }
-  float operator()(float v) const { return static_cast<float>(static_cast<double>(v) - max - log_sum); }
-};
-
-}  // namespace
+  for (; seen_ < tokens.size(); ++seen_) {
+    const bool prompt = static_cast<int64_t>(seen_) < prompt_len;
+    // Presence and frequency count output tokens only: without repetition, prompt tokens do nothing.
+    if (prompt && !repetition) continue;
+    const int32_t id = tokens[seen_];
+    auto [it, added] = index_.try_emplace(id, static_cast<int32_t>(list_.size()));
+    if (added) list_.push_back(PenaltyToken{id, 0, 0});
+    PenaltyToken& p = list_[static_cast<size_t>(it->second)];
+    if (prompt)
+      p.in_prompt = 1;
+    else
+      ++p.output_count;
+  }
+  return list_;
+}
 
 SampleResult Sampler::sample(std::span<const float> logits, std::span<const int32_t> prompt,
                              std::span<const int32_t> output) {
-  const int32_t V = static_cast<int32_t>(logits.size());
+  const auto V = static_cast<int64_t>(logits.size());
   STEM_CHECK(V > 0, "empty logits");
-  work_.assign(logits.begin(), logits.end());
+  std::vector<int32_t> tokens(prompt.begin(), prompt.end());
+  tokens.insert(tokens.end(), output.begin(), output.end());
+  Sampler fresh(params_, seed_);  // this call's own penalty list: prompt and output may be any tokens
+  const std::span<const PenaltyToken> pen = fresh.penalties(tokens, static_cast<int64_t>(prompt.size()));
+  for (const PenaltyToken& p : pen)
+    STEM_CHECK(p.id >= 0 && p.id < V, "token id ", p.id, " is outside the vocabulary of ", V);
 
-  // Penalties, as vLLM applies them: repetition on prompt+output, presence/frequency on output.
-  if (params_.repetition_penalty != 1.0f) {
-    auto penalise = [&](int32_t t) {
-      if (t < 0 || t >= V) return;
-      float& l = work_[t];
-      l = l > 0 ? l / params_.repetition_penalty : l * params_.repetition_penalty;
-    };
-    std::vector<bool> seen(V, false);
-    for (auto span : {prompt, output})
-      for (int32_t t : span)
-        if (t >= 0 && t < V && !seen[t]) {
-          seen[t] = true;
-          penalise(t);
-        }
-  }
-  if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) {
-    std::unordered_map<int32_t, int32_t> counts;
-    for (int32_t t : output) ++counts[t];
-    for (auto [t, n] : counts)
-      if (t >= 0 && t < V) work_[t] -= params_.frequency_penalty * n + params_.presence_penalty;
-  }
+  SamplingBatch batch;
+  batch.add_row(row(static_cast<int64_t>(output.size())));
+  batch.add_penalties(pen.data(), pen.size());
+  SampledTokens out;
+  out.resize(1);
+  cpu::sample(out.outputs(), TensorView(const_cast<float*>(logits.data()), DType::F32, {1, V}), batch.inputs(),
+              TensorView());
+  return result(out, 0, V);
+}
 
-  SampleResult r;
-  if (params_.greedy()) {
-    r.token = static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
-  } else {
-    // Candidates sorted by logit (ties: lower id), then top-k, temperature, top-p, min-p.
-    order_.resize(V);
-    std::iota(order_.begin(), order_.end(), 0);
-    int32_t keep = V;
-    if (params_.top_k > 0) keep = std::min(keep, params_.top_k);
-    auto by_logit = [&](int32_t a, int32_t b) { return work_[a] > work_[b] || (work_[a] == work_[b] && a < b); };
-    std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(), by_logit);
-    order_.resize(keep);
-    std::vector<double> p(keep);
-    const double inv_t = 1.0 / params_.temperature, top = work_[order_[0]];
-    double sum = 0;
-    for (int32_t i = 0; i < keep; ++i) sum += p[i] = std::exp((work_[order_[i]] - top) * inv_t);
-    for (double& x : p) x /= sum;
-    if (params_.top_p < 1.0f) {
-      double cum = 0;
-      int32_t n = 0;
-      while (n < keep && cum < params_.top_p) cum += p[n++];
-      keep = std::max(n, 1);
-    }
-    if (params_.min_p > 0.0f) {
-      const double floor = params_.min_p * p[0];
-      int32_t n = 1;
-      while (n < keep && p[n] >= floor) ++n;
-      keep = n;
-    }
-    double total = 0;
-    for (int32_t i = 0; i < keep; ++i) total += p[i];
-    double u = uniform() * total, cum = 0;
-    r.token = order_[keep - 1];
-    for (int32_t i = 0; i < keep; ++i) {
-      cum += p[i];
-      if (u < cum) {
-        r.token = order_[i];
-        break;
-      }
-    }
+SampleResult Sampler::result(const SampledTokens& out, int64_t r, int64_t vocab_size) const {
+  SampleResult s;
+  s.token = out.tokens[static_cast<size_t>(r)];
+  s.logprob = out.logprobs[static_cast<size_t>(r)];
+  const int64_t n = std::min<int64_t>(params_.top_logprobs, vocab_size);
+  for (int64_t j = 0; j < n; ++j) {
+    const size_t at = static_cast<size_t>(r * kMaxTopLogprobs + j);
+    s.top.push_back({out.top_ids[at], out.top_logprobs[at]});
   }
-
-  if (params_.logprobs || params_.top_logprobs > 0) {
-    // Log-probabilities of the model's own distribution (before penalties and temperature).
-    LogSoftmax ls(logits);
-    r.logprob = ls(logits[r.token]);
-    const int32_t n = std::min(params_.top_logprobs, V);
-    if (n > 0) {
-      std::vector<int32_t> idx(V);
-      std::iota(idx.begin(), idx.end(), 0);
-      std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](int32_t a, int32_t b) {
-        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-      });
-      for (int32_t i = 0; i < n; ++i) r.top.push_back({idx[i], ls(logits[idx[i]])});
-    }
-  }
-  return r;
+  return s;
 }
 
 }  // namespace stem

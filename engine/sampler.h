@@ -1,13 +1,17 @@
-// Turns one row of logits into a token: penalties, temperature, top-k, top-p, min-p, then a
-// seeded draw. A given seed gives the same tokens on every run and machine (own RNG math).
+// Sampling parameters as a request states them, and the per-sequence Sampler that turns them
+// into the batched sampling op's rows (kernels/cpu/sampling.h, kernels/cuda/sampling.cuh).
 #pragma once
 #include <cstdint>
 #include <optional>
-#include <random>
+#include <unordered_map>
 #include <span>
 #include <vector>
 
+#include "kernels/cpu/sampling.h"
+
 namespace stem {
+
+struct SampledTokens;  // models/backend.h
 
 struct SamplingParams {
   float temperature = 1.0f;         // 0: greedy
@@ -37,21 +41,37 @@ struct SampleResult {
   std::vector<TokenLogprob> top;   // the top_logprobs most likely tokens, best first
 };
 
+// A sequence's sampler: its parameters as the sampling op's row (kernels/cpu/sampling.h has the
+// definition of every parameter and of the draw), and its penalty tokens, kept incrementally.
+// The draw is a function of (seed, tokens generated so far), so a seed gives the same tokens on
+// every run, on the host and on the GPU alike.
 class Sampler {
  public:
   // fallback_seed is used when params.seed is unset (the engine draws it from its own RNG).
   Sampler(const SamplingParams& params, uint64_t fallback_seed);
 
+  const SamplingParams& params() const { return params_; }
+  // The op's row for the next token, with `generated` tokens generated so far.
+  SamplingRow row(int64_t generated) const;
+  // The penalty tokens of a sequence whose tokens are `tokens` (the first prompt_len the prompt),
+  // empty when no penalty is on. Incremental: each call counts only the tokens the last call did
+  // not see, so a long prompt is hashed once, not every step. Valid until the next call.
+  std::span<const PenaltyToken> penalties(std::span<const int32_t> tokens, int64_t prompt_len);
+
+  // One row on the host with the CPU op: the token after `prompt` + `output`.
   SampleResult sample(std::span<const float> logits, std::span<const int32_t> prompt,
                       std::span<const int32_t> output);
 
- private:
-  double uniform();  // [0, 1) from 53 random bits
+  // The user-facing result of row r of the op's output.
+  SampleResult result(const SampledTokens& out, int64_t r, int64_t vocab_size) const;
 
+ private:
   SamplingParams params_;
-  std::mt19937_64 rng_;
-  std::vector<float> work_;
-  std::vector<int32_t> order_;
+  uint64_t seed_;
+  // Penalty tokens: list_[index_[id]]; seen_ tokens of the sequence so far.
+  std::vector<PenaltyToken> list_;
+  std::unordered_map<int32_t, int32_t> index_;
+  size_t seen_ = 0;
 };
 
 }  // namespace stem

@@ -44,6 +44,60 @@ std::vector<int32_t> ForwardBatch::stem_prompt_lens() const {
   return lens;
 }
 
+void SamplingBatch::add_row(const SamplingRow& row) {
+  if (penalty_offsets.empty()) penalty_offsets.push_back(0);
+  rows.push_back(row);
+  penalty_offsets.push_back(static_cast<int32_t>(penalties.size()));
+}
+
+void SamplingBatch::add_penalties(const PenaltyToken* tokens, size_t count) {
+  STEM_CHECK(!rows.empty(), "add_penalties before the first add_row");
+  penalties.insert(penalties.end(), tokens, tokens + count);
+  STEM_CHECK(penalties.size() <= static_cast<size_t>(INT32_MAX), "over 2^31 penalty tokens in one step");
+  penalty_offsets.back() = static_cast<int32_t>(penalties.size());
+}
+
+void SamplingBatch::validate(int64_t logit_rows, int64_t vocab_size) const {
+  STEM_CHECK(num_rows() == logit_rows, "sampling has ", num_rows(), " rows for ", logit_rows, " logit rows");
+  if (rows.empty()) return;
+  STEM_CHECK(penalty_offsets.size() == rows.size() + 1 && penalty_offsets.front() == 0 &&
+                 penalty_offsets.back() == static_cast<int32_t>(penalties.size()),
+             "penalty_offsets must run from 0 to the penalty count, one entry per row and one more");
+  for (size_t r = 0; r < rows.size(); ++r)
+    STEM_CHECK(penalty_offsets[r] <= penalty_offsets[r + 1], "penalty_offsets must not decrease");
+  for (const PenaltyToken& p : penalties)
+    STEM_CHECK(p.id >= 0 && p.id < vocab_size, "penalty token id ", p.id, " is outside the vocabulary");
+}
+
+SamplingInputs SamplingBatch::inputs() const {
+  static const int32_t kNoPenalties[1] = {0};
+  return {rows.data(), penalty_offsets.empty() ? kNoPenalties : penalty_offsets.data(), penalties.data(),
+          num_rows()};
+}
+
+void SampledTokens::resize(int64_t rows) {
+  tokens.resize(static_cast<size_t>(rows));
+  logprobs.resize(static_cast<size_t>(rows));
+  top_ids.resize(static_cast<size_t>(rows * kMaxTopLogprobs));
+  top_logprobs.resize(static_cast<size_t>(rows * kMaxTopLogprobs));
+}
+
+SamplingOutputs SampledTokens::outputs() {
+  const auto R = static_cast<int64_t>(tokens.size());
+  return {TensorView(tokens.data(), DType::I32, {R}), TensorView(logprobs.data(), DType::F32, {R}),
+          TensorView(top_ids.data(), DType::I32, {R, kMaxTopLogprobs}),
+          TensorView(top_logprobs.data(), DType::F32, {R, kMaxTopLogprobs})};
+}
+
+void ModelBackend::forward_sample(const ForwardBatch& batch, const SamplingBatch& sampling, SampledTokens& out) {
+  const auto R = static_cast<int64_t>(batch.logit_rows.size());
+  sampling.validate(R, config().vocab_size);
+  forward(batch, sample_logits_);
+  out.resize(R);
+  if (R == 0) return;
+  cpu::sample(out.outputs(), sample_logits_.view(), sampling.inputs(), TensorView());
+}
+
 namespace {
 
 class CpuBackend final : public ModelBackend {

@@ -9,6 +9,7 @@
 
 #include "engine/model_config.h"
 #include "engine/tensor.h"
+#include "kernels/cpu/sampling.h"
 #include "kernels/cpu/stem.h"
 
 namespace stem {
@@ -45,6 +46,35 @@ struct ForwardBatch {
   void validate(int64_t vocab_size, int64_t num_pages, int32_t page_size) const;
 };
 
+// How to sample each logit row of a ForwardBatch (row i of logit_rows uses rows[i]): the
+// parameters the sampling op takes as is, and each row's penalty tokens (kernels/cpu/sampling.h).
+struct SamplingBatch {
+  std::vector<SamplingRow> rows;          // [R]
+  std::vector<int32_t> penalty_offsets;   // [R+1]: row r's tokens are penalties[offsets[r] .. offsets[r+1])
+  std::vector<PenaltyToken> penalties;
+
+  int64_t num_rows() const { return static_cast<int64_t>(rows.size()); }
+  // Starts the next row; its penalty tokens follow with add_penalties.
+  void add_row(const SamplingRow& row);
+  void add_penalties(const PenaltyToken* tokens, size_t count);
+  // Checks the row count against the batch's logit rows and the token ids against the vocabulary.
+  void validate(int64_t logit_rows, int64_t vocab_size) const;
+  // The op's view of these vectors (host memory).
+  SamplingInputs inputs() const;
+};
+
+// The sampling op's results on the host, one entry (or kMaxTopLogprobs) per logit row.
+struct SampledTokens {
+  std::vector<int32_t> tokens;       // [R]
+  std::vector<float> logprobs;       // [R]: of the token under the model's raw distribution (0 unless asked)
+  std::vector<int32_t> top_ids;      // [R, kMaxTopLogprobs], best first, −1 past the row's top_logprobs
+  std::vector<float> top_logprobs;   // [R, kMaxTopLogprobs]
+
+  void resize(int64_t rows);
+  // Host views of the vectors (after resize) for the op to write.
+  SamplingOutputs outputs();
+};
+
 // What Stem did in the last forward step (zeros when it did nothing).
 struct StemStepStats {
   int64_t sparse_blocks = 0;  // query blocks scored and selected, summed over the sparse layers
@@ -63,7 +93,14 @@ class ModelBackend {
   // Runs one step: writes the new tokens' K/V into the pages `batch.slots` names, and the
   // logits of `batch.logit_rows` as f32 [rows, vocab] on the host (resized as needed).
   virtual void forward(const ForwardBatch& batch, Tensor& logits) = 0;
+  // Runs one step and samples one token per logit row with `sampling` (the engine's path for
+  // every step). The default runs forward() and the CPU sampling op on the host logits; a backend
+  // that overrides it (CUDA) samples on the device and copies back only `out`.
+  virtual void forward_sample(const ForwardBatch& batch, const SamplingBatch& sampling, SampledTokens& out);
   virtual StemStepStats last_stem_stats() const { return {}; }
+
+ private:
+  Tensor sample_logits_;  // forward_sample's default: the step's host logits, reused
 };
 
 struct BackendOptions {
