@@ -13,10 +13,14 @@ std::vector<float> logits_of(std::vector<double> probs) {
   for (double p : probs) l.push_back(static_cast<float>(std::log(p)));
   return l;
 }
-std::map<int32_t, int> histogram(const SamplingParams& p, const std::vector<float>& logits, int n) {
+// The draw is a function of (seed, step) only: the same call with the same seed gives the same
+// token, so a histogram varies the seed.
+std::map<int32_t, int> histogram(SamplingParams p, const std::vector<float>& logits, int n) {
   std::map<int32_t, int> h;
-  Sampler s(p, 1234);
-  for (int i = 0; i < n; ++i) ++h[s.sample(logits, {}, {}).token];
+  for (int i = 0; i < n; ++i) {
+    p.seed = 1234 + static_cast<uint64_t>(i);
+    ++h[Sampler(p, 0).sample(logits, {}, {}).token];
+  }
   return h;
 }
 }  // namespace
@@ -40,6 +44,10 @@ TEST_CASE("a seed gives the same tokens every time; another seed other tokens") 
     return out;
   };
   CHECK(run(1) == run(2));
+  // Counter-based: the same seed at the same step draws the same token, whatever came before.
+  Sampler s(p, 7);
+  const auto first = run(1);
+  CHECK(s.sample(logits, {}, std::vector<int32_t>(first.begin(), first.begin() + 10)).token == first[10]);
   p.seed = 43;
   auto other = run(1);
   p.seed = 42;
