@@ -1,5 +1,6 @@
 """Fixtures for the deployment tests: the parsed Dockerfile, compose file and Kubernetes manifests,
 the real binary's `serve --help`, and `launch` (container_launch.py)."""
+import re
 import subprocess
 
 import pytest
@@ -42,6 +43,13 @@ def serve_help():
     out = subprocess.run([str(stemserve_binary()), "serve", "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+@pytest.fixture(scope="session")
+def env_names(serve_help):
+    """Every STEMSERVE_* variable `stemserve serve` reads: its flags' and the global --log-level's."""
+    top = subprocess.run([str(stemserve_binary()), "--help"], capture_output=True, text=True, timeout=30).stdout
+    return set(re.findall(r"Env:(STEMSERVE_\w+)", serve_help + top))
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,12 @@ def test_prepare_is_opt_in_and_fills_the_same_volume(compose, service):
     assert any(v.split(":")[0] in served and v.split(":")[1] == "/models" for v in prepare["volumes"])
 
 
+def test_settings_are_real_stemserve_variables(compose, env_names):
+    for name, svc in compose["services"].items():
+        unknown = [k for k in svc.get("environment", {}) if k.startswith("STEMSERVE_") and k not in env_names]
+        assert not unknown, f"{name}: no such setting of stemserve serve: {unknown}"
+
+
 def test_healthcheck_and_ports_answer(launch, runtime, service):
     env = dict(runtime.env())
     env.update({k: compose_interpolate(str(v), {}) for k, v in service["environment"].items()})

@@ -46,6 +46,11 @@ def test_kustomization_lists_files_that_exist():
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PersistentVolumeClaim"} <= kinds
 
 
+def test_settings_are_real_stemserve_variables(container, env_names):
+    unknown = [e["name"] for e in container["env"] if e["name"].startswith("STEMSERVE_") and e["name"] not in env_names]
+    assert not unknown, f"no such setting of stemserve serve: {unknown}"
+
+
 def test_selectors_match(k8s, deployment):
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
