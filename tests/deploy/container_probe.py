@@ -1,6 +1,6 @@
 """Runs one container's command line outside a container and probes it; prints a JSON report.
 
-Usage: container_probe.py SPEC.json  (tests/deploy/conftest.py writes the spec and runs this,
+Usage: container_probe.py SPEC.json  (container_launch.py writes the spec and runs this,
 inside a network namespace of its own when it can: `unshare -rn`. There the server binds the very
 ports the Dockerfile and manifests name, 8000 and 50051, without meeting anything else on this
 machine, and nothing outside the namespace can reach it.)
