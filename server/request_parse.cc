@@ -197,9 +197,16 @@ void parse_sampling(const json& body, SamplingParams& s) {
 }  // namespace
 
 json parse_json_body(const std::string& body) {
+  // Parsing is iterative, but copying, dumping and rendering a value recurse: a body of a few
+  // hundred kilobytes of '[' would overflow the handler thread's stack (found by fuzzing).
+  const json::parser_callback_t limit_depth = [](int depth, json::parse_event_t, json&) {
+    if (depth > kMaxJsonDepth)
+      throw ApiError(400, "the request body is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    return true;
+  };
   json j;
   try {
-    j = json::parse(body);
+    j = json::parse(body, limit_depth);
   } catch (const json::parse_error& e) {
     // nlohmann checks UTF-8 as it parses, so invalid UTF-8 lands here too.
     throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());

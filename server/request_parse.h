@@ -32,7 +32,11 @@ struct ParsedGeneration {
   int32_t top_logprobs = 0;
 };
 
-// Parses the JSON text; throws ApiError (400) when it is not JSON or not an object.
+// Deepest nesting of arrays and objects a request body may have.
+constexpr int kMaxJsonDepth = 100;
+
+// Parses the JSON text; throws ApiError (400) when it is not JSON, not an object, or nested
+// deeper than kMaxJsonDepth.
 nlohmann::json parse_json_body(const std::string& body);
 
 // POST /v1/completions and /v1/chat/completions.

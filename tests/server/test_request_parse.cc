@@ -167,3 +167,20 @@ TEST_CASE("response builder: events become choices, stream chunks and usage") {
   CHECK(u["usage"] == r["usage"]);
   CHECK(rb.role_chunk(1)["choices"][0]["delta"]["role"] == "assistant");
 }
+
+TEST_CASE("request parse: a body nested too deep is a 400, not a stack overflow") {
+  auto nested = [](int depth) {
+    return R"({"messages": [{"role": "user", "content": "hi", "x": )" + std::string(depth, '[') +
+           std::string(depth, ']') + "}]}";
+  };
+  CHECK_NOTHROW(parse_json_body(nested(50)));
+  for (int depth : {kMaxJsonDepth, 200000}) {
+    try {
+      parse_json_body(nested(depth));
+      FAIL("no error at depth " << depth);
+    } catch (const ApiError& e) {
+      CHECK(e.status() == 400);
+      CHECK_THAT(e.what(), Catch::Matchers::Contains("nested deeper than"));
+    }
+  }
+}
