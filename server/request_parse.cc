@@ -197,8 +197,9 @@ void parse_sampling(const json& body, SamplingParams& s) {
 }  // namespace
 
 json parse_json_body(const std::string& body) {
-  // Parsing is iterative, but copying, dumping and rendering a value recurse: a body of a few
-  // hundred kilobytes of '[' would overflow the handler thread's stack (found by fuzzing).
+  // Parsing is iterative, but copying, dumping and rendering a value recurse: a chat body with a
+  // few hundred kilobytes of '[' overflowed the handler thread's stack (seen while writing the
+  // fuzz targets).
   const json::parser_callback_t limit_depth = [](int depth, json::parse_event_t, json&) {
     if (depth > kMaxJsonDepth)
       throw ApiError(400, "the request body is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");

@@ -37,7 +37,7 @@ CASES = [
      {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, 400, "top_logprobs"),
     ("stop of the wrong type", "/v1/completions", {"prompt": "Hi", "stop": 5}, 400, "stop"),
     ("detokenize without tokens", "/detokenize", {"ids": [1]}, 400, "tokens"),
-    # Rendering a chat recursed once per level: this body used to overflow the stack (fuzzing).
+    # Rendering a chat recursed once per level: this body used to overflow the stack.
     ("JSON nested too deep", "/v1/chat/completions",
      b'{"messages": [{"role": "user", "content": "hi", "x": ' + b"[" * 200000 + b"]" * 200000 + b"}]}", 400, None),
     ("tokenize without a prompt", "/tokenize", {}, 400, "prompt"),
