@@ -1,0 +1,79 @@
+// An HTTP request body as the server sees it: parse_json_body, then the request validation of
+// each JSON route (completions, chat completions, tokenize, detokenize) against the default
+// model's tokenizer and chat template, then the engine's own validate(). Refusals are ApiError /
+// stem::Error; an accepted generation must fit the context and the caps.
+#include <memory>
+
+#include "engine/engine.h"
+#include "server/request_parse.h"
+#include "tests/fuzz/fuzz_util.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The default model's tokenizer and chat template on a one-layer model with random weights:
+// validation needs the vocabulary and the context, not the weights.
+struct Fixture {
+  fs::path dir;
+  std::unique_ptr<stem::Engine> engine;
+  stem::ServedModel model;
+
+  Fixture() {
+    const fs::path src = stem::fuzz::default_model_dir();
+    dir = fs::temp_directory_path() / ("stem-fuzz-request-" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
+      if (fs::exists(src / f)) fs::copy_file(src / f, dir / f, fs::copy_options::overwrite_existing);
+    std::ofstream(dir / "config.json") << R"({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+        "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 49152, "max_position_embeddings": 256})";
+    stem::EngineOptions o;
+    o.dummy_weights = true;
+    o.max_num_seqs = 4;
+    engine = std::make_unique<stem::Engine>(dir, o);
+    model = stem::ServedModel::of(*engine, "smol");
+  }
+  ~Fixture() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+};
+
+const Fixture& fixture() {
+  static const Fixture f;
+  return f;
+}
+
+void check_generation(stem::ApiKind kind, const nlohmann::json& body) {
+  const Fixture& f = fixture();
+  stem::fuzz::expect_ok_or_error([&] {
+    const stem::ParsedGeneration p = stem::parse_generation(kind, body, f.model);
+    const stem::GenerateRequest& r = p.request;
+    FUZZ_CHECK(!r.prompt.empty());
+    FUZZ_CHECK(static_cast<int64_t>(r.prompt.size()) + r.stop.max_tokens <= f.engine->max_model_len());
+    FUZZ_CHECK(r.stop.max_tokens >= 1);
+    FUZZ_CHECK(r.n >= 1 && r.n <= f.engine->options().max_num_seqs);
+    FUZZ_CHECK(p.top_logprobs >= 0 && p.top_logprobs <= 20);
+    f.engine->validate(r);  // the engine's checks (token ids in the vocabulary, sampling ranges)
+  });
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const Fixture& f = fixture();
+  nlohmann::json body;
+  try {
+    body = stem::parse_json_body(std::string(reinterpret_cast<const char*>(data), size));
+  } catch (const stem::ApiError&) {
+    return 0;
+  }
+  check_generation(stem::ApiKind::Completion, body);
+  check_generation(stem::ApiKind::Chat, body);
+  stem::fuzz::expect_ok_or_error([&] {
+    for (int32_t id : stem::parse_tokenize(body, f.model)) FUZZ_CHECK(id >= 0);
+  });
+  stem::fuzz::expect_ok_or_error([&] { (void)stem::parse_detokenize(body, f.model); });
+  return 0;
+}
