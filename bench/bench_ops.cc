@@ -19,6 +19,7 @@
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/kv_write.cuh"
 #include "kernels/cuda/rmsnorm.cuh"
 #include "kernels/cuda/rope.cuh"
@@ -139,7 +140,10 @@ void measure_ceilings(cuda::GemmContext& ctx) {
 }
 
 // Llama-3.1-8B's projections. Weights rotate over enough copies to stay out of the 50 MB L2.
+// "gemm" rows are cuBLASLt; at M ≤ 8 a "gemv" row times cuda::gemv on the same operands (matmul
+// sends M ≤ 2 with K ≤ 8192 there).
 void bench_gemms(cuda::GemmContext& ctx) {
+  ctx.set_gemv(false);
   struct Proj {
     const char* name;
     int64_t n, k;
@@ -147,11 +151,11 @@ void bench_gemms(cuda::GemmContext& ctx) {
     std::vector<int64_t> ms;
   };
   const std::vector<Proj> projs = {
-      {"qkv", 6144, 4096, DType::BF16, {1, 32, 256, 2048, 8192}},
-      {"o_proj", 4096, 4096, DType::BF16, {1, 32, 256, 2048, 8192}},
-      {"gate_up", 28672, 4096, DType::BF16, {1, 32, 256, 2048, 8192}},
-      {"down", 4096, 14336, DType::BF16, {1, 32, 256, 2048, 8192}},
-      {"lm_head", 128256, 4096, DType::F32, {1, 32, 256}},
+      {"qkv", 6144, 4096, DType::BF16, {1, 2, 4, 8, 32, 256, 2048, 8192}},
+      {"o_proj", 4096, 4096, DType::BF16, {1, 2, 4, 8, 32, 256, 2048, 8192}},
+      {"gate_up", 28672, 4096, DType::BF16, {1, 2, 4, 8, 32, 256, 2048, 8192}},
+      {"down", 4096, 14336, DType::BF16, {1, 2, 4, 8, 32, 256, 2048, 8192}},
+      {"lm_head", 128256, 4096, DType::F32, {1, 2, 4, 8, 32, 256}},
   };
   for (const Proj& p : projs) {
     const size_t w_bytes = static_cast<size_t>(p.n * p.k * 2);
@@ -170,11 +174,18 @@ void bench_gemms(cuda::GemmContext& ctx) {
                      ws[static_cast<size_t>(i) % copies]->view(DType::BF16, {p.n, p.k}), {});
       });
       const double bytes = 2.0 * (m * p.k + p.n * p.k) + double(dtype_size(p.out)) * m * p.n;
-      record(std::string("gemm ") + p.name,
-             "M=" + std::to_string(m) + " N=" + std::to_string(p.n) + " K=" + std::to_string(p.k), us,
-             2.0 * m * p.n * p.k, bytes);
+      const std::string shape = "M=" + std::to_string(m) + " N=" + std::to_string(p.n) + " K=" + std::to_string(p.k);
+      record(std::string("gemm ") + p.name, shape, us, 2.0 * m * p.n * p.k, bytes);
+      if (m <= cuda::kGemvMaxRows) {
+        const double gemv_us = median_us([&](int i) {
+          cuda::gemv(out.view(p.out, {m, p.n}), a.view(DType::BF16, {m, p.k}),
+                     ws[static_cast<size_t>(i) % copies]->view(DType::BF16, {p.n, p.k}), {});
+        });
+        record(std::string("gemv ") + p.name, shape, gemv_us, 2.0 * m * p.n * p.k, bytes);
+      }
     }
   }
+  ctx.set_gemv(true);
 }
 
 // The memory-bound ops at a prefill step of 8192 tokens (several times the L2), plus decode-sized norms.

@@ -8,12 +8,18 @@
 // bias (one value per row of D, i.e. per output feature N) exactly what the BIAS epilogue adds.
 #include <cublasLt.h>
 
+#include <algorithm>
+#include <bit>
 #include <compare>
+#include <cstdlib>
+#include <cstring>
 #include <map>
+#include <vector>
 
 #include "kernels/cpu/rows.h"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/gemv.cuh"
 
 #define STEM_CUBLASLT_CHECK(call)                                                                                    \
   do {                                                                                                               \
@@ -64,6 +70,37 @@ uint32_t alignment_of(const void* p) {
 // Past this many shapes the cache starts over: a guard against unbounded growth, not a tuning knob.
 constexpr size_t kMaxPlans = 8192;
 
+// Tuning: cuBLASLt's first heuristic pick is not always its fastest (the H100 op benchmark found
+// o_proj at M=1 at 64% of copy bandwidth and gate_up at M=8192 at 88% of the GEMM ceiling). So the
+// first matmul of a shape bucket times up to kTuneCandidates of the heuristic's candidates on its
+// real operands and keeps the fastest. A bucket is the shape with M rounded up to a power of two:
+// a server meets every prompt length, and tuning each would cost more than it saves; the other
+// shapes of a bucket reuse its algorithm when cuBLASLt accepts it for them (AlgoCheck).
+// STEM_GEMM_TUNE=0 turns tuning off (the heuristic's first pick, as before).
+constexpr int kTuneCandidates = 12;
+constexpr int kTuneRuns = 3;
+
+// Where matmul runs cuda::gemv (gemv.cuh) instead of cuBLASLt: measured on an H100 (bench_ops,
+// bench/RESULTS.md), gemv is ahead at 1-2 rows except for the long-K down projection (K = 14336),
+// and behind from 4 rows on.
+constexpr int64_t kGemvDispatchRows = 2;
+constexpr int64_t kGemvDispatchMaxK = 8192;
+
+int64_t bucket_of(int64_t m) { return static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(m))); }
+
+bool env_enabled(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
+// The operands of one matmul call, for timing candidates on them.
+struct Operands {
+  const void* w;
+  const void* a;
+  void* out;
+  cudaStream_t stream;
+};
+
 }  // namespace
 
 struct GemmContext::Impl {
@@ -72,6 +109,10 @@ struct GemmContext::Impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   std::map<PlanKey, std::unique_ptr<Plan>> plans;
+  std::map<PlanKey, cublasLtMatmulAlgo_t> tuned;  // by bucket (PlanKey with m = bucket_of(m))
+  bool tune = env_enabled("STEM_GEMM_TUNE");
+  bool gemv = env_enabled("STEM_GEMV");
+  size_t tunings = 0;
 
   explicit Impl(size_t bytes) : workspace_bytes(bytes) {}
   ~Impl() {
@@ -95,7 +136,7 @@ struct GemmContext::Impl {
     if (workspace_bytes > 0) CUDA_CHECK(cudaMalloc(&workspace, workspace_bytes));
   }
 
-  Plan& plan_for(const PlanKey& key, const void* bias) {
+  Plan& plan_for(const PlanKey& key, const void* bias, const Operands& ops) {
     if (auto it = plans.find(key); it != plans.end()) return *it->second;
     if (plans.size() >= kMaxPlans) plans.clear();
     auto plan = std::make_unique<Plan>();
@@ -133,24 +174,94 @@ struct GemmContext::Impl {
                                          sizeof key.align_out);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &key.align_out,
                                          sizeof key.align_out);
-    cublasLtMatmulHeuristicResult_t result{};
+    cublasLtMatmulHeuristicResult_t results[kTuneCandidates]{};
     int found = 0;
     const cublasStatus_t status =
         cublasLtMatmulAlgoGetHeuristic(handle, plan->desc, plan->w_layout, plan->a_layout, plan->out_layout,
-                                       plan->out_layout, pref, 1, &result, &found);
+                                       plan->out_layout, pref, kTuneCandidates, results, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     STEM_CHECK((status == CUBLAS_STATUS_SUCCESS || status == CUBLAS_STATUS_NOT_SUPPORTED) && found > 0,
                "matmul: cuBLASLt found no algorithm for M=", key.m, " N=", key.n, " K=", key.k, " (lda ", key.lda,
                ", ldw ", key.ldw, ", ldo ", key.ldo, ", out ", dtype_name(key.out_dtype), key.has_bias ? ", bias" : "",
                "): ", cublasLtGetStatusString(status));
-    plan->algo = result.algo;
+    plan->algo = results[0].algo;
+    if (tune) {
+      PlanKey bucket = key;
+      bucket.m = bucket_of(key.m);
+      if (auto it = tuned.find(bucket); it != tuned.end()) {
+        if (accepts(*plan, it->second)) plan->algo = it->second;
+      } else if (can_time(ops.stream)) {
+        plan->algo = fastest(*plan, results, found, ops);
+        tuned.emplace(bucket, plan->algo);
+        ++tunings;
+      }
+    }
     return *plans.emplace(key, std::move(plan)).first->second;
+  }
+
+  // Whether cuBLASLt can run `algo` for the plan's shapes (an algorithm tuned on another M).
+  bool accepts(const Plan& plan, const cublasLtMatmulAlgo_t& algo) const {
+    cublasLtMatmulHeuristicResult_t check{};
+    return cublasLtMatmulAlgoCheck(handle, plan.desc, plan.w_layout, plan.a_layout, plan.out_layout, plan.out_layout,
+                                   &algo, &check) == CUBLAS_STATUS_SUCCESS &&
+           check.workspaceSize <= workspace_bytes;
+  }
+
+  // Timing needs to synchronise the stream, which a stream being captured into a graph cannot do.
+  static bool can_time(cudaStream_t stream) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    return capture == cudaStreamCaptureStatusNone;
+  }
+
+  cublasStatus_t run(const Plan& plan, const cublasLtMatmulAlgo_t& algo, const Operands& ops) {
+    const float alpha = 1.f, beta = 0.f;  // beta = 0: out is never read, so a poisoned buffer is fine
+    return cublasLtMatmul(handle, plan.desc, &alpha, ops.w, plan.w_layout, ops.a, plan.a_layout, &beta, ops.out,
+                          plan.out_layout, ops.out, plan.out_layout, &algo, workspace, workspace_bytes, ops.stream);
+  }
+
+  // The candidate that runs the plan fastest on these operands (writing `out`, which the caller
+  // overwrites right after). Clocks drift while a GPU warms up, so every candidate is timed in two
+  // rounds (its best run counts), and another beats the heuristic's first pick only by more than
+  // kTuneMargin. Candidates that fail to launch are skipped.
+  cublasLtMatmulAlgo_t fastest(const Plan& plan, const cublasLtMatmulHeuristicResult_t* candidates, int n,
+                               const Operands& ops) {
+    constexpr float kTuneMargin = 0.97f;
+    cudaEvent_t events[kTuneRuns + 1];
+    for (cudaEvent_t& e : events) CUDA_CHECK(cudaEventCreate(&e));
+    std::vector<float> best_ms(static_cast<size_t>(n), -1.f);
+    for (int round = 0; round < 2; ++round)
+      for (int c = 0; c < n; ++c) {
+        if (candidates[c].state != CUBLAS_STATUS_SUCCESS || (round > 0 && best_ms[c] < 0)) continue;
+        if (run(plan, candidates[c].algo, ops) != CUBLAS_STATUS_SUCCESS) continue;  // warm-up
+        bool ok = true;
+        CUDA_CHECK(cudaEventRecord(events[0], ops.stream));
+        for (int r = 0; r < kTuneRuns && ok; ++r) {
+          ok = run(plan, candidates[c].algo, ops) == CUBLAS_STATUS_SUCCESS;
+          CUDA_CHECK(cudaEventRecord(events[r + 1], ops.stream));
+        }
+        CUDA_CHECK(cudaEventSynchronize(events[kTuneRuns]));
+        if (!ok) continue;
+        for (int r = 0; r < kTuneRuns; ++r) {
+          float ms = 0;
+          CUDA_CHECK(cudaEventElapsedTime(&ms, events[r], events[r + 1]));
+          if (best_ms[c] < 0 || ms < best_ms[c]) best_ms[c] = ms;
+        }
+      }
+    for (cudaEvent_t e : events) cudaEventDestroy(e);
+    int best = 0;
+    for (int c = 1; c < n; ++c)
+      if (best_ms[c] >= 0 && (best_ms[best] < 0 || best_ms[c] < best_ms[best] * (best == 0 ? kTuneMargin : 1.f)))
+        best = c;
+    return candidates[best].algo;
   }
 };
 
 GemmContext::GemmContext(size_t workspace_bytes) : impl_(std::make_unique<Impl>(workspace_bytes)) {}
 GemmContext::~GemmContext() = default;
 size_t GemmContext::cached_plans() const { return impl_->plans.size(); }
+size_t GemmContext::tunings() const { return impl_->tunings; }
+void GemmContext::set_gemv(bool on) { impl_->gemv = on; }
 
 void matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const TensorView& w, const TensorView& bias,
             cudaStream_t stream) {
@@ -170,6 +281,10 @@ void matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const 
   STEM_CHECK(k > 0, "matmul: K must be positive, got a ", a.str());
 
   GemmContext::Impl& impl = ctx.impl();
+  if (impl.gemv && m <= kGemvDispatchRows && k <= kGemvDispatchMaxK && gemv_accepts(out, a, w)) {
+    gemv(out, a, w, bias, stream);
+    return;
+  }
   impl.ensure_ready();
   const PlanKey key{m,
                     n,
@@ -183,14 +298,12 @@ void matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const 
                     alignment_of(w.data),
                     alignment_of(out.data),
                     bias.empty() ? 0u : alignment_of(bias.data)};
-  Plan& plan = impl.plan_for(key, bias.data);
+  const Operands ops{w.data, a.data, out.data, stream};
+  Plan& plan = impl.plan_for(key, bias.data, ops);
   if (!bias.empty())
     STEM_CUBLASLT_CHECK(
         cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias.data, sizeof bias.data));
-  const float alpha = 1.f, beta = 0.f;  // beta = 0: out is never read, so a poisoned buffer is fine
-  STEM_CUBLASLT_CHECK(cublasLtMatmul(impl.handle, plan.desc, &alpha, w.data, plan.w_layout, a.data, plan.a_layout,
-                                     &beta, out.data, plan.out_layout, out.data, plan.out_layout, &plan.algo,
-                                     impl.workspace, impl.workspace_bytes, stream));
+  STEM_CUBLASLT_CHECK(impl.run(plan, plan.algo, ops));
 }
 
 }  // namespace stem::cuda

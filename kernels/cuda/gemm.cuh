@@ -10,7 +10,8 @@
 namespace stem::cuda {
 
 // What every cuBLASLt GEMM needs and is costly to make: the library handle, a workspace, and the
-// algorithm chosen for each shape (asked of cuBLASLt's heuristics once, then reused).
+// algorithm chosen for each shape (the fastest of cuBLASLt's heuristic candidates, timed on the
+// first matmul of each shape bucket: see gemm.cu; STEM_GEMM_TUNE=0 takes the heuristic's first).
 // Make one per engine thread and keep it: it is not thread-safe, and matmuls that share it must run
 // on one stream (or streams ordered with each other), since they share the workspace.
 // Nothing touches the GPU until the first matmul, so argument errors surface without a device.
@@ -25,6 +26,10 @@ class GemmContext {
 
   // How many shapes have a chosen algorithm (for tests and metrics).
   size_t cached_plans() const;
+  // How many shape buckets were tuned by timing candidates.
+  size_t tunings() const;
+  // Whether matmuls of a few rows go to cuda::gemv (default: yes, unless STEM_GEMV=0).
+  void set_gemv(bool on);
 
   struct Impl;
   Impl& impl() { return *impl_; }
