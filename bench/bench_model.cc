@@ -5,16 +5,19 @@
 //           attention, Stem sparse prefill (default settings: prompts from 8192 tokens), or both
 //           side by side (--sparse-prefill);
 //   decode  one decode step for B sequences of context C, replayed from a CUDA graph: wall time of
-//           a whole forward() (metadata, graph, logits to the host) and device time (events around
-//           the step on the stream), and the GB/s of weights + KV the step must read, beside the
-//           device-to-device copy bandwidth measured in the same run.
+//           a whole forward_sample() (metadata, graph, greedy sampling on the device, tokens to
+//           the host: the server's path) and device time (events around the step on the stream),
+//           and the GB/s of weights + KV the step must read, beside the device-to-device copy
+//           bandwidth measured in the same run.
 // The KV cache is filled with random values (not prefilled; never zeros). Where B sequences of C
 // tokens do not fit in the pool, sequences share pages (flagged "aliased": the bytes are still
 // read once per sequence, but L2 may serve some of them, so the GB/s is an upper bound).
 //
 //   bench_model [--config F] [--ttft 8192,32768,...] [--chunk N] [--sparse-prefill dense|stem|both]
 //               [--batches 1,8,64,256] [--contexts 1024,32768] [--steps N] [--gpu-memory-fraction F]
-//               [--json FILE]      (an empty list, e.g. --batches '', skips that part)
+//               [--json FILE] [--profile]   (an empty list, e.g. --batches '', skips that part)
+// --profile: after the TTFT table, one more run of the longest prompt per mode with every op timed
+// (models/cuda_profile.h), printed as a breakdown (the events perturb that run a little).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -42,6 +45,7 @@ struct Args {
   int steps = 30;
   double fraction = 0.9;
   std::string json;
+  bool profile = false;
 };
 
 std::vector<int64_t> parse_list(const std::string& s) {
@@ -69,6 +73,7 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--steps") a.steps = std::stoi(value());
     else if (k == "--gpu-memory-fraction") a.fraction = std::stod(value());
     else if (k == "--json") a.json = value();
+    else if (k == "--profile") a.profile = true;
     else throw Error("unknown argument " + k);
   }
   if (a.sparse_prefill != "dense" && a.sparse_prefill != "stem" && a.sparse_prefill != "both")
@@ -168,12 +173,17 @@ DecodeResult time_decode(CudaModelBackend& m, int64_t B, int64_t C, int steps) {
     for (int64_t p = 0; p < pages_per_seq; ++p) b.page_table.push_back(static_cast<int32_t>(first + p));
   }
   b.query_start.push_back(static_cast<int32_t>(B));
-  Tensor logits;
-  for (int i = 0; i < 3; ++i) m.forward(b, logits);  // capture, then warm replays
+  // Greedy, as a benchmark client asks; sampled on the device as the server does.
+  SamplingBatch sampling;
+  SamplingRow greedy;
+  greedy.temperature = 0;
+  for (int64_t s = 0; s < B; ++s) sampling.add_row(greedy);
+  SampledTokens tokens;
+  for (int i = 0; i < 3; ++i) m.forward_sample(b, sampling, tokens);  // capture, then warm replays
   std::vector<double> wall, dev;
   for (int i = 0; i < steps; ++i) {
     const double t0 = now_ms();
-    m.forward(b, logits);
+    m.forward_sample(b, sampling, tokens);
     wall.push_back(now_ms() - t0);
     dev.push_back(m.stats().last_step_device_ms);
   }
@@ -182,6 +192,42 @@ DecodeResult time_decode(CudaModelBackend& m, int64_t B, int64_t C, int steps) {
                        static_cast<double>(B * (C + 1)) * static_cast<double>(st.kv_bytes_per_token);
   const double d = median(dev);
   return {median(wall), d, bytes / (d * 1e-3) / 1e9, B > fit};
+}
+
+// One run of the longest prompt per mode with every op timed: where the time to first token goes.
+void profile_ttft(CudaModelBackend& m, const Args& a, const std::vector<std::pair<std::string, bool>>& modes,
+                  std::mt19937_64& rng, nlohmann::json& out) {
+  const int64_t L = *std::max_element(a.ttft.begin(), a.ttft.end());
+  if (L > m.num_pages() * m.page_size()) return;
+  const ModelConfig& c = m.config();
+  for (const auto& [name, stem] : modes) {
+    m.clear_profile();
+    m.set_profiling(true);
+    const double wall = time_to_first_token(m, L, a.chunk, stem, rng);
+    m.set_profiling(false);
+    double total = 0;
+    for (const auto& [op, ms] : m.profile()) total += ms;
+    std::printf("\nprofile: %s, %lld tokens, chunks of %lld: wall %.1f ms, device %.1f ms\n", name.c_str(),
+                static_cast<long long>(L), static_cast<long long>(a.chunk), wall, total);
+    nlohmann::json prof = {{"tokens", L}, {"mode", name}, {"wall_ms", wall}, {"device_ms", total}};
+    for (const auto& [op, ms] : m.profile()) {
+      // GEMM FLOPs over the whole prompt (the last layer skips o/MLP for chunks without logits:
+      // the figure is then a lower bound).
+      const double T = static_cast<double>(L), H = static_cast<double>(c.hidden_size);
+      const double layers = static_cast<double>(c.num_hidden_layers);
+      double flops = 0;
+      if (op == "gemm qkv") flops = 2 * T * H * static_cast<double>(c.q_dim() + 2 * c.kv_dim()) * layers;
+      else if (op == "gemm o") flops = 2 * T * H * static_cast<double>(c.q_dim()) * (layers - 1);
+      else if (op == "gemm gate_up") flops = 2 * T * H * 2 * static_cast<double>(c.intermediate_size) * (layers - 1);
+      else if (op == "gemm down") flops = 2 * T * H * static_cast<double>(c.intermediate_size) * (layers - 1);
+      std::printf("  %-20s %10.1f ms %6.1f%%", op.c_str(), ms, 100 * ms / total);
+      if (flops > 0) std::printf("  >= %5.0f TFLOP/s", flops / (ms * 1e-3) / 1e12);
+      std::printf("\n");
+      prof["ops"][op] = ms;
+    }
+    out["profile"].push_back(prof);
+    std::fflush(stdout);
+  }
 }
 
 }  // namespace
@@ -267,6 +313,7 @@ int main(int argc, char** argv) try {
       std::printf("\n");
       std::fflush(stdout);
     }
+    if (a.profile) profile_ttft(*m, a, modes, rng, out);
   }
   if (!a.json.empty()) std::ofstream(a.json) << out.dump(2) << "\n";
   return 0;

@@ -16,6 +16,8 @@
 #include "kernels/cuda/stem.cuh"
 #include "kernels/cuda/swiglu.cuh"
 #include "models/cuda_memory.h"
+#include "models/cuda_profile.h"
+#include "models/cuda_sampling.h"
 #include "models/cuda_step.h"
 #include "models/cuda_weights.h"
 
@@ -113,12 +115,42 @@ class CudaBackend final : public CudaModelBackend {
     return s;
   }
 
+  const std::vector<std::pair<std::string, double>>& profile() const override { return profile_.totals(); }
+  void set_profiling(bool on) override { options_.profile = on; }
+  void clear_profile() override { profile_.clear(); }
+
   void fill_kv_random(uint64_t seed) override {
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     fill_random_bf16(kv_.get(), kv_.bytes() / 2, seed);
   }
 
   void forward(const ForwardBatch& batch, Tensor& logits) override {
+    launch_step(batch);
+    cudaStream_t s = stream_.get();
+    CUDA_CHECK(cudaEventRecord(stop_.get(), s));
+    const int64_t R = static_cast<int64_t>(batch.logit_rows.size()), V = config_.vocab_size;
+    if (logits.empty() || logits.dtype() != DType::F32 || logits.shape() != std::vector<int64_t>{R, V})
+      logits = Tensor::f32({R, V});
+    if (R > 0)
+      CUDA_CHECK(cudaMemcpyAsync(logits.data(), ws_.logits.get(), static_cast<size_t>(R * V) * 4,
+                                 cudaMemcpyDeviceToHost, s));
+    finish_step();
+  }
+
+  // The server's path: the logits stay on the device; only the sampled tokens come back.
+  void forward_sample(const ForwardBatch& batch, const SamplingBatch& sampling, SampledTokens& out) override {
+    const auto R = static_cast<int64_t>(batch.logit_rows.size());
+    sampling.validate(R, config_.vocab_size);
+    launch_step(batch);
+    sampling_.launch(sampling, TensorView(ws_.logits.get(), DType::F32, {R, config_.vocab_size}), stream_.get());
+    CUDA_CHECK(cudaEventRecord(stop_.get(), stream_.get()));
+    finish_step();
+    sampling_.collect(out);
+  }
+
+ private:
+  // Queues one step's upload and forward pass on the stream (logits left in ws_.logits).
+  void launch_step(const ForwardBatch& batch) {
     batch.validate(config_.vocab_size, num_pages_, page_size_);
     stem_stats_ = {};
     // Stem's host part reads the step's host metadata, so a step with Stem blocks runs eagerly
@@ -142,6 +174,7 @@ class CudaBackend final : public CudaModelBackend {
     CUDA_CHECK(cudaEventRecord(start_.get(), s));
     CUDA_CHECK(cudaMemcpyAsync(ws_.meta.get(), ws_.meta_host.as<int32_t>(), static_cast<size_t>(layout.total) * 4,
                                cudaMemcpyHostToDevice, s));
+    profile_.begin(options_.profile && !key.batch, s);  // graph steps are not profiled
     if (key.batch) {
       auto it = graphs_.find(key);
       if (it != graphs_.end()) {
@@ -158,19 +191,16 @@ class CudaBackend final : public CudaModelBackend {
       run_step(layout, gather, false, stem ? &stem_host : nullptr);
       ++stats_.eager_steps;
     }
-    CUDA_CHECK(cudaEventRecord(stop_.get(), s));
-
-    const int64_t R = static_cast<int64_t>(batch.logit_rows.size()), V = config_.vocab_size;
-    if (logits.empty() || logits.dtype() != DType::F32 || logits.shape() != std::vector<int64_t>{R, V})
-      logits = Tensor::f32({R, V});
-    if (R > 0)
-      CUDA_CHECK(cudaMemcpyAsync(logits.data(), ws_.logits.get(), static_cast<size_t>(R * V) * 4,
-                                 cudaMemcpyDeviceToHost, s));
-    CUDA_CHECK(cudaStreamSynchronize(s));
-    CUDA_CHECK(cudaEventElapsedTime(&stats_.last_step_device_ms, start_.get(), stop_.get()));
   }
 
- private:
+  // Waits for the step (and the copies queued after it) and reads its timings (stop_ recorded).
+  void finish_step() {
+    cudaStream_t s = stream_.get();
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    CUDA_CHECK(cudaEventElapsedTime(&stats_.last_step_device_ms, start_.get(), stop_.get()));
+    profile_.collect();
+  }
+
   // Whether the step has a sparse query block (then the layers stem_layer_sparse names go through
   // cuda::stem_prefill); counts them for last_stem_stats.
   bool stem_step(const ForwardBatch& b, const std::vector<int32_t>& stem_lens) {
@@ -270,29 +300,45 @@ class CudaBackend final : public CudaModelBackend {
     const TensorView gate = columns(ws_.gate_up.get(), DType::BF16, T, 2 * I, 0, I);
     const TensorView up = columns(ws_.gate_up.get(), DType::BF16, T, 2 * I, I, I);
 
+    auto mark = [&](const char* op) { profile_.mark(op, s); };
     cuda::embedding(residual, tokens, weights_.embed, s);
     cuda::rmsnorm(x, residual, weights_.layers[0].input_norm, eps, s);
+    mark("embedding + norm");
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
       const CudaLayerWeights& L = weights_.layers[i];
       const TensorView k_cache = layer_cache(i, 0), v_cache = layer_cache(i, 1);
       cuda::matmul(gemm_, qkv, x, L.qkv, L.qkv_bias, s);
+      mark("gemm qkv");
       cuda::rope(q, k, positions, weights_.inv_freq, s);
       cuda::kv_write(k_cache, v_cache, k, v, slots, s);
-      if (stem && stem_layer_sparse(stem_, i))
+      mark("rope + kv_write");
+      // A step that wants no logits (a prompt chunk before the last) needs nothing of the last
+      // layer beyond its K/V.
+      if (R == 0 && i + 1 == c.num_hidden_layers) return;
+      if (stem && stem_layer_sparse(stem_, i)) {
         cuda::stem_prefill(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, *stem, scale, c.sliding_window,
                            stem_, s);
-      else if (decode_only)
+        mark("attention (stem)");
+      } else if (decode_only) {
         cuda::paged_decode(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, c.sliding_window, s);
-      else
+      } else {
         cuda::paged_attention(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, c.sliding_window,
                               s);
+        mark("attention (dense)");
+      }
       cuda::matmul(gemm_, proj, attn.reshape({T, Q}), L.o, L.o_bias, s);
+      mark("gemm o");
       cuda::add_rmsnorm(x, residual, proj, L.post_norm, eps, s);
+      mark("add + rmsnorm");
       cuda::matmul(gemm_, gate_up, x, L.gate_up, L.gate_up_bias, s);
+      mark("gemm gate_up");
       cuda::swiglu(gate, gate, up, s);
+      mark("swiglu");
       cuda::matmul(gemm_, proj, gate, L.down, L.down_bias, s);
+      mark("gemm down");
       const TensorView& next_norm = i + 1 < c.num_hidden_layers ? weights_.layers[i + 1].input_norm : weights_.final_norm;
       cuda::add_rmsnorm(x, residual, proj, next_norm, eps, s);
+      mark("add + rmsnorm");
     }
     if (R == 0) return;
     TensorView rows = x.rows(0, R);
@@ -302,6 +348,7 @@ class CudaBackend final : public CudaModelBackend {
     }
     cuda::matmul(gemm_, TensorView(ws_.logits.get(), DType::F32, {R, c.vocab_size}), rows, weights_.lm_head,
                  TensorView(), s);
+    mark("lm_head");
   }
 
   cudabk::GraphExec capture(const StepLayout& l) {
@@ -340,6 +387,8 @@ class CudaBackend final : public CudaModelBackend {
   std::map<GraphKey, cudabk::GraphExec> graphs_;
   cudabk::Event start_, stop_;
   CudaBackendStats stats_;
+  StepProfile profile_;
+  CudaSampling sampling_;
 };
 
 }  // namespace

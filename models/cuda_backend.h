@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "models/backend.h"
@@ -21,6 +23,8 @@ struct CudaBackendOptions {
   // the memory. A larger step still runs: the buffers grow (and captured graphs are dropped).
   int64_t reserve_step_tokens = 8192;
   uint64_t seed = 0;  // random (dummy) weights
+  // Time every op of the eager steps (models/cuda_profile.h); read the totals with profile().
+  bool profile = false;
 };
 
 // What the backend holds and has done, for logs, tests and benchmarks.
@@ -29,7 +33,9 @@ struct CudaBackendStats {
   size_t weight_step_read_bytes = 0;  // what one decode step reads of the weights
   size_t kv_bytes_per_token = 0;      // all layers, K and V
   int64_t graphs_captured = 0, graph_replays = 0, eager_steps = 0;
-  float last_step_device_ms = 0;  // the last forward's GPU time, metadata upload to logits (no D2H)
+  // The last step's GPU time: from the metadata upload to the logits (forward; their copy to the
+  // host not included) or to the sampled tokens on the host (forward_sample).
+  float last_step_device_ms = 0;
 };
 
 class CudaModelBackend : public ModelBackend {
@@ -38,6 +44,10 @@ class CudaModelBackend : public ModelBackend {
   // Fills the whole KV pool with random values, so that a benchmark can time decode over long
   // contexts without prefilling them first (and without timing reads of zeros).
   virtual void fill_kv_random(uint64_t seed) = 0;
+  // With CudaBackendOptions::profile: device milliseconds per op over the eager steps so far.
+  virtual const std::vector<std::pair<std::string, double>>& profile() const = 0;
+  virtual void set_profiling(bool on) = 0;
+  virtual void clear_profile() = 0;
 };
 
 std::unique_ptr<CudaModelBackend> make_cuda_model_backend(const ModelConfig& config, const WeightStore* weights,

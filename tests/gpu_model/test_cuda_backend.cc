@@ -4,6 +4,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "kernels/cpu/sampling.h"
 #include "models/cuda_backend.h"
 #include "tests/gpu_model/gpu_model_util.h"
 #include "tests/test_util.h"
@@ -80,6 +81,79 @@ TEST_CASE("dummy weights at the 8B shape: finite, non-degenerate logits through 
   CHECK(st.weight_bytes >= size_t{3846250496});
   CHECK(st.weight_bytes < size_t{3846250496} + (size_t{1} << 20));
   CHECK(st.kv_bytes_per_token == 4 * 2 * 8 * 128 * 2);
+}
+
+TEST_CASE("forward_sample samples on the device what the CPU sampling op picks from the same logits") {
+  STEM_REQUIRE_GPU();
+  const ModelConfig c = parse_model_config(llama8b_config(2).dump(), "llama-3.1-8b (2 layers)");
+  BackendOptions o;
+  o.device = "cuda";
+  o.num_pages = 256;
+  auto backend = make_cuda_model_backend(c, nullptr, o);
+  std::mt19937_64 rng(47);
+  PagedSequences seqs(256, 16, 32);
+  std::vector<PagedSequences::Part> prefill;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 4; ++i) {
+    prompts.push_back(random_tokens(rng, 60 + 90 * i, c.vocab_size));
+    prefill.push_back({seqs.add(), prompts.back()});
+  }
+  // Greedy with logprobs; seeded top-k; top-p + min-p with a repetition penalty; presence and
+  // frequency penalties with top-5 logprobs.
+  SamplingBatch sampling;
+  SamplingRow greedy;
+  greedy.temperature = 0;
+  greedy.logprobs = 1;
+  greedy.top_logprobs = 5;
+  SamplingRow top_k;
+  top_k.temperature = 0.8f;
+  top_k.top_k = 50;
+  top_k.seed = 7;
+  top_k.step = 3;
+  SamplingRow nucleus;
+  nucleus.temperature = 1.1f;
+  nucleus.top_p = 0.9f;
+  nucleus.min_p = 0.01f;
+  nucleus.repetition_penalty = 1.3f;
+  nucleus.seed = 11;
+  SamplingRow penalised;
+  penalised.presence_penalty = 1.5f;
+  penalised.frequency_penalty = 0.5f;
+  penalised.top_logprobs = 5;
+  penalised.logprobs = 1;
+  penalised.seed = 13;
+  penalised.step = 9;
+  const SamplingRow rows[4] = {greedy, top_k, nucleus, penalised};
+  for (int r = 0; r < 4; ++r) {
+    sampling.add_row(rows[r]);
+    if (!rows[r].has_penalties()) continue;
+    std::vector<PenaltyToken> tokens;
+    for (int j = 0; j < 20; ++j) tokens.push_back({prompts[r][j], j % 3, j % 2});
+    std::sort(tokens.begin(), tokens.end(), [](auto& a, auto& b) { return a.id < b.id; });
+    tokens.erase(std::unique(tokens.begin(), tokens.end(), [](auto& a, auto& b) { return a.id == b.id; }),
+                 tokens.end());
+    sampling.add_penalties(tokens.data(), tokens.size());
+  }
+  // The same step twice: once for its logits, once sampled on the device (its K/V writes repeat
+  // the same values, so the logits are the same).
+  const ForwardBatch step = seqs.step(prefill);
+  Tensor logits;
+  backend->forward(step, logits);
+  SampledTokens gpu, cpu;
+  backend->forward_sample(step, sampling, gpu);
+  cpu.resize(4);
+  cpu::sample(cpu.outputs(), logits.view(), sampling.inputs(), TensorView());
+  CHECK(gpu.tokens == cpu.tokens);
+  for (int r = 0; r < 4; ++r) {
+    INFO("row " << r);
+    CHECK(gpu.tokens[r] >= 0);
+    CHECK(std::abs(gpu.logprobs[r] - cpu.logprobs[r]) <= 1e-4f);
+    for (int j = 0; j < rows[r].top_logprobs; ++j) {
+      CHECK(gpu.top_ids[r * kMaxTopLogprobs + j] == cpu.top_ids[r * kMaxTopLogprobs + j]);
+      CHECK(std::abs(gpu.top_logprobs[r * kMaxTopLogprobs + j] - cpu.top_logprobs[r * kMaxTopLogprobs + j]) <= 1e-4f);
+    }
+  }
+  CHECK(gpu.tokens[0] == argmax_row(logits, 0));
 }
 
 TEST_CASE("the KV pool takes what gpu_memory_fraction leaves after the weights") {
