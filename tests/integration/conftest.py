@@ -107,6 +107,11 @@ class Server:
             time.sleep(0.1)
         raise AssertionError(f"{name} = {value} did not reach the expected value within {timeout} s")
 
+    def sanitizer_reports(self):
+        """What AddressSanitizer, LeakSanitizer or UBSan printed in the log (an instrumented build,
+        scripts/test_sanitize.sh); empty for a normal build."""
+        return re.findall(r"^.*(?:ERROR: (?:Address|Leak)Sanitizer|runtime error:).*$", self.log_text(), re.M)
+
     def stop(self, sig=signal.SIGTERM, timeout=60):
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -125,6 +130,7 @@ def server():
     s = Server("--max-num-seqs", "32", "--max-queue", "64", "--max-num-batched-tokens", "256")
     yield s
     assert s.stop() == 0, s.log_text()
+    assert not s.sanitizer_reports(), s.log_text()
 
 
 @pytest.fixture(scope="session")
@@ -153,3 +159,5 @@ def make_server():
     yield make
     for s in started:
         s.stop()
+    for s in started:
+        assert not s.sanitizer_reports(), s.log_text()
