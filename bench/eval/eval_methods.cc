@@ -1,0 +1,131 @@
+#include "bench/eval/eval_methods.h"
+
+#include <cmath>
+
+#include "kernels/check.h"
+
+namespace stem::eval {
+
+double Method::knob_value() const {
+  switch (knob) {
+    case Knob::BudgetRate: return settings.budget_rate;
+    case Knob::Threshold: return settings.threshold;
+    case Knob::Window: return static_cast<double>(settings.window_blocks);
+    case Knob::None: break;
+  }
+  return 0;
+}
+
+void Method::set_knob(double value) {
+  switch (knob) {
+    case Knob::BudgetRate: settings.budget_rate = value; break;
+    case Knob::Threshold: settings.threshold = value; break;
+    case Knob::Window: settings.window_blocks = std::max<int64_t>(1, std::llround(value)); break;
+    case Knob::None: break;
+  }
+}
+
+StemSettings eval_base_settings(int64_t min_prompt_len) {
+  StemSettings st;
+  st.min_prompt_len = min_prompt_len;
+  return st;
+}
+
+Method make_method(const std::string& family, double target, double value, int64_t min_prompt_len) {
+  Method m;
+  m.family = family;
+  m.target = target;
+  m.settings = eval_base_settings(min_prompt_len);
+  if (family == "dense") {
+    m.sparse = false;
+  } else if (family == "stem") {
+    m.knob = Knob::BudgetRate;
+  } else if (family == "stem-no-bonus") {
+    m.knob = Knob::BudgetRate;
+    m.settings.lambda = 0;
+  } else if (family == "stem-no-decay") {
+    m.knob = Knob::BudgetRate;
+    m.settings.position_decay = false;
+  } else if (family == "uniform-topk") {
+    m.knob = Knob::BudgetRate;
+    m.settings.lambda = 0;
+    m.settings.position_decay = false;
+  } else if (family == "sink-window") {
+    m.knob = Knob::Window;
+    m.settings.selector = StemSelector::None;
+  } else if (family == "xattention") {
+    m.knob = Knob::Threshold;
+    m.settings.selector = StemSelector::Threshold;
+    m.settings.lambda = 0;
+  } else {
+    throw Error("unknown method family '" + family +
+                "' (dense, stem, stem-no-bonus, stem-no-decay, uniform-topk, sink-window, xattention)");
+  }
+  if (m.sparse && target > 0 && target < kLowDensity) {
+    m.settings.sink_blocks = 2;
+    m.settings.window_blocks = 2;
+  }
+  if (m.knob != Knob::None && value > 0) m.set_knob(value);
+  m.name = family;
+  if (target > 0) m.name += "@" + std::to_string(std::lround(target * 100)) + "%";
+  return m;
+}
+
+std::vector<Method> full_methods(const std::vector<double>& targets, int64_t min_prompt_len) {
+  std::vector<Method> methods = {make_method("dense", 0, 0, min_prompt_len), make_method("stem", 0, 0, min_prompt_len)};
+  for (const char* family : {"stem", "stem-no-bonus", "stem-no-decay", "uniform-topk", "sink-window", "xattention"})
+    for (double t : targets) {
+      // Starting guesses at 8K (nb 64): k_s = 42 at rate 1 keeps ~85%; sink + window of m blocks
+      // keeps about m·64 − m(m − 1)/2 of 2080; a threshold tau keeps about tau at most.
+      const double window = 64 - std::sqrt(64.0 * 64 - 2 * 2080 * t) - (t < kLowDensity ? 2 : 4);
+      const double guess = std::string(family) == "sink-window" ? std::max(1.0, window) : t;
+      methods.push_back(make_method(family, t, guess, min_prompt_len));
+    }
+  return methods;
+}
+
+std::vector<Method> quick_methods(int64_t min_prompt_len) {
+  // At 1K tokens (nb 8) the 4 sink and 4 window blocks alone cover every block: one sink block,
+  // a window of two and a budget rate of 0.25 (k_s = 2 blocks by score) make the rows from
+  // block 5 on drop blocks.
+  Method stem = make_method("stem", 0, 0.25, min_prompt_len);
+  stem.settings.sink_blocks = 1;
+  stem.settings.window_blocks = 2;
+  stem.name = "stem-quick";
+  return {make_method("dense", 0, 0, min_prompt_len), stem};
+}
+
+nlohmann::json to_json(const Method& m) {
+  const StemSettings& s = m.settings;
+  nlohmann::json j = {{"name", m.name}, {"family", m.family}, {"sparse", m.sparse}};
+  if (m.target > 0) j["target_density"] = m.target;
+  if (m.sparse)
+    j["settings"] = {{"selector", stem_selector_name(s.selector)}, {"budget_rate", s.budget_rate},
+                     {"alpha", s.alpha}, {"lambda", s.lambda}, {"position_decay", s.position_decay},
+                     {"threshold", s.threshold}, {"sink_blocks", s.sink_blocks}, {"window_blocks", s.window_blocks},
+                     {"dense_layers", s.dense_layers}, {"min_prompt_len", s.min_prompt_len}};
+  return j;
+}
+
+Method method_from_json(const nlohmann::json& j) {
+  Method m = make_method(j.at("family").get<std::string>(), j.value("target_density", 0.0), 0,
+                         j.contains("settings") ? j["settings"].value("min_prompt_len", int64_t{0}) : 0);
+  m.name = j.at("name").get<std::string>();
+  if (!j.contains("settings")) return m;
+  const nlohmann::json& s = j["settings"];
+  StemSettings& st = m.settings;
+  st.selector = parse_stem_selector(s.at("selector").get<std::string>());
+  st.budget_rate = s.at("budget_rate");
+  st.alpha = s.at("alpha");
+  st.lambda = s.at("lambda");
+  st.position_decay = s.at("position_decay");
+  st.threshold = s.at("threshold");
+  st.sink_blocks = s.at("sink_blocks");
+  st.window_blocks = s.at("window_blocks");
+  st.dense_layers = s.at("dense_layers");
+  st.min_prompt_len = s.at("min_prompt_len");
+  check_stem_settings(st);
+  return m;
+}
+
+}  // namespace stem::eval
