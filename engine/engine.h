@@ -121,7 +121,6 @@ class Engine {
   int64_t next_seq_id_ = 0;
   std::list<std::unique_ptr<Active>> active_;
   int64_t prompt_tokens_total_ = 0, generation_tokens_total_ = 0, stem_sparse_blocks_total_ = 0;
-  Tensor logits_;
 };
 
 }  // namespace stem
