@@ -117,12 +117,16 @@ def plot(res, rows, path):
     except ImportError:
         print("report.py: no matplotlib: no plot", file=sys.stderr)
         return False
+    longest = max((length for r in rows for length in r["passkey"]), default=None)
+    for r in rows:
+        r["passkey_longest"] = r["passkey"].get(longest)
     panels = [
         ("passkey_all", "passkey accuracy (all lengths)", lambda v: 100 * v, "%"),
+        ("passkey_longest", f"passkey accuracy at {longest} tokens", lambda v: 100 * v, "%"),
         ("ppl_change", "perplexity vs dense", lambda v: 100 * v, "% change"),
         ("error", "attention output error (rel., mean of layers)", lambda v: v, ""),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4.8))
+    fig, axes = plt.subplots(1, len(panels), figsize=(20, 4.8))
     dense = next((r for r in rows if r["family"] == "dense"), None)
     for ax, (key, title, scale, unit) in zip(axes, panels):
         for family, label in FAMILY_LABELS.items():
@@ -133,7 +137,7 @@ def plot(res, rows, path):
         default = [r for r in rows if r["family"] == "stem" and not r["target"] and r.get(key) is not None]
         for r in default:
             ax.scatter([100 * r["density"]], [scale(r[key])], marker="*", s=160, color="black", zorder=5,
-                       label="Stem defaults")
+                       label="Stem defaults" if r["name"] == "stem" else r["name"])
         if dense and dense.get(key) is not None:
             ax.axhline(scale(dense[key]), color="gray", linestyle="--", label="dense")
         ax.set_xlabel(f"block density at {res.get('attention_tokens', '?')} tokens (%)")
