@@ -120,12 +120,13 @@ cpu::StemPlan plan_layer(const Capture& c, const CapturedLayer& layer, const Ste
                         ci32(c.kv_lens, {1}), ci32(c.query_start, {2}), ci32(c.prompt_lens, {1}), c.scale, 0, settings);
 }
 
-Density measure_density(const Capture& c, const Method& m) {
+Density measure_density(const Capture& c, const Method& m, size_t stride) {
   Density d;
   double listed = 0, causal = 0;
   const int64_t bs = m.settings.block_size, nb = (c.tokens + bs - 1) / bs;
   const double per_layer = static_cast<double>(nb * (nb + 1) / 2 * c.q_heads);
-  for (const CapturedLayer& layer : c.layers) {
+  for (size_t li = 0; li < c.layers.size(); li += stride) {
+    const CapturedLayer& layer = c.layers[li];
     const double n = m.sparse && layer.layer >= m.settings.dense_layers
                          ? static_cast<double>(plan_layer(c, layer, m.settings).block_indices.size())
                          : per_layer;
@@ -137,11 +138,11 @@ Density measure_density(const Capture& c, const Method& m) {
   return d;
 }
 
-double calibrate_method(const Capture& c, Method& m, double tolerance) {
-  if (m.knob == Knob::None || m.target <= 0) return measure_density(c, m).total;
+void calibrate_method(const Capture& c, Method& m, double tolerance) {
+  if (m.knob == Knob::None || m.target <= 0) return;
   auto at = [&](double value) {
     m.set_knob(value);
-    return measure_density(c, m).total;
+    return measure_density(c, m, 2).total;
   };
   if (m.knob == Knob::Window) {
     // Whole blocks: the window whose density is nearest the target (density rises with it).
@@ -153,7 +154,8 @@ double calibrate_method(const Capture& c, Method& m, double tolerance) {
       if (std::abs(gap) < best_gap) best = wnd, best_gap = std::abs(gap);
       if (gap > 0) break;
     }
-    return at(static_cast<double>(best));
+    m.set_knob(static_cast<double>(best));
+    return;
   }
   // Budget rate (log scale) or threshold: density rises with the knob.
   const bool log_scale = m.knob == Knob::BudgetRate;
@@ -169,7 +171,7 @@ double calibrate_method(const Capture& c, Method& m, double tolerance) {
     if (hi - lo < (log_scale ? 1e-3 : 1e-5)) break;  // a step of the budget (k_s is whole blocks)
     x = 0.5 * (lo + hi);
   }
-  return at(best);
+  m.set_knob(best);
 }
 
 namespace {

@@ -35,16 +35,17 @@ Capture capture_qkv(const EvalModel& model, const std::vector<int32_t>& ids, int
 // The method's plan of one captured layer.
 cpu::StemPlan plan_layer(const Capture& c, const CapturedLayer& layer, const StemSettings& settings);
 
-// Listed / causal (query block, head, key block) triples of every captured layer, and in total.
+// Listed / causal (query block, head, key block) triples of every `stride`-th captured layer, and
+// in total over them.
 struct Density {
   std::vector<double> by_layer;
   double total = 0;
 };
-Density measure_density(const Capture& c, const Method& m);
+Density measure_density(const Capture& c, const Method& m, size_t stride = 1);
 
-// Turns the method's knob until its total density over the capture is within `tolerance` of its
-// target (bisection; windows are whole blocks, so the nearest window). Returns the density reached.
-double calibrate_method(const Capture& c, Method& m, double tolerance);
+// Turns the method's knob until its total density over every other captured layer is within
+// `tolerance` of its target (bisection; windows are whole blocks, so the nearest window).
+void calibrate_method(const Capture& c, Method& m, double tolerance);
 
 // The rows the attention error is measured on: those of the query blocks i with
 // i % every == every − 1 and the last block (a sample: dense attention costs L² per layer), in the

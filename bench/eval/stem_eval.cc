@@ -168,8 +168,9 @@ int main(int argc, char** argv) {
       for (size_t li : layers) out["attention_layers"].push_back(cap.layers[li].layer);
       for (Method& m : methods) {
         const auto t0 = std::chrono::steady_clock::now();
-        const double reached = a.quick ? measure_density(cap, m).total : calibrate_method(cap, m, 0.004);
+        if (!a.quick) calibrate_method(cap, m, 0.004);
         const Density d = measure_density(cap, m);
+        const double reached = d.total;
         const std::vector<double> err = attention_error(cap, m, sample);
         nlohmann::json j = to_json(m);
         j["density"] = reached;
