@@ -96,6 +96,12 @@ class Soak:
 
     def one(self, rng, http):
         kind = rng.choices(["plain", "stream", "chat_stream", "drop_stream", "give_up"], [3, 3, 2, 2, 1])[0]
+        try:
+            return self.send(kind, rng, http)
+        except Exception as e:  # a connection error, a timeout or a malformed answer
+            return self.record(kind, "FAIL", repr(e))
+
+    def send(self, kind, rng, http):
         max_tokens = rng.randint(1, self.args.max_tokens)
         body = {"prompt": self.prompt(rng), "max_tokens": max_tokens, "ignore_eos": True,
                 "temperature": rng.choice([0, 0.7, 1.0]), "seed": rng.randint(0, 1000)}
@@ -145,11 +151,13 @@ class Soak:
 
     def client(self, seed):
         rng = random.Random(seed)
-        with httpx.Client(timeout=httpx.Timeout(120)) as http:
+        # A request waits behind max-num-seqs + max-queue others; on a busy 2-core machine that
+        # can take minutes. Longer than this counts as a failure (a request left hanging).
+        with httpx.Client(timeout=httpx.Timeout(self.args.request_timeout)) as http:
             while not self.stop.is_set():
                 try:
                     if self.one(rng, http) == "429":  # refused: back off a little, as a real client would
-                        self.stop.wait(rng.uniform(0.1, 0.5))
+                        self.stop.wait(rng.uniform(0.25, 1.0))
                 except Exception as e:  # a connection error or a malformed answer
                     self.record("any", "FAIL", repr(e))
                     if self.proc.poll() is not None:
@@ -245,6 +253,7 @@ def main():
     p.add_argument("--max-tokens", type=int, default=24, help="most tokens a request asks for")
     p.add_argument("--max-prompt-words", type=int, default=60)
     p.add_argument("--rss-tolerance", type=float, default=0.05)
+    p.add_argument("--request-timeout", type=float, default=600, help="seconds a request may take")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--binary", default=None)
     p.add_argument("--model", default=str(ROOT / "models/cache/SmolLM2-135M-Instruct"))
