@@ -192,7 +192,7 @@ class Soak:
             time.sleep(0.5)
         self.stop.set()
         for t in threads:
-            t.join(timeout=180)
+            t.join(timeout=a.request_timeout + 60)
         elapsed = time.time() - t0
         problems = list(self.failures)
         if self.proc.poll() is not None:
@@ -200,7 +200,7 @@ class Soak:
             idle = {}
         else:
             try:
-                idle = self.wait_idle()
+                idle = self.wait_idle(timeout=120)
             except AssertionError as e:
                 problems.append(str(e))
                 idle = {}
