@@ -34,7 +34,7 @@ struct Args {
   std::vector<std::string> docs;
   std::vector<double> targets = {0.2, 0.3, 0.5};
   int64_t attention_tokens = 0, min_prompt_len = 0, error_every = 0, min_doc_tokens = 0;
-  std::vector<std::string> tasks = {"attention", "passkey", "ppl"}, families;
+  std::vector<std::string> tasks = {"attention", "passkey", "ppl"}, families, names;
   std::string methods_from;
   int answer_tokens = 8;
 };
@@ -79,6 +79,7 @@ int main(int argc, char** argv) {
   app.add_option("--error-every", a.error_every, "attention error on every n-th query block (default 8; quick 2)");
   app.add_option("--tasks", a.tasks, "attention,passkey,ppl")->delimiter(',');
   app.add_option("--families", a.families, "only these method families (default all)")->delimiter(',');
+  app.add_option("--methods", a.names, "only these methods, by name (e.g. dense,stem@30%)")->delimiter(',');
   app.add_option("--answer-tokens", a.answer_tokens, "passkey: greedy tokens to generate")->capture_default_str();
   app.add_option("--methods-from", a.methods_from,
                  "take the methods (calibrated settings, densities, errors) from an earlier run's JSON instead of "
@@ -119,6 +120,7 @@ int main(int argc, char** argv) {
     }
     if (!a.families.empty())
       std::erase_if(methods, [&](const Method& m) { return !has(a.families, m.family); });
+    if (!a.names.empty()) std::erase_if(methods, [&](const Method& m) { return !has(a.names, m.name); });
     nlohmann::json out = {{"model", a.model},
                           {"device", a.device},
                           {"quick", a.quick},
