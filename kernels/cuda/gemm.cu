@@ -76,8 +76,13 @@ constexpr size_t kMaxPlans = 8192;
 // real operands and keeps the fastest. A bucket is the shape with M rounded up to a power of two:
 // a server meets every prompt length, and tuning each would cost more than it saves; the other
 // shapes of a bucket reuse its algorithm when cuBLASLt accepts it for them (AlgoCheck).
+// Only decode-sized and small prefill steps are tuned (M ≤ kTuneMaxRows): there the heuristic's
+// pick left the most on the table (lm_head, down, qkv at M = 1..256), while at M = 8192 two H100
+// runs picked candidates that then ran 9-15% slower than the first pick in the op benchmark
+// (timing on repeated operands misleads there), and the whole-model TTFT moved by 1% at most.
 // STEM_GEMM_TUNE=0 turns tuning off (the heuristic's first pick, as before).
 constexpr int kTuneCandidates = 12;
+constexpr int64_t kTuneMaxRows = 256;
 constexpr int kTuneRuns = 3;
 
 // Where matmul runs cuda::gemv (gemv.cuh) instead of cuBLASLt: measured on an H100 (bench_ops,
@@ -185,7 +190,7 @@ struct GemmContext::Impl {
                ", ldw ", key.ldw, ", ldo ", key.ldo, ", out ", dtype_name(key.out_dtype), key.has_bias ? ", bias" : "",
                "): ", cublasLtGetStatusString(status));
     plan->algo = results[0].algo;
-    if (tune) {
+    if (tune && key.m <= kTuneMaxRows) {
       PlanKey bucket = key;
       bucket.m = bucket_of(key.m);
       if (auto it = tuned.find(bucket); it != tuned.end()) {

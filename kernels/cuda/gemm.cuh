@@ -11,7 +11,8 @@ namespace stem::cuda {
 
 // What every cuBLASLt GEMM needs and is costly to make: the library handle, a workspace, and the
 // algorithm chosen for each shape (the fastest of cuBLASLt's heuristic candidates, timed on the
-// first matmul of each shape bucket: see gemm.cu; STEM_GEMM_TUNE=0 takes the heuristic's first).
+// first matmul of each shape bucket of up to 256 rows: see gemm.cu; STEM_GEMM_TUNE=0 takes the
+// heuristic's first).
 // Make one per engine thread and keep it: it is not thread-safe, and matmuls that share it must run
 // on one stream (or streams ordered with each other), since they share the workspace.
 // Nothing touches the GPU until the first matmul, so argument errors surface without a device.
