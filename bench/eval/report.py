@@ -92,20 +92,38 @@ def fmt(x, spec):
 def table(res, rows):
     lengths = sorted({length for r in rows for length in r["passkey"]})
     docs = [d["name"] for d in res.get("documents", []) if any(d["name"] in r["ppl"] for r in rows)]
-    head = ["method", "knob", f"density @{res.get('attention_tokens', '?')}"]
-    head += [f"passkey {length // 1024}K" if length % 1024 == 0 else f"passkey {length}" for length in lengths]
     tail = next((r["tail_from"] for r in res.get("perplexity", []) if "tail_from" in r), None)
-    head += ["passkey all"] + [f"ppl {d}" for d in docs]
-    head += ["ppl vs dense", f"ppl from token {tail} vs dense", "attn error"]
+    has_ppl = bool(docs)
+    head = ["method", "knob", f"density @{res.get('attention_tokens', '?')}"]
+    if lengths:
+        head += [f"passkey {length // 1024}K" if length % 1024 == 0 else f"passkey {length}" for length in lengths]
+        head += ["passkey all"]
+    if has_ppl:
+        head += [f"ppl {d}" for d in docs] + ["ppl vs dense", f"ppl from token {tail} vs dense"]
+    head += ["attn error"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["name"], r["knob"], fmt(r["density"], ".1%")]
-        cells += [fmt(r["passkey"].get(length), ".0%") for length in lengths]
-        cells += [fmt(r["passkey_all"], ".1%")]
-        cells += [fmt(r["ppl"].get(d), ".3f") for d in docs]
-        cells += [fmt(r.get("ppl_change"), "+.2%"), fmt(r.get("ppl_tail_change"), "+.2%"), fmt(r["error"], ".4f")]
+        if lengths:
+            cells += [fmt(r["passkey"].get(length), ".0%") for length in lengths] + [fmt(r["passkey_all"], ".1%")]
+        if has_ppl:
+            cells += [fmt(r["ppl"].get(d), ".3f") for d in docs]
+            cells += [fmt(r.get("ppl_change"), "+.2%"), fmt(r.get("ppl_tail_change"), "+.2%")]
+        cells += [fmt(r["error"], ".4f")]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    # The attention error per sampled layer.
+    layers = res.get("attention_layers")
+    errs = {m["name"]: m.get("attention_error_by_layer") for m in res["methods"]}
+    if layers and any(errs.values()):
+        head = ["method"] + [f"layer {layer}" for layer in layers]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            e = errs.get(r["name"])
+            if e and r["family"] != "dense":
+                lines.append("| " + " | ".join([r["name"]] + [fmt(x, ".4f") for x in e]) + " |")
+        text += "\nAttention output error per layer (relative to dense, sampled query blocks):\n\n" + "\n".join(lines) + "\n"
+    return text
 
 
 def plot(res, rows, path):
@@ -126,7 +144,13 @@ def plot(res, rows, path):
         ("ppl_change", "perplexity vs dense", lambda v: 100 * v, "% change"),
         ("error", "attention output error (rel., mean of layers)", lambda v: v, ""),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(20, 4.8))
+    # Only the measures this run has (e.g. the attention stage alone has no passkey or perplexity).
+    panels = [p for p in panels if any(r.get(p[0]) is not None for r in rows if r["family"] != "dense")]
+    if not panels:
+        print("report.py: nothing to plot", file=sys.stderr)
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 1, 4.8), squeeze=False)
+    axes = axes[0]
     dense = next((r for r in rows if r["family"] == "dense"), None)
     for ax, (key, title, scale, unit) in zip(axes, panels):
         for family, label in FAMILY_LABELS.items():
