@@ -99,7 +99,7 @@ ModelConfig parse_model_config(const std::string& text, const std::string& where
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1E400
     throw Error(where + ": not valid JSON: " + e.what());
   }
   if (!j.is_object()) throw Error(where + ": not a JSON object");

@@ -89,7 +89,7 @@ void SafetensorsFile::parse_header(const char* header, size_t header_len, size_t
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(header, header + header_len);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1E400
     fail(path_, std::string("header is not valid JSON: ") + e.what());
   }
   if (!j.is_object()) fail(path_, "header is not a JSON object");

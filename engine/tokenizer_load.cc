@@ -25,7 +25,7 @@ json read_json(const fs::path& file) {
   buf << in.rdbuf();
   try {
     return json::parse(buf.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1E400
     throw Error(file.string() + ": not valid JSON: " + e.what());
   }
 }

@@ -19,7 +19,7 @@ WeightStore::WeightStore(const fs::path& model_dir) {
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1E400
       throw Error(index.string() + ": not valid JSON: " + e.what());
     }
     if (!j.contains("weight_map") || !j["weight_map"].is_object())

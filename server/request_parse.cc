@@ -208,8 +208,9 @@ json parse_json_body(const std::string& body) {
   json j;
   try {
     j = json::parse(body, limit_depth);
-  } catch (const json::parse_error& e) {
-    // nlohmann checks UTF-8 as it parses, so invalid UTF-8 lands here too.
+  } catch (const json::exception& e) {
+    // nlohmann checks UTF-8 as it parses, so invalid UTF-8 lands here too; a number too large
+    // for a double (1E400) is an out_of_range error (it was a 500; the config fuzzer found the kind).
     throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
   }
   if (!j.is_object()) throw ApiError(400, "the request body must be a JSON object");

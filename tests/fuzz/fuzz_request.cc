@@ -8,35 +8,20 @@
 #include "server/request_parse.h"
 #include "tests/fuzz/fuzz_util.h"
 
-namespace fs = std::filesystem;
-
 namespace {
 
-// The default model's tokenizer and chat template on a one-layer model with random weights:
-// validation needs the vocabulary and the context, not the weights.
+// The default model with a short context (validation needs its vocabulary, tokenizer, chat
+// template and limits; random weights are a CUDA-only option).
 struct Fixture {
-  fs::path dir;
   std::unique_ptr<stem::Engine> engine;
   stem::ServedModel model;
 
   Fixture() {
-    const fs::path src = stem::fuzz::default_model_dir();
-    dir = fs::temp_directory_path() / ("stem-fuzz-request-" + std::to_string(::getpid()));
-    fs::create_directories(dir);
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
-      if (fs::exists(src / f)) fs::copy_file(src / f, dir / f, fs::copy_options::overwrite_existing);
-    std::ofstream(dir / "config.json") << R"({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
-        "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "vocab_size": 49152, "max_position_embeddings": 256})";
     stem::EngineOptions o;
-    o.dummy_weights = true;
+    o.max_model_len = 256;
     o.max_num_seqs = 4;
-    engine = std::make_unique<stem::Engine>(dir, o);
+    engine = std::make_unique<stem::Engine>(stem::fuzz::default_model_dir(), o);
     model = stem::ServedModel::of(*engine, "smol");
-  }
-  ~Fixture() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
   }
 };
 

@@ -67,3 +67,12 @@ def test_unknown_route_and_oversized_body(make_server):
     r = httpx.post(s.url + "/v1/completions", json={"prompt": "x" * 5000}, timeout=10)
     assert r.status_code == 413
     assert httpx.post(s.url + "/v1/completions", json=GOOD, timeout=60).status_code == 200
+
+
+def test_number_too_large_for_a_double_is_400(server):
+    # nlohmann reports it as out_of_range, not parse_error: this was a 500.
+    for body in (b'{"prompt": "Hi", "max_tokens": 1E400}', b'{"prompt": "Hi", "x": -1e99999}'):
+        r = httpx.post(server.url + "/v1/completions", content=body, headers={"Content-Type": "application/json"},
+                       timeout=30)
+        assert r.status_code == 400, r.text
+        assert "not valid JSON" in r.json()["error"]["message"]

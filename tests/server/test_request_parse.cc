@@ -184,3 +184,15 @@ TEST_CASE("request parse: a body nested too deep is a 400, not a stack overflow"
     }
   }
 }
+
+TEST_CASE("request parse: a number too large for a double is a 400") {
+  for (const char* body : {R"({"prompt": "Hi", "max_tokens": 1E400})", R"({"x": -1e99999})"}) {
+    try {
+      parse_json_body(body);
+      FAIL("no error for " << body);
+    } catch (const ApiError& e) {
+      CHECK(e.status() == 400);
+      CHECK_THAT(e.what(), Catch::Matchers::Contains("not valid JSON"));
+    }
+  }
+}
