@@ -4,7 +4,8 @@
 #   1. the GPU model tests (scripts/gpu_model_test.sh run none);
 #   2. the op benchmarks' GEMMs with cuBLASLt's first heuristic pick (STEM_GEMM_TUNE=0) and tuned;
 #   3. bench_model: decode at batch 1/8/64/256 (1K and 32K contexts), untuned then tuned;
-#      TTFT at 128K, dense and Stem, with the per-op profile (--profile); Stem untuned beside it.
+#      TTFT at 32K-128K, dense and Stem, with the per-op profile at 128K (--profile); Stem at 128K
+#      with untuned GEMMs beside it.
 # Usage: bench/perf_gpu_run.sh [tests|gemm|decode|ttft]...   (default: all four)
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,8 +32,8 @@ for part in "${parts[@]}"; do
           --contexts 1024,32768 --json "$logs/decode_tune$tune.json" 2>&1 | grep -vE '^$'
       done ;;
     ttft)
-      echo "== bench_model TTFT 128K, dense and Stem, tuned GEMMs, with the per-op profile"
-      "$carry/bin/bench_model" --config "$config" --ttft 131072 --sparse-prefill both --batches "" --profile \
+      echo "== bench_model TTFT 32K-128K, dense and Stem, with the per-op profile at 128K"
+      "$carry/bin/bench_model" --config "$config" --ttft 32768,65536,131072 --sparse-prefill both --batches "" --profile \
         --json "$logs/ttft_profile.json" 2>&1 | grep -vE '^$'
       echo "== bench_model TTFT 128K, Stem, STEM_GEMM_TUNE=0"
       STEM_GEMM_TUNE=0 "$carry/bin/bench_model" --config "$config" --ttft 131072 --sparse-prefill stem --batches "" \
