@@ -162,7 +162,7 @@ def plot(res, rows, path):
         for r in default:
             ax.scatter([100 * r["density"]], [scale(r[key])], marker="*", s=160, color="black", zorder=5,
                        label="Stem defaults" if r["name"] == "stem" else r["name"])
-        if dense and dense.get(key) is not None:
+        if dense and dense.get(key) is not None and key != "error":  # dense's error is 0
             ax.axhline(scale(dense[key]), color="gray", linestyle="--", label="dense")
         ax.set_xlabel(f"block density at {res.get('attention_tokens', '?')} tokens (%)")
         ax.set_ylabel(unit)
@@ -171,7 +171,9 @@ def plot(res, rows, path):
         if key == "error":
             ax.set_yscale("log") if any(r.get(key) for r in rows if r["family"] != "dense") else None
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Stem accuracy on {res['model'].rstrip('/').split('/')[-1]} ({res['device']})")
+    missing = [name for name, key in (("passkey", "passkey"), ("perplexity", "perplexity")) if not res.get(key)]
+    note = f"; {' and '.join(missing)} not run" if missing else ""
+    fig.suptitle(f"Stem accuracy on {res['model'].rstrip('/').split('/')[-1]} ({res['device']}{note})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
