@@ -81,7 +81,8 @@ __device__ Cut threshold_cut(const uint32_t* keys, int n, double tau) {
   __syncthreads();
   const int equal = equal_count;
   const double each = exp(static_cast<double>(key_score(lo)) - top);
-  const int need = static_cast<int>(ceil((target - above) / each));
+  // (each underflows to 0 only for scores ~745 below the top: then every equal key is taken.)
+  const int need = each > 0 ? static_cast<int>(fmin(ceil((target - above) / each), 1e9)) : equal;
   __syncthreads();  // largest and equal_count are reused by the next head
   return {lo, max(1, min(need, equal)), equal};
 }
