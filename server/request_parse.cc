@@ -122,7 +122,10 @@ json chat_messages(const json& body) {
     } else if (content->is_array()) {
       std::string text;
       for (const json& part : *content) {
-        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+        // value("type", "") would throw a type_error (a 500) for {"type": 5}: found by fuzz_request.
+        const auto type = part.is_object() ? part.find("type") : part.end();
+        if (!part.is_object() || type == part.end() || *type != "text" || !part.contains("text") ||
+            !part["text"].is_string())
           bad(where + ".content", where + ".content: only {\"type\": \"text\", \"text\": ...} parts are supported");
         text += part["text"].get<std::string>();
       }

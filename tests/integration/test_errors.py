@@ -33,6 +33,8 @@ CASES = [
     ("chat max_completion_tokens over the limit", "/v1/chat/completions",
      {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 100000}, 400,
      "max_completion_tokens"),
+    ("content part with a type that is not a string", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": [{"type": 5, "text": "hi"}]}]}, 400, "messages[0].content"),
     ("top_logprobs without logprobs", "/v1/chat/completions",
      {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, 400, "top_logprobs"),
     ("stop of the wrong type", "/v1/completions", {"prompt": "Hi", "stop": 5}, 400, "stop"),
