@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """The Stem accuracy evaluation's table (markdown) and plot (PNG) from stem_eval's JSON.
 
-    report.py stem_eval.json [--table table.md] [--png stem_accuracy.png]
+    report.py stem_eval.json [more.json ...] [--table table.md] [--png stem_accuracy.png]
+
+More files add their passkey and perplexity records to the first one's methods (runs of the same
+methods split over several processes, e.g. with stem_eval --methods-from and --methods).
 
 One row per method: its block density on the attention prompt (the x axis of the plot), passkey
 accuracy per prompt length, perplexity per document and its change against dense, and the mean
@@ -25,9 +28,17 @@ FAMILY_LABELS = {
 }
 
 
-def load(path):
-    with open(path) as f:
-        return json.load(f)
+def load(paths):
+    with open(paths[0]) as f:
+        res = json.load(f)
+    for path in paths[1:]:
+        with open(path) as f:
+            more = json.load(f)
+        for key in ("passkey", "perplexity"):
+            res.setdefault(key, []).extend(more.get(key, []))
+        names = {d["name"] for d in res.get("documents", [])}
+        res.setdefault("documents", []).extend(d for d in more.get("documents", []) if d["name"] not in names)
+    return res
 
 
 def summarize(res):
@@ -38,8 +49,11 @@ def summarize(res):
         passkey[r["method"]][r["length"]].append(1.0 if r["correct"] else 0.0)
     ppl = defaultdict(dict)
     ppl_tail = defaultdict(dict)
+    ppl_density = defaultdict(list)
     for r in res.get("perplexity", []):
         ppl[r["method"]][r["doc"]] = r["ppl"]
+        if "density" in r:
+            ppl_density[r["method"]].append(r["density"])
         if "ppl_tail" in r:
             ppl_tail[r["method"]][r["doc"]] = r["ppl_tail"]
     dense_name = next((m["name"] for m in res["methods"] if m["family"] == "dense"), None)
@@ -56,6 +70,7 @@ def summarize(res):
             "passkey_all": mean([x for v in passkey[name].values() for x in v]),
             "ppl": ppl[name],
             "ppl_tail": ppl_tail[name],
+            "ppl_density": mean(ppl_density[name]),
         }
         if dense_name and ppl[dense_name] and ppl[name]:
             # Mean over documents of the perplexity's relative change against dense.
@@ -99,7 +114,7 @@ def table(res, rows):
         head += [f"passkey {length // 1024}K" if length % 1024 == 0 else f"passkey {length}" for length in lengths]
         head += ["passkey all"]
     if has_ppl:
-        head += [f"ppl {d}" for d in docs] + ["ppl vs dense", f"ppl from token {tail} vs dense"]
+        head += [f"ppl {d}" for d in docs] + ["ppl vs dense", f"ppl from token {tail} vs dense", "density (ppl runs)"]
     head += ["attn error"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -108,7 +123,7 @@ def table(res, rows):
             cells += [fmt(r["passkey"].get(length), ".0%") for length in lengths] + [fmt(r["passkey_all"], ".1%")]
         if has_ppl:
             cells += [fmt(r["ppl"].get(d), ".3f") for d in docs]
-            cells += [fmt(r.get("ppl_change"), "+.2%"), fmt(r.get("ppl_tail_change"), "+.2%")]
+            cells += [fmt(r.get("ppl_change"), "+.2%"), fmt(r.get("ppl_tail_change"), "+.2%"), fmt(r["ppl_density"], ".1%")]
         cells += [fmt(r["error"], ".4f")]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
@@ -181,7 +196,7 @@ def plot(res, rows, path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("json")
+    ap.add_argument("json", nargs="+")
     ap.add_argument("--table")
     ap.add_argument("--png")
     a = ap.parse_args()
