@@ -36,6 +36,10 @@ def load(paths):
             more = json.load(f)
         for key in ("passkey", "perplexity"):
             res.setdefault(key, []).extend(more.get(key, []))
+        # The title names every device the records came from (e.g. attention on the cpu, the rest on cuda).
+        devices = res["device"].split(" + ")
+        if more.get("device") and more["device"] not in devices:
+            res["device"] = " + ".join(devices + [more["device"]])
         names = {d["name"] for d in res.get("documents", [])}
         res.setdefault("documents", []).extend(d for d in more.get("documents", []) if d["name"] not in names)
     return res
