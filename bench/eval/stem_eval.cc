@@ -206,8 +206,10 @@ int main(int argc, char** argv) {
       const auto t0 = std::chrono::steady_clock::now();
       const std::vector<PasskeyCase> cases = make_passkey_cases(model, a.lengths, a.depths, a.answer_tokens);
       out["passkey"] = nlohmann::json::array();
-      for (const Method& m : methods)
+      for (const Method& m : methods) {
         for (const nlohmann::json& r : run_passkey(model, m, cases, a.answer_tokens)) out["passkey"].push_back(r);
+        write_json(a.json, out);  // after each method: a long run that is cut short keeps what it did
+      }
       spdlog::info("passkey: {} cases x {} methods in {:.1f} s", cases.size(), methods.size(), since(t0));
       write_json(a.json, out);
     }
@@ -216,8 +218,10 @@ int main(int argc, char** argv) {
     if (has(a.tasks, "ppl")) {
       const auto t0 = std::chrono::steady_clock::now();
       out["perplexity"] = nlohmann::json::array();
-      for (const Method& m : methods)
+      for (const Method& m : methods) {
         for (const nlohmann::json& r : run_perplexity(model, m, docs, a.quick ? 512 : 4096)) out["perplexity"].push_back(r);
+        write_json(a.json, out);
+      }
       spdlog::info("ppl: {} documents x {} methods in {:.1f} s", docs.size(), methods.size(), since(t0));
     }
     out["seconds"] = since(start);
