@@ -7,8 +7,8 @@
 #                            # perplexity documents and (when present) the attention stage's
 #                            # results build-eval/eval-full/attention.json
 #   bench/eval/gpu.sh run    # there, from the repo root, with build-eval-carry and
-#                            # models/cache/SmolLM2-135M-Instruct present (259 MB: more than this
-#                            # workplace's device tool carries, 64 MiB): the CUDA Stem tests
+#                            # models/cache/SmolLM2-135M-Instruct present (259 MB: more than one
+#                            # call of the device tool carries, 64 MiB; send it in pieces): the CUDA Stem tests
 #                            # (every selection variant against the CPU reference), bench_stem at
 #                            # 128K (the planner's time), then stem_eval --device cuda
 #
