@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/matmul.h"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/view.h"
 #include "tests/catch.h"
@@ -159,6 +160,18 @@ inline void report_error(const std::string& what, double error) {
     std::fprintf(f, "%s %.3e\n", what.c_str(), error);
     std::fclose(f);
   }
+}
+
+// cpu::matmul (the twin of cuda::matmul and cuda::gemv) on bf16 values held in f32: out [m,n] =
+// a [m,k] (row stride lda) · w [n,k]ᵀ + bias (empty: none).
+inline std::vector<float> cpu_matmul(std::vector<float> a, int64_t lda, std::vector<float> w, std::vector<float> bias,
+                                     int64_t m, int64_t n, int64_t k) {
+  std::vector<float> out(static_cast<size_t>(m * n));
+  TensorView a_v(a.data(), DType::F32, {m, k});
+  a_v.stride[0] = lda;
+  cpu::matmul(TensorView(out.data(), DType::F32, {m, n}), a_v, TensorView(w.data(), DType::F32, {n, k}),
+              bias.empty() ? TensorView{} : TensorView(bias.data(), DType::F32, {n}));
+  return out;
 }
 
 }  // namespace stem::gpu_test

@@ -1,4 +1,3 @@
-#include "kernels/cpu/matmul.h"
 #include "kernels/cuda/gemm.cuh"
 #include "tests/cuda/gpu_test_util.h"
 
@@ -13,17 +12,6 @@ struct GemmShape {
   DType out;
   const char* what;
 };
-
-// cpu::matmul on the bf16 values in f32. a and out may be row-strided (lda, ldo).
-std::vector<float> cpu_matmul(const std::vector<float>& a, int64_t lda, const std::vector<float>& w,
-                              const std::vector<float>& bias, int64_t m, int64_t n, int64_t k) {
-  std::vector<float> out(static_cast<size_t>(m * n)), a_host = a, w_host = w, b_host = bias;
-  TensorView a_v(a_host.data(), DType::F32, {m, k});
-  a_v.stride[0] = lda;
-  cpu::matmul(TensorView(out.data(), DType::F32, {m, n}), a_v, TensorView(w_host.data(), DType::F32, {n, k}),
-              bias.empty() ? TensorView{} : TensorView(b_host.data(), DType::F32, {n}));
-  return out;
-}
 
 }  // namespace
 
@@ -63,7 +51,7 @@ TEST_CASE("cuda matmul (cuBLASLt) matches the CPU twin") {
     DeviceBuffer d_out(static_cast<size_t>(m * n) * dtype_size(shape.out));
     d_out.poison();
     cuda::matmul(ctx, d_out.view(shape.out, {m, n}), d_a->view(DType::BF16, {m, k}), w_v, bias_v);
-    const std::vector<float> ref = cpu_matmul(a, k, w, bias, m, n, k);
+    const std::vector<float> ref = gpu_test::cpu_matmul(a, k, w, bias, m, n, k);
     STEM_CHECK_CLOSE(label, gpu_test::download_f32(d_out, shape.out, m * n), ref, tol);
 
     // Again with a and out as slices of wider buffers (row strides 2K and 2N): the strides must
@@ -79,7 +67,7 @@ TEST_CASE("cuda matmul (cuBLASLt) matches the CPU twin") {
     for (int64_t i = 0; i < m; ++i)
       strided_out.insert(strided_out.end(), wide_out.begin() + i * 2 * n + n, wide_out.begin() + (i + 1) * 2 * n);
     std::vector<float> a_cols(wide_a.begin() + k, wide_a.end());  // row i of the slice starts at i·2K
-    STEM_CHECK_CLOSE(label + " strided", strided_out, cpu_matmul(a_cols, 2 * k, w, bias, m, n, k), tol);
+    STEM_CHECK_CLOSE(label + " strided", strided_out, gpu_test::cpu_matmul(a_cols, 2 * k, w, bias, m, n, k), tol);
   }
   // The plan cache holds one entry per distinct shape and layout, and a repeat adds none.
   const size_t plans = ctx.cached_plans();

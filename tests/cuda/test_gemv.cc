@@ -1,4 +1,3 @@
-#include "kernels/cpu/matmul.h"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/gemv.cuh"
 #include "tests/cuda/gpu_test_util.h"
@@ -14,17 +13,6 @@ struct GemvShape {
   DType out;
   const char* what;
 };
-
-// cpu::matmul on the bf16 values in f32; a may be row-strided (lda).
-std::vector<float> cpu_matmul(std::vector<float> a, int64_t lda, std::vector<float> w, std::vector<float> bias,
-                              int64_t m, int64_t n, int64_t k) {
-  std::vector<float> out(static_cast<size_t>(m * n));
-  TensorView a_v(a.data(), DType::F32, {m, k});
-  a_v.stride[0] = lda;
-  cpu::matmul(TensorView(out.data(), DType::F32, {m, n}), a_v, TensorView(w.data(), DType::F32, {n, k}),
-              bias.empty() ? TensorView{} : TensorView(bias.data(), DType::F32, {n}));
-  return out;
-}
 
 }  // namespace
 
@@ -65,7 +53,7 @@ TEST_CASE("cuda gemv matches the CPU twin for 1 to 8 rows") {
     REQUIRE(cuda::gemv_accepts(d_out.view(shape.out, {m, n}), a_slice, w_v));
     cuda::gemv(d_out.view(shape.out, {m, n}), a_slice, w_v, bias_v);
     const std::vector<float> a_cols(wide_a.begin() + k, wide_a.end());  // row i of the slice starts at i·2K
-    const std::vector<float> ref = cpu_matmul(a_cols, 2 * k, w, bias, m, n, k);
+    const std::vector<float> ref = gpu_test::cpu_matmul(a_cols, 2 * k, w, bias, m, n, k);
     const std::vector<float> got = gpu_test::download_f32(d_out, shape.out, m * n);
     CHECK(gpu_test::count_nan(got) == 0);
     STEM_CHECK_CLOSE(label, got, ref, tol);
