@@ -16,13 +16,14 @@
 namespace stem::cuda::sm90 {
 namespace {
 
-// STEM_PREFILL_SM90: 0 = off (the mma.sync kernel), 1 to 7 = the kernel builds in the switch of
-// launch_prefill_sm90; unset or anything else = the default. All seven pass the prefill tests on
-// the H100 and time within ±3% of each other there (bench/RESULTS.md): the consumers' schedule
-// and the ring depth barely move it. 3 (pipelined with ping-pong turns, 2 stages, 2 Q buffers)
-// was fastest or tied at every length, dense and sparse, so it is the default.
-constexpr int kDefaultMode = 3;
-constexpr int kModes = 8;
+// STEM_PREFILL_SM90: 0 = off (the mma.sync kernel), 1 to 8 = the kernel builds in the switch of
+// launch_prefill_sm90; unset or anything else = the default. All pass the prefill tests on the
+// H100. Builds 1-7 time within ±3% of each other there (bench/RESULTS.md): the consumers' schedule
+// and the ring depth barely move it. 8 (build 3 — pipelined with ping-pong turns, 2 stages, 2 Q
+// buffers — with a second producer warp for V) removed most of the consumers' waits for K and
+// was 4-7% faster than 3 at every length, dense and sparse, so it is the default.
+constexpr int kDefaultMode = 8;
+constexpr int kModes = 9;
 
 int mode() {
   const char* v = std::getenv("STEM_PREFILL_SM90");
@@ -110,7 +111,8 @@ void launch_prefill_sm90(const attn::AttentionShape& s, const attn::PrefillParam
     case 4: return launch<Config<S::kPingPong, 2, 2, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
     case 5: return launch<Config<S::kSerial, 3, 1, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
     case 6: return launch<Config<S::kPipelined, 3, 1, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
-    default: return launch<Config<S::kPingPong, 3, 1, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
+    case 7: return launch<Config<S::kPingPong, 3, 1, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
+    default: return launch<Config<S::kPingPong, 2, 2, false, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
   }
 }
 

@@ -26,12 +26,14 @@ namespace stem::cuda::sm90 {
 
 #if STEM_SM90A_DEVICE
 
-// The producer warp. Per item: the Q tile, then each listed key block's K and V tiles into the
-// ring (lane i copies page i of a block; one TMA box per page per 64-column half).
+// The producer warp(s). Per item: the Q tile, then each listed key block's K and V tiles into the
+// ring (lane i copies page i of a block; one TMA box per page per 64-column half). role 0 takes
+// the items from the work counter and loads Q and K (and V, unless C::kSplitV); role 1 (kSplitV)
+// follows the items the consumers are given and loads their V tiles.
 template <class C>
 __device__ __forceinline__ void producer(const PrefillParams& p, const CUtensorMap* tm_q, const CUtensorMap* tm_k,
                                          const CUtensorMap* tm_v, uint32_t smem, const typename C::Bars& bars,
-                                         ItemInfo* s_info, int* s_tile_block) {
+                                         ItemInfo* s_info, int* s_tile_block, int role) {
   using L = typename C::Layout;
   constexpr int kStages = C::kStages;
   const int lane = threadIdx.x & 31;
@@ -65,10 +67,12 @@ __device__ __forceinline__ void producer(const PrefillParams& p, const CUtensorM
   struct TileSrc {
     int j, row;
   };
-  auto tile_src = [&](const int32_t* list, int j_first, int t, const int32_t* table_row, int kv_len) {
-    TileSrc src{list != nullptr ? __ldg(list + t) : j_first + t, 0};
+  auto tile_src = [&](const ItemInfo& info, int t) {
+    TileSrc src{info.list_at >= 0 ? __ldg(p.block_indices + info.list_at + t) : info.j_first + t, 0};
     const int tok = src.j * kBlock + lane * page_size;
-    if (lane < pages_per_block && tok < kv_len) src.row = __ldg(table_row + (tok >> log2_page)) << log2_page;
+    if (lane < pages_per_block && tok < info.kv_len)
+      src.row = __ldg(p.kv.page_table + static_cast<int64_t>(info.seq) * p.kv.max_pages + (tok >> log2_page))
+                << log2_page;
     return src;
   };
   auto issue_k = [&](const TileSrc& src, int g) {
@@ -99,12 +103,22 @@ __device__ __forceinline__ void producer(const PrefillParams& p, const CUtensorM
     ++v_iter;
   };
 
+  if (role == 1) {  // the V warp (kSplitV): the items as the consumers see them, V tiles only
+    for (int q_seen = 0;; ++q_seen) {
+      const int b = q_seen % C::kQBuffers;
+      mbar_wait(bars.q_full(b), (q_seen / C::kQBuffers) & 1);
+      const ItemInfo info = s_info[b];
+      if (info.item < 0) return;
+      const int g = info.h / p.group;
+      for (int t = 0; t < info.count; ++t) issue_v(tile_src(info, t), g);
+    }
+  }
   for (;;) {
     int item = 0;
     if (lane == 0) item = atomicAdd(p.work_counter, 1);
     item = __shfl_sync(0xffffffffu, item, 0);
     if (item >= n_items) {
-      load_q(ItemInfo{-1, 0, 0, 0, 0, 0, 0, 0});
+      load_q(ItemInfo{-1, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0});
       return;
     }
     const int qb = item / p.q_heads, h = item % p.q_heads;
@@ -113,24 +127,26 @@ __device__ __forceinline__ void producer(const PrefillParams& p, const CUtensorM
     const int first_pos = kv_len - (p.query_start[seq + 1] - row_begin);
     const int q_lo = max(blk * kBlock, first_pos), q_hi = min(blk * kBlock + kBlock, kv_len);
     if (q_lo >= q_hi) continue;  // a block outside this step's rows: nobody waits for it
-    int count, j_first = 0;
-    const int32_t* list = nullptr;
+    int count, j_first = 0, list_at = -1;
     if (p.block_offsets != nullptr) {
-      const int at = qb * p.q_heads + h, begin = p.block_offsets[at];
-      count = p.block_offsets[at + 1] - begin;
-      list = p.block_indices + begin;
+      const int at = qb * p.q_heads + h;
+      list_at = p.block_offsets[at];
+      count = p.block_offsets[at + 1] - list_at;
     } else {
       j_first = p.window > 0 ? max(0, q_lo - p.window + 1) / kBlock : 0;
       count = blk - j_first + 1;
     }
     count = max(0, min(count, p.list_cap));
-    const ItemInfo info{item, h, blk, q_lo, q_hi, kv_len, count, row_begin + blk * kBlock - first_pos};
+    const ItemInfo info{item, h,   blk, q_lo,    q_hi, kv_len, count, row_begin + blk * kBlock - first_pos,
+                        seq,  list_at, j_first};
     const int g = h / p.group;
-    const int32_t* table_row = p.kv.page_table + static_cast<int64_t>(seq) * p.kv.max_pages;
-    if constexpr (!C::kKAhead) {
+    if constexpr (C::kSplitV) {
+      load_q(info);
+      for (int t = 0; t < count; ++t) issue_k(tile_src(info, t), g);
+    } else if constexpr (!C::kKAhead) {
       load_q(info);
       for (int t = 0; t < count; ++t) {
-        const TileSrc src = tile_src(list, j_first, t, table_row, kv_len);
+        const TileSrc src = tile_src(info, t);
         issue_k(src, g);
         issue_v(src, g);
       }
@@ -139,13 +155,13 @@ __device__ __forceinline__ void producer(const PrefillParams& p, const CUtensorM
         load_q(info);
         continue;
       }
-      TileSrc cur = tile_src(list, j_first, 0, table_row, kv_len);
+      TileSrc cur = tile_src(info, 0);
       issue_k(cur, g);
       load_q(info);
       for (int t = 0; t < count; ++t) {
         TileSrc next{0, 0};
         if (t + 1 < count) {
-          next = tile_src(list, j_first, t + 1, table_row, kv_len);
+          next = tile_src(info, t + 1);
           issue_k(next, g);
         }
         issue_v(cur, g);
@@ -190,7 +206,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   if (threadIdx.x < 128) {
     regs_decrease<kProducerRegs>();
-    if (threadIdx.x < 32) producer<C>(p, &tm_q, &tm_k, &tm_v, smem, bars, s_info, s_tile_block);
+    const int warp = threadIdx.x / 32;
+    if (warp == 0 || (C::kSplitV && warp == 1)) producer<C>(p, &tm_q, &tm_k, &tm_v, smem, bars, s_info, s_tile_block, warp);
   } else {
     regs_increase<kConsumerRegs>();
     consumer<C>(p, smem, bars, s_info, s_tile_block);

@@ -29,6 +29,7 @@ enum class Schedule {
 // What the producer tells the consumers about the item it loaded Q for (item < 0: no more work).
 struct ItemInfo {
   int item, h, blk, q_lo, q_hi, kv_len, count, q_row0;  // q_row0: token row of position 128·blk
+  int seq, list_at, j_first;  // the key blocks: block_indices[list_at...] (list_at ≥ 0), else j_first on
 };
 
 // Shared memory, from a 1024-byte aligned base (the swizzle atoms must be aligned): kQBuffers Q
@@ -59,14 +60,18 @@ struct Barriers {
   __device__ uint32_t q_empty(int b) const { return base + 8 * (4 * kStages + kQBuffers + b); }
 };
 
-// One build of the kernel: the consumers' schedule, the K/V ring depth, the Q buffers, and
-// whether the producer runs K one tile ahead of V (and loads an item's Q after its first K tile,
-// so the next item's K streams in while the consumers finish the current one).
-template <Schedule kSchedule_, int kStages_, int kQBuffers_, bool kKAhead_>
+// One build of the kernel: the consumers' schedule, the K/V ring depth, the Q buffers, whether
+// the producer runs K one tile ahead of V (and loads an item's Q after its first K tile, so the
+// next item's K streams in while the consumers finish the current one), and whether V has a
+// producer warp of its own.
+// kSplitV: a second producer warp loads the V tiles, so a K copy never waits behind a V slot
+// that the slower P·V still holds (the one-warp producer issues K and V in turn).
+template <Schedule kSchedule_, int kStages_, int kQBuffers_, bool kKAhead_, bool kSplitV_ = false>
 struct Config {
   static constexpr Schedule kSchedule = kSchedule_;
   static constexpr int kStages = kStages_, kQBuffers = kQBuffers_;
-  static constexpr bool kKAhead = kKAhead_;
+  static constexpr bool kKAhead = kKAhead_, kSplitV = kSplitV_;
+  static_assert(!(kKAhead && kSplitV), "K-ahead ordering is for the one-warp producer");
   using Layout = SmemLayout<kStages, kQBuffers>;
   using Bars = Barriers<kStages, kQBuffers>;
   static_assert(Layout::kBytes <= 227 * 1024, "more shared memory than a Hopper CTA may have");

@@ -105,10 +105,20 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
 // K-major operands (Q, K): stride = 1024 between 8-row groups, leading offset unused.
 // MN-major operands (V as P·V's B): leading = the step between 64-column halves, stride = 1024
 // between 8-key groups.
-__device__ __forceinline__ uint64_t smem_descriptor(uint32_t addr, uint32_t leading, uint32_t stride) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>((leading >> 4) & 0x3FFF) << 16) |
-         (static_cast<uint64_t>((stride >> 4) & 0x3FFF) << 32) | (uint64_t{1} << 62);
+// The descriptor is built as two 32-bit halves: the low half holds the start address (bits 0-13,
+// address / 16) and the leading offset (bits 16-29); the high half, the stride and the 128-byte
+// swizzle mode, is a constant. Shared addresses on sm_90 are below 2^18, so the address field
+// never carries into the leading offset, and stepping a descriptor through a tile is one add to
+// its low half (desc_step): the GEMM issue sequence stays short while the other warpgroup's
+// softmax keeps the integer pipes busy.
+__device__ __forceinline__ uint32_t desc_lo(uint32_t addr, uint32_t leading) {
+  return (addr >> 4) | (((leading >> 4) & 0x3FFF) << 16);
 }
+constexpr uint32_t desc_hi(uint32_t stride) { return ((stride >> 4) & 0x3FFF) | (1u << 30); }
+__device__ __forceinline__ uint64_t desc_make(uint32_t lo, uint32_t hi) {
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+}
+__device__ __forceinline__ uint32_t desc_step(uint32_t lo, uint32_t bytes) { return lo + (bytes >> 4); }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }

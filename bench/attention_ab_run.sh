@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One GPU-machine call that compares the prefill kernel of this tree with another checkout's (the
+# "before"), same call, alternating runs: builds bench_stem (and this tree's prefill tests) for
+# both, runs the tests under each STEM_PREFILL_SM90 mode named, then bench_stem for each side in
+# turn, twice. Prepare the other checkout here first (it travels as an ignored folder):
+#   rm -rf build-ab && mkdir -p build-ab/src && git archive <rev> | tar -x -C build-ab/src
+# then carry build-ab. Usage: bench/attention_ab_run.sh [modes, default "3 8"] [min-len] [max-len]
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+logs="${OUT:-$root/build-gpu/logs}"
+mkdir -p "$logs"
+modes="${1:-3 8}" min_len="${2:-32768}" max_len="${3:-131072}"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv,noheader
+args=(-DCMAKE_BUILD_TYPE=Release -DSTEM_ONLY_KERNELS=ON -DSTEM_CUDA=ON -G Ninja)
+if [ ! -f /usr/include/cblas.h ]; then
+  cblas="$(find /usr/include /usr/local/include /opt -name cblas.h 2> /dev/null | head -n 1)"
+  [ -n "$cblas" ] && args+=("-DCBLAS_INCLUDE_DIR=$(dirname "$cblas")")
+fi
+build() {  # source dir, build dir, targets...
+  local src="$1" dir="$2"
+  shift 2
+  cmake -S "$src" -B "$dir" "${args[@]}" > "$logs/configure.$(basename "$dir").log" 2>&1 &&
+    cmake --build "$dir" -j 16 --target "$@" > "$logs/build.$(basename "$dir").log" 2>&1 ||
+    { echo "BUILD FAILED in $dir"; grep -E "error|FAILED" "$logs/build.$(basename "$dir").log" | head -n 30; return 1; }
+}
+start=$(date +%s)
+build "$root" "$root/build-gpu" bench_stem cuda_test_attention_prefill cuda_test_stem &
+new_pid=$!
+have_old=0
+if [ -d "$root/build-ab/src" ]; then build "$root/build-ab/src" "$root/build-ab/b" bench_stem && have_old=1; fi
+wait $new_pid || exit 1
+echo "built in $(($(date +%s) - start)) s"
+for m in $modes; do
+  for t in cuda_test_attention_prefill cuda_test_stem; do
+    STEM_PREFILL_SM90=$m "$root/build-gpu/tests/$t" > "$logs/test.$t.$m.log" 2>&1
+    echo "mode $m $t: rc $? $(grep -E 'test cases' "$logs/test.$t.$m.log" | tail -n 1)"
+  done
+done
+for round in 1 2; do
+  if [ "$have_old" = 1 ]; then
+    echo "== before, round $round"
+    "$root/build-ab/b/bench/bench_stem" --min-len "$min_len" --max-len "$max_len" | grep "^stem"
+  fi
+  for m in $modes; do
+    echo "== this tree, mode $m, round $round"
+    STEM_PREFILL_SM90=$m "$root/build-gpu/bench/bench_stem" --min-len "$min_len" --max-len "$max_len" | grep "^stem"
+  done
+done
