@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU-machine call for the Hopper prefill path (kernels/cuda/attention_prefill_sm90*): build the
 # attention tests and benchmark, run the prefill tests under each build of the Hopper kernel
-# (STEM_PREFILL_SM90=1..7, kernels/cuda/attention_prefill_sm90.cu lists them) and the decode
+# (STEM_PREFILL_SM90=1..4, or those in STEM_SM90_MODES; kernels/cuda/attention_prefill_sm90.cu
+# lists them) and the decode
 # tests, then the benchmark for each build and the mma.sync kernel (=0), the torch SDPA peers, and
 # a memory check of a small case under each build. Every step has a time limit, so a hang costs one step, not the call. Logs go to
 # build-gpu/logs, packed into $OUT/logs.tgz when $OUT is set (the device tool brings that back);
@@ -31,7 +32,7 @@ grep -E "C75[0-9][0-9]" "$logs/build.log" | sort -u | cut -c1-200
 rc=0
 export STEM_TEST_REPORT="$logs/rel_errors.txt"
 rm -f "$STEM_TEST_REPORT"
-modes="${STEM_SM90_MODES:-7 6 5 4 3 2 1}"
+modes="${STEM_SM90_MODES:-4 3 2 1}"
 for mode in $modes; do
   STEM_PREFILL_SM90=$mode timeout 180 "$build/tests/cuda_test_attention_prefill" > "$logs/test_prefill_$mode.log" 2>&1
   r=$?
@@ -52,7 +53,7 @@ if [ "${1:-}" != --no-bench ]; then
       > "$logs/bench_$mode.txt" 2>&1 || rc=1
     grep -E "prefill|sparse|error|rror" "$logs/bench_$mode.txt"
   done
-  timeout 200 python3 "$root/bench/attention_peer.py" --ours "$logs/ours_${PEER_MODE:-1}.json" --json "$logs/peers.json" \
+  timeout 200 python3 "$root/bench/attention_peer.py" --ours "$logs/ours_${PEER_MODE:-4}.json" --json "$logs/peers.json" \
     > "$logs/peers.txt" 2>&1 || rc=1
   cat "$logs/peers.txt" | tail -n 12
 fi

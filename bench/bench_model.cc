@@ -15,7 +15,8 @@
 //
 //   bench_model [--config F] [--ttft 8192,32768,...] [--chunk N] [--sparse-prefill dense|stem|both]
 //               [--batches 1,8,64,256] [--contexts 1024,32768] [--steps N] [--gpu-memory-fraction F]
-//               [--json FILE] [--profile]   (an empty list, e.g. --batches '', skips that part)
+//               [--json FILE] [--profile] [--runs N]   (an empty list, e.g. --batches '', skips that part)
+// --runs N: TTFT runs per prompt and mode (the median is printed); default 3 up to 32K, 1 beyond.
 // --profile: after the TTFT table, one more run of the longest prompt per mode with every op timed
 // (models/cuda_profile.h), printed as a breakdown (the events perturb that run a little).
 #include <algorithm>
@@ -46,6 +47,7 @@ struct Args {
   double fraction = 0.9;
   std::string json;
   bool profile = false;
+  int runs = 0;  // 0: 3 up to 32K, 1 beyond
 };
 
 std::vector<int64_t> parse_list(const std::string& s) {
@@ -74,6 +76,7 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--gpu-memory-fraction") a.fraction = std::stod(value());
     else if (k == "--json") a.json = value();
     else if (k == "--profile") a.profile = true;
+    else if (k == "--runs") a.runs = std::stoi(value());
     else throw Error("unknown argument " + k);
   }
   if (a.sparse_prefill != "dense" && a.sparse_prefill != "stem" && a.sparse_prefill != "both")
@@ -298,7 +301,7 @@ int main(int argc, char** argv) try {
         std::printf("%-10lld does not fit the KV pool\n", static_cast<long long>(L));
         continue;
       }
-      const int runs = L <= 32768 ? 3 : 1;
+      const int runs = a.runs > 0 ? a.runs : L <= 32768 ? 3 : 1;
       std::printf("%-10lld", static_cast<long long>(L));
       std::vector<double> medians;
       for (const auto& [name, stem] : modes) {

@@ -4,8 +4,8 @@
 #   1. the GPU model tests (scripts/gpu_model_test.sh run none);
 #   2. the op benchmarks' GEMMs with cuBLASLt's first heuristic pick (STEM_GEMM_TUNE=0) and tuned;
 #   3. bench_model: decode at batch 1/8/64/256 (1K and 32K contexts), untuned then tuned;
-#      TTFT at 32K-128K, dense and Stem, with the per-op profile at 128K (--profile); Stem at 128K
-#      with untuned GEMMs beside it.
+#      TTFT at 32K-128K, dense and Stem, with the per-op profile at 128K (--profile); then Stem at
+#      128K alone after an idle pause (median of 3), with the SM clock sampled throughout.
 # Usage: bench/perf_gpu_run.sh [tests|gemm|decode|ttft]...   (default: all four)
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,12 +32,20 @@ for part in "${parts[@]}"; do
           --contexts 1024,32768 --json "$logs/decode_tune$tune.json" 2>&1 | grep -vE '^$'
       done ;;
     ttft)
+      # The SM clock and power, twice a second, beside the runs: under sustained tensor work the
+      # card meets its power limit and lowers the clock, which moves every figure.
+      nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv,noheader -lms 500 \
+        > "$logs/clocks_ttft.txt" &
+      smi=$!
       echo "== bench_model TTFT 32K-128K, dense and Stem, with the per-op profile at 128K"
       "$carry/bin/bench_model" --config "$config" --ttft 32768,65536,131072 --sparse-prefill both --batches "" --profile \
         --json "$logs/ttft_profile.json" 2>&1 | grep -vE '^$'
-      echo "== bench_model TTFT 128K, Stem, STEM_GEMM_TUNE=0"
-      STEM_GEMM_TUNE=0 "$carry/bin/bench_model" --config "$config" --ttft 131072 --sparse-prefill stem --batches "" \
-        --json "$logs/ttft_stem_tune0.json" 2>&1 | grep -vE '^$' | tail -n 3 ;;
+      echo "== bench_model TTFT 128K, Stem alone after 20 s idle, median of 3"
+      sleep 20
+      "$carry/bin/bench_model" --config "$config" --ttft 131072 --sparse-prefill stem --batches "" --runs 3 \
+        --json "$logs/ttft_stem_alone.json" 2>&1 | grep -vE '^$' | tail -n 3
+      kill "$smi"
+      echo "SM clock (MHz) while over 400 W: $(awk -F', ' '$3 + 0 > 400 { n++; s += $2 } END { if (n) printf "%.0f mean over %d samples", s / n, n }' "$logs/clocks_ttft.txt")" ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done

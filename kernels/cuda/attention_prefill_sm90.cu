@@ -16,14 +16,13 @@
 namespace stem::cuda::sm90 {
 namespace {
 
-// STEM_PREFILL_SM90: 0 = off (the mma.sync kernel), 1 to 8 = the kernel builds in the switch of
-// launch_prefill_sm90; unset or anything else = the default. All pass the prefill tests on the
-// H100. Builds 1-7 time within ±3% of each other there (bench/RESULTS.md): the consumers' schedule
-// and the ring depth barely move it. 8 (build 3 — pipelined with ping-pong turns, 2 stages, 2 Q
-// buffers — with a second producer warp for V) removed most of the consumers' waits for K and
-// was 4-7% faster than 3 at every length, dense and sparse, so it is the default.
-constexpr int kDefaultMode = 8;
-constexpr int kModes = 9;
+// STEM_PREFILL_SM90: 0 = off (the mma.sync kernel), 1 to 4 = the kernel builds in the switch of
+// launch_prefill_sm90; unset or anything else = the default (4). All pass the prefill tests on
+// the H100 (bench/RESULTS.md has their times). The consumers' schedule moved the time by ±3%;
+// giving V a producer warp of its own (so a K copy never waits behind a V slot) took 4-7%; a
+// third K or V slot (with two Q buffers, the most shared memory allows) then changed nothing.
+constexpr int kDefaultMode = 4;
+constexpr int kModes = 5;
 
 int mode() {
   const char* v = std::getenv("STEM_PREFILL_SM90");
@@ -104,15 +103,11 @@ void launch_prefill_sm90(const attn::AttentionShape& s, const attn::PrefillParam
   const CUtensorMap tm_v = tile_map(s.kv.v, static_cast<uint64_t>(s.kv_heads), cache_rows, kHeadDim, row_stride,
                                     static_cast<uint32_t>(s.kv.page_size), "v_cache");
   using S = Schedule;
-  switch (mode()) {
-    case 1: return launch<Config<S::kSerial, 2, 2, false>>(p, tm_q, tm_k, tm_v, grid, stream, op);
-    case 2: return launch<Config<S::kPipelined, 2, 2, false>>(p, tm_q, tm_k, tm_v, grid, stream, op);
-    case 3: return launch<Config<S::kPingPong, 2, 2, false>>(p, tm_q, tm_k, tm_v, grid, stream, op);
-    case 4: return launch<Config<S::kPingPong, 2, 2, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
-    case 5: return launch<Config<S::kSerial, 3, 1, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
-    case 6: return launch<Config<S::kPipelined, 3, 1, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
-    case 7: return launch<Config<S::kPingPong, 3, 1, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
-    default: return launch<Config<S::kPingPong, 2, 2, false, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
+  switch (mode()) {  // schedule, K slots, V slots, Q buffers, V's own producer warp
+    case 1: return launch<Config<S::kSerial, 2, 2, 2, false>>(p, tm_q, tm_k, tm_v, grid, stream, op);
+    case 2: return launch<Config<S::kPipelined, 2, 2, 2, false>>(p, tm_q, tm_k, tm_v, grid, stream, op);
+    case 3: return launch<Config<S::kPingPong, 2, 2, 2, false>>(p, tm_q, tm_k, tm_v, grid, stream, op);
+    default: return launch<Config<S::kPingPong, 2, 2, 2, true>>(p, tm_q, tm_k, tm_v, grid, stream, op);
   }
 }
 

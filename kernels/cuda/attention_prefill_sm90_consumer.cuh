@@ -153,6 +153,16 @@ struct ItemRows {
 // A tile's key block, read once its K has landed.
 __device__ __forceinline__ int tile_k0(const int* s_tile_block, int stage) { return s_tile_block[stage] * kBlock; }
 
+// The ring slots (and the phases to wait for) of a consumer's iter-th tile: K and V rings may
+// differ in depth.
+struct Slot {
+  int k, k_phase, v, v_phase;
+};
+template <class C>
+__device__ __forceinline__ Slot slot_of(int iter) {
+  return {iter % C::kKStages, (iter / C::kKStages) & 1, iter % C::kVStages, (iter / C::kVStages) & 1};
+}
+
 __device__ __forceinline__ bool needs_mask(const ItemRows& r, int k0, int window) {
   return k0 + kBlock - 1 > r.wg_lo || (window > 0 && r.wg_hi - k0 >= window);
 }
@@ -169,44 +179,42 @@ __device__ __forceinline__ void consume_serial(const PrefillParams& p, const Ite
                                                uint32_t smem, uint32_t q_base, const typename C::Bars& bars,
                                                const int* s_tile_block, int& iter, float (&o)[64],
                                                float (&row_sum)[2], int t128, int wg) {
-  constexpr int kStages = C::kStages;
   using L = typename C::Layout;
   const int lane = t128 & 31;
   float row_max[2] = {-INFINITY, -INFINITY};
   for (int t = 0; t < info.count; ++t) {
-    const int stage = iter % kStages, phase = (iter / kStages) & 1;
-    ++iter;
-    mbar_wait(bars.full_k(stage), phase);
-    const int k0 = tile_k0(s_tile_block, stage);
+    const Slot sl = slot_of<C>(iter++);
+    mbar_wait(bars.full_k(sl.k), sl.k_phase);
+    const int k0 = tile_k0(s_tile_block, sl.k);
     const bool visible =
         r.wg_lo <= r.wg_hi && k0 <= r.wg_hi && (p.window <= 0 || k0 + kBlock - 1 > r.wg_lo - p.window);
-    const uint32_t v_stage = smem + L::kV + stage * kTileBytes;
+    const uint32_t v_stage = smem + L::kV + sl.v * kTileBytes;
     uint32_t a[8][4];
     if (visible) {
       float s[64];
       reg_fence(o);
-      issue_qk(s, q_base, smem + L::kK + stage * kTileBytes);
+      issue_qk(s, q_base, smem + L::kK + sl.k * kTileBytes);
       wgmma_wait<0>();
       reg_fence(s);
-      release(bars.empty_k(stage), lane);
+      release(bars.empty_k(sl.k), lane);
       if (needs_mask(r, k0, p.window)) mask_scores(s, r.row_pos0, k0, lane, p.window);
       float alpha[2], sum[2];
       const bool grow = softmax_scores(s, row_max, p.scale_log2, alpha, sum);
       rescale(o, row_sum, alpha, grow, sum);
       pack_p(s, a);
     } else {
-      release(bars.empty_k(stage), lane);
+      release(bars.empty_k(sl.k), lane);
     }
     // Every warp waits for V, seen or not: the slot goes back only once its copy has landed, or
     // the producer's next expect_tx would fall into this phase.
-    mbar_wait(bars.full_v(stage), phase);
+    mbar_wait(bars.full_v(sl.v), sl.v_phase);
     if (visible) {
       if (k0 + kBlock > info.kv_len) zero_v_tail(v_stage, info.kv_len - k0, t128, wg);
       issue_pv(o, a, v_stage);
       wgmma_wait<0>();
       reg_fence(o);
     }
-    release(bars.empty_v(stage), lane);
+    release(bars.empty_v(sl.v), lane);
   }
 }
 
@@ -231,17 +239,16 @@ __device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const 
                                                   const int* s_tile_block, int& iter, float (&o)[64],
                                                   float (&row_sum)[2], int t128, int wg) {
   constexpr bool kTurns = C::kSchedule == Schedule::kPingPong;
-  constexpr int kStages = C::kStages;
   using L = typename C::Layout;
   const int lane = t128 & 31;
   if (info.count == 0) return;
   if (r.wg_lo > r.wg_hi) {
-    for (int t = 0; t < info.count; ++t, ++iter) {
-      const int stage = iter % kStages, phase = (iter / kStages) & 1;
-      mbar_wait(bars.full_k(stage), phase);
-      release(bars.empty_k(stage), lane);
-      mbar_wait(bars.full_v(stage), phase);
-      release(bars.empty_v(stage), lane);
+    for (int t = 0; t < info.count; ++t) {
+      const Slot sl = slot_of<C>(iter++);
+      mbar_wait(bars.full_k(sl.k), sl.k_phase);
+      release(bars.empty_k(sl.k), lane);
+      mbar_wait(bars.full_v(sl.v), sl.v_phase);
+      release(bars.empty_v(sl.v), lane);
       if constexpr (kTurns) {
         turn_wait(wg);
         turn_pass(wg);
@@ -256,19 +263,18 @@ __device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const 
   float row_max[2] = {-INFINITY, -INFINITY};
   uint32_t a[8][4];
   // Tile 0: S, softmax, P; its P·V goes out with the next tile's S.
-  int prev_stage = iter % kStages, prev_phase = (iter / kStages) & 1;
-  ++iter;
-  mbar_wait(bars.full_k(prev_stage), prev_phase);
-  int prev_k0 = tile_k0(s_tile_block, prev_stage);
+  Slot prev = slot_of<C>(iter++);
+  mbar_wait(bars.full_k(prev.k), prev.k_phase);
+  int prev_k0 = tile_k0(s_tile_block, prev.k);
   {
     float s[64];
     reg_fence(o);
     if constexpr (kTurns) turn_wait(wg);
-    issue_qk(s, q_base, smem + L::kK + prev_stage * kTileBytes);
+    issue_qk(s, q_base, smem + L::kK + prev.k * kTileBytes);
     if constexpr (kTurns) turn_pass(wg);
     wgmma_wait<0>();
     reg_fence(s);
-    release(bars.empty_k(prev_stage), lane);
+    release(bars.empty_k(prev.k), lane);
     if (needs_mask(r, prev_k0, p.window)) mask_scores(s, r.row_pos0, prev_k0, lane, p.window);
     float alpha[2], sum[2];
     const bool grow = softmax_scores(s, row_max, p.scale_log2, alpha, sum);
@@ -276,43 +282,41 @@ __device__ __forceinline__ void consume_pipelined(const PrefillParams& p, const 
     pack_p(s, a);
   }
   for (int t = 1; t < info.count; ++t) {
-    const int stage = iter % kStages, phase = (iter / kStages) & 1;
-    ++iter;
-    const uint32_t v_prev = smem + L::kV + prev_stage * kTileBytes;
-    mbar_wait(bars.full_v(prev_stage), prev_phase);
+    const Slot sl = slot_of<C>(iter++);
+    const uint32_t v_prev = smem + L::kV + prev.v * kTileBytes;
+    mbar_wait(bars.full_v(prev.v), prev.v_phase);
     if (prev_k0 + kBlock > info.kv_len) zero_v_tail(v_prev, info.kv_len - prev_k0, t128, wg);
-    mbar_wait(bars.full_k(stage), phase);
-    const int k0 = tile_k0(s_tile_block, stage);
+    mbar_wait(bars.full_k(sl.k), sl.k_phase);
+    const int k0 = tile_k0(s_tile_block, sl.k);
     float s[64];
     reg_fence(o);
     if constexpr (kTurns) turn_wait(wg);
-    issue_qk(s, q_base, smem + L::kK + stage * kTileBytes);
+    issue_qk(s, q_base, smem + L::kK + sl.k * kTileBytes);
     issue_pv(o, a, v_prev);
     if constexpr (kTurns) turn_pass(wg);
     wgmma_wait<1>();  // S(t) done; P·V(t − 1) may still run
     reg_fence(s);
-    release(bars.empty_k(stage), lane);
+    release(bars.empty_k(sl.k), lane);
     if (needs_mask(r, k0, p.window)) mask_scores(s, r.row_pos0, k0, lane, p.window);
     float alpha[2], sum[2];
     const bool grow = softmax_scores(s, row_max, p.scale_log2, alpha, sum);
     wgmma_wait<0>();
     reg_fence(o);
-    release(bars.empty_v(prev_stage), lane);
+    release(bars.empty_v(prev.v), lane);
     rescale(o, row_sum, alpha, grow, sum);
     pack_p(s, a);
-    prev_stage = stage;
-    prev_phase = phase;
+    prev = sl;
     prev_k0 = k0;
   }
-  const uint32_t v_prev = smem + L::kV + prev_stage * kTileBytes;
-  mbar_wait(bars.full_v(prev_stage), prev_phase);
+  const uint32_t v_prev = smem + L::kV + prev.v * kTileBytes;
+  mbar_wait(bars.full_v(prev.v), prev.v_phase);
   if (prev_k0 + kBlock > info.kv_len) zero_v_tail(v_prev, info.kv_len - prev_k0, t128, wg);
   if constexpr (kTurns) turn_wait(wg);
   issue_pv(o, a, v_prev);
   if constexpr (kTurns) turn_pass(wg);
   wgmma_wait<0>();
   reg_fence(o);
-  release(bars.empty_v(prev_stage), lane);
+  release(bars.empty_v(prev.v), lane);
 }
 
 // The consumer loop: items as the producer announces them, then the normalised rows written out.

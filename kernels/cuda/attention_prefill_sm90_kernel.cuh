@@ -2,9 +2,10 @@
 //
 // A CTA of three warpgroups runs on a persistent grid and takes (query block, head) items from the
 // same atomic counter as the mma.sync kernel (attention_prefill_kernel.cuh), in the plan's order.
-//  * Warpgroup 0 is the producer; one warp of it does the work (40 registers, setmaxnreg). Per
-//    item it loads the 128×128 Q tile with TMA, then for every listed key block one K and one V
-//    tile (128 keys × 128 dims) into a ring of C::kStages slots each. The cache is paged, so a
+//  * Warpgroup 0 is the producer; one or two warps of it do the work (40 registers, setmaxnreg).
+//    Per item the first loads the 128×128 Q tile with TMA, then for every listed key block one K
+//    tile (128 keys × 128 dims) into a ring of C::kKStages slots, and one V tile into a ring of
+//    C::kVStages — or the second warp loads the V tiles (C::kSplitV). The cache is paged, so a
 //    tile is one TMA box per page per 64-column half (lane i of the warp copies page i), each
 //    completing on the slot's mbarrier; K and V slots are freed separately.
 //  * Warpgroups 1 and 2 are consumers (attention_prefill_sm90_consumer.cuh), 64 query rows each,
@@ -35,7 +36,6 @@ __device__ __forceinline__ void producer(const PrefillParams& p, const CUtensorM
                                          const CUtensorMap* tm_v, uint32_t smem, const typename C::Bars& bars,
                                          ItemInfo* s_info, int* s_tile_block, int role) {
   using L = typename C::Layout;
-  constexpr int kStages = C::kStages;
   const int lane = threadIdx.x & 31;
   const int n_qblocks = p.qblock_count != nullptr ? min(*p.qblock_count, p.n_qblocks) : p.n_qblocks;
   const int n_items = n_qblocks * p.q_heads;
@@ -76,8 +76,8 @@ __device__ __forceinline__ void producer(const PrefillParams& p, const CUtensorM
     return src;
   };
   auto issue_k = [&](const TileSrc& src, int g) {
-    const int stage = k_iter % kStages;
-    mbar_wait(bars.empty_k(stage), ((k_iter / kStages) & 1) ^ 1);
+    const int stage = k_iter % C::kKStages;
+    mbar_wait(bars.empty_k(stage), ((k_iter / C::kKStages) & 1) ^ 1);
     if (lane == 0) {
       s_tile_block[stage] = src.j;
       mbar_arrive_expect_tx(bars.full_k(stage), kTileBytes);
@@ -91,8 +91,8 @@ __device__ __forceinline__ void producer(const PrefillParams& p, const CUtensorM
     ++k_iter;
   };
   auto issue_v = [&](const TileSrc& src, int g) {
-    const int stage = v_iter % kStages;
-    mbar_wait(bars.empty_v(stage), ((v_iter / kStages) & 1) ^ 1);
+    const int stage = v_iter % C::kVStages;
+    mbar_wait(bars.empty_v(stage), ((v_iter / C::kVStages) & 1) ^ 1);
     if (lane == 0) mbar_arrive_expect_tx(bars.full_v(stage), kTileBytes);
     __syncwarp();
     if (lane < pages_per_block) {
@@ -140,33 +140,11 @@ __device__ __forceinline__ void producer(const PrefillParams& p, const CUtensorM
     const ItemInfo info{item, h,   blk, q_lo,    q_hi, kv_len, count, row_begin + blk * kBlock - first_pos,
                         seq,  list_at, j_first};
     const int g = h / p.group;
-    if constexpr (C::kSplitV) {
-      load_q(info);
-      for (int t = 0; t < count; ++t) issue_k(tile_src(info, t), g);
-    } else if constexpr (!C::kKAhead) {
-      load_q(info);
-      for (int t = 0; t < count; ++t) {
-        const TileSrc src = tile_src(info, t);
-        issue_k(src, g);
-        issue_v(src, g);
-      }
-    } else {
-      if (count == 0) {
-        load_q(info);
-        continue;
-      }
-      TileSrc cur = tile_src(info, 0);
-      issue_k(cur, g);
-      load_q(info);
-      for (int t = 0; t < count; ++t) {
-        TileSrc next{0, 0};
-        if (t + 1 < count) {
-          next = tile_src(info, t + 1);
-          issue_k(next, g);
-        }
-        issue_v(cur, g);
-        cur = next;
-      }
+    load_q(info);
+    for (int t = 0; t < count; ++t) {
+      const TileSrc src = tile_src(info, t);
+      issue_k(src, g);
+      if constexpr (!C::kSplitV) issue_v(src, g);
     }
   }
 }
@@ -188,10 +166,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto* s_info = reinterpret_cast<ItemInfo*>(base + L::kInfo);
   auto* s_tile_block = reinterpret_cast<int*>(base + L::kTileBlock);
   if (threadIdx.x == 0) {
-    for (int s = 0; s < C::kStages; ++s) {
+    for (int s = 0; s < C::kKStages; ++s) {
       mbar_init(bars.full_k(s), 1);
-      mbar_init(bars.full_v(s), 1);
       mbar_init(bars.empty_k(s), kConsumerWarps);
+    }
+    for (int s = 0; s < C::kVStages; ++s) {
+      mbar_init(bars.full_v(s), 1);
       mbar_init(bars.empty_v(s), kConsumerWarps);
     }
     for (int b = 0; b < C::kQBuffers; ++b) {

@@ -33,47 +33,45 @@ struct ItemInfo {
 };
 
 // Shared memory, from a 1024-byte aligned base (the swizzle atoms must be aligned): kQBuffers Q
-// tiles (two let the next item's Q land while the consumers finish the current one), kStages K
-// and V tiles, then the barriers: full_k[kStages], full_v[kStages], empty_k[kStages],
-// empty_v[kStages], q_full[kQBuffers], q_empty[kQBuffers]. K and V slots are handed back
-// separately: K as soon as S = Q·Kᵀ is done, so the next K lands while P·V still reads V.
-template <int kStages, int kQBuffers>
+// tiles (two let the next item's Q land while the consumers finish the current one), kKStages K
+// tiles, kVStages V tiles, then the barriers: full_k[kKStages], full_v[kVStages],
+// empty_k[kKStages], empty_v[kVStages], q_full[kQBuffers], q_empty[kQBuffers]. K and V slots are
+// handed back separately: K as soon as S = Q·Kᵀ is done, so the next K lands while P·V still
+// reads V.
+template <int kKStages, int kVStages, int kQBuffers>
 struct SmemLayout {
   static constexpr int kQ = 0;
   static constexpr int kK = kQBuffers * kTileBytes;
-  static constexpr int kV = kK + kStages * kTileBytes;
-  static constexpr int kBars = kV + kStages * kTileBytes;
-  static constexpr int kInfo = kBars + (4 * kStages + 2 * kQBuffers) * 8;
+  static constexpr int kV = kK + kKStages * kTileBytes;
+  static constexpr int kBars = kV + kVStages * kTileBytes;
+  static constexpr int kInfo = kBars + (2 * kKStages + 2 * kVStages + 2 * kQBuffers) * 8;
   static constexpr int kTileBlock = kInfo + kQBuffers * static_cast<int>(sizeof(ItemInfo));
-  static constexpr int kEnd = kTileBlock + kStages * 4;
+  static constexpr int kEnd = kTileBlock + kKStages * 4;
   static constexpr int kBytes = kEnd + 1024;  // + slack to align the dynamic base
 };
 
-template <int kStages, int kQBuffers>
+template <int kKStages, int kVStages, int kQBuffers>
 struct Barriers {
   uint32_t base;
   __device__ uint32_t full_k(int s) const { return base + 8 * s; }
-  __device__ uint32_t full_v(int s) const { return base + 8 * (kStages + s); }
-  __device__ uint32_t empty_k(int s) const { return base + 8 * (2 * kStages + s); }
-  __device__ uint32_t empty_v(int s) const { return base + 8 * (3 * kStages + s); }
-  __device__ uint32_t q_full(int b) const { return base + 8 * (4 * kStages + b); }
-  __device__ uint32_t q_empty(int b) const { return base + 8 * (4 * kStages + kQBuffers + b); }
+  __device__ uint32_t full_v(int s) const { return base + 8 * (kKStages + s); }
+  __device__ uint32_t empty_k(int s) const { return base + 8 * (kKStages + kVStages + s); }
+  __device__ uint32_t empty_v(int s) const { return base + 8 * (2 * kKStages + kVStages + s); }
+  __device__ uint32_t q_full(int b) const { return base + 8 * (2 * kKStages + 2 * kVStages + b); }
+  __device__ uint32_t q_empty(int b) const { return base + 8 * (2 * kKStages + 2 * kVStages + kQBuffers + b); }
 };
 
-// One build of the kernel: the consumers' schedule, the K/V ring depth, the Q buffers, whether
-// the producer runs K one tile ahead of V (and loads an item's Q after its first K tile, so the
-// next item's K streams in while the consumers finish the current one), and whether V has a
-// producer warp of its own.
-// kSplitV: a second producer warp loads the V tiles, so a K copy never waits behind a V slot
-// that the slower P·V still holds (the one-warp producer issues K and V in turn).
-template <Schedule kSchedule_, int kStages_, int kQBuffers_, bool kKAhead_, bool kSplitV_ = false>
+// One build of the kernel: the consumers' schedule, the depths of the K and V rings, the Q
+// buffers, and whether V has a producer warp of its own (kSplitV: then a K copy never waits
+// behind a V slot that the slower P·V still holds, as it does when one warp issues K and V in
+// turn).
+template <Schedule kSchedule_, int kKStages_, int kVStages_, int kQBuffers_, bool kSplitV_>
 struct Config {
   static constexpr Schedule kSchedule = kSchedule_;
-  static constexpr int kStages = kStages_, kQBuffers = kQBuffers_;
-  static constexpr bool kKAhead = kKAhead_, kSplitV = kSplitV_;
-  static_assert(!(kKAhead && kSplitV), "K-ahead ordering is for the one-warp producer");
-  using Layout = SmemLayout<kStages, kQBuffers>;
-  using Bars = Barriers<kStages, kQBuffers>;
+  static constexpr int kKStages = kKStages_, kVStages = kVStages_, kQBuffers = kQBuffers_;
+  static constexpr bool kSplitV = kSplitV_;
+  using Layout = SmemLayout<kKStages, kVStages, kQBuffers>;
+  using Bars = Barriers<kKStages, kVStages, kQBuffers>;
   static_assert(Layout::kBytes <= 227 * 1024, "more shared memory than a Hopper CTA may have");
 };
 
