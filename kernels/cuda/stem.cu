@@ -33,10 +33,11 @@ struct Layout {
   std::vector<KeyJob> key_jobs;
   std::vector<StatsJob> stats;
   std::vector<Tile> tiles;
-  int64_t n_kp = 0, u_total = 0, p_total = 0, slots = 0, capacity = 0, cols = 0;
+  int64_t n_kp = 0, u_total = 0, p_total = 0, slots = 0, capacity = 0, cols = 0, stat_chunks = 0, max_stat_chunks = 0;
   // Byte offsets in the plan's memory.
   size_t qblocks_at = 0, qrow_at, qfirst_at, rows_at, jobs_at, stats_at, tiles_at, meta_end;
-  size_t offsets_at, indices_at, sizes_at, slots_at, qp_at, qp_lo_at, kp_at, kp_lo_at, u_at, p1_at, p2_at, estimate_at, total;
+  size_t offsets_at, indices_at, sizes_at, slots_at, qp_at, qp_lo_at, kp_at, kp_lo_at, u_at, p1_at, p2_at, chunk_sums_at,
+      estimate_at, total;
 };
 
 template <typename T>
@@ -81,7 +82,10 @@ Layout make_layout(std::vector<StemQueryBlock> all, const StemBatch& host, int64
                   p_base = static_cast<int32_t>(l.p_total);
     for (int64_t j = 0; j < key_blocks; ++j)
       l.key_jobs.push_back({s, static_cast<int32_t>(j), static_cast<int32_t>(kp_base + j), u_base});
-    l.stats.push_back({static_cast<int32_t>(groups), u_base, p_base, 0});
+    const int64_t chunks = (groups + kScanThreads - 1) / kScanThreads;
+    l.stats.push_back({static_cast<int32_t>(groups), u_base, p_base, static_cast<int32_t>(l.stat_chunks)});
+    l.stat_chunks += chunks;
+    l.max_stat_chunks = std::max(l.max_stat_chunks, chunks);
     for (size_t r = r0; r < r1; ++r) {
       Row& row = l.rows[r];
       const StemQueryBlock& b = l.sparse[r];
@@ -141,6 +145,7 @@ Layout make_layout(std::vector<StemQueryBlock> all, const StemBatch& host, int64
   l.u_at = section(static_cast<size_t>(kv_heads * l.u_total) * 4);
   l.p1_at = section(static_cast<size_t>(kv_heads * l.p_total) * 8);
   l.p2_at = section(static_cast<size_t>(kv_heads * l.p_total) * 8);
+  l.chunk_sums_at = section(static_cast<size_t>(kv_heads * l.stat_chunks) * 16);
   l.estimate_at = section(static_cast<size_t>(n_rows * q_heads * l.cols) * 4);
   l.total = at;
   return l;
@@ -232,6 +237,8 @@ struct StemPlanner {
     p.n_rows = static_cast<int32_t>(l.rows.size());
     p.n_key_jobs = static_cast<int32_t>(l.key_jobs.size());
     p.n_stats = static_cast<int32_t>(l.stats.size());
+    p.stat_chunks = static_cast<int32_t>(l.stat_chunks);
+    p.max_stat_chunks = static_cast<int32_t>(l.max_stat_chunks);
     p.n_tiles = static_cast<int32_t>(l.tiles.size());
     p.n_qblocks = static_cast<int32_t>(plan.blocks_.size());
     p.cols = static_cast<int32_t>(l.cols);
@@ -244,6 +251,7 @@ struct StemPlanner {
     p.u = reinterpret_cast<float*>(base + l.u_at);
     p.p1 = reinterpret_cast<double*>(base + l.p1_at);
     p.p2 = reinterpret_cast<double*>(base + l.p2_at);
+    p.chunk_sums = reinterpret_cast<double*>(base + l.chunk_sums_at);
     p.estimate = reinterpret_cast<float*>(base + l.estimate_at);
     p.sizes = reinterpret_cast<int32_t*>(base + l.sizes_at);
     p.slots = reinterpret_cast<int32_t*>(base + l.slots_at);
@@ -257,7 +265,11 @@ struct StemPlanner {
       STEM_CUDA_CHECK_LAUNCH();
       pool_keys_kernel<<<dim3(p.n_key_jobs, p.kv_heads), pool_threads, 0, stream>>>(p);
       STEM_CUDA_CHECK_LAUNCH();
-      value_stats_kernel<<<dim3(p.n_stats, p.kv_heads), kScanThreads, 0, stream>>>(p);
+      const dim3 stats_grid(static_cast<unsigned>(p.max_stat_chunks), static_cast<unsigned>(p.n_stats),
+                            static_cast<unsigned>(p.kv_heads));
+      value_chunks_kernel<<<stats_grid, kScanThreads, 0, stream>>>(p);
+      STEM_CUDA_CHECK_LAUNCH();
+      value_prefix_kernel<<<stats_grid, kScanThreads, 0, stream>>>(p);
       STEM_CUDA_CHECK_LAUNCH();
       attn::allow_smem(reinterpret_cast<const void*>(&estimate_gemm_kernel), kGemmSmemBytes, "stem_plan");
       estimate_gemm_kernel<<<dim3(p.n_tiles, p.q_heads), kGemmThreads, kGemmSmemBytes, stream>>>(p);
@@ -277,7 +289,8 @@ struct StemPlanner {
     }
     const int64_t items = int64_t{p.n_qblocks} * p.q_heads;
     if (items > 0) {
-      list_offsets_kernel<<<1, kOffsetThreads, 0, stream>>>(p);
+      list_offsets_kernel<<<static_cast<unsigned>((items + kOffsetThreads - 1) / kOffsetThreads), kOffsetThreads, 0,
+                            stream>>>(p);
       STEM_CUDA_CHECK_LAUNCH();
       write_lists_kernel<<<static_cast<unsigned>((items + 7) / 8), 256, 0, stream>>>(p);
       STEM_CUDA_CHECK_LAUNCH();

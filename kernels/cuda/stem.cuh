@@ -7,20 +7,21 @@
 // The plan is a host part and a device part, FlashInfer's plan/run split. The host part is pure
 // bookkeeping on host copies of the step's metadata, which the engine has before it uploads them
 // (which query blocks are sparse, their budgets, list capacities, the GEMM's tiles): no device
-// value is read, so nothing waits for the GPU. The device part is seven small launches on the
+// value is read, so nothing waits for the GPU. The device part is eight small launches on the
 // stream, then the attention:
 //   1. pool queries   Qp_t[i] = Σ_r q[iB + rS + S−1−t], summed in f32, stored as bf16 hi + lo
 //                     ([sparse rows, Hq, S·D] each)
 //   2. pool keys      Kp_t[j] = Σ_r k[jB + rS + t] likewise ([key blocks, Hkv, S·D]), and per
 //                     group n of S keys the value-norm log u[n] = log(max ‖v‖₂ + 1e-6)
 //   3. value stats    prefix sums of u and u² per sequence and KV head (f64), so any query block's
-//                     mean and std over the groups it sees are two lookups
+//                     mean and std over the groups it sees are two lookups (two launches: each
+//                     chunk of 256 groups scanned, then the chunks before it added on)
 //   4. estimate GEMM  M[i,j] = scale/(S·R²)·Σ_t Qp_t[i]·Kp_t[j], causal 128×128 tiles only, on the
 //                     tensor cores (hi·hi + hi·lo + lo·hi: within ~1e-5 of an f32 GEMM)
 //   5. select         per (query block, KV head): vb[j] from the block's statistics, then per
 //                     query head the top-k(i) of M + vb (radix select of the k-th largest
 //                     score, ties to the lower j), ∪ sinks ∪ window, compacted in ascending j
-//   6. offsets        one scan over the list sizes (dense lists' sizes are known)
+//   6. offsets        a scan over the list sizes (dense lists' sizes are known)
 //   7. lists          the CSR block_indices, sparse lists copied, dense ones written
 #pragma once
 #include <cuda_runtime_api.h>

@@ -89,32 +89,57 @@ __global__ void pool_keys_kernel(const Params p) {
 }
 
 // 3. p1[c] = Σ_{n<c} u[n] and p2[c] = Σ_{n<c} u[n]² in f64 (the variance comes from their
-// difference). Every prefix sums the same elements in the same order whatever the sequence's
-// length, so chunks of a prompt see the same statistics. Grid (stats jobs, Hkv).
+// difference), in two passes over chunks of kScanThreads groups: (a) each chunk's inclusive scan
+// and its total, (b) the totals of the chunks before it, summed in order, added on. The chunking
+// is fixed by the group index, so every prefix sums the same elements in the same order whatever
+// the sequence's length, and chunks of a prompt see the same statistics. Grid (max chunks of a
+// job, stats jobs, Hkv).
 constexpr int kScanThreads = 256;
-__global__ void __launch_bounds__(kScanThreads) value_stats_kernel(const Params p) {
+__global__ void __launch_bounds__(kScanThreads) value_chunks_kernel(const Params p) {
   using Scan = cub::BlockScan<double, kScanThreads>;
   __shared__ typename Scan::TempStorage temp1, temp2;
-  const StatsJob job = p.stats_jobs[blockIdx.x];
-  const int g = blockIdx.y;
-  const float* u = p.u + g * p.u_stride + job.u_base;
+  const StatsJob job = p.stats_jobs[blockIdx.y];
+  const int c = blockIdx.x, g = blockIdx.z;
+  if (c * kScanThreads >= job.n_groups) return;
   double* p1 = p.p1 + g * p.p_stride + job.p_base;
   double* p2 = p.p2 + g * p.p_stride + job.p_base;
-  if (threadIdx.x == 0) p1[0] = p2[0] = 0.0;
-  double run1 = 0.0, run2 = 0.0;
-  for (int base = 0; base < job.n_groups; base += kScanThreads) {
-    const int n = base + static_cast<int>(threadIdx.x);
-    const double x = n < job.n_groups ? double{u[n]} : 0.0;
-    double sum1, sum2, total1, total2;
-    Scan(temp1).InclusiveSum(x, sum1, total1);
-    Scan(temp2).InclusiveSum(x * x, sum2, total2);
-    if (n < job.n_groups) {
-      p1[n + 1] = run1 + sum1;
-      p2[n + 1] = run2 + sum2;
+  const int n = c * kScanThreads + static_cast<int>(threadIdx.x);
+  const double x = n < job.n_groups ? double{p.u[g * p.u_stride + job.u_base + n]} : 0.0;
+  double sum1, sum2, total1, total2;
+  Scan(temp1).InclusiveSum(x, sum1, total1);
+  Scan(temp2).InclusiveSum(x * x, sum2, total2);
+  if (n < job.n_groups) {
+    p1[n + 1] = sum1;
+    p2[n + 1] = sum2;
+  }
+  if (threadIdx.x == 0) {
+    double* t = p.chunk_sums + 2 * (int64_t{g} * p.stat_chunks + job.chunk_base + c);
+    t[0] = total1;
+    t[1] = total2;
+    if (c == 0) p1[0] = p2[0] = 0.0;
+  }
+}
+
+__global__ void __launch_bounds__(kScanThreads) value_prefix_kernel(const Params p) {
+  __shared__ double before[2];
+  const StatsJob job = p.stats_jobs[blockIdx.y];
+  const int c = blockIdx.x, g = blockIdx.z;
+  if (c == 0 || c * kScanThreads >= job.n_groups) return;
+  if (threadIdx.x == 0) {
+    const double* t = p.chunk_sums + 2 * (int64_t{g} * p.stat_chunks + job.chunk_base);
+    double run1 = 0.0, run2 = 0.0;
+    for (int k = 0; k < c; ++k) {
+      run1 += t[2 * k];
+      run2 += t[2 * k + 1];
     }
-    run1 += total1;
-    run2 += total2;
-    __syncthreads();  // temp1/temp2 are reused by the next chunk
+    before[0] = run1;
+    before[1] = run2;
+  }
+  __syncthreads();
+  const int n = c * kScanThreads + static_cast<int>(threadIdx.x);
+  if (n < job.n_groups) {
+    p.p1[g * p.p_stride + job.p_base + n + 1] += before[0];
+    p.p2[g * p.p_stride + job.p_base + n + 1] += before[1];
   }
 }
 

@@ -24,7 +24,7 @@ struct KeyJob {
 
 // One sequence's value statistics: prefix sums over its n_groups value-norm logs.
 struct StatsJob {
-  int32_t n_groups, u_base, p_base, pad;
+  int32_t n_groups, u_base, p_base, chunk_base;  // chunk_base: its first chunk in chunk_sums
 };
 
 // A tile of the estimate GEMM: estimate rows [row0, row0 + rows) of one sequence against key
@@ -57,6 +57,7 @@ struct Params {
   const int32_t* qrow;     // [n_qblocks]: estimate row, or −1 for a dense block
   const int32_t* qfirst;   // [n_qblocks]: a dense block's first key block
   int32_t n_rows, n_key_jobs, n_stats, n_tiles, n_qblocks;
+  int32_t stat_chunks, max_stat_chunks;  // value-statistics chunks: all of them, the most of one job
   int32_t cols;                // estimate row length (longest causal row, a multiple of 4)
   int64_t u_stride, p_stride;  // per KV head
   // Scratch and outputs.
@@ -69,6 +70,7 @@ struct Params {
   float* u;         // [Hkv, u_stride]
   double* p1;       // [Hkv, p_stride]
   double* p2;
+  double* chunk_sums;  // [Hkv, stat_chunks, 2]: each chunk's Σ u and Σ u²
   float* estimate;  // [n_rows, Hq, cols]
   int32_t* sizes;   // [n_qblocks·Hq]
   int32_t* slots;

@@ -191,28 +191,33 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Params p) 
   }
 }
 
-// 6. block_offsets: an exclusive scan over every (query block, head)'s list size, one CTA
-// (a step has at most a few tens of thousands of lists). Dense lists hold i − first + 1 blocks.
+// 6. block_offsets: an exclusive scan over every (query block, head)'s list size. CTA c scans
+// items [1024·c, 1024·(c + 1)) after summing the sizes of all items before them (a step has at most
+// a few tens of thousands of lists, so that re-reading is cheaper than a second pass). Dense lists
+// hold i − first + 1 blocks. Grid ceil(items / 1024).
 constexpr int kOffsetThreads = 1024;
+__device__ __forceinline__ int list_size(const Params& p, int x) {
+  const int b = x / p.q_heads;
+  return p.qrow[b] >= 0 ? p.sizes[x] : p.qblocks[2 * b + 1] - p.qfirst[b] + 1;
+}
 __global__ void __launch_bounds__(kOffsetThreads) list_offsets_kernel(const Params p) {
+  using Reduce = cub::BlockReduce<int, kOffsetThreads>;
   using Scan = cub::BlockScan<int, kOffsetThreads>;
-  __shared__ typename Scan::TempStorage temp;
-  const int items = p.n_qblocks * p.q_heads;
-  int running = 0;
-  for (int base = 0; base < items; base += kOffsetThreads) {
-    const int x = base + static_cast<int>(threadIdx.x);
-    int size = 0;
-    if (x < items) {
-      const int b = x / p.q_heads;
-      size = p.qrow[b] >= 0 ? p.sizes[x] : p.qblocks[2 * b + 1] - p.qfirst[b] + 1;
-    }
-    int at = 0, total = 0;
-    Scan(temp).ExclusiveSum(size, at, total);
-    if (x < items) p.offsets[x] = running + at;
-    running += total;
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) p.offsets[items] = running;
+  __shared__ typename Reduce::TempStorage reduce_temp;
+  __shared__ typename Scan::TempStorage scan_temp;
+  __shared__ int before;
+  const int items = p.n_qblocks * p.q_heads, first = static_cast<int>(blockIdx.x) * kOffsetThreads;
+  int mine = 0;
+  for (int x = static_cast<int>(threadIdx.x); x < first; x += kOffsetThreads) mine += list_size(p, x);
+  const int sum = Reduce(reduce_temp).Sum(mine);
+  if (threadIdx.x == 0) before = sum;
+  __syncthreads();
+  const int x = first + static_cast<int>(threadIdx.x);
+  const int size = x < items ? list_size(p, x) : 0;
+  int at = 0, total = 0;
+  Scan(scan_temp).ExclusiveSum(size, at, total);
+  if (x < items) p.offsets[x] = before + at;
+  if (threadIdx.x == 0 && first + kOffsetThreads >= items) p.offsets[items] = before + total;
 }
 
 // 7. block_indices: a warp per (query block, head) copies its sparse list from the slots or writes
