@@ -30,7 +30,7 @@ struct SampleArgs {
 // penalize(); __f*_rn keep the two roundings of frequency·count + presence).
 __device__ void penalize(float* __restrict__ sw, const float* __restrict__ raw, int V, const SamplingRow& row,
                          const PenaltyToken* __restrict__ pen, int count) {
-  for (int i = threadIdx.x; i < V; i += kThreads) sw[i] = canonical(raw[i]);
+  for_each_owned(raw, V, [&](int i, float x) { sw[i] = canonical(x); });
   __syncthreads();
   for (int j = threadIdx.x; j < count; j += kThreads) {
     const PenaltyToken p = pen[j];
@@ -57,14 +57,14 @@ __device__ RowStats argmax_lse(const float* __restrict__ w, const float* __restr
   float best = -INFINITY;
   int id = INT_MAX;
   Lse acc;
-  for (int i = threadIdx.x; i < V; i += kThreads) {
-    const float x = canonical(w[i]);
+  for_each_owned(w, V, [&](int i, float wx) {
+    const float x = canonical(wx);
     if (x > best || (x == best && i < id)) {
       best = x;
       id = i;
     }
     if (lse) acc.add(w == raw ? x : canonical(raw[i]));
-  }
+  });
   for (int o = 16; o > 0; o >>= 1) {
     const float b2 = __shfl_xor_sync(0xffffffffu, best, o);
     const int i2 = __shfl_xor_sync(0xffffffffu, id, o);
@@ -109,22 +109,23 @@ __device__ int draw(const float* __restrict__ w, int V, const SamplingRow& row, 
   }
   const bool min_p = row.min_p > 0.0f;
   const double min_e = static_cast<double>(row.min_p);
-  auto weight = [&](int i) {  // e of a kept token, else 0
-    const float x = canonical(w[i]);
+  auto weight_of = [&](float raw) {  // e of a kept token, 0 below the thresholds, -1 below min-p
+    const float x = canonical(raw);
     if (key_of(x) < floor_key) return 0.0;
     const double e = exp((static_cast<double>(x) - m) * inv_t);
-    return !min_p || e >= min_e ? e : -1.0;  // -1: e below min-p (dropped)
+    return !min_p || e >= min_e ? e : -1.0;
   };
+  auto weight = [&](int i) { return weight_of(w[i]); };
 
   double total = 0;
   int last = -1;
-  for (int i = threadIdx.x; i < V; i += kThreads) {
-    const double e = weight(i);
-    if (e >= 0 && key_of(canonical(w[i])) >= floor_key) {
+  for_each_owned(w, V, [&](int i, float raw) {
+    const double e = weight_of(raw);
+    if (e >= 0 && key_of(canonical(raw)) >= floor_key) {
       total += e;
       last = i;
     }
-  }
+  });
   total = block_sum(total, sh);
   last = block_max(last, sh);
   const double target = sampling_uniform(row.seed, row.step) * total;

@@ -6,10 +6,64 @@
 
 namespace stem::cuda::sampling {
 
-constexpr int kThreads = 512;  // one block per row
+// One block per row. A heavy row (top-k, top-p, min-p, top logprobs) walks the row a dozen times,
+// and its block's latency is the op's: 1024 threads with 8 loads each in flight (for_each_owned)
+// ran 2.2x faster than 512 threads with one (R 256, V 128256 on the H100).
+constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
 constexpr int kItems = 4;  // consecutive ids per thread in the id-ordered scans
 constexpr int kTile = kThreads * kItems;
+
+// Calls f(i, w[i]) for every id i < V this thread owns (i ≡ threadIdx.x mod kThreads), in
+// ascending order, with kLoads loads in flight: one block walks a 128K-entry row, so each thread's
+// loop is bound by the latency of its loads unless several are outstanding.
+template <class F>
+__device__ __forceinline__ void for_each_owned(const float* __restrict__ w, int V, F&& f) {
+  constexpr int kLoads = 8;
+  int i = threadIdx.x;
+  for (; i + (kLoads - 1) * kThreads < V; i += kLoads * kThreads) {
+    float x[kLoads];
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) x[u] = w[i + u * kThreads];
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) f(i + u * kThreads, x[u]);
+  }
+  for (; i < V; i += kThreads) f(i, w[i]);
+}
+
+// A thread's few most recent histogram bins and their sums, added to the shared histogram only
+// when a bin falls out (or at flush). A row's weight sits in a handful of bins (the top bits of the
+// largest logits), where 512 threads adding one element at a time contend for the same words;
+// this way a thread adds each bin's sum about once per pass.
+template <typename T>
+struct BinCache {
+  static constexpr int kSlots = 4;
+  int bin[kSlots] = {-1, -1, -1, -1};
+  T sum[kSlots] = {};
+  __device__ __forceinline__ void add(int b, T v, T* hist) {
+    bool hit = false;
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s)
+      if (bin[s] == b) {
+        sum[s] += v;
+        hit = true;
+      }
+    if (hit) return;
+    if (bin[kSlots - 1] >= 0) atomicAdd(&hist[bin[kSlots - 1]], sum[kSlots - 1]);
+#pragma unroll
+    for (int s = kSlots - 1; s > 0; --s) {
+      bin[s] = bin[s - 1];
+      sum[s] = sum[s - 1];
+    }
+    bin[0] = b;
+    sum[0] = v;
+  }
+  __device__ __forceinline__ void flush(T* hist) {
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s)
+      if (bin[s] >= 0) atomicAdd(&hist[bin[s]], sum[s]);
+  }
+};
 
 // NaN never wins (read as -inf); -0 and +0 are one value, so one key.
 __device__ __forceinline__ float canonical(float x) { return isnan(x) ? -INFINITY : (x == 0.0f ? 0.0f : x); }
@@ -123,17 +177,23 @@ __device__ uint32_t radix_select(const float* __restrict__ w, int V, uint32_t fl
       sh.count[b] = 0;
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < V; i += kThreads) {
-      const float x = canonical(w[i]);
+    BinCache<double> mass;
+    BinCache<unsigned> count;
+    for_each_owned(w, V, [&](int, float raw) {
+      const float x = canonical(raw);
       const uint32_t k = key_of(x);
-      if (k < floor_key) continue;
-      if (shift < 24 && (k >> (shift + 8)) != (prefix >> (shift + 8))) continue;
+      if (k < floor_key) return;
+      if (shift < 24 && (k >> (shift + 8)) != (prefix >> (shift + 8))) return;
       const int bin = (k >> shift) & 255;
       if constexpr (kMass)
-        atomicAdd(&sh.mass[bin], exp((static_cast<double>(x) - m) * inv_t));
+        mass.add(bin, exp((static_cast<double>(x) - m) * inv_t), sh.mass);
       else
-        atomicAdd(&sh.count[bin], 1u);
-    }
+        count.add(bin, 1u, sh.count);
+    });
+    if constexpr (kMass)
+      mass.flush(sh.mass);
+    else
+      count.flush(sh.count);
     __syncthreads();
     if (threadIdx.x < 32) {
       // Lane l owns bins 255−8l down to 248−8l: lane order is descending key order.
