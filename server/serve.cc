@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <csignal>
@@ -14,6 +17,20 @@
 #include "server/metrics.h"
 
 namespace stem {
+namespace {
+
+// The thread that takes SIGTERM/SIGINT with sigwait() (run_serve's), by its kernel thread id.
+pid_t g_signal_thread = 0;
+
+// Runs in a thread that does not block the stop signals: one some library started before main
+// (OpenBLAS starts its workers when it is loaded), which therefore did not inherit run_serve's
+// mask. The kernel hands a process-wide signal to such a thread whenever the waiting thread is not
+// inside sigwait() yet (it blocks the signal until then, e.g. while the model loads), and without
+// a handler that would end the process at once. Re-send it to the waiting thread instead: it stays
+// pending there until sigwait() takes it. (tgkill is a plain system call: safe in a handler.)
+void forward_stop_signal(int sig) { syscall(SYS_tgkill, getpid(), g_signal_thread, sig); }
+
+}  // namespace
 
 CLI::App* add_serve_command(CLI::App& app, ServeArgs& a) {
   CLI::App* s = app.add_subcommand("serve", "Serve the model over an OpenAI-compatible HTTP API and gRPC");
@@ -57,13 +74,21 @@ CLI::App* add_serve_command(CLI::App& app, ServeArgs& a) {
 }
 
 int run_serve(const ServeArgs& a) {
-  // Signals are taken by sigwait() below, not by handlers: block them before any thread starts,
-  // so every thread inherits the mask. A client that hangs up must not kill the process.
+  // Signals are taken by sigwait() below: block them before any of our threads starts, so every
+  // thread we start inherits the mask, and forward them from threads started before (see
+  // forward_stop_signal). A client that hangs up must not kill the process.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  g_signal_thread = static_cast<pid_t>(syscall(SYS_gettid));
+  struct sigaction forward {};
+  forward.sa_handler = forward_stop_signal;
+  sigemptyset(&forward.sa_mask);
+  forward.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &forward, nullptr);
+  sigaction(SIGINT, &forward, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
   HttpOptions http;
