@@ -172,10 +172,9 @@ def test_no_request_field_is_opened_as_a_file(make_server, tmp_path):
     # SIGTERM goes to the server itself (strace's child); strace ends when it does.
     server_pid = int(pathlib.Path(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read_text().split()[0])
     os.kill(server_pid, signal.SIGTERM)
-    # The trace is the subject here; the exit status under strace is not (a clean SIGTERM exit is
-    # test_faults.py's): one fresh-clone run saw strace report the server ended by SIGTERM (-15)
-    # where every other run exited 0. Left for the reliability issue to explain.
-    s.proc.wait(timeout=60)
+    # Under strace the signal may be handed to any thread, OpenBLAS's worker included (serve.cc
+    # forwards it from there to the thread that waits for it): the exit is clean all the same.
+    assert s.proc.wait(timeout=60) == 0, s.log_text()
     text = trace.read_text(errors="replace")
     assert "openat(" in text  # the trace did record the server's own opens (model files)
     for line in text.splitlines():
