@@ -43,6 +43,9 @@ pack() {
   strip --strip-unneeded "$carry"/bin/* 2> /dev/null
   du -sh "$carry"/bin "$carry"/lib
   ls "$carry/lib"
+  # The device tool carries at most 64 MiB with the tree (~14 MB): past that, leave out what the
+  # call does not run (stem_eval is bench/eval/gpu.sh's alone).
+  echo "carry folder: $(du -sm "$carry" | cut -f1) MiB (+ the tree; the device tool's limit is 64 MiB in all)"
 }
 
 make_fixtures() {  # $1: output folder; the fixture generator with wider heads
