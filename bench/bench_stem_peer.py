@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Peers for bench_stem: torch SDPA dense causal prefill (cuDNN and FlashAttention-2 backends) on
 the same shapes and lengths (one L-token prompt, 32 q heads over 8 KV heads, D 128, bf16), timed
-the way bench/attention_peer.py times them (its measure(): medians of CUDA-event-timed calls), then
-one markdown table with bench_stem's numbers beside them and, with --png, a plot of attention time
+the way bench/attention_peer.py times them (its measure(): medians of CUDA-event-timed calls), and
+a block-sparse peer: compiled FlexAttention over a Stem-shaped mask (stem_flex_peer.py); then one
+markdown table with bench_stem's numbers beside them and, with --png, a plot of attention time
 against prompt length.
 
 Usage: bench_stem_peer.py --ours stem.json [--json peers.json] [--png stem.png]
@@ -17,7 +18,8 @@ import torch
 from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from attention_peer import D, HKV, HQ, measure  # noqa: E402
+from attention_peer import D, HKV, HQ, measure, median_ms  # noqa: E402
+from stem_flex_peer import FlexStem  # noqa: E402
 
 
 def peers(min_len, max_len):
@@ -37,8 +39,17 @@ def peers(min_len, max_len):
             ms, how = measure(backend, q, k, v, reps)
             row[name] = {"ms": ms, "tflops": flops / ms * 1e-9 if ms else None, "how": how}
             print(f"L={length:<7} {name:5} " + (f"{ms:9.3f} ms ({how})" if ms else how), flush=True)
-        rows.append(row)
         del q, k, v
+        try:
+            flex = FlexStem(length)
+            ms = median_ms(flex, reps, warmup=2)
+            row["flex"] = {"ms": ms, "density": flex.density, "tflops_listed": flex.flops / ms * 1e-9}
+            print(f"L={length:<7} flex  {ms:9.3f} ms (Stem-shaped mask, density {100 * flex.density:.1f}%)", flush=True)
+            del flex
+        except Exception as e:  # noqa: BLE001 - a peer that cannot run is a table cell, not a failure
+            row["flex"] = {"ms": None, "how": f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"}
+            print(f"L={length:<7} flex  failed: {row['flex']['how']}", flush=True)
+        rows.append(row)
         torch.cuda.empty_cache()
         length *= 2
     return rows
@@ -68,18 +79,19 @@ def main():
 
     print(f"\nStem prefill attention, one layer, {dev}: Hq 32, Hkv 8, D 128, bf16, one prompt of L tokens")
     print("| length | density | estimate | select | attention | Stem total | est+sel | TFLOP/s listed "
-          "| ours dense | torch cuDNN | torch FA2 | vs cuDNN | vs ours dense |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| ours dense | torch cuDNN | torch FA2 | torch flex, Stem mask | vs cuDNN | vs flex | vs ours dense |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         o = ours.get(r["len"])
         if not o:
             continue
-        cudnn, fa2 = r["cudnn"]["ms"], r["fa2"]["ms"]
+        cudnn, fa2, flex = r["cudnn"]["ms"], r["fa2"]["ms"], r["flex"]["ms"]
         print(f"| {r['len'] // 1024}K | {100 * o['density']:.1f}% | {ms(o['estimate_ms'])} ms | {ms(o['select_ms'])} ms "
               f"| {ms(o['attention_ms'])} ms | {ms(o['total_ms'])} ms "
               f"| {100 * (o['estimate_ms'] + o['select_ms']) / o['total_ms']:.2f}% | {o['tflops_listed']:.0f} "
-              f"| {ms(o['dense_ms'])} ms | {ms(cudnn)} ms | {ms(fa2)} ms "
-              f"| {cudnn / o['total_ms'] if cudnn else 0:.2f}x | {o['dense_ms'] / o['total_ms']:.2f}x |")
+              f"| {ms(o['dense_ms'])} ms | {ms(cudnn)} ms | {ms(fa2)} ms | {ms(flex)} ms "
+              f"| {cudnn / o['total_ms'] if cudnn else 0:.2f}x | {flex / o['total_ms'] if flex else 0:.2f}x "
+              f"| {o['dense_ms'] / o['total_ms']:.2f}x |")
 
     if args.png:
         try:
@@ -94,8 +106,12 @@ def main():
         fig, ax = plt.subplots(figsize=(7, 4.5))
         ax.plot(lens, [ours[n]["total_ms"] for n in lens], "o-", label="Stem (estimate + select + attention)")
         ax.plot(lens, [ours[n]["dense_ms"] for n in lens], "s-", label="ours, dense")
-        for key, label in (("cudnn", "torch SDPA cuDNN, dense"), ("fa2", "torch SDPA FA2, dense")):
-            ax.plot(lens, [next(r[key]["ms"] for r in rows if r["len"] == n) for n in lens], "^--", label=label)
+        for key, label in (("cudnn", "torch SDPA cuDNN, dense"), ("fa2", "torch SDPA FA2, dense"),
+                           ("flex", "torch FlexAttention, Stem-shaped mask")):
+            pts = [(n, next(r[key]["ms"] for r in rows if r["len"] == n)) for n in lens]
+            pts = [(n, t) for n, t in pts if t]
+            if pts:
+                ax.plot([n for n, _ in pts], [t for _, t in pts], "^--", label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(lens, [f"{n // 1024}K" for n in lens])

@@ -5,8 +5,11 @@
 #   2. the op benchmarks' GEMMs with cuBLASLt's first heuristic pick (STEM_GEMM_TUNE=0) and tuned;
 #   3. bench_model: decode at batch 1/8/64/256 (1K and 32K contexts), untuned then tuned;
 #      TTFT at 32K-128K, dense and Stem, with the per-op profile at 128K (--profile); then Stem at
-#      128K alone after an idle pause (median of 3), with the SM clock sampled throughout.
-# Usage: bench/perf_gpu_run.sh [tests|gemm|decode|ttft]...   (default: all four)
+#      128K alone after an idle pause (median of 3), with the SM clock sampled throughout;
+#   4. peers (not in the default): the same 128K Stem prefill's tensor work done back to back with
+#      torch's kernels (bench/prefill_work_peer.py: cuBLAS, cuDNN, FlexAttention on a Stem-shaped
+#      mask), clock sampled; then bench_stem beside its peers, FlexAttention included, at 16K-128K.
+# Usage: bench/perf_gpu_run.sh [tests|gemm|decode|ttft|peers]...   (default: the first four)
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 carry="$root/build-gpumodel-carry"
@@ -14,6 +17,22 @@ logs="${OUT:-$carry/logs}"
 mkdir -p "$logs"
 export LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 config="$root/bench/configs/llama-3.1-8b.json"
+# The SM clock, power and why the clock is held down, twice a second, into $1 until stop_clocks:
+# under sustained tensor work the card meets its power limit and lowers the clock, which moves
+# every figure.
+clock_fields=timestamp,clocks.sm,power.draw,temperature.gpu,power.limit,clocks_event_reasons.sw_power_cap,clocks_event_reasons.hw_slowdown,clocks_event_reasons.sw_thermal_slowdown
+nvidia-smi --query-gpu="$clock_fields" --format=csv > /dev/null 2>&1 ||
+  clock_fields=timestamp,clocks.sm,power.draw,temperature.gpu
+start_clocks() {
+  nvidia-smi --query-gpu="$clock_fields" --format=csv,noheader -lms 500 > "$1" &
+  smi=$!
+}
+stop_clocks() {  # $1: the samples; prints the mean clock and how often each limit was active
+  kill "$smi"
+  echo "($clock_fields)"
+  awk -F', ' '$3 + 0 > 400 { n++; s += $2; t += $4; if ($6 ~ /^Active/) p++; if ($7 ~ /^Active/) h++; if ($8 ~ /^Active/) th++ }
+    END { if (n) printf "SM clock while over 400 W: %.0f MHz mean over %d samples, %.0f C mean; power cap active in %d, HW slowdown in %d, thermal in %d\n", s / n, n, t / n, p, h, th }' "$1"
+}
 parts=("$@")
 [ ${#parts[@]} = 0 ] && parts=(tests gemm decode ttft)
 for part in "${parts[@]}"; do
@@ -32,11 +51,7 @@ for part in "${parts[@]}"; do
           --contexts 1024,32768 --json "$logs/decode_tune$tune.json" 2>&1 | grep -vE '^$'
       done ;;
     ttft)
-      # The SM clock and power, twice a second, beside the runs: under sustained tensor work the
-      # card meets its power limit and lowers the clock, which moves every figure.
-      nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv,noheader -lms 500 \
-        > "$logs/clocks_ttft.txt" &
-      smi=$!
+      start_clocks "$logs/clocks_ttft.txt"
       echo "== bench_model TTFT 32K-128K, dense and Stem, with the per-op profile at 128K"
       "$carry/bin/bench_model" --config "$config" --ttft 32768,65536,131072 --sparse-prefill both --batches "" --profile \
         --json "$logs/ttft_profile.json" 2>&1 | grep -vE '^$'
@@ -44,8 +59,16 @@ for part in "${parts[@]}"; do
       sleep 20
       "$carry/bin/bench_model" --config "$config" --ttft 131072 --sparse-prefill stem --batches "" --runs 3 \
         --json "$logs/ttft_stem_alone.json" 2>&1 | grep -vE '^$' | tail -n 3
-      kill "$smi"
-      echo "SM clock (MHz) while over 400 W: $(awk -F', ' '$3 + 0 > 400 { n++; s += $2 } END { if (n) printf "%.0f mean over %d samples", s / n, n }' "$logs/clocks_ttft.txt")" ;;
+      stop_clocks "$logs/clocks_ttft.txt" ;;
+    peers)
+      echo "== the 128K Stem prefill's tensor work with torch's kernels, back to back"
+      start_clocks "$logs/clocks_peers.txt"
+      python3 "$root/bench/prefill_work_peer.py" --json "$logs/prefill_work_peer.json" 2>&1 | grep -vE '^$|Warning'
+      stop_clocks "$logs/clocks_peers.txt"
+      echo "== bench_stem and its peers (cuDNN, FA2, FlexAttention on a Stem-shaped mask)"
+      "$carry/bin/bench_stem" --json "$logs/stem.json" > "$logs/bench_stem.txt" 2>&1 || tail -n 5 "$logs/bench_stem.txt"
+      python3 "$root/bench/bench_stem_peer.py" --ours "$logs/stem.json" --json "$logs/stem_peers.json" \
+        --png "$logs/stem_attention.png" 2>&1 | grep -vE '^$|Warning' ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done

@@ -25,10 +25,11 @@ pack() {
   local tests
   tests=$(cd "$root/tests" && ls gpu_model/test_*.cc | sed -E 's|/|_|; s|\.cc$||')
   # shellcheck disable=SC2086
-  cmake --build "$build" -j "${STEM_JOBS:-2}" --target stemserve bench_model bench_ops stem_eval $tests || exit 1
+  cmake --build "$build" -j "${STEM_JOBS:-2}" --target stemserve bench_model bench_ops bench_stem stem_eval $tests || exit 1
   rm -rf "$carry"
   mkdir -p "$carry/bin" "$carry/lib"
-  cp "$build/server/stemserve" "$build/bench/bench_model" "$build/bench/bench_ops" "$build/bench/stem_eval" "$carry/bin/"
+  cp "$build/server/stemserve" "$build/bench/bench_model" "$build/bench/bench_ops" "$build/bench/bench_stem" \
+    "$build/bench/stem_eval" "$carry/bin/"
   for t in $tests; do cp "$build/tests/$t" "$carry/bin/"; done
   # Libraries the GPU machine has itself (or newer): the C/C++ runtimes, CUDA, OpenBLAS and its
   # Fortran runtime. Everything else our binaries link goes along.
