@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Params p) 
   __shared__ typename Scan::TempStorage temp, temp2;
   __shared__ int hist[256];
   __shared__ int found_digit, found_remaining, found_equal;
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];  // one alignment for every extern smem of a unit (stem_estimate.cuh)
   const Row row = p.rows[blockIdx.x];
   const int g = blockIdx.y, tid = threadIdx.x, n = row.block + 1;
   uint32_t* keys = reinterpret_cast<uint32_t*>(smem);
