@@ -4,24 +4,18 @@
 # both, runs the tests under each STEM_PREFILL_SM90 mode named, then bench_stem for each side in
 # turn, twice. Prepare the other checkout here first (it travels as an ignored folder):
 #   rm -rf build-ab && mkdir -p build-ab/src && git archive <rev> | tar -x -C build-ab/src
-# then carry build-ab. Usage: bench/attention_ab_run.sh [modes, default "3 8"] [min-len] [max-len]
+# then carry build-ab. Usage: bench/attention_ab_run.sh [modes, default "4"] [min-len] [max-len]
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 logs="${OUT:-$root/build-gpu/logs}"
 mkdir -p "$logs"
-modes="${1:-3 8}" min_len="${2:-32768}" max_len="${3:-131072}"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv,noheader
-args=(-DCMAKE_BUILD_TYPE=Release -DSTEM_ONLY_KERNELS=ON -DSTEM_CUDA=ON -G Ninja)
-if [ ! -f /usr/include/cblas.h ]; then
-  cblas="$(find /usr/include /usr/local/include /opt -name cblas.h 2> /dev/null | head -n 1)"
-  [ -n "$cblas" ] && args+=("-DCBLAS_INCLUDE_DIR=$(dirname "$cblas")")
-fi
+modes="${1:-4}" min_len="${2:-32768}" max_len="${3:-131072}"
+source "$root/bench/gpu_common.sh"
+gpu_info
 build() {  # source dir, build dir, targets...
   local src="$1" dir="$2"
   shift 2
-  cmake -S "$src" -B "$dir" "${args[@]}" > "$logs/configure.$(basename "$dir").log" 2>&1 &&
-    cmake --build "$dir" -j 16 --target "$@" > "$logs/build.$(basename "$dir").log" 2>&1 ||
-    { echo "BUILD FAILED in $dir"; grep -E "error|FAILED" "$logs/build.$(basename "$dir").log" | head -n 30; return 1; }
+  build_kernels "$src" "$dir" "$logs/build.$(basename "$dir").log" "$@"
 }
 start=$(date +%s)
 build "$root" "$root/build-gpu" bench_stem cuda_test_attention_prefill cuda_test_stem &

@@ -9,16 +9,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${STEM_BUILD_DIR:-$root/build-gpu}"
 logs="${OUT:-$build/logs}"
 mkdir -p "$logs"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv,noheader
-args=(-DCMAKE_BUILD_TYPE=Release -DSTEM_ONLY_KERNELS=ON -DSTEM_CUDA=ON -G Ninja)
-if [ ! -f /usr/include/cblas.h ]; then
-  cblas="$(find /usr/include /usr/local/include /opt -name cblas.h 2> /dev/null | head -n 1)"
-  [ -n "$cblas" ] && args+=("-DCBLAS_INCLUDE_DIR=$(dirname "$cblas")")
-fi
-cmake -S "$root" -B "$build" "${args[@]}" > "$logs/configure.log" 2>&1 || { tail -n 30 "$logs/configure.log"; exit 1; }
+source "$root/bench/gpu_common.sh"
+gpu_info
 start=$(date +%s)
-cmake --build "$build" -j "${STEM_JOBS:-16}" --target bench_stem > "$logs/build.log" 2>&1 ||
-  { grep -E "error|FAILED" "$logs/build.log" | head -n 40; exit 1; }
+build_kernels "$root" "$build" "$logs/build.log" bench_stem || exit 1
 echo "built in $(($(date +%s) - start)) s"
 ncu_bin="$(command -v ncu || echo /usr/local/cuda/bin/ncu)"
 profile() {  # name, launch-skip, bench_stem args...
@@ -35,8 +29,6 @@ profile stem128k 3 "$build/bench/bench_stem" --min-len 131072 --max-len 131072
 profile dense32k 70 "$build/bench/bench_stem" --min-len 32768 --max-len 32768
 [ "${1:-}" = --plain ] || exit 0
 echo "== plain run, clocks sampled"
-nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader -lms 500 > "$logs/clocks.txt" &
-smi=$!
+start_clocks "$logs/clocks.txt"
 "$build/bench/bench_stem" --min-len 32768 --max-len 131072
-kill $smi
-sort "$logs/clocks.txt" | uniq -c | sort -rn | head -n 8
+stop_clocks "$logs/clocks.txt"

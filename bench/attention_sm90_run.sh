@@ -1,30 +1,21 @@
 #!/usr/bin/env bash
-# One GPU-machine call for the Hopper prefill path (kernels/cuda/attention_prefill_sm90*): build the
-# attention tests and benchmark, run the prefill tests under each build of the Hopper kernel
-# (STEM_PREFILL_SM90=1..4, or those in STEM_SM90_MODES; kernels/cuda/attention_prefill_sm90.cu
-# lists them) and the decode
-# tests, then the benchmark for each build and the mma.sync kernel (=0), the torch SDPA peers, and
-# a memory check of a small case under each build. Every step has a time limit, so a hang costs one step, not the call. Logs go to
-# build-gpu/logs, packed into $OUT/logs.tgz when $OUT is set (the device tool brings that back);
-# the summary is the end of the output.
+# One GPU-machine call for the attention kernels: build the attention tests and benchmark, run the
+# prefill tests under each build of the Hopper kernel (STEM_PREFILL_SM90=1..4, or those in
+# STEM_SM90_MODES; kernels/cuda/attention_prefill_sm90.cu lists them; 0 is the mma.sync kernel)
+# and the decode tests, then the benchmark for each build and for the mma.sync kernel, the torch
+# SDPA peers, and memory checks of small cases (prefill under each build, decode). Every step has a
+# time limit, so a hang costs one step, not the call. Logs go to build-gpu/logs, packed into
+# $OUT/logs.tgz when $OUT is set (the device tool brings that back); the summary is the end of the
+# output. Usage: bench/attention_sm90_run.sh [--no-bench]
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${STEM_BUILD_DIR:-$root/build-gpu}"
 logs="$build/logs"
 rm -rf "$logs"; mkdir -p "$logs"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
-args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DSTEM_ONLY_KERNELS=ON -DSTEM_CUDA=ON -DSTEM_CUDA_RESOURCE_USAGE=ON)
-if [ ! -f /usr/include/cblas.h ]; then
-  cblas="$(find /usr/include /usr/local/include /opt -name cblas.h 2> /dev/null | head -n 1)"
-  [ -n "$cblas" ] && args+=("-DCBLAS_INCLUDE_DIR=$(dirname "$cblas")")
-fi
-cmake -S "$root" -B "$build" "${args[@]}" > "$logs/configure.log" 2>&1 || { tail -n 30 "$logs/configure.log"; exit 1; }
+source "$root/bench/gpu_common.sh"
+gpu_info
 start=$(date +%s)
-if ! cmake --build "$build" -j 16 --target cuda_test_attention_prefill cuda_test_attention_decode bench_attention \
-  > "$logs/build.log" 2>&1; then
-  grep -E "error|FAILED" "$logs/build.log" | head -n 40
-  exit 1
-fi
+build_kernels "$root" "$build" "$logs/build.log" cuda_test_attention_prefill cuda_test_attention_decode bench_attention || exit 1
 echo "built in $(($(date +%s) - start)) s; prefill kernels' resources:"
 grep -A2 -E "Compiling entry function '.*prefill.*sm_90a" "$logs/build.log" | grep -E "Used|spill" | sort | uniq -c
 grep -E "C75[0-9][0-9]" "$logs/build.log" | sort -u | cut -c1-200
@@ -64,6 +55,9 @@ if command -v compute-sanitizer > /dev/null; then
       > "$logs/sanitizer_$mode.log" 2>&1
     echo "== prefill memcheck, STEM_PREFILL_SM90=$mode: rc $? $(grep -m 3 -E "Invalid|ERROR SUMMARY" "$logs/sanitizer_$mode.log" | tr '\n' ' ')"
   done
+  timeout 100 compute-sanitizer --tool memcheck --error-exitcode 9 "$build/tests/cuda_test_attention_decode" \
+    "cuda paged_decode leaves longer sequences to the prefill kernel" > "$logs/sanitizer_decode.log" 2>&1
+  echo "== decode memcheck: rc $? $(grep -m 3 -E "Invalid|ERROR SUMMARY" "$logs/sanitizer_decode.log" | tr '\n' ' ')"
 fi
 [ -n "${OUT:-}" ] && tar czf "$OUT/logs.tgz" -C "$logs" .
 echo "== exit $rc"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU-machine call for Stem (issue 4): build kernels/ and their tests with CUDA on, run every
-# kernel test (CPU and CUDA), then bench_stem and its torch SDPA peers (cuDNN, FA2) in the same
-# call, then a memory check of the Stem planner. Logs, JSON and the plot go to $OUT when it is set (the device
-# tool brings them back), else to build-gpu/logs; the end of the output is the summary.
+# kernel test (CPU and CUDA), then bench_stem and its torch peers (SDPA cuDNN and FA2, FlexAttention
+# on a Stem-shaped mask) in the same call, then a memory check of the Stem planner. Logs, JSON and
+# the plot go to $OUT when it is set (the device tool brings them back), else to build-gpu/logs; the
+# end of the output is the summary.
 # Usage: bench/bench_stem.sh [--no-tests] [--no-bench] [--no-sanitizer]
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,20 +16,12 @@ for a in "$@"; do
   [ "$a" = --no-bench ] && bench=0
   [ "$a" = --no-sanitizer ] && sanitizer=0
 done
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,driver_version --format=csv,noheader
-
-args=(-DCMAKE_BUILD_TYPE=Release -DSTEM_ONLY_KERNELS=ON -DSTEM_CUDA=ON -DSTEM_CUDA_RESOURCE_USAGE=ON)
+source "$root/bench/gpu_common.sh"
+gpu_info
 command -v ninja > /dev/null || { echo "needs ninja"; exit 1; }
-args+=(-G Ninja)
-if [ ! -f /usr/include/cblas.h ]; then
-  cblas="$(find /usr/include /usr/local/include /opt -name cblas.h 2> /dev/null | head -n 1)"
-  [ -n "$cblas" ] && args+=("-DCBLAS_INCLUDE_DIR=$(dirname "$cblas")")
-fi
-cmake -S "$root" -B "$build" "${args[@]}" > "$logs/build.log" 2>&1 || { tail -n 30 "$logs/build.log"; exit 1; }
 start=$(date +%s)
 build_rc=0
-cmake --build "$build" -j "${STEM_JOBS:-16}" -- -k 0 >> "$logs/build.log" 2>&1 || build_rc=$?
-[ "$build_rc" = 0 ] || { echo "BUILD FAILED (rc $build_rc)"; grep -E "error|FAILED" "$logs/build.log" | head -n 40; }
+build_kernels "$root" "$build" "$logs/build.log" -k || build_rc=$?
 echo "built in $(($(date +%s) - start)) s; Stem kernels' resources:"
 grep -A3 -E "Compiling entry function '.*stem_kernels.*sm_90a" "$logs/build.log" | grep -E "entry|Used|spill" |
   sed -E "s/ptxas info *: //; s/Compiling entry function .*stem_kernels[0-9]+([a-z_]+)ENS.*/\\1/; s/ *0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads/no spills/" | paste - - - | cut -c1-160

@@ -17,22 +17,7 @@ logs="${OUT:-$carry/logs}"
 mkdir -p "$logs"
 export LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 config="$root/bench/configs/llama-3.1-8b.json"
-# The SM clock, power and why the clock is held down, twice a second, into $1 until stop_clocks:
-# under sustained tensor work the card meets its power limit and lowers the clock, which moves
-# every figure.
-clock_fields=timestamp,clocks.sm,power.draw,temperature.gpu,power.limit,clocks_event_reasons.sw_power_cap,clocks_event_reasons.hw_slowdown,clocks_event_reasons.sw_thermal_slowdown
-nvidia-smi --query-gpu="$clock_fields" --format=csv > /dev/null 2>&1 ||
-  clock_fields=timestamp,clocks.sm,power.draw,temperature.gpu
-start_clocks() {
-  nvidia-smi --query-gpu="$clock_fields" --format=csv,noheader -lms 500 > "$1" &
-  smi=$!
-}
-stop_clocks() {  # $1: the samples; prints the mean clock and how often each limit was active
-  kill "$smi"
-  echo "($clock_fields)"
-  awk -F', ' '$3 + 0 > 400 { n++; s += $2; t += $4; if ($6 ~ /^Active/) p++; if ($7 ~ /^Active/) h++; if ($8 ~ /^Active/) th++ }
-    END { if (n) printf "SM clock while over 400 W: %.0f MHz mean over %d samples, %.0f C mean; power cap active in %d, HW slowdown in %d, thermal in %d\n", s / n, n, t / n, p, h, th }' "$1"
-}
+source "$root/bench/gpu_common.sh"
 parts=("$@")
 [ ${#parts[@]} = 0 ] && parts=(tests gemm decode ttft)
 for part in "${parts[@]}"; do
