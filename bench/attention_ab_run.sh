@@ -10,7 +10,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 logs="${OUT:-$root/build-gpu/logs}"
 mkdir -p "$logs"
 modes="${1:-4}" min_len="${2:-32768}" max_len="${3:-131072}"
-source "$root/bench/gpu_common.sh"
+source "$root/scripts/gpu_common.sh"
 gpu_info
 build() {  # source dir, build dir, targets...
   local src="$1" dir="$2"

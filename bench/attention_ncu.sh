@@ -9,7 +9,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${STEM_BUILD_DIR:-$root/build-gpu}"
 logs="${OUT:-$build/logs}"
 mkdir -p "$logs"
-source "$root/bench/gpu_common.sh"
+source "$root/scripts/gpu_common.sh"
 gpu_info
 start=$(date +%s)
 build_kernels "$root" "$build" "$logs/build.log" bench_stem || exit 1

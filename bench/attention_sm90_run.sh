@@ -12,7 +12,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${STEM_BUILD_DIR:-$root/build-gpu}"
 logs="$build/logs"
 rm -rf "$logs"; mkdir -p "$logs"
-source "$root/bench/gpu_common.sh"
+source "$root/scripts/gpu_common.sh"
 gpu_info
 start=$(date +%s)
 build_kernels "$root" "$build" "$logs/build.log" cuda_test_attention_prefill cuda_test_attention_decode bench_attention || exit 1

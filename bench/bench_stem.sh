@@ -16,7 +16,7 @@ for a in "$@"; do
   [ "$a" = --no-bench ] && bench=0
   [ "$a" = --no-sanitizer ] && sanitizer=0
 done
-source "$root/bench/gpu_common.sh"
+source "$root/scripts/gpu_common.sh"
 gpu_info
 command -v ninja > /dev/null || { echo "needs ninja"; exit 1; }
 start=$(date +%s)

@@ -17,7 +17,7 @@ logs="${OUT:-$carry/logs}"
 mkdir -p "$logs"
 export LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 config="$root/bench/configs/llama-3.1-8b.json"
-source "$root/bench/gpu_common.sh"
+source "$root/scripts/gpu_common.sh"
 parts=("$@")
 [ ${#parts[@]} = 0 ] && parts=(tests gemm decode ttft)
 for part in "${parts[@]}"; do

@@ -21,35 +21,13 @@ bench=1
 } > "$logs/env.txt" 2>&1
 cat "$logs/env.txt"
 
-args=(-DCMAKE_BUILD_TYPE=Release -DSTEM_ONLY_KERNELS=ON -DSTEM_CUDA=ON -DSTEM_CUDA_RESOURCE_USAGE=ON)
-keep_going=(-k)
-if command -v ninja > /dev/null; then
-  args+=(-G Ninja)
-  keep_going=(-k 0)
-fi
-# cblas.h sits in a different folder on each distribution's OpenBLAS; point CMake at it if it is anywhere usual.
-if [ ! -f /usr/include/cblas.h ]; then
-  cblas="$(find /usr/include /usr/local/include /opt -name cblas.h 2> /dev/null | head -n 1)"
-  [ -n "$cblas" ] && args+=("-DCBLAS_INCLUDE_DIR=$(dirname "$cblas")")
-fi
-echo "== configure"
-if ! cmake -S "$root" -B "$build" "${args[@]}" > "$logs/configure.log" 2>&1; then
-  tail -n 40 "$logs/configure.log"
-  # What the configure step looks for, to fix it without another round trip.
-  echo "== where things are"
-  find / -xdev \( -name cblas.h -o -name 'Catch2Config.cmake' -o -name 'libopenblas*.so' \) 2>/dev/null | head -20
-  exit 1
-fi
+source "$root/scripts/gpu_common.sh"
 echo "== build"
 start=$(date +%s)
 # Keep going past a target that fails (another op's files may be half-written): the tests of the
 # targets that did build still run, and the failure is reported here and in ctest's count.
 build_rc=0
-cmake --build "$build" -j "${STEM_JOBS:-16}" -- "${keep_going[@]}" > "$logs/build.log" 2>&1 || build_rc=$?
-if [ "$build_rc" != 0 ]; then
-  echo "BUILD FAILED (rc $build_rc):"
-  grep -E "error|FAILED" "$logs/build.log" | head -n 40
-fi
+build_kernels "$root" "$build" "$logs/build.log" -k || build_rc=$?
 echo "built in $(($(date +%s) - start)) s; spills or stack frames in the kernels:"
 grep -B1 "stack frame" "$logs/build.log" | grep -B1 -E "[1-9][0-9]* bytes (stack frame|spill)" | grep -v "^--" \
   | sed -E 's/^ptxas info +: Function properties for /  /' || echo "  none"

@@ -1,5 +1,6 @@
-# Sourced by the GPU-machine scripts in bench/: the card's state, the kernels-only build (what that
-# machine can build: it lacks the server's libraries) and the clock sampler.
+# Sourced by the GPU-machine scripts (bench/*.sh, scripts/gpu_test.sh): the card's state, the
+# kernels-only build (what that machine can build: it lacks the server's libraries) and the clock
+# sampler.
 
 gpu_info() {  # one line: name, clocks now and at most, temperature, power draw and limit
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,power.limit --format=csv,noheader
@@ -7,7 +8,7 @@ gpu_info() {  # one line: name, clocks now and at most, temperature, power draw 
 
 # build_kernels SRC BUILD LOG [-k] TARGETS...: configure SRC into BUILD (Release, kernels/ and
 # their tests and benchmarks only, CUDA on, ptxas resource lines in the log) and build TARGETS (all
-# when none), appending to LOG. -k keeps going past a failed target. On failure prints the errors
+# when none), logging both to LOG. -k keeps going past a failed target. On failure prints the errors
 # and returns non-zero.
 build_kernels() {
   local src="$1" dir="$2" log="$3" keep=()
@@ -21,8 +22,10 @@ build_kernels() {
   fi
   local targets=()
   [ $# -gt 0 ] && targets=(--target "$@")
-  if ! cmake -S "$src" -B "$dir" "${args[@]}" >> "$log" 2>&1; then
+  if ! cmake -S "$src" -B "$dir" "${args[@]}" > "$log" 2>&1; then
     tail -n 30 "$log"
+    echo "== where things are (what the configure step looks for)"
+    find / -xdev \( -name cblas.h -o -name 'Catch2Config.cmake' -o -name 'libopenblas*.so' \) 2> /dev/null | head -n 20
     return 1
   fi
   if ! cmake --build "$dir" -j "${STEM_JOBS:-16}" "${targets[@]}" "${keep[@]}" >> "$log" 2>&1; then
