@@ -39,23 +39,27 @@ ctest --test-dir "$build" -R 'cuda/|kernels/' --output-on-failure -j 8 --timeout
 test_rc=$?
 grep -E "Failed|\*\*\*|tests passed|Total Test time" "$logs/ctest.log" | tail -n 30
 
-# STEM_SANITIZE=1: the elementwise ops' tests again under compute-sanitizer (out-of-bounds and
-# misaligned accesses; shared-memory races in the kernels that use it). The GEMM test is left out:
-# cuBLASLt is not ours, and its large shapes are slow under the tool.
+# STEM_SANITIZE=1: the elementwise ops' and gemv's tests again under compute-sanitizer (out-of-bounds
+# and misaligned accesses; shared-memory races in the kernels that use it). The GEMM test is left
+# out: cuBLASLt is not ours, and its large shapes are slow under the tool.
 sanitizer="$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")"
 if [ "${STEM_SANITIZE:-0}" = 1 ] && [ -x "$sanitizer" ]; then
   echo "== compute-sanitizer"
+  report="$STEM_TEST_REPORT"
   unset STEM_TEST_REPORT  # the errors table counts the ctest run only
-  for t in embedding rmsnorm rope swiglu kv_write; do
+  for t in embedding rmsnorm rope swiglu kv_write gemv; do
     for tool in memcheck racecheck; do
       [ "$tool" = racecheck ] && [ "$t" != rmsnorm ] && [ "$t" != rope ] && continue
       one="$(mktemp)"
       "$sanitizer" --tool "$tool" --error-exitcode 9 "$build/tests/cuda_test_$t" > "$one" 2>&1
-      echo "  $tool $t: rc $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$one" | tail -n 1)"
+      r=$?
+      [ "$r" = 0 ] || test_rc=1
+      echo "  $tool $t: rc $r $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$one" | tail -n 1)"
       cat "$one" >> "$logs/sanitize.log"
       rm -f "$one"
     done
   done
+  export STEM_TEST_REPORT="$report"
 fi
 
 if [ "$bench" = 1 ] && [ -x "$build/bench/bench_ops" ]; then

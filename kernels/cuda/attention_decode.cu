@@ -28,14 +28,15 @@ void launch_decode(attn::DecodeParams p, int64_t seqs, int64_t kv_heads, cudaStr
     p.part_o = static_cast<float*>(workspace);
     p.part_lse = p.part_o + vectors * D;
   }
-  attn::decode_kernel<D><<<dim3(grid.x, grid.y, static_cast<unsigned>(p.splits)), attn::kThreads, smem, stream>>>(p);
-  cudaError_t err = cudaGetLastError();
-  if (err == cudaSuccess && p.splits > 1) {
-    attn::decode_reduce_kernel<D><<<grid, attn::kThreads, 0, stream>>>(p);
-    err = cudaGetLastError();
+  try {
+    launch_pdl(attn::decode_kernel<D>, dim3(grid.x, grid.y, static_cast<unsigned>(p.splits)), attn::kThreads, smem,
+               stream, p);
+    if (p.splits > 1) launch_pdl(attn::decode_reduce_kernel<D>, grid, attn::kThreads, 0, stream, p);
+  } catch (...) {
+    if (workspace != nullptr) cudaFreeAsync(workspace, stream);
+    throw;
   }
   if (workspace != nullptr) CUDA_CHECK(cudaFreeAsync(workspace, stream));
-  STEM_CHECK(err == cudaSuccess, "paged_decode: launch failed: ", cudaGetErrorString(err));
 }
 
 }  // namespace

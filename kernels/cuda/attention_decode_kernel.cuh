@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "kernels/cuda/attention_mma.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace stem::cuda::attn {
 
@@ -55,6 +56,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_consta
   bf16* s_kv = s_q + kDecodeVectors * D;  // stage st: K at st·2·64·D, V right after
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int seq = blockIdx.x, g = blockIdx.y / p.mtiles, split = blockIdx.z;
+  pdl_wait();  // q and the newest K/V come from the kernels before
+  pdl_launch_dependents();
   DecodeWork w;
   if (!w.load(p, seq, blockIdx.y % p.mtiles)) return;
   const int begin = split * p.chunk;
@@ -237,6 +240,8 @@ template <int D>
 __global__ void __launch_bounds__(kThreads) decode_reduce_kernel(const __grid_constant__ DecodeParams p) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int seq = blockIdx.x, g = blockIdx.y / p.mtiles;
+  pdl_wait();
+  pdl_launch_dependents();
   DecodeWork w;
   if (!w.load(p, seq, blockIdx.y % p.mtiles)) return;
   const int n_splits = min(p.splits, (w.kv_len + p.chunk - 1) / p.chunk);

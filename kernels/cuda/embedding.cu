@@ -3,6 +3,7 @@
 #include "kernels/cpu/rows.h"
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/embedding.cuh"
 
 namespace stem::cuda {
@@ -13,6 +14,8 @@ namespace {
 template <typename Out>
 __global__ void embedding_kernel(Out* __restrict__ out, int64_t out_stride, const int32_t* __restrict__ ids,
                                  const bf16* __restrict__ table, int64_t table_stride, int64_t vocab, int vecs) {
+  pdl_wait();  // ids and the table may be the kernel before's output (a sampled token, a row gather)
+  pdl_launch_dependents();
   const int64_t t = blockIdx.x;
   const int32_t id = ids[t];
   const bool valid = id >= 0 && id < vocab;
@@ -49,12 +52,11 @@ void embedding(const TensorView& out, const TensorView& ids, const TensorView& t
   const int threads = threads_for(vecs, 256);
   const auto grid = static_cast<unsigned>(tokens);
   if (out.dtype == DType::F32)
-    embedding_kernel<<<grid, threads, 0, stream>>>(out.ptr<float>(), cpu::row_stride(out), ids.ptr<int32_t>(),
-                                                   table.ptr<bf16>(), cpu::row_stride(table), table.shape[0], vecs);
+    launch_pdl(embedding_kernel<float>, grid, threads, 0, stream, out.ptr<float>(), cpu::row_stride(out),
+               ids.ptr<int32_t>(), table.ptr<bf16>(), cpu::row_stride(table), table.shape[0], vecs);
   else
-    embedding_kernel<<<grid, threads, 0, stream>>>(out.ptr<bf16>(), cpu::row_stride(out), ids.ptr<int32_t>(),
-                                                   table.ptr<bf16>(), cpu::row_stride(table), table.shape[0], vecs);
-  STEM_CUDA_CHECK_LAUNCH();
+    launch_pdl(embedding_kernel<bf16>, grid, threads, 0, stream, out.ptr<bf16>(), cpu::row_stride(out),
+               ids.ptr<int32_t>(), table.ptr<bf16>(), cpu::row_stride(table), table.shape[0], vecs);
 }
 
 }  // namespace stem::cuda

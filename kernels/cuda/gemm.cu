@@ -85,11 +85,12 @@ constexpr int kTuneCandidates = 12;
 constexpr int64_t kTuneMaxRows = 256;
 constexpr int kTuneRuns = 3;
 
-// Where matmul runs cuda::gemv (gemv.cuh) instead of cuBLASLt: measured on an H100 (bench_ops,
-// bench/RESULTS.md), gemv is ahead at 1-2 rows except for the long-K down projection (K = 14336),
-// and behind from 4 rows on.
+// Where matmul runs cuda::gemv (gemv.cuh) instead of cuBLASLt: measured on an H100 (bench_ops and
+// bench_model's decode steps, bench/RESULTS.md), gemv is ahead at 1-2 rows and behind from 4 rows
+// on. Alone, the long-K down projection (K = 14336) ran a little faster in cuBLASLt; in a decode
+// step gemv wins it too, since it overlaps the kernel before it (pdl.cuh) and cuBLASLt's does not.
 constexpr int64_t kGemvDispatchRows = 2;
-constexpr int64_t kGemvDispatchMaxK = 8192;
+constexpr int64_t kGemvDispatchMaxK = 16384;
 
 int64_t bucket_of(int64_t m) { return static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(m))); }
 

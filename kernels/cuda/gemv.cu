@@ -2,6 +2,7 @@
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/gemv.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace stem::cuda {
 
@@ -44,6 +45,10 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(Out* out, int64_t ldo, c
                                                         int64_t K) {
   const int lane = threadIdx.x % 32;
   const int64_t n0 = (blockIdx.x * int64_t{kThreads} + threadIdx.x) / 32 * kRowsPerWarp;
+  // `a` is the kernel before's output. (Fetching the first weights into L2 before this wait bought
+  // nothing on the H100, and more than 2 KB a row cost 6%: the blocks' prefetches overran L2.)
+  pdl_wait();
+  pdl_launch_dependents();
   if (n0 >= N) return;
   const bf16* rows[kRowsPerWarp];
 #pragma unroll
@@ -91,7 +96,7 @@ void launch(const TensorView& out, const TensorView& a, const TensorView& w, con
   const bf16 *ap = a.ptr<bf16>(), *wp = w.ptr<bf16>();
   switch (M) {
 #define STEM_GEMV_CASE(m) \
-  case m: gemv_kernel<m, Out><<<grid, kThreads, 0, stream>>>(o, ldo, ap, lda, wp, ldw, b, N, K); break;
+  case m: launch_pdl(gemv_kernel<m, Out>, grid, kThreads, 0, stream, o, ldo, ap, lda, wp, ldw, b, N, K); break;
     STEM_GEMV_CASE(1)
     STEM_GEMV_CASE(2)
     STEM_GEMV_CASE(3)
@@ -103,7 +108,6 @@ void launch(const TensorView& out, const TensorView& a, const TensorView& w, con
 #undef STEM_GEMV_CASE
     default: STEM_CHECK(false, "gemv takes 1 to ", kGemvMaxRows, " rows, got ", M);
   }
-  STEM_CUDA_CHECK_LAUNCH();
 }
 
 bool vector_rows(const TensorView& v) {

@@ -1,6 +1,7 @@
 #include "kernels/cpu/rows.h"
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/kv_write.cuh"
 
 namespace stem::cuda {
@@ -12,6 +13,8 @@ namespace {
 __global__ void kv_write_kernel(bf16* __restrict__ k_cache, bf16* __restrict__ v_cache, const bf16* __restrict__ k,
                                 int64_t k_stride, const bf16* __restrict__ v, int64_t v_stride,
                                 const int32_t* __restrict__ slots, int64_t n_slots, int vecs_per_row) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t t = blockIdx.x;
   const int32_t slot = slots[t];
   if (slot < 0 || slot >= n_slots) return;
@@ -53,10 +56,9 @@ void kv_write(const TensorView& k_cache, const TensorView& v_cache, const Tensor
   STEM_CHECK(n_slots <= INT32_MAX, "kv_write: ", n_slots, " cache slots is over what i32 slots can address");
 
   const int vecs_per_row = static_cast<int>(kv_heads * head_dim / kVec);
-  kv_write_kernel<<<static_cast<unsigned>(tokens), threads_for(2 * vecs_per_row, 256), 0, stream>>>(
-      k_cache.ptr<bf16>(), v_cache.ptr<bf16>(), k.ptr<bf16>(), cpu::row_stride(k), v.ptr<bf16>(), cpu::row_stride(v),
-      slots.ptr<int32_t>(), n_slots, vecs_per_row);
-  STEM_CUDA_CHECK_LAUNCH();
+  launch_pdl(kv_write_kernel, static_cast<unsigned>(tokens), threads_for(2 * vecs_per_row, 256), 0, stream,
+             k_cache.ptr<bf16>(), v_cache.ptr<bf16>(), k.ptr<bf16>(), cpu::row_stride(k), v.ptr<bf16>(),
+             cpu::row_stride(v), slots.ptr<int32_t>(), n_slots, vecs_per_row);
 }
 
 }  // namespace stem::cuda

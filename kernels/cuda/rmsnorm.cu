@@ -3,6 +3,7 @@
 #include "kernels/cpu/rows.h"
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/rmsnorm.cuh"
 
 namespace stem::cuda {
@@ -34,6 +35,8 @@ template <typename X>
 __global__ void rmsnorm_kernel(bf16* out, int64_t out_stride, const X* x, int64_t x_stride,
                                const bf16* __restrict__ weight, int vecs, float inv_hidden, float eps) {
   __shared__ float scratch[32];
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t t = blockIdx.x;
   const X* row = x + t * x_stride;
   float v[kMaxVecs][kVec];
@@ -55,6 +58,8 @@ __global__ void add_rmsnorm_kernel(bf16* out, int64_t out_stride, float* __restr
                                    const bf16* x, int64_t x_stride, const bf16* __restrict__ weight, int vecs,
                                    float inv_hidden, float eps) {
   __shared__ float scratch[32];
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t t = blockIdx.x;
   float* res = residual + t * res_stride;
   const bf16* add = x + t * x_stride;
@@ -109,12 +114,11 @@ void rmsnorm(const TensorView& out, const TensorView& x, const TensorView& weigh
   const auto grid = static_cast<unsigned>(tokens);
   const int threads = threads_for_row(vecs);
   if (x.dtype == DType::F32)
-    rmsnorm_kernel<<<grid, threads, 0, stream>>>(out.ptr<bf16>(), cpu::row_stride(out), x.ptr<float>(),
-                                                 cpu::row_stride(x), weight.ptr<bf16>(), vecs, inv_hidden, eps);
+    launch_pdl(rmsnorm_kernel<float>, grid, threads, 0, stream, out.ptr<bf16>(), cpu::row_stride(out), x.ptr<float>(),
+               cpu::row_stride(x), weight.ptr<bf16>(), vecs, inv_hidden, eps);
   else
-    rmsnorm_kernel<<<grid, threads, 0, stream>>>(out.ptr<bf16>(), cpu::row_stride(out), x.ptr<bf16>(),
-                                                 cpu::row_stride(x), weight.ptr<bf16>(), vecs, inv_hidden, eps);
-  STEM_CUDA_CHECK_LAUNCH();
+    launch_pdl(rmsnorm_kernel<bf16>, grid, threads, 0, stream, out.ptr<bf16>(), cpu::row_stride(out), x.ptr<bf16>(),
+               cpu::row_stride(x), weight.ptr<bf16>(), vecs, inv_hidden, eps);
 }
 
 void add_rmsnorm(const TensorView& out, const TensorView& residual, const TensorView& x, const TensorView& weight,
@@ -130,10 +134,9 @@ void add_rmsnorm(const TensorView& out, const TensorView& residual, const Tensor
   if (tokens == 0 || hidden == 0) return;
   STEM_CHECK(tokens <= INT32_MAX, "add_rmsnorm: ", tokens, " tokens is over one launch's grid");
   const int vecs = static_cast<int>(hidden / kVec);
-  add_rmsnorm_kernel<<<static_cast<unsigned>(tokens), threads_for_row(vecs), 0, stream>>>(
-      out.ptr<bf16>(), cpu::row_stride(out), residual.ptr<float>(), cpu::row_stride(residual), x.ptr<bf16>(),
-      cpu::row_stride(x), weight.ptr<bf16>(), vecs, 1.f / static_cast<float>(hidden), eps);
-  STEM_CUDA_CHECK_LAUNCH();
+  launch_pdl(add_rmsnorm_kernel, static_cast<unsigned>(tokens), threads_for_row(vecs), 0, stream, out.ptr<bf16>(),
+             cpu::row_stride(out), residual.ptr<float>(), cpu::row_stride(residual), x.ptr<bf16>(),
+             cpu::row_stride(x), weight.ptr<bf16>(), vecs, 1.f / static_cast<float>(hidden), eps);
 }
 
 }  // namespace stem::cuda

@@ -1,6 +1,7 @@
 #include "kernels/cpu/rows.h"
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/rope.cuh"
 
 namespace stem::cuda {
@@ -17,6 +18,9 @@ __global__ void rope_kernel(bf16* q, int64_t q_stride, int q_heads, bf16* k, int
   const int64_t t = blockIdx.x;
   const float pos = static_cast<float>(positions[t]);
   for (int i = threadIdx.x; i < half; i += blockDim.x) sincosf(pos * inv_freq[i], &cos_sin[half + i], &cos_sin[i]);
+  // The angles come from the host's positions and the weights; q and k from the kernel before.
+  pdl_wait();
+  pdl_launch_dependents();
   __syncthreads();
 
   const int vecs_per_half = half / kVec, head_dim = 2 * half;
@@ -67,10 +71,9 @@ void rope(const TensorView& q, const TensorView& k, const TensorView& positions,
   STEM_CHECK(q.shape[1] + k.shape[1] <= INT32_MAX / half, "rope: too many heads in ", q.str(), " and ", k.str());
 
   const int64_t jobs = (q.shape[1] + k.shape[1]) * (half / kVec);
-  rope_kernel<<<static_cast<unsigned>(tokens), threads_for(jobs, 256), 0, stream>>>(
-      q.ptr<bf16>(), cpu::row_stride(q), static_cast<int>(q.shape[1]), k.ptr<bf16>(), cpu::row_stride(k),
-      static_cast<int>(k.shape[1]), positions.ptr<int32_t>(), inv_freq.ptr<float>(), static_cast<int>(half));
-  STEM_CUDA_CHECK_LAUNCH();
+  launch_pdl(rope_kernel, static_cast<unsigned>(tokens), threads_for(jobs, 256), 0, stream, q.ptr<bf16>(),
+             cpu::row_stride(q), static_cast<int>(q.shape[1]), k.ptr<bf16>(), cpu::row_stride(k),
+             static_cast<int>(k.shape[1]), positions.ptr<int32_t>(), inv_freq.ptr<float>(), static_cast<int>(half));
 }
 
 }  // namespace stem::cuda

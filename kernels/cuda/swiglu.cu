@@ -1,6 +1,7 @@
 #include "kernels/cpu/rows.h"
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/swiglu.cuh"
 
 namespace stem::cuda {
@@ -11,6 +12,8 @@ namespace {
 // gate and up and written to out by the same thread, which is what makes aliasing safe.
 __global__ void swiglu_kernel(bf16* out, int64_t out_stride, const bf16* gate, int64_t gate_stride, const bf16* up,
                               int64_t up_stride, int64_t vecs_per_row, int64_t total_vecs) {
+  pdl_wait();
+  pdl_launch_dependents();
   for (int64_t job = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; job < total_vecs;
        job += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = job / vecs_per_row, col = (job % vecs_per_row) * kVec;
@@ -43,10 +46,8 @@ void swiglu(const TensorView& out, const TensorView& gate, const TensorView& up,
   // Enough blocks to fill every SM several times over; the loop covers the rest.
   const int64_t blocks = (total + kThreads - 1) / kThreads;
   const auto grid = static_cast<unsigned>(blocks < 16384 ? blocks : 16384);
-  swiglu_kernel<<<grid, kThreads, 0, stream>>>(out.ptr<bf16>(), cpu::row_stride(out), gate.ptr<bf16>(),
-                                               cpu::row_stride(gate), up.ptr<bf16>(), cpu::row_stride(up), vecs_per_row,
-                                               total);
-  STEM_CUDA_CHECK_LAUNCH();
+  launch_pdl(swiglu_kernel, grid, kThreads, 0, stream, out.ptr<bf16>(), cpu::row_stride(out), gate.ptr<bf16>(),
+             cpu::row_stride(gate), up.ptr<bf16>(), cpu::row_stride(up), vecs_per_row, total);
 }
 
 }  // namespace stem::cuda
