@@ -10,7 +10,6 @@
 #include "kernels/cuda/attention_decode.cuh"
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/gemm.cuh"
-#include "kernels/cuda/kv_write.cuh"
 #include "kernels/cuda/rmsnorm.cuh"
 #include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/stem.cuh"
@@ -309,8 +308,7 @@ class CudaBackend final : public CudaModelBackend {
       const TensorView k_cache = layer_cache(i, 0), v_cache = layer_cache(i, 1);
       cuda::matmul(gemm_, qkv, x, L.qkv, L.qkv_bias, s);
       mark("gemm qkv");
-      cuda::rope(q, k, positions, weights_.inv_freq, s);
-      cuda::kv_write(k_cache, v_cache, k, v, slots, s);
+      cuda::rope_kv_write(q, k, v, positions, weights_.inv_freq, k_cache, v_cache, slots, s);
       mark("rope + kv_write");
       // A step that wants no logits (a prompt chunk before the last) needs nothing of the last
       // layer beyond its K/V.

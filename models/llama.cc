@@ -6,7 +6,6 @@
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/embedding.h"
-#include "kernels/cpu/kv_write.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
@@ -109,8 +108,7 @@ void LlamaModel::forward(const ForwardBatch& b, const KvLayers& kv, Tensor& logi
     cpu::matmul(q.view().reshape({T, Hq * D}), x.view(), L.wq.view(), view_or_empty(L.bq));
     cpu::matmul(k.view().reshape({T, Hk * D}), x.view(), L.wk.view(), view_or_empty(L.bk));
     cpu::matmul(v.view().reshape({T, Hk * D}), x.view(), L.wv.view(), view_or_empty(L.bv));
-    cpu::rope(q.view(), k.view(), positions, inv_freq_.view());
-    cpu::kv_write(kv.k[l], kv.v[l], k.view(), v.view(), slots);
+    cpu::rope_kv_write(q.view(), k.view(), v.view(), positions, inv_freq_.view(), kv.k[l], kv.v[l], slots);
     if (stem_step && stem_layer_sparse(stem, l)) {
       const cpu::StemPlan plan = cpu::stem_plan(q.view(), kv.k[l], kv.v[l], page_table, kv_lens, query_start,
                                                 prompt_lens, scale, c.sliding_window, stem);

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <numbers>
 
+#include "kernels/cpu/kv_write.h"
 #include "kernels/cpu/rows.h"
 
 namespace stem::cpu {
@@ -118,6 +119,13 @@ void rope(const TensorView& q, const TensorView& k, const TensorView& positions,
     rotate_heads(q.ptr<float>() + t * row_stride(q), q.shape[1], head_dim, cos, sin);
     rotate_heads(k.ptr<float>() + t * row_stride(k), k.shape[1], head_dim, cos, sin);
   }
+}
+
+void rope_kv_write(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& positions,
+                   const TensorView& inv_freq, const TensorView& k_cache, const TensorView& v_cache,
+                   const TensorView& slots) {
+  rope(q, k, positions, inv_freq);
+  kv_write(k_cache, v_cache, k, v, slots);
 }
 
 }  // namespace stem::cpu

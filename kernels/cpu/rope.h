@@ -28,4 +28,10 @@ std::vector<float> rope_inv_freq(int64_t head_dim, double theta, const RopeScali
 // Token t, pair i turns by the fp32 angle float(positions[t]) * inv_freq[i], as HF computes it.
 void rope(const TensorView& q, const TensorView& k, const TensorView& positions, const TensorView& inv_freq);
 
+// rope, then kv_write (kernels/cpu/kv_write.h) of the rotated k and of v: a layer's step with its
+// fresh q, k and v, and the CPU twin of cuda::rope_kv_write.
+void rope_kv_write(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& positions,
+                   const TensorView& inv_freq, const TensorView& k_cache, const TensorView& v_cache,
+                   const TensorView& slots);
+
 }  // namespace stem::cpu

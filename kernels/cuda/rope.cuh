@@ -17,4 +17,11 @@ namespace stem::cuda {
 void rope(const TensorView& q, const TensorView& k, const TensorView& positions, const TensorView& inv_freq,
           cudaStream_t stream = 0);
 
+// rope, then kv_write (kernels/cuda/kv_write.cuh) of the rotated k and of v, in one pass: what a
+// layer does with its fresh q, k and v. Both ops' contracts hold; the cached k is bit for bit the
+// rotated k left in place.
+void rope_kv_write(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& positions,
+                   const TensorView& inv_freq, const TensorView& k_cache, const TensorView& v_cache,
+                   const TensorView& slots, cudaStream_t stream = 0);
+
 }  // namespace stem::cuda

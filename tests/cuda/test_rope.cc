@@ -1,4 +1,8 @@
+#include <algorithm>
+#include <numeric>
+
 #include "kernels/cpu/rope.h"
+#include "kernels/cuda/kv_write.cuh"
 #include "kernels/cuda/rope.cuh"
 #include "tests/cuda/gpu_test_util.h"
 
@@ -80,6 +84,90 @@ TEST_CASE("cuda rope rotates q and k in place like the CPU twin") {
   CHECK(v_untouched);
 }
 
+TEST_CASE("cuda rope_kv_write is rope then kv_write, bit for bit, and the CPU twin's within bf16") {
+  STEM_REQUIRE_GPU();
+  const uint64_t seed = ktest::test_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  const auto [hq, hkv, d] = GENERATE(table<int64_t, int64_t, int64_t>({{9, 3, 64}, {32, 8, 128}}));
+  const int64_t tokens = GENERATE(1, 7, 300);
+  const bool bad_slot = GENERATE(false, true);
+  INFO("tokens " << tokens << " q heads " << hq << " kv heads " << hkv << " head_dim " << d << " bad slot " << bad_slot);
+  const int64_t width = (hq + 2 * hkv) * d, page_size = 16, pages = (2 * tokens + page_size - 1) / page_size;
+  const int64_t cache_elems = pages * page_size * hkv * d;
+  const std::vector<float> qkv = gpu_test::random_bf16_values(rng, tokens * width, 3.f);
+  const std::vector<float> cache = gpu_test::random_bf16_values(rng, cache_elems);
+  std::vector<int32_t> positions(static_cast<size_t>(tokens));
+  std::uniform_int_distribution<int32_t> pos(0, 131071);
+  for (int32_t& p : positions) p = pos(rng);
+  std::vector<int32_t> slots(static_cast<size_t>(pages * page_size));
+  std::iota(slots.begin(), slots.end(), 0);
+  std::shuffle(slots.begin(), slots.end(), rng);
+  slots.resize(static_cast<size_t>(tokens));
+  if (bad_slot) slots[0] = -1;  // skipped by the device ops (the CPU twin refuses it: left out below)
+  const std::vector<float> inv_freq = cpu::rope_inv_freq(d, 500000, {});
+  auto d_pos = gpu_test::upload(positions);
+  auto d_freq = gpu_test::upload(inv_freq);
+  auto d_slots = gpu_test::upload(slots);
+  const TensorView pos_v = d_pos->view(DType::I32, {tokens}), freq_v = d_freq->view(DType::F32, {d / 2});
+  const TensorView slots_v = d_slots->view(DType::I32, {tokens});
+
+  struct Out {
+    std::vector<float> qkv, k_cache, v_cache;
+  };
+  auto run = [&](bool fused) {
+    auto d_qkv = gpu_test::upload_bf16(qkv);
+    auto d_k = gpu_test::upload_bf16(cache);
+    auto d_v = gpu_test::upload_bf16(cache);
+    const TensorView q = heads_slice(d_qkv->get(), DType::BF16, tokens, width, 0, hq, d);
+    const TensorView k = heads_slice(d_qkv->get(), DType::BF16, tokens, width, hq * d, hkv, d);
+    const TensorView v = heads_slice(d_qkv->get(), DType::BF16, tokens, width, (hq + hkv) * d, hkv, d);
+    const TensorView kc = d_k->view(DType::BF16, {pages, page_size, hkv, d});
+    const TensorView vc = d_v->view(DType::BF16, {pages, page_size, hkv, d});
+    if (fused) {
+      cuda::rope_kv_write(q, k, v, pos_v, freq_v, kc, vc, slots_v);
+    } else {
+      cuda::rope(q, k, pos_v, freq_v);
+      cuda::kv_write(kc, vc, k, v, slots_v);
+    }
+    return Out{gpu_test::download_f32(*d_qkv, DType::BF16, tokens * width),
+               gpu_test::download_f32(*d_k, DType::BF16, cache_elems),
+               gpu_test::download_f32(*d_v, DType::BF16, cache_elems)};
+  };
+  const Out fused = run(true), apart = run(false);
+  const std::string what = "rope_kv_write T=" + std::to_string(tokens) + " Hq=" + std::to_string(hq) +
+                           " D=" + std::to_string(d) + (bad_slot ? " bad-slot" : "");
+  STEM_CHECK_CLOSE(what + " qkv vs apart", fused.qkv, apart.qkv, 0.0);
+  STEM_CHECK_CLOSE(what + " k cache vs apart", fused.k_cache, apart.k_cache, 0.0);
+  STEM_CHECK_CLOSE(what + " v cache vs apart", fused.v_cache, apart.v_cache, 0.0);
+
+  // The CPU twin on the tokens with a slot (their rows of qkv, in order).
+  std::vector<float> rows, k_ref = cache, v_ref = cache;
+  std::vector<int32_t> good_slots, good_pos;
+  std::vector<float> got_rows;
+  for (int64_t t = 0; t < tokens; ++t) {
+    if (slots[t] < 0) continue;
+    good_slots.push_back(slots[t]);
+    good_pos.push_back(positions[t]);
+    rows.insert(rows.end(), qkv.begin() + t * width, qkv.begin() + (t + 1) * width);
+    got_rows.insert(got_rows.end(), fused.qkv.begin() + t * width, fused.qkv.begin() + (t + 1) * width);
+  }
+  const auto good = static_cast<int64_t>(good_slots.size());
+  std::vector<float> freq_host = inv_freq;
+  if (good > 0) {
+    cpu::rope_kv_write(heads_slice(rows.data(), DType::F32, good, width, 0, hq, d),
+                       heads_slice(rows.data(), DType::F32, good, width, hq * d, hkv, d),
+                       heads_slice(rows.data(), DType::F32, good, width, (hq + hkv) * d, hkv, d),
+                       TensorView(good_pos.data(), DType::I32, {good}), TensorView(freq_host.data(), DType::F32, {d / 2}),
+                       TensorView(k_ref.data(), DType::F32, {pages, page_size, hkv, d}),
+                       TensorView(v_ref.data(), DType::F32, {pages, page_size, hkv, d}),
+                       TensorView(good_slots.data(), DType::I32, {good}));
+    STEM_CHECK_CLOSE(what + " qkv vs CPU", got_rows, rows, gpu_test::kBf16Tolerance);
+  }
+  STEM_CHECK_CLOSE(what + " k cache vs CPU", fused.k_cache, k_ref, gpu_test::kBf16Tolerance);
+  STEM_CHECK_CLOSE(what + " v cache vs CPU", fused.v_cache, v_ref, 0.0);  // v is copied: exact
+}
+
 // Argument checks run before any CUDA call, so these run (and must pass) without a GPU too.
 TEST_CASE("cuda rope rejects bad arguments") {
   alignas(16) static uint16_t q[4 * 4 * 64], k[4 * 2 * 64];
@@ -97,4 +185,11 @@ TEST_CASE("cuda rope rejects bad arguments") {
   STEM_CHECK_ERROR(cuda::rope(TensorView(q, DType::BF16, {4, 4, 40}), TensorView(k, DType::BF16, {4, 2, 40}), pos_v,
                               TensorView(f32s, DType::F32, {20})),
                    "multiple of 16");
+  // The fused op checks both ops' arguments.
+  alignas(16) static uint16_t kc[2 * 4 * 2 * 64], vc[2 * 4 * 2 * 64];
+  const TensorView kc_v(kc, DType::BF16, {2, 4, 2, 64}), vc_v(vc, DType::BF16, {2, 4, 2, 64});
+  STEM_CHECK_ERROR(cuda::rope_kv_write(q_v, q_v, k_v, pos_v, freq_v, kc_v, vc_v, pos_v), "different tensors");
+  STEM_CHECK_ERROR(cuda::rope_kv_write(q_v, k_v, k_v, pos_v, freq_v, kc_v, TensorView(vc, DType::BF16, {4, 2, 2, 64}),
+                                       pos_v),
+                   "must match k_cache");
 }
