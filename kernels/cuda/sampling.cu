@@ -2,6 +2,7 @@
 
 #include "kernels/cpu/rows.h"
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/sampling.cuh"
 #include "kernels/cuda/sampling_block.cuh"
 
@@ -221,6 +222,8 @@ __device__ void top_n(const float* __restrict__ raw, int V, int n, const Lse& ls
 
 __global__ void __launch_bounds__(kThreads) sample_kernel(SampleArgs a) {
   __shared__ Shared sh;
+  pdl_wait();  // the logits are the kernel before's (the LM head)
+  pdl_launch_dependents();
   const int64_t r = blockIdx.x;
   const SamplingRow row = a.rows[r];
   const float* raw = a.logits + r * a.logits_stride;
@@ -279,8 +282,7 @@ void sample(const SamplingOutputs& out, const TensorView& logits, const Sampling
                         in.rows,  in.penalty_offsets, in.penalties, out.token.ptr<int32_t>(),
                         out.logprob.ptr<float>(), out.top_ids.ptr<int32_t>(), out.top_logprobs.ptr<float>(),
                         static_cast<int>(V)};
-  sample_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(args);
-  STEM_CUDA_CHECK_LAUNCH();
+  launch_pdl(sample_kernel, static_cast<unsigned>(R), kThreads, 0, stream, args);
 }
 
 }  // namespace stem::cuda
