@@ -3,8 +3,8 @@
 #include "kernels/cpu/rows.h"
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/cuda_check.cuh"
-#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/embedding.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace stem::cuda {
 
