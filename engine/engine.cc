@@ -16,8 +16,13 @@ namespace stem {
 
 namespace fs = std::filesystem;
 
-Engine::Engine(const fs::path& model_dir, const EngineOptions& options)
-    : model_dir_(model_dir), options_(options), seed_state_(std::random_device{}()) {
+int64_t default_max_num_batched_tokens(const std::string& device) { return device == "cuda" ? 8192 : 512; }
+
+Engine::Engine(const fs::path& model_dir, const EngineOptions& given)
+    : model_dir_(model_dir), options_(given), seed_state_(std::random_device{}()) {
+  if (options_.max_num_batched_tokens <= 0)
+    options_.max_num_batched_tokens = default_max_num_batched_tokens(options_.device);
+  const EngineOptions& options = options_;
   if (!fs::is_directory(model_dir)) throw Error(model_dir.string() + ": model folder does not exist");
   check_stem_settings(options.stem);  // before minutes of weight loading
   config_ = load_model_config(model_dir);

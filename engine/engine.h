@@ -23,6 +23,13 @@ namespace stem {
 class Tokenizer;
 class ModelChatTemplate;
 
+// Tokens per engine step when the options leave it at 0: 8192 on cuda, where prefill chunks
+// smaller than that leave the GEMMs short of the card (128K-token prompt on an H100, 8B shape:
+// time to first token 6.75 s in chunks of 512, 5.62 s of 2048, 5.20 s of 8192; bench/RESULTS.md)
+// and the CUDA backend reserves its activations for it; 512 on cpu, where a step's latency grows
+// with its tokens and nothing is gained past a few hundred.
+int64_t default_max_num_batched_tokens(const std::string& device);
+
 struct EngineOptions {
   std::string device = "cpu";            // "cpu" or "cuda"
   bool dummy_weights = false;            // random weights for the config (--load-format dummy)
@@ -30,7 +37,8 @@ struct EngineOptions {
   int32_t page_size = 16;
   int64_t max_model_len = 0;             // 0: the model's max_position_embeddings
   int64_t kv_cache_tokens = 0;           // 0: room for one sequence of max_model_len (cpu)
-  int64_t max_num_batched_tokens = 512;  // tokens per step: decode rows plus prefill chunks
+  int64_t max_num_batched_tokens = 0;    // tokens per step: decode rows plus prefill chunks; 0: the
+                                         // device's default (default_max_num_batched_tokens)
   int64_t max_num_seqs = 64;             // sequences in the running batch
   bool load_tokenizer = true;
   // Stem sparse prefill (docs/stem.md): the mode of requests that do not choose one, and the

@@ -49,8 +49,9 @@ CLI::App* add_serve_command(CLI::App& app, ServeArgs& a) {
       ->envname("STEMSERVE_API_KEY");
   s->add_option("--max-queue", a.max_queue, "Sequences that may wait beyond --max-num-seqs; more get 429")
       ->check(CLI::NonNegativeNumber)->envname("STEMSERVE_MAX_QUEUE")->capture_default_str();
-  s->add_option("--max-num-batched-tokens", a.max_num_batched_tokens, "Tokens per engine step (decode + prefill)")
-      ->check(CLI::PositiveNumber)->envname("STEMSERVE_MAX_NUM_BATCHED_TOKENS")->capture_default_str();
+  s->add_option("--max-num-batched-tokens", a.max_num_batched_tokens,
+                "Tokens per engine step (decode + prefill chunks); 0: 8192 on cuda, 512 on cpu")
+      ->check(CLI::NonNegativeNumber)->envname("STEMSERVE_MAX_NUM_BATCHED_TOKENS")->capture_default_str();
   s->add_option("--max-num-seqs", a.max_num_seqs, "Sequences in the running batch")
       ->check(CLI::PositiveNumber)->envname("STEMSERVE_MAX_NUM_SEQS")->capture_default_str();
   s->add_option("--max-model-len", a.max_model_len, "Context length (default: the model's)")

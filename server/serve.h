@@ -21,7 +21,7 @@ struct ServeArgs {
   int grpc_port = 50051;  // -1: no gRPC server
   std::string api_key;
   int64_t max_queue = 256;
-  int64_t max_num_batched_tokens = 512;
+  int64_t max_num_batched_tokens = 0;  // 0: the device's default (engine.h)
   int64_t max_num_seqs = 64;
   int64_t max_model_len = 0;
   int64_t kv_cache_tokens = 0;

@@ -117,3 +117,10 @@ TEST_CASE("a prompt as long as the context is refused with the lengths") {
   CHECK_THAT(stem::test::error_of([&] { engine().generate(r); }),
              Catch::Matchers::Contains("the prompt has 512 tokens; the model's context is 512 tokens"));
 }
+
+TEST_CASE("tokens per step left at 0 take the device's default") {
+  CHECK(default_max_num_batched_tokens("cpu") == 512);
+  CHECK(default_max_num_batched_tokens("cuda") == 8192);
+  if (!have_model()) SKIP("default model not prepared at " << stem::test::default_model_dir());
+  CHECK(engine().options().max_num_batched_tokens == 512);  // EngineOptions{} on the CPU
+}
