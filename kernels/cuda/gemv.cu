@@ -11,6 +11,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kRowsPerWarp = 2;  // output features per warp: each `a` vector loaded serves both
 constexpr int kRowsPerBlock = kThreads / 32 * kRowsPerWarp;
+constexpr int kSteps = 4;  // weight loads in flight per row and lane (16 bytes each)
 
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(bf16* p, float v) { *p = __float2bfloat16_rn(v); }
@@ -54,20 +55,33 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(Out* out, int64_t ldo, c
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) rows[r] = w + (n0 + r < N ? n0 + r : N - 1) * ldw;  // a past-the-end row re-reads the last
 
+  // kSteps loop steps of weights are loaded before any of them is used: written out, not left to
+  // `#pragma unroll`, which kept the loads next to their uses (a decode step at batch 1 took 6.07
+  // ms with that, 5.80 ms with this, on the H100; bench/RESULTS.md).
   float acc[M][kRowsPerWarp] = {};
-#pragma unroll 4
-  for (int64_t k = lane * kVec; k < K; k += 32 * kVec) {
-    float wv[kRowsPerWarp][kVec];
+  for (int64_t k0 = lane * kVec; k0 < K; k0 += kSteps * 32 * kVec) {
+    uint4 raw[kSteps][kRowsPerWarp];
 #pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) widen(load_streaming(rows[r] + k), wv[r]);
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      float av[kVec];
-      load8(a + m * lda + k, av);
+    for (int u = 0; u < kSteps; ++u)
 #pragma unroll
       for (int r = 0; r < kRowsPerWarp; ++r)
+        raw[u][r] = k0 + u * 32 * kVec < K ? load_streaming(rows[r] + k0 + u * 32 * kVec) : uint4{};
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) acc[m][r] = fmaf(av[j], wv[r][j], acc[m][r]);
+    for (int u = 0; u < kSteps; ++u) {
+      const int64_t k = k0 + u * 32 * kVec;
+      if (k >= K) break;
+      float wv[kRowsPerWarp][kVec];
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) widen(raw[u][r], wv[r]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float av[kVec];
+        load8(a + m * lda + k, av);
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) acc[m][r] = fmaf(av[j], wv[r][j], acc[m][r]);
+      }
     }
   }
 #pragma unroll
