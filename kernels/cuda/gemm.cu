@@ -86,9 +86,9 @@ constexpr int64_t kTuneMaxRows = 256;
 constexpr int kTuneRuns = 3;
 
 // Where matmul runs cuda::gemv (gemv.cuh) instead of cuBLASLt: measured on an H100 (bench_ops and
-// bench_model's decode steps, bench/RESULTS.md), gemv is ahead at 1-2 rows and behind from 4 rows
-// on. Alone, the long-K down projection (K = 14336) ran a little faster in cuBLASLt; in a decode
-// step gemv wins it too, since it overlaps the kernel before it (pdl.cuh) and cuBLASLt's does not.
+// bench_model's decode steps, bench/RESULTS.md), gemv is ahead at 1-2 rows, the long-K down
+// projection (K = 14336) included, and behind from 4 rows on. In a decode step it also overlaps
+// the kernel before it (pdl.cuh), which cuBLASLt's kernels do not.
 constexpr int64_t kGemvDispatchRows = 2;
 constexpr int64_t kGemvDispatchMaxK = 16384;
 
