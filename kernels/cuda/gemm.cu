@@ -87,9 +87,10 @@ constexpr int kTuneRuns = 3;
 
 // Where matmul runs cuda::gemv (gemv.cuh) instead of cuBLASLt: measured on an H100 (bench_ops and
 // bench_model's decode steps, bench/RESULTS.md), gemv is ahead at 1-2 rows, the long-K down
-// projection (K = 14336) included, and behind from 4 rows on. In a decode step it also overlaps
-// the kernel before it (pdl.cuh), which cuBLASLt's kernels do not.
-constexpr int64_t kGemvDispatchRows = 2;
+// projection (K = 14336) included; at 3-4 rows it is about even alone and ahead in a decode step,
+// where it overlaps the kernel before it (pdl.cuh) and cuBLASLt's kernels do not; from 6 rows on
+// it is behind.
+constexpr int64_t kGemvDispatchRows = 4;
 constexpr int64_t kGemvDispatchMaxK = 16384;
 
 int64_t bucket_of(int64_t m) { return static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(m))); }

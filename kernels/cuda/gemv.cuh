@@ -1,7 +1,7 @@
 // Decode-sized projections: out = a · wᵀ + bias for a few rows of `a` (M ≤ kGemvMaxRows), where
 // the step only streams the weights once. cuBLASLt leaves bandwidth unused at these shapes (the
 // H100 op benchmark measured o_proj at M=1 at 64% of copy bandwidth), and one decode step is ~97%
-// weight reads, so cuda::matmul sends the shapes where this measured faster here (1-2 rows; see
+// weight reads, so cuda::matmul sends the shapes where this measured faster here (1-4 rows; see
 // gemm.cu; STEM_GEMV=0 keeps them all on cuBLASLt).
 // The CPU twin is cpu::matmul, as for cuda::matmul.
 #pragma once
