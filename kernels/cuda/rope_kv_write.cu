@@ -157,32 +157,23 @@ void launch(const Args& a, int64_t tokens, cudaStream_t stream) {
              a);
 }
 
-}  // namespace
-
-void rope(const TensorView& q, const TensorView& k, const TensorView& positions, const TensorView& inv_freq,
-          cudaStream_t stream) {
-  check_rope_args(q, k, positions, inv_freq);
-  const int64_t tokens = q.shape[0];
-  if (tokens == 0) return;
-  Args a{};
+// The rotation's fields of the kernel's arguments.
+void set_rope(Args& a, const TensorView& q, const TensorView& k, const TensorView& positions,
+              const TensorView& inv_freq) {
   a.q = q.ptr<bf16>();
   a.q_stride = cpu::row_stride(q);
   a.q_heads = static_cast<int>(q.shape[1]);
   a.k = k.ptr<bf16>();
   a.k_stride = cpu::row_stride(k);
   a.kv_heads = static_cast<int>(k.shape[1]);
-  a.head_dim = static_cast<int>(q.shape[2]);
+  a.head_dim = static_cast<int>(k.shape[2]);
   a.positions = positions.ptr<int32_t>();
   a.inv_freq = inv_freq.ptr<float>();
-  launch<true, false>(a, tokens, stream);
 }
 
-void kv_write(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
-              const TensorView& slots, cudaStream_t stream) {
-  check_kv_write_args(k_cache, v_cache, k, v, slots);
-  const int64_t tokens = k.shape[0];
-  if (tokens == 0 || k.shape[1] * k.shape[2] == 0) return;
-  Args a{};
+// The cache write's fields.
+void set_cache(Args& a, const TensorView& k_cache, const TensorView& v_cache, const TensorView& k,
+               const TensorView& v, const TensorView& slots) {
   a.k = k.ptr<bf16>();
   a.k_stride = cpu::row_stride(k);
   a.v = v.ptr<bf16>();
@@ -193,7 +184,26 @@ void kv_write(const TensorView& k_cache, const TensorView& v_cache, const Tensor
   a.v_cache = v_cache.ptr<bf16>();
   a.slots = slots.ptr<int32_t>();
   a.n_slots = k_cache.shape[0] * k_cache.shape[1];
-  launch<false, true>(a, tokens, stream);
+}
+
+}  // namespace
+
+void rope(const TensorView& q, const TensorView& k, const TensorView& positions, const TensorView& inv_freq,
+          cudaStream_t stream) {
+  check_rope_args(q, k, positions, inv_freq);
+  if (q.shape[0] == 0) return;
+  Args a{};
+  set_rope(a, q, k, positions, inv_freq);
+  launch<true, false>(a, q.shape[0], stream);
+}
+
+void kv_write(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
+              const TensorView& slots, cudaStream_t stream) {
+  check_kv_write_args(k_cache, v_cache, k, v, slots);
+  if (k.shape[0] == 0 || k.shape[1] * k.shape[2] == 0) return;
+  Args a{};
+  set_cache(a, k_cache, v_cache, k, v, slots);
+  launch<false, true>(a, k.shape[0], stream);
 }
 
 void rope_kv_write(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& positions,
@@ -201,25 +211,11 @@ void rope_kv_write(const TensorView& q, const TensorView& k, const TensorView& v
                    const TensorView& slots, cudaStream_t stream) {
   check_rope_args(q, k, positions, inv_freq);
   check_kv_write_args(k_cache, v_cache, k, v, slots);
-  const int64_t tokens = q.shape[0];
-  if (tokens == 0) return;
+  if (q.shape[0] == 0) return;
   Args a{};
-  a.q = q.ptr<bf16>();
-  a.q_stride = cpu::row_stride(q);
-  a.q_heads = static_cast<int>(q.shape[1]);
-  a.k = k.ptr<bf16>();
-  a.k_stride = cpu::row_stride(k);
-  a.v = v.ptr<bf16>();
-  a.v_stride = cpu::row_stride(v);
-  a.kv_heads = static_cast<int>(k.shape[1]);
-  a.head_dim = static_cast<int>(k.shape[2]);
-  a.positions = positions.ptr<int32_t>();
-  a.inv_freq = inv_freq.ptr<float>();
-  a.k_cache = k_cache.ptr<bf16>();
-  a.v_cache = v_cache.ptr<bf16>();
-  a.slots = slots.ptr<int32_t>();
-  a.n_slots = k_cache.shape[0] * k_cache.shape[1];
-  launch<true, true>(a, tokens, stream);
+  set_rope(a, q, k, positions, inv_freq);
+  set_cache(a, k_cache, v_cache, k, v, slots);
+  launch<true, true>(a, q.shape[0], stream);
 }
 
 }  // namespace stem::cuda
