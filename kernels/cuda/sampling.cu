@@ -96,16 +96,58 @@ __device__ RowStats argmax_lse(const float* __restrict__ w, const float* __restr
   return r;
 }
 
+// Copies the entries of w with key >= floor_key, in id order, to sh.cand_val / sh.cand_id (the
+// caller knows there are at most kCandidates).
+__device__ void compact(const float* __restrict__ w, int V, uint32_t floor_key, Shared& sh) {
+  int written = 0;
+  for (int base = 0; base < V; base += kTile) {
+    const int i0 = base + threadIdx.x * kItems;
+    float x[kItems];
+    int local = 0;
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      x[j] = i0 + j < V ? canonical(w[i0 + j]) : -INFINITY;
+      local += i0 + j < V && key_of(x[j]) >= floor_key;
+    }
+    int tile_total;
+    int at = written + block_exclusive_scan(local, sh.ibuf, tile_total);
+#pragma unroll
+    for (int j = 0; j < kItems; ++j)
+      if (i0 + j < V && key_of(x[j]) >= floor_key) {
+        sh.cand_val[at] = x[j];
+        sh.cand_id[at] = i0 + j;
+        ++at;
+      }
+    written += tile_total;
+  }
+  __syncthreads();
+}
+
 // The non-greedy draw: thresholds, then the first kept id (in id order) whose running sum of e
-// passes u·total.
-__device__ int draw(const float* __restrict__ w, int V, const SamplingRow& row, float m, int argmax, Shared& sh) {
+// passes u·total. With top-k and few enough keys at or above its threshold, the top-p select and
+// the draw walk those candidates (shared memory) instead of the row: the same entries in the same
+// order, one pass over the row instead of six.
+__device__ int draw(const float* __restrict__ row_w, int V, const SamplingRow& row, float m, int argmax, Shared& sh) {
   const double inv_t = 1.0 / static_cast<double>(row.temperature);
   double above;
   uint32_t floor_key = 0;
-  if (row.top_k > 0 && row.top_k < V)
+  const float* w = row_w;  // what the steps below walk: the row, or its candidates
+  int n = V;
+  bool compacted = false;
+  if (row.top_k > 0 && row.top_k < V) {
     floor_key = radix_select<false>(w, V, 0, static_cast<double>(row.top_k), false, m, inv_t, sh, &above);
+    // The last pass's histogram holds the count of keys equal to the threshold.
+    const double kept = above + static_cast<double>(sh.count[floor_key & 255u]);
+    __syncthreads();  // every thread has read sh.count before compact reuses shared memory
+    if (kept <= kCandidates) {
+      compact(w, V, floor_key, sh);
+      w = sh.cand_val;
+      n = static_cast<int>(kept);
+      compacted = true;
+    }
+  }
   if (row.top_p < 1.0f) {
-    const uint32_t t = radix_select<true>(w, V, floor_key, static_cast<double>(row.top_p), true, m, inv_t, sh, &above);
+    const uint32_t t = radix_select<true>(w, n, floor_key, static_cast<double>(row.top_p), true, m, inv_t, sh, &above);
     floor_key = max(floor_key, t);
   }
   const bool min_p = row.min_p > 0.0f;
@@ -120,7 +162,7 @@ __device__ int draw(const float* __restrict__ w, int V, const SamplingRow& row, 
 
   double total = 0;
   int last = -1;
-  for_each_owned(w, V, [&](int i, float raw) {
+  for_each_owned(w, n, [&](int i, float raw) {
     const double e = weight_of(raw);
     if (e >= 0 && key_of(canonical(raw)) >= floor_key) {
       total += e;
@@ -133,12 +175,12 @@ __device__ int draw(const float* __restrict__ w, int V, const SamplingRow& row, 
 
   if (threadIdx.x == 0) sh.found = INT_MAX;
   double running = 0;
-  for (int base = 0; base < V; base += kTile) {
+  for (int base = 0; base < n; base += kTile) {
     const int i0 = base + threadIdx.x * kItems;
     double e[kItems], local = 0;
 #pragma unroll
     for (int j = 0; j < kItems; ++j) {
-      e[j] = i0 + j < V ? weight(i0 + j) : 0.0;
+      e[j] = i0 + j < n ? weight(i0 + j) : 0.0;
       if (e[j] < 0) e[j] = 0;
       local += e[j];
     }
@@ -157,7 +199,9 @@ __device__ int draw(const float* __restrict__ w, int V, const SamplingRow& row, 
     running += tile_total;
   }
   const int found = sh.found;
-  return found != INT_MAX ? found : (last >= 0 ? last : argmax);
+  const int at = found != INT_MAX ? found : last;
+  if (at < 0) return argmax;
+  return compacted ? sh.cand_id[at] : at;
 }
 
 // The n largest raw logits (ties: lower id), best first, with their log-softmax.

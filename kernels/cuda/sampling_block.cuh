@@ -13,6 +13,9 @@ constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
 constexpr int kItems = 4;  // consecutive ids per thread in the id-ordered scans
 constexpr int kTile = kThreads * kItems;
+// A top-k row keeps at most this many candidates (ties included) in shared memory for the top-p
+// select and the draw, which then walk them instead of the whole row.
+constexpr int kCandidates = 2048;
 
 // Calls f(i, w[i]) for every id i < V this thread owns (i ≡ threadIdx.x mod kThreads), in
 // ascending order, with kLoads loads in flight: one block walks a 128K-entry row, so each thread's
@@ -88,6 +91,8 @@ struct Shared {
   int top_gt;
   int top_id[20];
   float top_val[20];
+  float cand_val[kCandidates];  // the row's keys >= the top-k threshold, in id order (canonical)
+  int cand_id[kCandidates];
 };
 
 __device__ __forceinline__ double block_sum(double v, Shared& sh) {
