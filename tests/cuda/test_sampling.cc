@@ -63,6 +63,10 @@ Case make_case(std::mt19937_64& rng, int64_t R, int64_t V) {
       const int64_t best = std::max_element(row, row + V) - row;
       for (int k = 0; k < 3; ++k) row[rng() % V] = row[best];
     }
+    if (r % 16 == 11) {  // a top-k row (kind 3) with more ties at its threshold than the kernel keeps
+      const int64_t best = std::max_element(row, row + V) - row;  // as candidates: it walks the row
+      for (int k = 0; k < 2500; ++k) row[rng() % V] = row[best];
+    }
     c.rows.push_back(row_params(r, rng));
     if (c.rows.back().has_penalties()) {
       // The row's best tokens and some random ones, each once, in a random order.
