@@ -30,6 +30,7 @@ max_len() {
 }
 
 status=0
+passed=0
 for t in "${targets[@]}"; do
   work="$build/fuzz/corpus/$t"
   artifacts="$build/fuzz/artifacts/$t"
@@ -45,10 +46,12 @@ for t in "${targets[@]}"; do
       -print_final_stats=1 -artifact_prefix="$artifacts/" "$work" >"$log" 2>&1; then
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
     echo "fuzz.sh: $t passed: $(($(date +%s) - start)) s, $execs inputs, corpus $(ls "$work" | wc -l) files"
+    passed=$((passed + 1))
   else
     status=1
     echo "fuzz.sh: $t FAILED after $(($(date +%s) - start)) s; the last lines of $log:"
     tail -n 40 "$log"
   fi
 done
+echo "fuzz.sh: ${#targets[@]} targets: $passed passed, $((${#targets[@]} - passed)) failed, ${seconds} s each"
 exit $status

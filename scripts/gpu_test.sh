@@ -37,7 +37,12 @@ export STEM_TEST_REPORT="$logs/rel_errors.txt"
 rm -f "$STEM_TEST_REPORT"
 ctest --test-dir "$build" -R 'cuda/|kernels/' --output-on-failure -j 8 --timeout 300 > "$logs/ctest.log" 2>&1
 test_rc=$?
-grep -E "Failed|\*\*\*|tests passed|Total Test time" "$logs/ctest.log" | tail -n 30
+grep -E "Failed|\*\*\*|Skipped|tests passed|Total Test time" "$logs/ctest.log" | tail -n 30
+# Here every test must run: a test that skips on the GPU machine (SKIPPED: no CUDA device ...) fails.
+if grep -q "SKIPPED: " "$logs/ctest.log" || grep -qE "\*\*\*Skipped|Not Run" "$logs/ctest.log"; then
+  echo "some tests skipped on the GPU machine:"; grep -E "SKIPPED: |\*\*\*Skipped" "$logs/ctest.log" | head -n 20
+  test_rc=1
+fi
 
 # STEM_SANITIZE=1: the elementwise ops' and gemv's tests again under compute-sanitizer (out-of-bounds
 # and misaligned accesses; shared-memory races in the kernels that use it). The GEMM test is left

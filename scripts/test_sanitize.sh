@@ -23,11 +23,16 @@ export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_stack_use_after_retu
 export LSAN_OPTIONS="suppressions=$root/tests/sanitize/lsan.supp:print_suppressions=0:${LSAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$root/tests/sanitize/ubsan.supp:${UBSAN_OPTIONS:-}"
 
+reports="$build/test-reports"
+rm -rf "$reports"
+mkdir -p "$reports"
+rc=0
 start=$(date +%s)
 # The Catch2 tests; not the other CTest entries (the integration tests run below; bench/ and
 # deploy/ check benchmarks and packaging, not the code's memory safety, and bench/eval_quick
 # alone takes five minutes under ASan: this build leaves bench/eval out).
-ctest --test-dir "$build" --output-on-failure -j "$jobs" -E '^(integration|bench|deploy)/' --timeout 1200
+ctest --test-dir "$build" --output-on-failure -j "$jobs" -E '^(integration|bench|deploy)/' --timeout 1200 \
+  --output-junit "$reports/ctest.xml" || rc=1
 echo "test_sanitize.sh: unit tests in $(($(date +%s) - start)) s"
 
 # The integration tests under ASan run the model 2-3x slower. The default subset leaves out the
@@ -35,7 +40,12 @@ echo "test_sanitize.sh: unit tests in $(($(date +%s) - start)) s"
 # which exercise the same server paths as the ones kept.
 subset="${STEM_SANITIZE_PYTEST:-not test_concurrent_mixed_requests_match_alone and not test_stem_http}"
 start=$(date +%s)
-pytest_args=(-q -p no:cacheprovider --durations=5 tests/integration)
+pytest_args=(-q -rs -p no:cacheprovider --durations=5 --junitxml="$reports/integration.xml" tests/integration)
 [ "$subset" = all ] || pytest_args+=(-k "$subset")
-(cd "$root" && STEMSERVE_BIN="$build/server/stemserve" "$root/.venv/bin/python" -m pytest "${pytest_args[@]}")
+(cd "$root" && STEMSERVE_BIN="$build/server/stemserve" "$root/.venv/bin/python" -m pytest "${pytest_args[@]}") || rc=1
 echo "test_sanitize.sh: integration tests in $(($(date +%s) - start)) s"
+
+# The pytest cases that -k leaves out are "deselected", not skipped: they are not in the report.
+/usr/bin/python3 "$root/scripts/test_report.py" --name test_sanitize.sh "$reports/ctest.xml" "$reports/integration.xml" ||
+  rc=1
+exit $rc

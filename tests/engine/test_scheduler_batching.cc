@@ -1,10 +1,12 @@
 // The scheduler driving the default model: several prompts of different lengths generated in one
-// batch give the same greedy tokens as each alone, also when prefill is chunked and when pages
-// run out and sequences are preempted and recomputed; a cancelled request frees its pages.
+// batch give the same greedy tokens as each alone (within rounding: tests/rounding.h), also when
+// prefill is chunked and when pages run out and sequences are preempted and recomputed; a
+// cancelled request frees its pages.
 #include <memory>
 
 #include "engine/engine.h"
 #include "engine/tokenizer.h"
+#include "tests/rounding.h"
 #include "tests/test_util.h"
 
 using namespace stem;
@@ -47,6 +49,17 @@ std::vector<std::vector<int32_t>> run_batched(Engine& e, int64_t* max_batch = nu
   return out;
 }
 
+// Each prompt's greedy tokens in a batch against `alone` (with top-2 log-probabilities).
+void check_same_as_alone(const Engine& e, const std::vector<std::vector<int32_t>>& batched,
+                         const std::vector<GenerateResult>& alone) {
+  REQUIRE(batched.size() == alone.size());
+  const double tol = test::rounding_tolerance(e.config(), 256);
+  for (size_t i = 0; i < alone.size(); ++i) {
+    INFO("prompt " << i);
+    test::check_same_greedy(alone[i].tokens, alone[i].samples, batched[i], tol);
+  }
+}
+
 std::unique_ptr<Engine> load(int64_t kv_tokens, int64_t batch_tokens) {
   EngineOptions o;
   o.max_model_len = 256;
@@ -60,24 +73,29 @@ std::unique_ptr<Engine> load(int64_t kv_tokens, int64_t batch_tokens) {
 TEST_CASE("batching: greedy tokens in a batch equal each prompt alone (chunked prefill, preemption)") {
   if (!fs::exists(test::default_model_dir() / "model.safetensors")) SKIP("default model not prepared");
   auto engine = load(0, 512);
-  std::vector<std::vector<int32_t>> alone;
-  for (const char* p : kPrompts) alone.push_back(engine->generate(greedy(*engine, p)).tokens);
-  for (const auto& t : alone) REQUIRE(t.size() == static_cast<size_t>(kMaxTokens));
+  std::vector<GenerateResult> alone;
+  for (const char* p : kPrompts) {
+    GenerateRequest r = greedy(*engine, p);
+    r.sampling.logprobs = true;
+    r.sampling.top_logprobs = 2;
+    alone.push_back(engine->generate(r));
+  }
+  for (const auto& a : alone) REQUIRE(a.tokens.size() == static_cast<size_t>(kMaxTokens));
 
   SECTION("one batch, whole prompts") {
     int64_t max_batch = 0;
-    CHECK(run_batched(*engine, &max_batch) == alone);
+    check_same_as_alone(*engine, run_batched(*engine, &max_batch), alone);
     CHECK(max_batch == static_cast<int64_t>(std::size(kPrompts)));
     CHECK(engine->counters().used_pages == 0);
   }
   SECTION("prefill in chunks of 8 tokens mixed with decode rows") {
     auto small = load(0, 8);
-    CHECK(run_batched(*small) == alone);
+    check_same_as_alone(*small, run_batched(*small), alone);
   }
   SECTION("a KV cache of 96 tokens: sequences are preempted and recomputed") {
     // 6 pages of 16: the five sequences (up to 34 tokens each) cannot all stay resident.
     auto tight = load(96, 512);
-    CHECK(run_batched(*tight) == alone);
+    check_same_as_alone(*tight, run_batched(*tight), alone);
     CHECK(tight->counters().preemptions > 0);
     CHECK(tight->counters().used_pages == 0);
   }

@@ -149,27 +149,19 @@ TEST_CASE("tokenizer fixtures: unk, continuing_subword_prefix, end_of_word_suffi
   check_named("bpe_options");
 }
 
-TEST_CASE("tokenizer fixtures: real Llama-2 SentencePiece tokenizer.model") {
-  const fs::path model = fs::path(STEM_SOURCE_DIR) / ".." / "shared" / "data" / "tokenizers" / "llama2-tokenizer.model";
-  if (!fs::exists(model)) {
-    WARN("skipped: " << model.string() << " is absent (clone the repo with shared/ beside it)");
-    return;
-  }
-  auto tok = stem::load_tokenizer(model);
+TEST_CASE("tokenizer fixtures: SentencePiece BPE tokenizer.model with byte fallback (Llama-2's trainer settings)") {
+  auto tok = stem::load_tokenizer(kFixtures / "sp_bpe" / "tokenizer.model");
   CHECK(tok->kind() == "sentencepiece");
-  CHECK(tok->vocab_size() == 32000);
+  CHECK(tok->vocab_size() == 4000);
   CHECK(tok->bos_id() == 1);
   CHECK(tok->eos_ids() == std::vector<int32_t>{2});
   CHECK(tok->special_tokens().adds_bos);
-  check_fixture(*tok, "sp_llama2");
+  check_fixture(*tok, "sp_bpe");
 }
 
 TEST_CASE("tokenizer fixtures: real SmolLM2-135M-Instruct tokenizer.json") {
   const fs::path dir = fs::path(STEM_SOURCE_DIR) / "models" / "cache" / "SmolLM2-135M-Instruct";
-  if (!fs::exists(dir / "tokenizer.json")) {
-    WARN("skipped: " << (dir / "tokenizer.json").string() << " is not prepared (see models/prepare)");
-    return;
-  }
+  if (!fs::exists(dir / "tokenizer.json")) SKIP((dir / "tokenizer.json").string() << " is not prepared (see models/prepare)");
   auto tok = stem::load_tokenizer(dir);
   check_fixture(*tok, "smollm2_real");
 }

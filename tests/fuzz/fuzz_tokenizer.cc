@@ -1,6 +1,6 @@
 // The tokenizers on arbitrary input: the default model's tokenizer.json (byte-level BPE), a
-// Metaspace BPE tokenizer.json (Llama-2 style, tests/fixtures) and, when ../shared/data has it,
-// the real Llama-2 SentencePiece tokenizer.model. The first byte picks the tokenizer and the
+// Metaspace BPE tokenizer.json (Llama-2 style, tests/fixtures) and a SentencePiece BPE
+// tokenizer.model with byte fallback (tests/fixtures/tokenizers/sp_bpe). The first byte picks the tokenizer and the
 // mode:
 //   encode: the rest is text (any bytes, invalid UTF-8 included); every id is in the vocabulary,
 //           and decoding the ids works.
@@ -24,8 +24,7 @@ std::vector<std::unique_ptr<stem::Tokenizer>> load_all() {
                                          ? model
                                          : stem::fuzz::source_dir() / "tests/fixtures/tokenizers/smollm2"));
   out.push_back(stem::load_tokenizer(stem::fuzz::source_dir() / "tests/fixtures/tokenizers/llama2_hf"));
-  const fs::path sp = stem::fuzz::source_dir() / ".." / "shared" / "data" / "tokenizers" / "llama2-tokenizer.model";
-  if (fs::exists(sp)) out.push_back(stem::load_tokenizer(sp));
+  out.push_back(stem::load_tokenizer(stem::fuzz::source_dir() / "tests/fixtures/tokenizers/sp_bpe/tokenizer.model"));
   return out;
 }
 

@@ -1,6 +1,8 @@
 // The CPU engine against Hugging Face transformers on tiny random-weight models of every
 // supported variant (fixtures made by tests/fixtures/make_model_fixtures.py): teacher-forced
-// logits at every position within 1e-4 relative error, and identical greedy continuations.
+// logits at every position within 1e-4 relative error, and the same greedy continuations up to
+// the first step where transformers' two best candidates were within kNearTie of each other
+// (there fp32 summation order may legitimately pick the other; the runs part after it).
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -12,6 +14,10 @@ using namespace stem;
 namespace fs = std::filesystem;
 
 namespace {
+
+// Below this top-two margin the summation order (ours against torch's, or another OpenBLAS
+// kernel's) may legitimately flip the argmax: the teacher-forced logits, O(1) here, agree to ~1e-5.
+constexpr double kNearTie = 1e-3;
 
 nlohmann::json read_json(const fs::path& p) {
   std::ifstream in(p);
@@ -53,12 +59,21 @@ void check_variant(const std::string& variant) {
     GenerateRequest req;
     req.prompt = g["prompt_ids"].get<std::vector<int32_t>>();
     const auto want = g["generated_ids"].get<std::vector<int32_t>>();
+    const auto margins = g["top2_margins"].get<std::vector<double>>();
+    REQUIRE(margins.size() == want.size());
     req.sampling.temperature = 0;
     req.stop.max_tokens = static_cast<int32_t>(want.size());
     req.stop.ignore_eos = true;
     GenerateResult r = engine.generate(req);
     INFO(variant << " greedy from a prompt of " << req.prompt.size() << " tokens");
-    CHECK(r.tokens == want);
+    REQUIRE(r.tokens.size() == want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      if (r.tokens[i] != want[i]) {
+        INFO("first difference at step " << i << ", transformers' top-2 margin " << margins[i]);
+        CHECK(margins[i] < kNearTie);
+        break;
+      }
+    }
     CHECK(r.finish == FinishReason::Length);
   }
 }

@@ -236,6 +236,9 @@ class Soak:
             "exit_code": rc, "problems": problems[:20], "log": self.log.name,
         }
         print(json.dumps(report, indent=1))
+        print(f"soak: {report['requests']} requests in {report['duration_s']} s "
+              f"({', '.join(f'{n} {o}' for o, n in sorted(by_outcome.items()))}), RSS growth {growth:.1%}, "
+              f"{len(problems)} problem(s)")
         if a.json:
             pathlib.Path(a.json).write_text(json.dumps(report, indent=1) + "\n")
         return 1 if problems else 0
