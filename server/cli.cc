@@ -87,7 +87,7 @@ void add_sampling_flags(CLI::App* cmd, GenerateArgs& a) {
       ->envname("STEMSERVE_STOP_TOKEN_ID");
   cmd->add_flag("--ignore-eos", a.stop.ignore_eos, "Keep generating past the end-of-sequence token")
       ->envname("STEMSERVE_IGNORE_EOS");
-  cmd->add_option("--logprobs", a.sampling.top_logprobs, "Print the n most likely tokens at each step (0-20)")
+  cmd->add_option("--logprobs", a.sampling.top_logprobs, "Print JSON lines instead of the text: each token with the n most likely at its step (1-20), then the whole text")
       ->envname("STEMSERVE_LOGPROBS");
 }
 
@@ -116,17 +116,28 @@ int run_generate(const GenerateArgs& a) {
   req.sampling.logprobs = a.sampling.top_logprobs > 0;
   req.stop = a.stop;
   const Tokenizer& tok = engine.tokenizer();
+  const bool json_lines = a.sampling.top_logprobs > 0;
+  // Plain: the text as it comes, then a newline. With --logprobs: JSON lines only, one per token
+  // and a last one with the whole text, so that the output can be read by a program.
   GenerateResult r = engine.generate(req, [&](const TokenEvent& e) {
-    std::fwrite(e.text.data(), 1, e.text.size(), stdout);
-    std::fflush(stdout);
-    if (a.sampling.top_logprobs > 0) {
+    if (!json_lines) {
+      std::fwrite(e.text.data(), 1, e.text.size(), stdout);
+    } else if (e.token >= 0) {
       nlohmann::json alts = nlohmann::json::array();
       for (const auto& t : e.sample.top) alts.push_back({{"token", tok.id_to_token(t.id)}, {"logprob", t.logprob}});
-      std::cerr << nlohmann::json{{"token", tok.id_to_token(e.token)}, {"logprob", e.sample.logprob}, {"top", alts}}.dump()
-                << "\n";
+      const nlohmann::json line = {{"token", tok.id_to_token(e.token)}, {"id", e.token}, {"text", e.text},
+                                   {"logprob", e.sample.logprob}, {"top", alts}};
+      std::fputs((line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n").c_str(), stdout);
     }
+    std::fflush(stdout);
   });
-  std::fwrite("\n", 1, 1, stdout);
+  if (json_lines) {
+    const nlohmann::json last = {{"text", r.text}, {"finish_reason", finish_reason_name(r.finish)},
+                                 {"prompt_tokens", r.prompt_tokens}, {"completion_tokens", r.tokens.size()}};
+    std::fputs(last.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str(), stdout);
+  }
+  std::fputs("\n", stdout);
+  std::fflush(stdout);  // before the log line on stderr, which a terminal shows in the same place
   spdlog::info("finish_reason={} prompt_tokens={} completion_tokens={}", finish_reason_name(r.finish), r.prompt_tokens,
                r.tokens.size());
   return 0;
