@@ -1,11 +1,14 @@
 // The CPU engine against Hugging Face transformers on tiny random-weight models of every
 // supported variant (fixtures made by tests/fixtures/make_model_fixtures.py): teacher-forced
 // logits at every position within 1e-4 relative error, and identical greedy continuations.
+// And, when STEM_HF_REFERENCE names a reference folder that models/prepare/validate_model.py
+// wrote, a real converted model against transformers (tests/models/hf_reference_check.h).
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "engine/engine.h"
+#include "tests/models/hf_reference_check.h"
 #include "tests/test_util.h"
 
 using namespace stem;
@@ -71,3 +74,12 @@ TEST_CASE("llama-linear-rope matches transformers") { check_variant("llama-linea
 TEST_CASE("llama-head-dim matches transformers") { check_variant("llama-head-dim"); }
 TEST_CASE("mistral-swa matches transformers") { check_variant("mistral-swa"); }
 TEST_CASE("qwen2-bias matches transformers") { check_variant("qwen2-bias"); }
+
+TEST_CASE("a converted model matches its transformers reference (STEM_HF_REFERENCE)", "[real]") {
+  const char* dir = std::getenv("STEM_HF_REFERENCE");
+  if (!dir || !*dir) SKIP("STEM_HF_REFERENCE is not set (models/prepare/validate_model.py sets it)");
+  EngineOptions opts;
+  opts.max_model_len = 4096;         // the KV cache for one such sequence, not for 32K
+  opts.max_num_batched_tokens = 64;  // several prefill chunks: chunking is covered too
+  hf_reference::check_reference(dir, opts);
+}
