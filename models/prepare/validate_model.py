@@ -286,6 +286,42 @@ def make_reference(model_dir: Path, ref_dir: Path, device: str, dtype: str, n_to
     return ref
 
 
+def rope_layout_check(model_dir: Path, n_tokens: int = 256) -> dict:
+    """Whether the Q/K rows are in Hugging Face's order: perplexity on real text as converted, and
+    with llama.cpp's llama reordering undone once more (convert_gguf.unpermute_rows). The right
+    layout is the far better one; a converter that reordered a qwen2 model (or left a llama one
+    reordered) shows up here as the opposite."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    import convert_gguf
+    cfg = json.loads((model_dir / "config.json").read_text())
+    ids = torch.tensor([real_text(Tokenizer.from_file(str(model_dir / "tokenizer.json")), n_tokens)])
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+
+    def ppl() -> float:
+        with torch.no_grad():
+            logits = model(ids).logits[0, :-1]
+        return float(torch.exp(torch.nn.functional.cross_entropy(logits, ids[0, 1:])))
+
+    as_converted = ppl()
+    sd = model.state_dict()
+    with torch.no_grad():
+        for i in range(cfg["num_hidden_layers"]):
+            for proj, heads in (("q_proj", cfg["num_attention_heads"]), ("k_proj", cfg["num_key_value_heads"])):
+                for suffix in ("weight", "bias"):
+                    key = f"model.layers.{i}.self_attn.{proj}.{suffix}"
+                    if key in sd:
+                        sd[key].copy_(torch.from_numpy(convert_gguf.unpermute_rows(sd[key].numpy(), heads)))
+    reordered = ppl()
+    print(f"rope layout: perplexity over {n_tokens} tokens {as_converted:.3f} as converted, "
+          f"{reordered:.3f} with the Q/K rows reordered as for llama")
+    _expect(as_converted < reordered, "the Q/K rows look reordered: the converter's layout is wrong")
+    return {"tokens": n_tokens, "perplexity_as_converted": round(as_converted, 4),
+            "perplexity_llama_reordered": round(reordered, 4)}
+
+
 def find_test_binary(name: str) -> Path | None:
     builds = [os.environ.get("STEM_BUILD_DIR", "")] + ["build-test", "build", "build-prep"]
     for b in builds:
@@ -308,6 +344,7 @@ def full(model_dir: Path, name: str, binary: Path | None, json_out: Path | None,
               "--target models_test_hf_reference (or set STEM_BUILD_DIR / --test-binary)",
               file=sys.stderr)
         return 2
+    rope = rope_layout_check(model_dir)
     with tempfile.TemporaryDirectory(prefix="stem-hfref-") as tmp:
         ref_dir = keep or Path(tmp)
         t0 = time.time()
@@ -322,7 +359,7 @@ def full(model_dir: Path, name: str, binary: Path | None, json_out: Path | None,
             print("validate_model: the stemserve check wrote no result", file=sys.stderr)
             return 1
         result = json.loads(result_file.read_text())
-    result.update({"name": name, "passed": rc == 0,
+    result.update({"name": name, "passed": rc == 0, "rope_layout": rope,
                    "seconds": {"transformers_reference": round(t_ref, 1), "stemserve_check": round(t_ours, 1)}})
     print(f"validate_model: {name}: {'PASSED' if rc == 0 else 'FAILED'} (transformers {t_ref:.0f} s, "
           f"stemserve {t_ours:.0f} s)")
