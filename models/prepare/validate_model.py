@@ -57,6 +57,8 @@ CHATS = [
     [{"role": "user", "content": QUESTION}],
     [{"role": "system", "content": "You are a terse assistant."},
      {"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number."}],
+    [{"role": "user", "content": "What does this function return, in one sentence?\n```python\n"
+                                 "def f(xs):\n    return sorted(set(xs))[-2]\n```"}],
     [{"role": "user", "content": "Say hello in French."},
      {"role": "assistant", "content": "Bonjour !"},
      {"role": "user", "content": "Et en japonais ? Réponds en une ligne."}],
