@@ -235,7 +235,7 @@ def make_reference(model_dir: Path, ref_dir: Path, device: str, dtype: str, n_to
     with torch.no_grad():
         logits = model(torch.tensor([ids], device=device)).logits[0]
     print(f"teacher-forced logits over {len(ids)} tokens in {time.time() - t0:.1f} s")
-    if dtype == "bfloat16":
+    if logits.dtype == torch.bfloat16:  # stored as computed (bf16 bits), not rounded again
         raw_logits = logits.contiguous().view(torch.int16).cpu().numpy().astype("<i2")
         logits_dtype = "bf16"
     else:
