@@ -16,6 +16,8 @@
 #                                                  # against transformers in bf16 on the GPU,
 #                                                  # teacher-forced over 4096 tokens, plus greedy
 #                                                  # chat answers, tokenizer and chat template
+#                                                  # (STEM_REAL_DTYPE=float32: an fp32 reference;
+#                                                  # STEM_REAL_TOKENS: another length)
 #
 # `run` makes head_dim 64/128 versions of the tiny fixture models with transformers first (the
 # committed ones have head_dim 16/32, which the CUDA attention kernels do not take). Logs and
@@ -99,10 +101,10 @@ real() {  # $1: a converted model folder on this machine (device_pieces.sh appen
   mkdir -p "$logs"
   carried_env "$logs"
   ref="$(mktemp -d)"
-  echo "== reference: transformers, bf16 on the GPU, $(basename "$model")"
+  echo "== reference: transformers, ${STEM_REAL_DTYPE:-bfloat16} on the GPU, $(basename "$model")"
   start=$SECONDS
   python3 "$root/models/prepare/validate_model.py" --model "$model" --reference-only "$ref" --device cuda \
-    --dtype bfloat16 --tokens "${STEM_REAL_TOKENS:-4096}" 2>&1 | grep -v -i warn
+    --dtype "${STEM_REAL_DTYPE:-bfloat16}" --tokens "${STEM_REAL_TOKENS:-4096}" 2>&1 | grep -v -i -E 'warn|Loading weights'
   [ -f "$ref/reference.json" ] || { echo "no reference written"; return 1; }
   echo "  $((SECONDS - start)) s"
   echo "== stemserve's CUDA backend against it"
