@@ -13,9 +13,11 @@
 # models/cache/<Folder> (or --out). Idempotent: if the output folder is complete and intact (its
 # manifest's sha256s match), it does nothing.
 #
-# --validate full also compares the folder against Hugging Face transformers and stemserve's CPU
-# backend against both (models/prepare/validate_model.py; installs
-# models/prepare/requirements-validate.txt, torch + transformers, into the venv first).
+# --validate full also compares stemserve's CPU backend with Hugging Face transformers on the folder
+# (models/prepare/validate_model.py: logits, greedy chat answers, tokenizer, chat template; bench/
+# RESULTS.md has the figures). It installs models/prepare/requirements-validate.txt (torch +
+# transformers, CPU use) into the venv first, and runs the test binary models_test_hf_reference
+# that scripts/build.sh or scripts/test.sh built (build/ or build-test/, or $STEM_BUILD_DIR).
 # Environment: STEM_PYTHON  the Python to use (default: <repo>/.venv/bin/python), with the
 #                           packages of <repo>/requirements.txt installed.
 set -euo pipefail
