@@ -325,7 +325,7 @@ def rope_layout_check(model_dir: Path, n_tokens: int = 256) -> dict:
 
 
 def find_test_binary(name: str) -> Path | None:
-    builds = [os.environ.get("STEM_BUILD_DIR", "")] + ["build-test", "build", "build-prep"]
+    builds = [os.environ.get("STEM_BUILD_DIR", ""), "build-test", "build"]
     for b in builds:
         if b:
             p = (ROOT / b if not os.path.isabs(b) else Path(b)) / "tests" / name
