@@ -14,7 +14,8 @@
 //               checked against the reference's own tolerances (they depend on its dtype);
 //   greedy      greedy continuations (eos ignored, as many tokens as the reference made): equal up
 //               to the first step whose reference top-two margin is within 2x the largest
-//               per-logit error measured above (below that floor a swap is rounding, not a bug).
+//               per-logit error measured above (below that floor a swap is rounding, not a bug);
+//               where all are equal, our detokenized text equals transformers' decode.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -187,10 +188,14 @@ inline nlohmann::json check_reference(const std::filesystem::path& dir, EngineOp
                                       " (floor " + std::to_string(margin_floor) + ")")
                                          .c_str()
                                    : "");
+    // The same tokens must read the same: our detokenizer against transformers' decode (special
+    // tokens skipped on both sides).
+    const bool text_equal = same == want.size() && r.text == g.value("text", r.text);
     result["greedy"].push_back({{"name", g.value("name", "")}, {"tokens", want.size()}, {"equal_prefix", same},
-                                {"text", r.text}});
+                                {"text", r.text}, {"text_equal", text_equal}});
     INFO("greedy '" << g.value("name", "") << "' identical for " << same << " of " << want.size() << " steps");
     if (same < want.size()) CHECK(margins[same] <= margin_floor);
+    else CHECK(r.text == g.value("text", r.text));
   }
   write_result(result);
   std::fflush(stdout);
