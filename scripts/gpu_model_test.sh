@@ -10,7 +10,8 @@
 #                                                  # folder carried: tests, then benchmarks (default
 #                                                  # quick; stem: TTFT Stem beside dense at 32K-128K,
 #                                                  # no decode, no peer)
-#   scripts/gpu_model_test.sh pack real            # here: only what `real` runs (smaller carry)
+#   scripts/gpu_model_test.sh pack real            # here: only what `real` runs, into
+#                                                  # build-gpumodel-real/ (8 MiB)
 #   scripts/gpu_model_test.sh real MODEL_DIR       # there: a converted real model (Qwen2.5-Coder,
 #                                                  # brought by models/prepare/device_pieces.sh)
 #                                                  # against transformers in bf16 on the GPU,
@@ -24,8 +25,10 @@
 # results go to $OUT when it is set (the device tool brings them back), else to the carry folder.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-carry="${STEM_CARRY_DIR:-$root/build-gpumodel-carry}"  # another folder: a pack beside someone else's
 mode="${1:-run}"
+default_carry="$root/build-gpumodel-carry"
+[ "$*" != "pack real" ] && [ "$mode" != real ] || default_carry="$root/build-gpumodel-real"  # its own pack
+carry="${STEM_CARRY_DIR:-$default_carry}"  # another folder: a pack beside someone else's
 
 pack() {  # $1: "real" packs only the real-model check
   local build="${STEM_BUILD_DIR:-$root/build-gpumodel}"
