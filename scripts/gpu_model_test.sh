@@ -10,26 +10,44 @@
 #                                                  # folder carried: tests, then benchmarks (default
 #                                                  # quick; stem: TTFT Stem beside dense at 32K-128K,
 #                                                  # no decode, no peer)
+#   scripts/gpu_model_test.sh pack real            # here: only what `real` runs, into
+#                                                  # build-gpumodel-real/ (8 MiB)
+#   scripts/gpu_model_test.sh real MODEL_DIR       # there: a converted real model (Qwen2.5-Coder,
+#                                                  # brought by models/prepare/device_pieces.sh)
+#                                                  # against transformers in bf16 on the GPU,
+#                                                  # teacher-forced over 4096 tokens, plus greedy
+#                                                  # chat answers, tokenizer and chat template
+#                                                  # (STEM_REAL_DTYPE=float32: an fp32 reference;
+#                                                  # STEM_REAL_TOKENS: another length)
 #
 # `run` makes head_dim 64/128 versions of the tiny fixture models with transformers first (the
 # committed ones have head_dim 16/32, which the CUDA attention kernels do not take). Logs and
 # results go to $OUT when it is set (the device tool brings them back), else to the carry folder.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-carry="${STEM_CARRY_DIR:-$root/build-gpumodel-carry}"  # another folder: a pack beside someone else's
 mode="${1:-run}"
+default_carry="$root/build-gpumodel-carry"
+[ "$*" != "pack real" ] && [ "$mode" != real ] || default_carry="$root/build-gpumodel-real"  # its own pack
+carry="${STEM_CARRY_DIR:-$default_carry}"  # another folder: a pack beside someone else's
 
-pack() {
+pack() {  # $1: "real" packs only the real-model check
   local build="${STEM_BUILD_DIR:-$root/build-gpumodel}"
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTEM_CUDA=ON > /dev/null || exit 1
-  local tests
+  local tests targets
   tests=$(cd "$root/tests" && ls gpu_model/test_*.cc | sed -E 's|/|_|; s|\.cc$||')
+  targets="stemserve bench_model bench_ops bench_stem stem_eval $tests"
+  if [ "${1:-}" = real ]; then
+    tests=gpu_model_test_cuda_hf_reference
+    targets=$tests
+  fi
   # shellcheck disable=SC2086
-  cmake --build "$build" -j "${STEM_JOBS:-2}" --target stemserve bench_model bench_ops bench_stem stem_eval $tests || exit 1
+  cmake --build "$build" -j "${STEM_JOBS:-2}" --target $targets || exit 1
   rm -rf "$carry"
   mkdir -p "$carry/bin" "$carry/lib"
-  cp "$build/server/stemserve" "$build/bench/bench_model" "$build/bench/bench_ops" "$build/bench/bench_stem" \
-    "$build/bench/stem_eval" "$carry/bin/"
+  if [ "${1:-}" != real ]; then
+    cp "$build/server/stemserve" "$build/bench/bench_model" "$build/bench/bench_ops" "$build/bench/bench_stem" \
+      "$build/bench/stem_eval" "$carry/bin/"
+  fi
   for t in $tests; do cp "$build/tests/$t" "$carry/bin/"; done
   # Libraries the GPU machine has itself (or newer): the C/C++ runtimes, CUDA, OpenBLAS and its
   # Fortran runtime. Everything else our binaries link goes along.
@@ -67,10 +85,7 @@ for name in m.VARIANTS:
 EOF
 }
 
-run() {
-  local bench="${1:-quick}" logs="${OUT:-$carry/logs}" tmp
-  mkdir -p "$logs"
-  tmp="$(mktemp -d)"
+carried_env() {  # the carried binaries' libraries and the tests' paths; $1: the logs folder
   export LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   if ! ldconfig -p | grep -q 'libopenblas.so.0 '; then  # OpenBLAS under another name: point at it
     blas="$(find / -xdev -name 'libopenblas*.so*' 2> /dev/null | head -n 1)"
@@ -79,9 +94,37 @@ run() {
   if ldd "$carry"/bin/* | grep -q "not found"; then
     echo "MISSING LIBRARIES:"; ldd "$carry"/bin/* | grep "not found" | sort -u
   fi
-  export STEM_SOURCE="$root" STEM_FIXTURES="$root/tests/fixtures" STEM_TEST_REPORT="$logs/model_errors.txt"
+  export STEM_SOURCE="$root" STEM_FIXTURES="$root/tests/fixtures" STEM_TEST_REPORT="$1/model_errors.txt"
   rm -f "$STEM_TEST_REPORT"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+}
+
+real() {  # $1: a converted model folder on this machine (device_pieces.sh append printed it)
+  local model="${1:?real needs the converted model folder}" logs="${OUT:-$carry/logs}" ref start rc
+  mkdir -p "$logs"
+  carried_env "$logs"
+  ref="$(mktemp -d)"
+  echo "== reference: transformers, ${STEM_REAL_DTYPE:-bfloat16} on the GPU, $(basename "$model")"
+  start=$SECONDS
+  python3 "$root/models/prepare/validate_model.py" --model "$model" --reference-only "$ref" --device cuda \
+    --dtype "${STEM_REAL_DTYPE:-bfloat16}" --tokens "${STEM_REAL_TOKENS:-4096}" 2>&1 | grep -v -i -E 'warn|Loading weights'
+  [ -f "$ref/reference.json" ] || { echo "no reference written"; return 1; }
+  echo "  $((SECONDS - start)) s"
+  echo "== stemserve's CUDA backend against it"
+  start=$SECONDS
+  STEM_HF_REFERENCE="$ref" STEM_HF_REFERENCE_RESULT="$logs/real_model.json" \
+    "$carry/bin/gpu_model_test_cuda_hf_reference" "[real]" 2>&1 | tee "$logs/real_model.log" | grep -v '^$' | tail -n 40
+  rc=${PIPESTATUS[0]}
+  echo "  rc $rc, $((SECONDS - start)) s (figures: $logs/real_model.json)"
+  rm -rf "$ref"
+  return "$rc"
+}
+
+run() {
+  local bench="${1:-quick}" logs="${OUT:-$carry/logs}" tmp
+  mkdir -p "$logs"
+  tmp="$(mktemp -d)"
+  carried_env "$logs"
 
   echo "== fixtures (transformers, head_dim 64/128)"
   local start=$SECONDS
@@ -149,7 +192,8 @@ json.dump(c, open('$tmp/llama8b-dummy/config.json', 'w'))"
 }
 
 case "$mode" in
-  pack) pack ;;
+  pack) pack "${2:-}" ;;
   run) run "${2:-quick}" ;;
-  *) echo "usage: $0 pack | run [quick|full|none]" >&2; exit 2 ;;
+  real) real "${2:-}" ;;
+  *) echo "usage: $0 pack [real] | run [quick|full|none] | real MODEL_DIR" >&2; exit 2 ;;
 esac

