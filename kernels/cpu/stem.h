@@ -64,10 +64,11 @@ int64_t stem_num_blocks(int64_t prompt_len, const StemSettings& settings);
 int64_t stem_start_budget(int64_t nb, const StemSettings& settings);
 
 // k(i): how many key blocks query block i keeps by score (before the sink and window blocks are
-// added). k_s while i < k_s, then decaying linearly to alpha·k_s at i = nb − 1, evaluated in
-// double in the paper's order (k_s + (i − k_s)/(nb − k_s − 1)·(α − 1)·k_s), floored, clamped to
-// [1, k_s]. When nb − k_s − 1 = 0 the fraction is taken as 0. Without position decay: the uniform
-// budget (stem_uniform_budget), the same for every block.
+// added). k_s while i < k_s, then decaying linearly to alpha·k_s at i = nb − 1: exactly the
+// reference's floor(torch.linspace(k_s, α·k_s, nb − k_s, dtype=float64))[i − k_s] as torch computes
+// it on the GPU (step = (end − start)/(steps − 1); start + step·n for n < steps/2, else
+// end − step·(steps − 1 − n), each one fma), clamped to [1, k_s]. Without position decay: the
+// uniform budget (stem_uniform_budget), the same for every block.
 int64_t stem_row_budget(int64_t nb, int64_t block, const StemSettings& settings);
 
 // The budget without position decay: the k for every query block that keeps, in total over the
