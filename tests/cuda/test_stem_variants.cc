@@ -51,6 +51,14 @@ std::vector<Variant> variants() {
   st.selector = StemSelector::None;
   st.window_blocks = 6;
   v.push_back({"sink + window", st});
+  // The reference's HPC operating point (AngelSlim's hpc backend defaults): stride 16, λ 0.3, α 1.0.
+  st = StemSettings{};
+  st.min_prompt_len = 0;
+  st.budget_rate = 0.5;
+  st.stride = 16;
+  st.lambda = 0.3;
+  st.alpha = 1.0;
+  v.push_back({"reference hpc: stride 16, lambda 0.3, alpha 1", st});
   return v;
 }
 
