@@ -461,6 +461,8 @@ def main():
     ap.add_argument("--doc-tokens", type=int, default=32768, help="perplexity documents' length (0: none)")
     ap.add_argument("--docs", type=int, default=len(DOCS), help="how many of the documents")
     ap.add_argument("--seed", default="21")
+    ap.add_argument("--haystack-tokens", type=int, default=HAYSTACK_TOKENS,
+                    help="how much of Vim's documentation the haystacks draw from (tokens)")
     a = ap.parse_args()
     lengths = [int(x) for x in a.lengths.split(",") if x]
     tasks = [t for t in a.tasks.split(",") if t]
@@ -484,7 +486,7 @@ def main():
 
     hay = words = None
     if any(t in RULER_TASKS for t in tasks):
-        hay = Haystack(model, sorted(glob.glob(HAYSTACK_GLOB)), HAYSTACK_TOKENS)
+        hay = Haystack(model, sorted(glob.glob(HAYSTACK_GLOB)), a.haystack_tokens)
         words = english_words(f"{a.seed}:words")
         print(f"haystack: {len(hay.files)} files, {len(hay.lines)} lines, {hay.total} tokens; {len(words)} words",
               file=sys.stderr)
