@@ -65,9 +65,17 @@ Method make_method(const std::string& family, double target, double value, int64
     m.settings.stride = 16;
     m.settings.lambda = 0.3;
     m.settings.alpha = 1.0;
+  } else if (family == "stem-adaptive") {
+    // A per-head adaptive budget inside the position-decay envelope (StemSelector::Adaptive): the
+    // threshold (the knob) picks each head's blocks by score mass, at most k(i) of the schedule at
+    // budget rate 1.5 (about 47-50% of the causal blocks at 32K, so every target is inside it).
+    m.knob = Knob::Threshold;
+    m.settings.selector = StemSelector::Adaptive;
+    m.settings.budget_rate = 1.5;
   } else {
     throw Error("unknown method family '" + family +
-                "' (dense, stem, stem-no-bonus, stem-no-decay, uniform-topk, sink-window, xattention, stem-hpc)");
+                "' (dense, stem, stem-no-bonus, stem-no-decay, uniform-topk, sink-window, xattention, stem-hpc, "
+                "stem-adaptive)");
   }
   if (small_always && m.sparse && target > 0 && target < kLowDensity) {
     m.settings.sink_blocks = 2;
@@ -98,7 +106,8 @@ std::vector<Method> long_methods(const std::vector<double>& targets, int64_t min
                                  make_method("stem-hpc", 0, 0, min_prompt_len, false)};
   for (double t : targets)
     for (const char* family :
-         {"stem", "stem-no-bonus", "stem-no-decay", "uniform-topk", "xattention", "sink-window", "stem-hpc"})
+         {"stem", "stem-no-bonus", "stem-no-decay", "uniform-topk", "xattention", "sink-window", "stem-hpc",
+          "stem-adaptive"})
       methods.push_back(make_method(family, t, 0, min_prompt_len, false));
   return methods;
 }

@@ -16,7 +16,7 @@ enum class Knob { None, BudgetRate, Threshold, Window };
 struct Method {
   std::string name;    // unique, e.g. "stem@30%"
   std::string family;  // "dense", "stem", "stem-no-bonus", "stem-no-decay", "uniform-topk", "sink-window", "xattention",
-                       // "stem-hpc"
+                       // "stem-hpc", "stem-adaptive"
   bool sparse = true;  // false: dense attention (no Stem at all)
   double target = 0;   // the density at 8K it was calibrated to (0: none, e.g. Stem's defaults)
   Knob knob = Knob::None;
@@ -50,7 +50,9 @@ std::vector<Method> full_methods(const std::vector<double>& targets, int64_t min
 // α 1.0, AngelSlim's hpc backend defaults) at rate 1; and at each target density (of the causal
 // blocks at the calibration length, 32K): Stem rate-scaled, Stem without the value bonus, without
 // the decay, uniform top-k on the plain score, the XAttention-style threshold, sink + window and
-// stem-hpc rate-scaled. Knobs uncalibrated (eval_long.cc calibrates them).
+// stem-hpc rate-scaled, and "stem-adaptive" (StemSelector::Adaptive: a threshold on each head's
+// score mass inside the decay envelope at budget rate 1.5; the threshold is its knob). Knobs
+// uncalibrated (eval_long.cc calibrates them).
 std::vector<Method> long_methods(const std::vector<double>& targets, int64_t min_prompt_len);
 
 // The quick run's methods (no calibration): dense and Stem at a budget rate sparse at ~1K tokens.

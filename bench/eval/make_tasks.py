@@ -58,7 +58,7 @@ DOCS = [
     ("licenses", "prose", ["/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0",
                            "/usr/share/common-licenses/MPL-2.0", "/usr/share/common-licenses/GPL-2",
                            "/usr/share/common-licenses/LGPL-2.1", "/usr/share/common-licenses/GFDL-1.3",
-                           "/usr/share/common-licenses/Artistic"]),
+                           "/usr/share/common-licenses/Artistic", "/usr/share/common-licenses/*"]),
     ("debian-copyright", "prose", ["/usr/share/doc/*/copyright"]),
     ("py-decimal", "code", [f"{STDLIB}/_pydecimal.py"]),
     ("py-typing-dataclasses", "code", [f"{STDLIB}/typing.py", f"{STDLIB}/dataclasses.py", f"{STDLIB}/enum.py"]),
@@ -435,7 +435,7 @@ class CodeCorpus:
 def make_doc(model, name, kind, patterns, tokens):
     files = []
     for p in patterns:
-        files += sorted(glob.glob(p))
+        files += [f for f in sorted(glob.glob(p)) if f not in files and os.path.isfile(f)]
     text, used = "", []
     for path in files:
         text += read_text(path)

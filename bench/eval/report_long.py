@@ -35,6 +35,7 @@ FAMILIES = {
     "uniform-topk": "uniform top-k (plain score)",
     "xattention": "XAttention-style threshold",
     "sink-window": "sink + window",
+    "stem-adaptive": "Stem adaptive (threshold within the decay envelope)",
 }
 
 
@@ -69,8 +70,10 @@ def knob_text(m):
         return ""
     if m["family"] == "sink-window":
         text = f"sink {s['sink_blocks']} + window {s['window_blocks']}"
-    elif m["family"] == "xattention":
+    elif m["family"] in ("xattention", "stem-adaptive"):
         text = f"τ {s['threshold']:.4g}"
+        if m["family"] == "stem-adaptive":
+            text += f", rate {s['budget_rate']:.3g}"
     else:
         text = f"rate {s['budget_rate']:.4g}"
         if "k_s" in m.get("calibration", {}):

@@ -21,7 +21,7 @@ void check_stem_settings(const StemSettings& s) {
              s.budget_rate);
   STEM_CHECK(s.min_prompt_len >= 0, "Stem: minimum prompt length must be >= 0, got ", s.min_prompt_len);
   STEM_CHECK(s.selector == StemSelector::TopK || s.selector == StemSelector::Threshold ||
-                 s.selector == StemSelector::None,
+                 s.selector == StemSelector::None || s.selector == StemSelector::Adaptive,
              "Stem: unknown selector ", static_cast<int>(s.selector));
   STEM_CHECK(s.threshold > 0 && s.threshold <= 1, "Stem: the threshold (softmax mass to keep) must be in (0, 1], got ",
              s.threshold);
@@ -32,14 +32,15 @@ const char* stem_selector_name(StemSelector selector) {
     case StemSelector::TopK: return "topk";
     case StemSelector::Threshold: return "threshold";
     case StemSelector::None: return "none";
+    case StemSelector::Adaptive: return "adaptive";
   }
   return "?";
 }
 
 StemSelector parse_stem_selector(std::string_view name) {
-  for (StemSelector s : {StemSelector::TopK, StemSelector::Threshold, StemSelector::None})
+  for (StemSelector s : {StemSelector::TopK, StemSelector::Threshold, StemSelector::None, StemSelector::Adaptive})
     if (name == stem_selector_name(s)) return s;
-  throw Error("Stem: unknown selector '" + std::string(name) + "' (topk, threshold, none)");
+  throw Error("Stem: unknown selector '" + std::string(name) + "' (topk, threshold, none, adaptive)");
 }
 
 int64_t stem_num_blocks(int64_t prompt_len, const StemSettings& settings) {
@@ -116,7 +117,8 @@ std::vector<StemQueryBlock> stem_query_blocks(std::span<const int32_t> kv_lens, 
     const int64_t first_pos = kv_len - rows;
     const bool stem_sequence = sliding_window == 0 && prompt >= settings.min_prompt_len;
     const int64_t nb = stem_num_blocks(prompt, settings);
-    const bool top_k = settings.selector == StemSelector::TopK;
+    // TopK and Adaptive have the schedule's budget (Adaptive keeps at most that many by score).
+    const bool top_k = settings.selector == StemSelector::TopK || settings.selector == StemSelector::Adaptive;
     const int64_t always = settings.sink_blocks + settings.window_blocks;  // kept whatever the scores
     // Without position decay every row has the same budget: computed once, not per block.
     const int64_t uniform = stem_sequence && top_k && !settings.position_decay ? stem_uniform_budget(nb, settings) : 0;
@@ -133,7 +135,7 @@ std::vector<StemQueryBlock> stem_query_blocks(std::span<const int32_t> kv_lens, 
         b.sparse = true;
         b.budget = top_k ? static_cast<int32_t>(budget) : 0;
         b.key_end = static_cast<int32_t>(end);
-        const int64_t bound = settings.selector == StemSelector::TopK   ? budget + always
+        const int64_t bound = top_k                                     ? budget + always
                               : settings.selector == StemSelector::None ? always
                                                                         : i + 1;
         b.list_bound = static_cast<int32_t>(std::min(i + 1, bound));

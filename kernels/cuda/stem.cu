@@ -288,6 +288,8 @@ struct StemPlanner {
         launch_select<StemSelector::TopK>(grid, smem, stream, p);
       } else if (st.selector == StemSelector::Threshold) {
         launch_select<StemSelector::Threshold>(grid, smem, stream, p);
+      } else if (st.selector == StemSelector::Adaptive) {
+        launch_select<StemSelector::Adaptive>(grid, smem, stream, p);
       } else {
         launch_select<StemSelector::None>(grid, smem, stream, p);
       }
