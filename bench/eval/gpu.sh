@@ -89,7 +89,7 @@ run() {
     [ -n "$blas" ] && ln -sf "$blas" "$carry/lib/libopenblas.so.0"
   fi
   ldd "$carry"/bin/* | grep "not found" | sort -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2> /dev/null
 
   if [ "$slice" = tests ]; then
     export STEM_TEST_REPORT="$logs/rel_errors.txt"
@@ -108,7 +108,10 @@ run() {
   sha="$(sha256sum "$carry/data.tar.xz" | cut -c1-16)"
   if [ "$(cat "$state/data.sha" 2> /dev/null)" != "$sha" ]; then
     rm -rf "$state/data" && mkdir -p "$state/data"
-    xz -dc "$carry/data.tar.xz" | tar -C "$state/data" -xf - || { echo "gpu.sh run: cannot unpack the prompts"; exit 1; }
+    local unxz=(xz -dc "$carry/data.tar.xz")  # without xz-utils, Python's lzma
+    command -v xz > /dev/null ||
+      unxz=(python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' "$carry/data.tar.xz")
+    "${unxz[@]}" | tar -C "$state/data" -xf - || { echo "gpu.sh run: cannot unpack the prompts"; exit 1; }
     echo "$sha" > "$state/data.sha"
   fi
   local want have
@@ -133,7 +136,7 @@ run() {
     *) echo "gpu.sh run: SLICE is tests, calibrate, 32k, slice or full (got '$slice')"; exit 2 ;;
   esac
   local start=$SECONDS rc
-  "$carry/bin/stem_eval" --model "$model" --device cuda --data "$state/data" --json "$logs/results.json" \
+  "$carry/bin/stem_eval" --model "$model" --device "${STEM_EVAL_DEVICE:-cuda}" --data "$state/data" --json "$logs/results.json" \
     --time-budget "${STEM_EVAL_BUDGET:-540}" "${earlier[@]}" "${args[@]}" "$@" > "$logs/stem_eval.log" 2>&1
   rc=$?
   [ -f "$logs/results.json" ] && cp "$logs/results.json" "$state/results.json"
