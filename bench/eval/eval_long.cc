@@ -282,7 +282,7 @@ int run_long(const LongOptions& o) {
                fmt::format("{}", fmt::join(lengths, ",")), fmt::format("{}", fmt::join(tasks, ",")), methods.size(),
                o.batch);
 
-  json session = {{"started", utc_now()}, {"device", o.device}, {"command", o.command}};
+  json session = {{"started", utc_now()}, {"device", o.device}, {"gpu", o.gpu}, {"command", o.command}};
   auto save = [&] {
     results.set_methods(methods);
     json& sessions = results.doc()["sessions"];
@@ -348,7 +348,8 @@ int run_long(const LongOptions& o) {
       const PrefillTiming t = model.timed_prefill(calib_ids, o.timing_reps);
       budget.took("timing", since(t0));
       json r = {{"method", m.name}, {"task", "timing"}, {"length", calib_len}, {"index", 0},
-                {"tokens", calib_ids.size()}, {"step_ms", t.step_ms}, {"density", t.density}, {"reps", o.timing_reps}};
+                {"tokens", calib_ids.size()}, {"step_ms", t.step_ms}, {"density", t.density}, {"reps", o.timing_reps},
+                {"device", o.device}, {"gpu", o.gpu}};
       r["attention_ms"] = std::isnan(t.attention_ms) ? json() : json(t.attention_ms);
       results.add(r);
       spdlog::info("timing   {:<22} step {:.2f} ms, attention {:.2f} ms, density {:.2f}%", m.name, t.step_ms,

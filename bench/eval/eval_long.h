@@ -40,6 +40,7 @@ struct LongOptions {
   bool redo = false;
   bool quick = false;  // dense and one uncalibrated Stem setting sparse at ~1K tokens (the CTest)
   std::string command;  // recorded with the session
+  std::string gpu;      // the card's name, recorded with the session and every timing record
 };
 
 // Runs what the options select; returns the process's exit code.

@@ -25,9 +25,11 @@
 #     full       calibrate, then all 50 prompts of every task and length
 #   and the extra arguments go to stem_eval (e.g. --methods dense,stem,stem@25% --from 10 --limit 20).
 #   Each run stops before it would pass STEM_EVAL_BUDGET seconds (default 540) and can be run again:
-#   the records accumulate in build-eval-state/results.json on that machine (kept between the calls of
-#   one session; seeded from the carried results.json) and come back as $OUT/results.json, with the
-#   log and the tables (report_long.py, when python3 is there). The short table is printed last.
+#   the records accumulate in build-eval-state/results_<model folder>.json on that machine (kept
+#   between the calls of one session; seeded from the carried results.json when it is that model's)
+#   and come back as $OUT/results.json, with the log and the tables (report_long.py, when python3 is
+#   there). The short table is printed last. Commit $OUT/results.json as
+#   bench/eval/results/long_<model folder>.json; the next pack carries it.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 carry="${STEM_CARRY_DIR:-$root/build-eval-carry}"
@@ -121,12 +123,15 @@ run() {
     { echo "gpu.sh run: the prompts were made with another tokenizer ($want) than $model's ($have)"; exit 1; }
 
   # The results so far: this session's, else the carried ones.
-  local earlier=()
-  if [ -f "$state/results.json" ]; then
-    earlier=(--results "$state/results.json")
-  elif [ -f "$carry/results.json" ]; then
+  local earlier=() name kept gpu
+  name="$(basename "$model")"
+  kept="$state/results_${name}.json"
+  if [ -f "$kept" ]; then
+    earlier=(--results "$kept")
+  elif [ -f "$carry/results.json" ] && [ "$(cat "$carry/model_name" 2> /dev/null)" = "$name" ]; then
     earlier=(--results "$carry/results.json")
   fi
+  gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -n 1)"
   local args=()
   case "$slice" in
     calibrate) args=(--tasks calibrate,timing,ppl) ;;
@@ -137,9 +142,10 @@ run() {
   esac
   local start=$SECONDS rc
   "$carry/bin/stem_eval" --model "$model" --device "${STEM_EVAL_DEVICE:-cuda}" --data "$state/data" --json "$logs/results.json" \
-    --time-budget "${STEM_EVAL_BUDGET:-540}" "${earlier[@]}" "${args[@]}" "$@" > "$logs/stem_eval.log" 2>&1
+    --time-budget "${STEM_EVAL_BUDGET:-540}" --gpu-name "${gpu:-none}" "${earlier[@]}" "${args[@]}" "$@" \
+    > "$logs/stem_eval.log" 2>&1
   rc=$?
-  [ -f "$logs/results.json" ] && cp "$logs/results.json" "$state/results.json"
+  [ -f "$logs/results.json" ] && cp "$logs/results.json" "$kept"
   grep -E "plan:|calibrate |time budget|error|\] \[warning\]" "$logs/stem_eval.log" | cut -c27- | tail -n 40
   if command -v python3 > /dev/null && [ -f "$logs/results.json" ]; then
     python3 "$root/bench/eval/report_long.py" "$logs/results.json" --table "$logs/tables.md" --check-scores \

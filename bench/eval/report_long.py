@@ -94,6 +94,7 @@ def summarize(methods, records):
                "calibration": m.get("calibration")}
         t = next(iter(by.get((name, "timing"), [])), None)
         row["attention_ms"] = t.get("attention_ms") if t else None
+        row["gpu"] = t.get("gpu") if t else None
         row["step_ms"] = t.get("step_ms") if t else None
         row["density"] = t["density"] if t else (m.get("calibration") or {}).get("density")
         ruler = defaultdict(list)
@@ -128,6 +129,11 @@ def tables(head, rows, records):
     code_lengths = sorted({r["length"] for r in records if r["task"] == "code"})
     calib = head.get("calibrate_length", "?")
     out = []
+    gpus = sorted({r["gpu"] for r in rows if r.get("gpu")})
+    if len(gpus) > 1:
+        out.append(f"**The attention times come from different cards ({', '.join(gpus)}): not comparable.**\n")
+    elif gpus:
+        out.append(f"Attention and prefill times on {gpus[0]}.\n")
     h = ["method", "knob", f"density @{calib}", f"attention ms @{calib}", "prefill ms"]
     h += [f"RULER {length // 1024}K (n)" for length in lengths]
     h += [f"code EM / ES {length // 1024}K (n)" for length in code_lengths]

@@ -102,6 +102,7 @@ int main(int argc, char** argv) {
   app.add_option("--timing-reps", L.timing_reps, "long: timed prefills per method")->capture_default_str();
   app.add_option("--time-budget", L.time_budget, "long: stop before a unit of work that would end past this many seconds");
   app.add_flag("--redo", L.redo, "long: run records again that the results already hold");
+  app.add_option("--gpu-name", L.gpu, "long: the card's name, recorded with the timings (gpu.sh passes nvidia-smi's)");
   auto* targets_opt = app.get_option("--targets");
   auto* tasks_opt = app.get_option("--tasks");
   auto* min_len_opt = app.get_option("--min-prompt-len");
