@@ -1,5 +1,7 @@
 #include "bench/eval/eval_calibrate.h"
 
+#include <spdlog/spdlog.h>
+
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -112,6 +114,17 @@ nlohmann::json calibrate(Method& m, int64_t tokens, const std::function<double(c
   }
   ++runs;
   const double reached = measure(m);
+  // The host's figures must hold for what the model measured: a check of both on every calibration.
+  if (m.knob == Knob::Window && std::abs(reached - always_density(tokens, m.settings)) > 1e-9)
+    spdlog::warn("calibrate {}: measured density {} but the host computes {} for sink + window", m.name, reached,
+                 always_density(tokens, m.settings));
+  if (m.knob == Knob::BudgetRate) {
+    const DensityBounds bd = schedule_density(tokens, m.settings);
+    j["host_bounds"] = {bd.lo, bd.hi};
+    if (reached < bd.lo - 1e-9 || reached > bd.hi + 1e-9)
+      spdlog::warn("calibrate {}: measured density {} outside the schedule's bounds [{}, {}]", m.name, reached, bd.lo,
+                   bd.hi);
+  }
   j["knob"] = m.knob_value();
   j["density"] = reached;
   j["model_runs"] = runs;
