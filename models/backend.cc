@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "kernels/cpu/token_logprob.h"
 #include "models/llama.h"
 
 namespace stem {
@@ -98,6 +99,30 @@ void ModelBackend::forward_sample(const ForwardBatch& batch, const SamplingBatch
   cpu::sample(out.outputs(), sample_logits_.view(), sampling.inputs(), TensorView());
 }
 
+void ModelBackend::check_targets(const ForwardBatch& batch, const std::vector<int32_t>& targets) const {
+  STEM_CHECK(targets.size() == batch.logit_rows.size(), "forward_token_logprobs: ", targets.size(), " targets for ",
+             batch.logit_rows.size(), " logit rows");
+  for (size_t r = 0; r < targets.size(); ++r)
+    STEM_CHECK(targets[r] >= -1 && targets[r] < config().vocab_size, "forward_token_logprobs: row ", r, " has target ",
+               targets[r], ", outside [-1, ", config().vocab_size, ")");
+}
+
+void ModelBackend::forward_token_logprobs(const ForwardBatch& batch, const std::vector<int32_t>& targets,
+                                          TokenScores& out) {
+  check_targets(batch, targets);
+  forward(batch, sample_logits_);
+  const auto R = static_cast<int64_t>(targets.size());
+  out.logprob.resize(targets.size());
+  out.argmax.resize(targets.size());
+  if (R == 0) return;
+  cpu::token_logprob(TensorView(out.logprob.data(), DType::F32, {R}), TensorView(out.argmax.data(), DType::I32, {R}),
+                     sample_logits_.view(), TensorView(const_cast<int32_t*>(targets.data()), DType::I32, {R}));
+}
+
+void ModelBackend::set_stem_settings(const StemSettings&) {
+  throw Error("the " + name() + " backend cannot change its Stem settings after it was made");
+}
+
 namespace {
 
 class CpuBackend final : public ModelBackend {
@@ -122,6 +147,10 @@ class CpuBackend final : public ModelBackend {
     model_.forward(batch, kv_, logits, stem_, &stem_stats_);
   }
   StemStepStats last_stem_stats() const override { return stem_stats_; }
+  void set_stem_settings(const StemSettings& settings) override {
+    check_stem_settings(settings);
+    stem_ = settings;
+  }
 
  private:
   LlamaModel model_;

@@ -79,8 +79,15 @@ struct SampledTokens {
 struct StemStepStats {
   int64_t sparse_blocks = 0;  // query blocks scored and selected, summed over the sparse layers
   // Summed over the sparse layers, the sparse query blocks' heads: causal key blocks, and those
-  // left out of the lists. CPU only: the CUDA backend does not read its lists back (both 0).
+  // left out of the lists (the CUDA backend counts them on the device, 8 bytes back per step).
   int64_t causal_key_blocks = 0, skipped_key_blocks = 0;
+};
+
+// Teacher-forced scores of a step's logit rows (forward_token_logprobs): per row, log p(target)
+// and the greedy token (kernels/cpu/token_logprob.h).
+struct TokenScores {
+  std::vector<float> logprob;   // [R]; 0 where the target is −1
+  std::vector<int32_t> argmax;  // [R]
 };
 
 class ModelBackend {
@@ -97,7 +104,19 @@ class ModelBackend {
   // every step). The default runs forward() and the CPU sampling op on the host logits; a backend
   // that overrides it (CUDA) samples on the device and copies back only `out`.
   virtual void forward_sample(const ForwardBatch& batch, const SamplingBatch& sampling, SampledTokens& out);
+  // Runs one step and scores each logit row r against targets[r] (−1: none) without handing the
+  // logits back: what perplexity over long prompts needs (bench/eval/). The default runs forward()
+  // and the CPU op on the host logits; the CUDA backend scores on the device and copies back 8 bytes
+  // a row.
+  virtual void forward_token_logprobs(const ForwardBatch& batch, const std::vector<int32_t>& targets, TokenScores& out);
   virtual StemStepStats last_stem_stats() const { return {}; }
+  // The Stem settings of the following steps (bench/eval/ switches methods without reloading the
+  // weights). Checked as at construction; the default refuses.
+  virtual void set_stem_settings(const StemSettings& settings);
+
+ protected:
+  // The checks every forward_token_logprobs makes on its targets.
+  void check_targets(const ForwardBatch& batch, const std::vector<int32_t>& targets) const;
 
  private:
   Tensor sample_logits_;  // forward_sample's default: the step's host logits, reused

@@ -14,6 +14,7 @@
 #include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/stem.cuh"
 #include "kernels/cuda/swiglu.cuh"
+#include "kernels/cuda/token_logprob.cuh"
 #include "models/cuda_memory.h"
 #include "models/cuda_profile.h"
 #include "models/cuda_sampling.h"
@@ -44,6 +45,18 @@ TensorView i32(const DeviceMemory& meta, int64_t at, std::initializer_list<int64
   return TensorView(meta.bytes_ptr(static_cast<size_t>(at) * 4), DType::I32, shape);
 }
 
+// Stem settings the CUDA planner takes (it checks them again per call, but mid-step).
+void check_cuda_stem(const ModelConfig& c, const StemSettings& st) {
+  check_stem_settings(st);
+  if (st.block_size != 128)
+    throw Error("CUDA backend: Stem block size " + std::to_string(st.block_size) +
+                " is not supported (the block-sparse attention kernel takes 128)");
+  const int64_t threads = st.stride * c.head_dim / 8;
+  if (threads < 32 || threads > 1024 || st.stride * c.head_dim % 64 != 0)
+    throw Error("CUDA backend: Stem stride " + std::to_string(st.stride) + " with head dim " +
+                std::to_string(c.head_dim) + " is not supported (the pooling needs stride · head_dim / 8 in [32, 1024])");
+}
+
 // What the kernels take, checked before any weight is loaded.
 const ModelConfig& supported(const ModelConfig& c, const BackendOptions& o) {
   if (c.head_dim != 64 && c.head_dim != 128)
@@ -51,10 +64,7 @@ const ModelConfig& supported(const ModelConfig& c, const BackendOptions& o) {
                 " is not supported (the CUDA attention kernels take 64 or 128); use --device cpu");
   if (!(o.page_size > 0 && 128 % o.page_size == 0 && (o.page_size & (o.page_size - 1)) == 0))
     throw Error("CUDA backend: page size " + std::to_string(o.page_size) + " must be a power of two dividing 128");
-  check_stem_settings(o.stem);
-  if (o.stem.block_size != 128)
-    throw Error("CUDA backend: Stem block size " + std::to_string(o.stem.block_size) +
-                " is not supported (the block-sparse attention kernel takes 128)");
+  check_cuda_stem(c, o.stem);
   return c;
 }
 
@@ -103,6 +113,10 @@ class CudaBackend final : public CudaModelBackend {
   int32_t page_size() const override { return page_size_; }
 
   StemStepStats last_stem_stats() const override { return stem_stats_; }
+  void set_stem_settings(const StemSettings& settings) override {
+    check_cuda_stem(config_, settings);
+    stem_ = settings;
+  }
 
   CudaBackendStats stats() const override {
     CudaBackendStats s = stats_;
@@ -133,6 +147,33 @@ class CudaBackend final : public CudaModelBackend {
     if (R > 0)
       CUDA_CHECK(cudaMemcpyAsync(logits.data(), ws_.logits.get(), static_cast<size_t>(R * V) * 4,
                                  cudaMemcpyDeviceToHost, s));
+    finish_step();
+  }
+
+  // Perplexity's path: the logits stay on the device; a logprob and an argmax per row come back.
+  void forward_token_logprobs(const ForwardBatch& batch, const std::vector<int32_t>& targets,
+                              TokenScores& out) override {
+    check_targets(batch, targets);
+    const auto R = static_cast<int64_t>(targets.size());
+    launch_step(batch);
+    cudaStream_t s = stream_.get();
+    out.logprob.resize(targets.size());
+    out.argmax.resize(targets.size());
+    if (R > 0) {
+      // The previous step has finished (finish_step waits), so the old buffer is free to go.
+      if (scores_.bytes() < static_cast<size_t>(R) * 12) scores_ = DeviceMemory(static_cast<size_t>(R) * 12, "token scores");
+      int32_t* d_targets = reinterpret_cast<int32_t*>(scores_.get());
+      CUDA_CHECK(cudaMemcpyAsync(d_targets, targets.data(), static_cast<size_t>(R) * 4, cudaMemcpyHostToDevice, s));
+      const TensorView logprob(scores_.bytes_ptr(static_cast<size_t>(R) * 4), DType::F32, {R});
+      const TensorView argmax(scores_.bytes_ptr(static_cast<size_t>(R) * 8), DType::I32, {R});
+      cuda::token_logprob(logprob, argmax, TensorView(ws_.logits.get(), DType::F32, {R, config_.vocab_size}),
+                          TensorView(d_targets, DType::I32, {R}), s);
+      CUDA_CHECK(cudaEventRecord(stop_.get(), s));
+      CUDA_CHECK(cudaMemcpyAsync(out.logprob.data(), logprob.data, static_cast<size_t>(R) * 4, cudaMemcpyDeviceToHost, s));
+      CUDA_CHECK(cudaMemcpyAsync(out.argmax.data(), argmax.data, static_cast<size_t>(R) * 4, cudaMemcpyDeviceToHost, s));
+    } else {
+      CUDA_CHECK(cudaEventRecord(stop_.get(), s));
+    }
     finish_step();
   }
 
@@ -187,7 +228,12 @@ class CudaBackend final : public CudaModelBackend {
         ++stats_.graphs_captured;
       }
     } else {
+      if (stem) CUDA_CHECK(cudaMemsetAsync(stem_skipped_.get(), 0, sizeof(long long), s));
       run_step(layout, gather, false, stem ? &stem_host : nullptr);
+      if (stem)
+        CUDA_CHECK(cudaMemcpyAsync(stem_skipped_host_.as<long long>(), stem_skipped_.get(), sizeof(long long),
+                                   cudaMemcpyDeviceToHost, s));
+      count_skipped_ = stem;
       ++stats_.eager_steps;
     }
   }
@@ -198,18 +244,21 @@ class CudaBackend final : public CudaModelBackend {
     CUDA_CHECK(cudaStreamSynchronize(s));
     CUDA_CHECK(cudaEventElapsedTime(&stats_.last_step_device_ms, start_.get(), stop_.get()));
     profile_.collect();
+    if (count_skipped_) stem_stats_.skipped_key_blocks = *stem_skipped_host_.as<long long>();
+    count_skipped_ = false;
   }
 
   // Whether the step has a sparse query block (then the layers stem_layer_sparse names go through
   // cuda::stem_prefill); counts them for last_stem_stats.
   bool stem_step(const ForwardBatch& b, const std::vector<int32_t>& stem_lens) {
     if (!b.any_stem()) return false;
-    int64_t sparse = 0;
+    int64_t sparse = 0, causal = 0;
     for (const StemQueryBlock& q : stem_query_blocks(b.kv_lens, b.query_start, stem_lens, config_.sliding_window, stem_))
-      sparse += q.sparse;
+      if (q.sparse) ++sparse, causal += int64_t{q.block} + 1;
     int64_t layers = 0;
     for (int64_t l = 0; l < config_.num_hidden_layers; ++l) layers += stem_layer_sparse(stem_, l);
     stem_stats_.sparse_blocks = sparse * layers;
+    stem_stats_.causal_key_blocks = causal * config_.num_attention_heads * layers;
     return sparse > 0;
   }
 
@@ -315,7 +364,7 @@ class CudaBackend final : public CudaModelBackend {
       if (R == 0 && i + 1 == c.num_hidden_layers) return;
       if (stem && stem_layer_sparse(stem_, i)) {
         cuda::stem_prefill(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, *stem, scale, c.sliding_window,
-                           stem_, s);
+                           stem_, s, static_cast<long long*>(stem_skipped_.get()));
         mark("attention (stem)");
       } else if (decode_only) {
         cuda::paged_decode(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, c.sliding_window, s);
@@ -387,6 +436,12 @@ class CudaBackend final : public CudaModelBackend {
   CudaBackendStats stats_;
   StepProfile profile_;
   CudaSampling sampling_;
+  DeviceMemory scores_;                // forward_token_logprobs: targets, logprobs, argmax
+  // The step's skipped (query block, head, key block) triples, summed on the device by the Stem
+  // layers, and its copy back.
+  DeviceMemory stem_skipped_{sizeof(long long), "Stem counts"};
+  cudabk::PinnedMemory stem_skipped_host_{sizeof(long long)};
+  bool count_skipped_ = false;
 };
 
 }  // namespace

@@ -31,7 +31,8 @@ StemSettings eval_base_settings(int64_t min_prompt_len) {
   return st;
 }
 
-Method make_method(const std::string& family, double target, double value, int64_t min_prompt_len) {
+Method make_method(const std::string& family, double target, double value, int64_t min_prompt_len,
+                   bool small_always) {
   Method m;
   m.family = family;
   m.target = target;
@@ -57,11 +58,26 @@ Method make_method(const std::string& family, double target, double value, int64
     m.knob = Knob::Threshold;
     m.settings.selector = StemSelector::Threshold;
     m.settings.lambda = 0;
+  } else if (family == "stem-hpc") {
+    // AngelSlim's hpc backend defaults (stem/backends/hpc_impl.py at 67394ce): stride 16,
+    // lambda_mag 0.3, stem_alpha 1.0 (no decay: every row keeps k_s).
+    m.knob = Knob::BudgetRate;
+    m.settings.stride = 16;
+    m.settings.lambda = 0.3;
+    m.settings.alpha = 1.0;
+  } else if (family == "stem-adaptive") {
+    // A per-head adaptive budget inside the position-decay envelope (StemSelector::Adaptive): the
+    // threshold (the knob) picks each head's blocks by score mass, at most k(i) of the schedule at
+    // budget rate 1.5 (about 47-50% of the causal blocks at 32K, so every target is inside it).
+    m.knob = Knob::Threshold;
+    m.settings.selector = StemSelector::Adaptive;
+    m.settings.budget_rate = 1.5;
   } else {
     throw Error("unknown method family '" + family +
-                "' (dense, stem, stem-no-bonus, stem-no-decay, uniform-topk, sink-window, xattention)");
+                "' (dense, stem, stem-no-bonus, stem-no-decay, uniform-topk, sink-window, xattention, stem-hpc, "
+                "stem-adaptive)");
   }
-  if (m.sparse && target > 0 && target < kLowDensity) {
+  if (small_always && m.sparse && target > 0 && target < kLowDensity) {
     m.settings.sink_blocks = 2;
     m.settings.window_blocks = 2;
   }
@@ -84,6 +100,18 @@ std::vector<Method> full_methods(const std::vector<double>& targets, int64_t min
   return methods;
 }
 
+std::vector<Method> long_methods(const std::vector<double>& targets, int64_t min_prompt_len) {
+  std::vector<Method> methods = {make_method("dense", 0, 0, min_prompt_len, false),
+                                 make_method("stem", 0, 0, min_prompt_len, false),
+                                 make_method("stem-hpc", 0, 0, min_prompt_len, false)};
+  for (double t : targets)
+    for (const char* family :
+         {"stem", "stem-no-bonus", "stem-no-decay", "uniform-topk", "xattention", "sink-window", "stem-hpc",
+          "stem-adaptive"})
+      methods.push_back(make_method(family, t, 0, min_prompt_len, false));
+  return methods;
+}
+
 std::vector<Method> quick_methods(int64_t min_prompt_len) {
   // At 1K tokens (nb 8) the 4 sink and 4 window blocks alone cover every block: one sink block,
   // a window of two and a budget rate of 0.25 (k_s = 2 blocks by score) make the rows from
@@ -100,10 +128,11 @@ nlohmann::json to_json(const Method& m) {
   nlohmann::json j = {{"name", m.name}, {"family", m.family}, {"sparse", m.sparse}};
   if (m.target > 0) j["target_density"] = m.target;
   if (m.sparse)
-    j["settings"] = {{"selector", stem_selector_name(s.selector)}, {"budget_rate", s.budget_rate},
+    j["settings"] = {{"selector", stem_selector_name(s.selector)}, {"stride", s.stride}, {"budget_rate", s.budget_rate},
                      {"alpha", s.alpha}, {"lambda", s.lambda}, {"position_decay", s.position_decay},
                      {"threshold", s.threshold}, {"sink_blocks", s.sink_blocks}, {"window_blocks", s.window_blocks},
                      {"dense_layers", s.dense_layers}, {"min_prompt_len", s.min_prompt_len}};
+  if (!m.calibration.is_null()) j["calibration"] = m.calibration;
   return j;
 }
 
@@ -111,10 +140,12 @@ Method method_from_json(const nlohmann::json& j) {
   Method m = make_method(j.at("family").get<std::string>(), j.value("target_density", 0.0), 0,
                          j.contains("settings") ? j["settings"].value("min_prompt_len", int64_t{0}) : 0);
   m.name = j.at("name").get<std::string>();
+  if (j.contains("calibration")) m.calibration = j["calibration"];
   if (!j.contains("settings")) return m;
   const nlohmann::json& s = j["settings"];
   StemSettings& st = m.settings;
   st.selector = parse_stem_selector(s.at("selector").get<std::string>());
+  st.stride = s.value("stride", st.stride);
   st.budget_rate = s.at("budget_rate");
   st.alpha = s.at("alpha");
   st.lambda = s.at("lambda");

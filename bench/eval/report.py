@@ -3,6 +3,8 @@
 
     report.py stem_eval.json [more.json ...] [--table table.md] [--png stem_accuracy.png]
 
+(A result of the long-context evaluation, stem_eval --data, goes to report_long.py instead.)
+
 More files add their passkey and perplexity records to the first one's methods (runs of the same
 methods split over several processes, e.g. with stem_eval --methods-from and --methods).
 
@@ -15,6 +17,7 @@ optional: without it only the table is written.
 import argparse
 import json
 import math
+import os
 import sys
 from collections import defaultdict
 
@@ -199,6 +202,15 @@ def plot(res, rows, path):
 
 
 def main():
+    # The long-context evaluation's results (stem_eval --data) have their own report.
+    first = next((x for x in sys.argv[1:] if x.endswith(".json")), None)
+    if first:
+        with open(first) as f:
+            if json.load(f).get("kind") == "stem_eval_long":
+                sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+                import report_long
+
+                return report_long.main()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("json", nargs="+")
     ap.add_argument("--table")

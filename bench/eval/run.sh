@@ -4,8 +4,11 @@
 #
 #   bench/eval/run.sh [--device cpu|cuda] [--quick] [--out DIR] [--bin PATH] [--no-install] [-- stem_eval args]
 #
-#   --quick       dense and one Stem setting on 1K-token prompts: under a minute on 2 CPU cores
-#                 (the CTest bench/eval_quick runs this); the full run wants a GPU (--device cuda)
+#   --quick       dense and one Stem setting on 1K-token prompts, through both harnesses (issue 7's
+#                 attention stage; issue 21's generated prompts: perplexity in chunks, niah_single),
+#                 then check_quick.py asserts the figures against quick_expected.json (the CTest
+#                 bench/eval_quick runs this; about 3 minutes of CPU time on 2 cores)
+#                 The long-context evaluation itself: bench/eval/gpu.sh (the GPU machine)
 #   --out DIR     results: stem_eval.json, stem_eval.log, table.md, stem_accuracy.png
 #                 (default build-eval/eval-quick or build-eval/eval-full)
 #   --bin PATH    a stem_eval already built (the GPU machine's carried binary); otherwise this builds
@@ -45,7 +48,8 @@ if [ -z "$bin" ]; then
 fi
 
 args=(--model "$model" --device "$device" --json "$out/stem_eval.json")
-[ $quick = 1 ] && args+=(--quick)
+# Quick: issue 7's attention stage only (its passkey and perplexity are the long harness's below).
+[ $quick = 1 ] && args+=(--quick --tasks attention)
 start=$SECONDS
 "$bin" "${args[@]}" "${extra[@]}" 2>&1 | tee "$out/stem_eval.log"
 rc=${PIPESTATUS[0]}
@@ -60,3 +64,23 @@ if [ $install = 1 ] && ! "$python" -c "import matplotlib" 2> /dev/null; then
 fi
 "$python" "$root/bench/eval/report.py" "$out/stem_eval.json" --table "$out/table.md" --png "$out/stem_accuracy.png" ||
   { echo "run.sh: report failed"; exit 1; }
+
+if [ $quick = 1 ]; then
+  if ! "$python" -c "import tokenizers, jinja2" 2> /dev/null; then
+    echo "run.sh: $python lacks the tokenizers and jinja2 packages (scripts/bootstrap.sh installs them): the long-context part is skipped"
+    exit 77
+  fi
+  # The long-context harness on a tiny slice: prompts generated for the model's tokenizer (the
+  # tokenizers and jinja2 packages of .venv), perplexity in chunks of 512, niah_single at 1K.
+  "$python" "$root/bench/eval/make_tasks.py" --model "$model" --out "$out/tasks" --lengths 1024 --per-task 1 \
+    --tasks niah_single --doc-tokens 1024 --docs 1 --haystack-tokens 20000 2> "$out/make_tasks.log" ||
+    { tail -n 20 "$out/make_tasks.log"; echo "run.sh: make_tasks.py failed"; exit 1; }
+  start=$SECONDS
+  "$bin" --model "$model" --device "$device" --data "$out/tasks" --quick --tasks ppl,niah_single --chunk 512 \
+    --batch 2 --json "$out/long.json" > "$out/long.log" 2>&1 ||
+    { tail -n 30 "$out/long.log"; echo "run.sh: stem_eval --data failed"; exit 1; }
+  tail -n 6 "$out/long.log"
+  echo "run.sh: stem_eval --data took $((SECONDS - start)) s"
+  "$python" "$root/bench/eval/check_quick.py" --attention "$out/stem_eval.json" --long "$out/long.json" ||
+    { echo "run.sh: the quick figures are off (bench/eval/check_quick.py)"; exit 1; }
+fi

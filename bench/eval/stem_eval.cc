@@ -8,6 +8,10 @@
 //   3. ppl        perplexity of each document, every position scored from one prefill.
 // Results go to --json (rewritten after each stage); bench/eval/report.py makes the table and plot.
 // bench/eval/run.sh is the one command (build, run, report).
+//
+// With --data DIR (prompts from bench/eval/make_tasks.py) it runs the long-context evaluation
+// instead (issue 21; bench/eval/eval_long.h): calibration, attention timing, perplexity, the
+// RULER-style tasks and next-line completion, accumulating into --json (and --results).
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -18,6 +22,7 @@
 #include <sstream>
 
 #include "bench/eval/eval_attention.h"
+#include "bench/eval/eval_long.h"
 #include "bench/eval/eval_tasks.h"
 
 using namespace stem;
@@ -37,6 +42,7 @@ struct Args {
   std::vector<std::string> tasks = {"attention", "passkey", "ppl"}, families, names;
   std::string methods_from;
   int answer_tokens = 8;
+  LongOptions long_run;
 };
 
 bool has(const std::vector<std::string>& v, const std::string& x) { return std::find(v.begin(), v.end(), x) != v.end(); }
@@ -84,7 +90,43 @@ int main(int argc, char** argv) {
   app.add_option("--methods-from", a.methods_from,
                  "take the methods (calibrated settings, densities, errors) from an earlier run's JSON instead of "
                  "calibrating; with --tasks passkey,ppl the attention stage can run elsewhere (it is CPU work)");
+  LongOptions& L = a.long_run;
+  app.add_option("--data", L.data, "long-context evaluation: the prompts' folder (bench/eval/make_tasks.py)");
+  app.add_option("--results", L.results_in, "long: an earlier run's JSON to continue (its calibrated methods and records are kept)");
+  app.add_option("--from", L.from, "long: the first prompt index of each task and length")->capture_default_str();
+  app.add_option("--limit", L.limit, "long: prompts per task and length from --from (default all)");
+  app.add_option("--ppl-docs", L.docs, "long: the first n perplexity documents (default all)");
+  app.add_option("--batch", L.batch, "long: prompts decoded together")->capture_default_str();
+  app.add_option("--chunk", L.chunk, "long: perplexity prefill chunk, a multiple of 128 (0: one step)")->capture_default_str();
+  app.add_option("--calibrate-length", L.calibrate_length, "long: calibration prompt length (default the longest length)");
+  app.add_option("--timing-reps", L.timing_reps, "long: timed prefills per method")->capture_default_str();
+  app.add_option("--time-budget", L.time_budget, "long: stop before a unit of work that would end past this many seconds");
+  app.add_flag("--redo", L.redo, "long: run records again that the results already hold");
+  app.add_option("--gpu-name", L.gpu, "long: the card's name, recorded with the timings (gpu.sh passes nvidia-smi's)");
+  auto* targets_opt = app.get_option("--targets");
+  auto* tasks_opt = app.get_option("--tasks");
+  auto* min_len_opt = app.get_option("--min-prompt-len");
   CLI11_PARSE(app, argc, argv);
+  if (!L.data.empty()) {
+    L.model = a.model;
+    L.device = a.device;
+    L.json_out = a.json;
+    L.lengths = a.lengths;
+    L.methods = a.names;
+    L.families = a.families;
+    if (targets_opt->count() > 0) L.targets = a.targets;
+    if (tasks_opt->count() > 0) L.tasks = a.tasks;
+    if (min_len_opt->count() > 0) L.min_prompt_len = a.min_prompt_len;
+    L.quick = a.quick;
+    if (L.quick && min_len_opt->count() == 0) L.min_prompt_len = 512;
+    for (int i = 0; i < argc; ++i) L.command += (i ? " " : "") + std::string(argv[i]);
+    try {
+      return run_long(L);
+    } catch (const std::exception& e) {
+      spdlog::error("stem_eval: {}", e.what());
+      return 1;
+    }
+  }
   if (a.lengths.empty()) a.lengths = a.quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{2048, 4096, 6144, 8192};
   if (a.depths == 0) a.depths = a.quick ? 1 : 10;
   if (a.docs.empty()) a.docs = default_docs();

@@ -21,7 +21,7 @@ void check_stem_settings(const StemSettings& s) {
              s.budget_rate);
   STEM_CHECK(s.min_prompt_len >= 0, "Stem: minimum prompt length must be >= 0, got ", s.min_prompt_len);
   STEM_CHECK(s.selector == StemSelector::TopK || s.selector == StemSelector::Threshold ||
-                 s.selector == StemSelector::None,
+                 s.selector == StemSelector::None || s.selector == StemSelector::Adaptive,
              "Stem: unknown selector ", static_cast<int>(s.selector));
   STEM_CHECK(s.threshold > 0 && s.threshold <= 1, "Stem: the threshold (softmax mass to keep) must be in (0, 1], got ",
              s.threshold);
@@ -32,14 +32,15 @@ const char* stem_selector_name(StemSelector selector) {
     case StemSelector::TopK: return "topk";
     case StemSelector::Threshold: return "threshold";
     case StemSelector::None: return "none";
+    case StemSelector::Adaptive: return "adaptive";
   }
   return "?";
 }
 
 StemSelector parse_stem_selector(std::string_view name) {
-  for (StemSelector s : {StemSelector::TopK, StemSelector::Threshold, StemSelector::None})
+  for (StemSelector s : {StemSelector::TopK, StemSelector::Threshold, StemSelector::None, StemSelector::Adaptive})
     if (name == stem_selector_name(s)) return s;
-  throw Error("Stem: unknown selector '" + std::string(name) + "' (topk, threshold, none)");
+  throw Error("Stem: unknown selector '" + std::string(name) + "' (topk, threshold, none, adaptive)");
 }
 
 int64_t stem_num_blocks(int64_t prompt_len, const StemSettings& settings) {
@@ -63,9 +64,20 @@ namespace {
 int64_t decayed_row_budget(int64_t nb, int64_t block, const StemSettings& settings) {
   const int64_t ks = stem_start_budget(nb, settings);
   if (block < ks) return ks;
-  const int64_t span = nb - ks - 1;
-  const double fraction = span > 0 ? static_cast<double>(block - ks) / static_cast<double>(span) : 0.0;
-  const double k = static_cast<double>(ks) + fraction * (settings.alpha - 1.0) * static_cast<double>(ks);
+  // The reference's schedule past k_s, to the bit: floor(torch.linspace(k_s, α·k_s, nb − k_s,
+  // dtype=float64)) on the GPU. torch computes element n of `steps` with step = (end − start)/(steps − 1):
+  // start + step·n in the first half (n < steps/2), end − step·(steps − 1 − n) in the second, and nvcc
+  // fuses each into one fma (one rounding). The paper's expression k_s + (i − k_s)/(nb − k_s − 1)·(α − 1)·k_s,
+  // evaluated in double, floors to one block less or more on 52 (nb, i) pairs for nb ≤ 1100 at α = 0.7
+  // (tests/kernels/test_stem.cc lists them), where the exact value is an integer or lands within an ulp of one.
+  const int64_t steps = nb - ks, n = block - ks;
+  const double start = static_cast<double>(ks), end = static_cast<double>(ks) * settings.alpha;
+  double k = start;
+  if (steps > 1) {
+    const double step = (end - start) / static_cast<double>(steps - 1);
+    k = n < steps / 2 ? std::fma(step, static_cast<double>(n), start)
+                      : std::fma(-step, static_cast<double>(steps - 1 - n), end);
+  }
   return std::clamp<int64_t>(static_cast<int64_t>(std::floor(k)), 1, ks);
 }
 
@@ -105,7 +117,8 @@ std::vector<StemQueryBlock> stem_query_blocks(std::span<const int32_t> kv_lens, 
     const int64_t first_pos = kv_len - rows;
     const bool stem_sequence = sliding_window == 0 && prompt >= settings.min_prompt_len;
     const int64_t nb = stem_num_blocks(prompt, settings);
-    const bool top_k = settings.selector == StemSelector::TopK;
+    // TopK and Adaptive have the schedule's budget (Adaptive keeps at most that many by score).
+    const bool top_k = settings.selector == StemSelector::TopK || settings.selector == StemSelector::Adaptive;
     const int64_t always = settings.sink_blocks + settings.window_blocks;  // kept whatever the scores
     // Without position decay every row has the same budget: computed once, not per block.
     const int64_t uniform = stem_sequence && top_k && !settings.position_decay ? stem_uniform_budget(nb, settings) : 0;
@@ -122,7 +135,7 @@ std::vector<StemQueryBlock> stem_query_blocks(std::span<const int32_t> kv_lens, 
         b.sparse = true;
         b.budget = top_k ? static_cast<int32_t>(budget) : 0;
         b.key_end = static_cast<int32_t>(end);
-        const int64_t bound = settings.selector == StemSelector::TopK   ? budget + always
+        const int64_t bound = top_k                                     ? budget + always
                               : settings.selector == StemSelector::None ? always
                                                                         : i + 1;
         b.list_bound = static_cast<int32_t>(std::min(i + 1, bound));

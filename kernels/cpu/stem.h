@@ -16,6 +16,11 @@ enum class StemSelector : int32_t {
   TopK = 0,       // the k(i) highest scores (the position-decay budget)
   Threshold = 1,  // XAttention-style: the fewest blocks whose softmax mass of scores reaches `threshold`
   None = 2,       // nothing by score: the sink and window blocks only (StreamingLLM-like)
+  // Per-head adaptive budget inside the position-decay envelope: the fewest blocks whose softmax
+  // mass of scores reaches `threshold` (as Threshold), but never more than k(i) (as TopK): the
+  // shorter of the two prefixes of the same ranking. A head whose mass is concentrated keeps few
+  // blocks; one whose mass is spread keeps up to the schedule's budget.
+  Adaptive = 3,
 };
 
 // Every constant of the method, with the paper's defaults. The engine maps its flags onto these.
@@ -33,10 +38,10 @@ struct StemSettings {
   // lambda = 0 (the score is then the plain pooled estimate).
   StemSelector selector = StemSelector::TopK;
   bool position_decay = true;  // false: the decayed schedule's total budget spread evenly (TopK)
-  double threshold = 0.9;      // Threshold: the softmax mass of a row's block scores to keep, (0, 1]
+  double threshold = 0.9;      // Threshold, Adaptive: the softmax mass of a row's block scores to keep, (0, 1]
 };
 
-// "topk", "threshold", "none"; parse_stem_selector throws stem::Error naming the choices.
+// "topk", "threshold", "none", "adaptive"; parse_stem_selector throws stem::Error naming the choices.
 const char* stem_selector_name(StemSelector selector);
 StemSelector parse_stem_selector(std::string_view name);
 
@@ -64,10 +69,11 @@ int64_t stem_num_blocks(int64_t prompt_len, const StemSettings& settings);
 int64_t stem_start_budget(int64_t nb, const StemSettings& settings);
 
 // k(i): how many key blocks query block i keeps by score (before the sink and window blocks are
-// added). k_s while i < k_s, then decaying linearly to alpha·k_s at i = nb − 1, evaluated in
-// double in the paper's order (k_s + (i − k_s)/(nb − k_s − 1)·(α − 1)·k_s), floored, clamped to
-// [1, k_s]. When nb − k_s − 1 = 0 the fraction is taken as 0. Without position decay: the uniform
-// budget (stem_uniform_budget), the same for every block.
+// added). k_s while i < k_s, then decaying linearly to alpha·k_s at i = nb − 1: exactly the
+// reference's floor(torch.linspace(k_s, α·k_s, nb − k_s, dtype=float64))[i − k_s] as torch computes
+// it on the GPU (step = (end − start)/(steps − 1); start + step·n for n < steps/2, else
+// end − step·(steps − 1 − n), each one fma), clamped to [1, k_s]. Without position decay: the
+// uniform budget (stem_uniform_budget), the same for every block.
 int64_t stem_row_budget(int64_t nb, int64_t block, const StemSettings& settings);
 
 // The budget without position decay: the k for every query block that keeps, in total over the
@@ -95,7 +101,7 @@ struct StemQueryBlock {
 //     min((i+1)B, kv_len) = min((i+1)B, prompt_len) (a chunk that ends mid-block leaves that
 //     block dense, and so does the next chunk that starts mid-block: their query rows are not all
 //     at hand, and the pooled estimate needs all of them);
-//   - selecting can drop something: k(i) < i + 1 for TopK (the first k_s blocks are dense), and
+//   - selecting can drop something: k(i) < i + 1 for TopK and Adaptive (the first k_s blocks are dense), and
 //     i + 1 > sink_blocks + window_blocks for Threshold and None (their budget is 0: unused).
 // Sequences with no rows this step have no blocks.
 std::vector<StemQueryBlock> stem_query_blocks(std::span<const int32_t> kv_lens, std::span<const int32_t> query_start,

@@ -208,6 +208,12 @@ StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorV
         for (int32_t j : stem_top_k(score, b.budget)) keep[j] = 1;
       else if (settings.selector == StemSelector::Threshold)
         for (int32_t j : stem_threshold_select(score, settings.threshold)) keep[j] = 1;
+      else if (settings.selector == StemSelector::Adaptive) {
+        // Both are prefixes of the ranking by (score desc, j asc): the shorter one.
+        std::vector<int32_t> kept = stem_threshold_select(score, settings.threshold);
+        if (static_cast<int64_t>(kept.size()) > b.budget) kept = stem_top_k(score, b.budget);
+        for (int32_t j : kept) keep[j] = 1;
+      }
       for (int64_t j = 0; j < std::min<int64_t>(settings.sink_blocks, b.block + 1); ++j) keep[j] = 1;
       for (int64_t j = std::max<int64_t>(0, b.block - settings.window_blocks + 1); j <= b.block; ++j) keep[j] = 1;
       std::vector<int32_t>& list = chosen[static_cast<size_t>(r * q_heads + h)];

@@ -162,6 +162,11 @@ void check_stem_cuda(const StemSettings& st, int64_t head_dim) {
   STEM_CHECK(st.stride * head_dim % 64 == 0, "stem (CUDA): stride · head dim must be a multiple of 64");
 }
 
+// *skipped += causal − listed, where listed is the lists' total (the offsets' last entry).
+__global__ void count_skipped_kernel(const int32_t* listed, long long causal, long long* skipped) {
+  *skipped += causal - *listed;
+}
+
 // Launch 5 for one selector (select_kernel's template argument).
 template <StemSelector kSelector>
 void launch_select(dim3 grid, int smem, cudaStream_t stream, const Params& p) {
@@ -283,6 +288,8 @@ struct StemPlanner {
         launch_select<StemSelector::TopK>(grid, smem, stream, p);
       } else if (st.selector == StemSelector::Threshold) {
         launch_select<StemSelector::Threshold>(grid, smem, stream, p);
+      } else if (st.selector == StemSelector::Adaptive) {
+        launch_select<StemSelector::Adaptive>(grid, smem, stream, p);
       } else {
         launch_select<StemSelector::None>(grid, smem, stream, p);
       }
@@ -367,7 +374,7 @@ StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorV
 void stem_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                   const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
                   const StemBatch& host, float scale, int64_t sliding_window, const StemSettings& settings,
-                  cudaStream_t stream) {
+                  cudaStream_t stream, long long* skipped) {
   const attn::AttentionShape shape =
       attn::check_attention("stem_prefill", out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale,
                             sliding_window);
@@ -401,6 +408,17 @@ void stem_prefill(const TensorView& out, const TensorView& q, const TensorView& 
                                           std::move(blocks), host, scale, settings, stream, nullptr);
   block_sparse_prefill(out, q, k_cache, v_cache, page_table, kv_lens, query_start, plan.qblocks(), plan.block_offsets(),
                        plan.block_indices(), scale, sliding_window, stream);
+  if (skipped && plan.n_qblocks() > 0) {
+    // Every planned list against its causal blocks: a dense list holds them all (from the window's
+    // first block), so only the sparse ones leave any out.
+    long long causal = 0;
+    for (const StemQueryBlock& b : plan.blocks())
+      causal += b.sparse ? int64_t{b.block} + 1 : int64_t{b.block} - b.first_key + 1;
+    causal *= shape.q_heads;
+    count_skipped_kernel<<<1, 1, 0, stream>>>(plan.block_offsets().ptr<int32_t>() + plan.n_qblocks() * shape.q_heads,
+                                              causal, skipped);
+    STEM_CUDA_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace stem::cuda

@@ -94,9 +94,12 @@ StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorV
 // windows) go to paged_attention unchanged; otherwise sequences with few rows and no sparse block
 // go to the decode kernel and the rest through stem_plan + block_sparse_prefill. The caller keeps
 // layers below settings.dense_layers on paged_attention (stem_layer_sparse).
+// skipped (optional, device memory): the causal (query block, head, key block) triples the lists
+// leave out are added to *skipped, stream-ordered, so that a caller can count the step's block
+// density without reading the lists back (the CPU backend's StemStepStats::skipped_key_blocks).
 void stem_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                   const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
                   const StemBatch& host, float scale, int64_t sliding_window, const StemSettings& settings,
-                  cudaStream_t stream);
+                  cudaStream_t stream, long long* skipped = nullptr);
 
 }  // namespace stem::cuda

@@ -87,6 +87,20 @@ __device__ Cut threshold_cut(const uint32_t* keys, int n, double tau) {
   return {lo, max(1, min(need, equal)), equal};
 }
 
+// How many of the n keys are above `at`; every thread gets the count.
+__device__ int count_above(const uint32_t* keys, int n, uint32_t at) {
+  __shared__ int count;
+  if (threadIdx.x == 0) count = 0;
+  __syncthreads();
+  int mine = 0;
+  for (int j = threadIdx.x; j < n; j += kSelectThreads) mine += keys[j] > at;
+  atomicAdd(&count, mine);
+  __syncthreads();
+  const int total = count;
+  __syncthreads();  // count is reused by the next call
+  return total;
+}
+
 // Shared memory of the select kernel for estimate rows of `cols` entries: the keys and the bonus.
 inline int select_smem_bytes(int cols) { return cols * 4 + cols * 4; }
 
@@ -96,8 +110,10 @@ inline int select_smem_bytes(int cols) { return cols * 4 + cols * 4; }
 // most significant first, a shared histogram each), and one pass that keeps the keys above it,
 // the first equal ones in ascending j (ties to the lower block), the sinks and the window,
 // compacted into the head's slot in ascending j. Grid (rows, Hkv). kSelector: TopK is Stem (the
-// radix select); Threshold cuts where threshold_cut says instead; None keeps the sinks and the
-// window alone (no scores are read: the estimate is not computed for it).
+// radix select); Threshold cuts where threshold_cut says instead; Adaptive takes the threshold's
+// cut when it keeps at most k(i) blocks and the radix select's otherwise (the shorter prefix of the
+// same ranking); None keeps the sinks and the window alone (no scores are read: the estimate is
+// not computed for it).
 template <StemSelector kSelector>
 __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Params p) {
   using Scan = cub::BlockScan<int, kSelectThreads>;
@@ -136,14 +152,21 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Params p) 
     // the digit whose bucket holds the remaining-th largest.
     uint32_t prefix = 0, mask = 0;
     int remaining = row.budget, equal = 0;
-    if constexpr (kSelector == StemSelector::Threshold) {
+    bool radix = kSelector == StemSelector::TopK;  // the same in every thread (block-wide values only)
+    if constexpr (kSelector == StemSelector::Threshold || kSelector == StemSelector::Adaptive) {
       __syncthreads();  // keys ready
       const Cut cut = threshold_cut(keys, n, p.threshold);
       prefix = cut.prefix, remaining = cut.remaining, equal = cut.equal;
+      if constexpr (kSelector == StemSelector::Adaptive) {
+        if (count_above(keys, n, cut.prefix) + cut.remaining > row.budget) {
+          radix = true;  // the threshold wants more than k(i): the top-k(i) instead
+          prefix = 0, remaining = row.budget, equal = 0;
+        }
+      }
     } else if constexpr (kSelector == StemSelector::None) {
       prefix = 0xFFFFFFFFu, remaining = 0;  // no key is above it, none of the equal ones is kept
     }
-    for (int shift = 24; shift >= 0 && kSelector == StemSelector::TopK; shift -= 8) {
+    for (int shift = 24; shift >= 0 && radix; shift -= 8) {
       hist[tid] = 0;  // kSelectThreads == 256 bins
       __syncthreads();
       // Most keys share their top digit (sign and exponent): lanes with equal digits add once.

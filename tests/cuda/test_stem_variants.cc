@@ -51,6 +51,24 @@ std::vector<Variant> variants() {
   st.selector = StemSelector::None;
   st.window_blocks = 6;
   v.push_back({"sink + window", st});
+  // The reference's HPC operating point (AngelSlim's hpc backend defaults): stride 16, λ 0.3, α 1.0.
+  st = StemSettings{};
+  st.min_prompt_len = 0;
+  st.budget_rate = 0.5;
+  st.stride = 16;
+  st.lambda = 0.3;
+  st.alpha = 1.0;
+  v.push_back({"reference hpc: stride 16, lambda 0.3, alpha 1", st});
+  // The adaptive budget: the threshold's blocks, at most k(i) (both branches at these settings).
+  st = StemSettings{};
+  st.min_prompt_len = 0;
+  st.budget_rate = 0.5;
+  st.selector = StemSelector::Adaptive;
+  st.threshold = 0.6;
+  v.push_back({"adaptive 0.6 within rate 0.5", st});
+  st.threshold = 0.97;
+  st.budget_rate = 0.25;
+  v.push_back({"adaptive 0.97 within rate 0.25", st});
   return v;
 }
 
@@ -63,6 +81,8 @@ std::pair<float, float> cut_scores(const std::vector<float>& ranked, const StemQ
   size_t kept = 0;
   if (st.selector == StemSelector::TopK) kept = static_cast<size_t>(b.budget);
   if (st.selector == StemSelector::Threshold) kept = cpu::stem_threshold_select(ranked, st.threshold).size();
+  if (st.selector == StemSelector::Adaptive)
+    kept = std::min(cpu::stem_threshold_select(ranked, st.threshold).size(), static_cast<size_t>(b.budget));
   if (kept == 0) return {NAN, NAN};
   return {sorted[kept - 1], kept < sorted.size() ? sorted[kept] : NAN};
 }

@@ -3,6 +3,7 @@
 // scores, the value bonus and the selection against their definitions, and the attention over the
 // lists against paged_attention. Chunked prefill's selections: tests/kernels/test_stem_chunks.cc.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <set>
 
@@ -56,6 +57,54 @@ TEST_CASE("stem budget rate scales k_s, and nb − k_s − 1 = 0 keeps k_s") {
   REQUIRE(stem_start_budget(64, st) == 63);
   CHECK(stem_row_budget(64, 63, st) == 63);
   CHECK(stem_row_budget(64, 62, st) == 63);
+}
+
+TEST_CASE("stem budget is the reference's float64 torch.linspace, to the block") {
+  // The reference (AngelSlim's stem, torch_impl.generate_exact_k_schedule) builds the rows past
+  // k_s as floor(torch.linspace(k_s, α·k_s, nb − k_s, dtype=float64)) on the GPU. The paper's
+  // expression k_s + (i − k_s)/(nb − k_s − 1)·(α − 1)·k_s in double is one block off on exactly
+  // these (nb, i) pairs for nb ≤ 1100 at α = 0.7; the expected values are the reference's, computed
+  // in exact rational arithmetic with one rounding per fused multiply-add (what nvcc emits for
+  // torch's start + step·n and end − step·(steps − 1 − n)), e.g. nb = 1024, i = 897: 92.4 + 126·2/45
+  // = 98 exactly, but the rounded step makes it 97.99999999999999.
+  const StemSettings st;
+  const std::vector<std::array<int64_t, 3>> differ = {
+      {91, 83, 35}, {162, 146, 33}, {181, 158, 35}, {185, 133, 38}, {187, 163, 35}, {267, 231, 41},
+      {267, 256, 39}, {334, 263, 48}, {337, 323, 44}, {364, 321, 48}, {364, 336, 47}, {364, 351, 46},
+      {381, 328, 50}, {387, 333, 50}, {439, 373, 54}, {439, 423, 51}, {482, 388, 59}, {505, 451, 59},
+      {560, 526, 61}, {584, 538, 63}, {600, 599, 62}, {601, 600, 62}, {602, 601, 62}, {603, 602, 62},
+      {604, 584, 63}, {604, 603, 62}, {605, 604, 62}, {606, 605, 62}, {607, 606, 62}, {608, 607, 62},
+      {609, 608, 62}, {622, 552, 67}, {661, 566, 71}, {667, 571, 71}, {815, 681, 83}, {827, 792, 79},
+      {861, 736, 86}, {867, 741, 86}, {914, 841, 87}, {960, 721, 98}, {964, 591, 104}, {964, 746, 97},
+      {964, 901, 90}, {967, 726, 98}, {967, 926, 89}, {1021, 872, 98}, {1024, 897, 97}, {1024, 942, 95},
+      {1024, 987, 93}, {1027, 877, 98}, {1061, 906, 101}, {1067, 911, 101},
+  };
+  auto paper = [&](int64_t nb, int64_t i) {
+    const int64_t ks = stem_start_budget(nb, st);
+    if (i < ks) return ks;
+    const int64_t span = nb - ks - 1;
+    const double fraction = span > 0 ? static_cast<double>(i - ks) / static_cast<double>(span) : 0.0;
+    const double k = static_cast<double>(ks) + fraction * (st.alpha - 1.0) * static_cast<double>(ks);
+    return std::clamp<int64_t>(static_cast<int64_t>(std::floor(k)), 1, ks);
+  };
+  REQUIRE(differ.size() == 52);
+  size_t found = 0;
+  for (int64_t nb = 1; nb <= 1100; ++nb)
+    for (int64_t i = 0; i < nb; ++i) {
+      const auto it = std::find_if(differ.begin(), differ.end(), [&](const auto& d) { return d[0] == nb && d[1] == i; });
+      if (it == differ.end()) {
+        if (stem_row_budget(nb, i, st) != paper(nb, i)) FAIL_CHECK("nb " << nb << " i " << i);
+      } else {
+        ++found;
+        CHECK(stem_row_budget(nb, i, st) == (*it)[2]);
+        CHECK(std::abs(paper(nb, i) - (*it)[2]) == 1);
+      }
+    }
+  CHECK(found == differ.size());
+  // The examples the issue names (nb = 1024: rows 897, 942, 987), and the schedule's last row is
+  // floor(α·k_s) as the reference's linspace ends exactly at its `end`.
+  CHECK(stem_row_budget(1024, 897, st) == 97);
+  CHECK(stem_row_budget(600, 599, st) == 62);  // k_s = 90, 90·0.7 = 62.99999999999999 in double
 }
 
 TEST_CASE("stem settings are checked") {
@@ -126,7 +175,9 @@ TEST_CASE("stem pooled estimate equals the materialised antidiagonal estimate") 
   };
   // The paper's blocks on a prompt just long enough to be sparse, and small blocks on a chunk
   // that ends mid-prompt (partial last block, key_end < kv_len).
-  const Shape shape = GENERATE(Shape{128, 8, 8300, 8300}, Shape{16, 4, 1500, 1500}, Shape{32, 8, 1700, 700});
+  // Stride 16 is the reference's HPC operating point (R = 8 groups a block).
+  const Shape shape = GENERATE(Shape{128, 8, 8300, 8300}, Shape{128, 16, 8300, 8300}, Shape{16, 4, 1500, 1500},
+                               Shape{32, 8, 1700, 700});
   INFO("B " << shape.block << " S " << shape.stride << " L " << shape.len);
   StemSettings st;
   st.block_size = shape.block;

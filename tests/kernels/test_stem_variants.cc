@@ -34,10 +34,11 @@ StemSettings small_blocks() {
 }  // namespace
 
 TEST_CASE("stem selectors: names, parsing and checks") {
-  for (StemSelector s : {StemSelector::TopK, StemSelector::Threshold, StemSelector::None})
+  for (StemSelector s : {StemSelector::TopK, StemSelector::Threshold, StemSelector::None, StemSelector::Adaptive})
     CHECK(parse_stem_selector(stem_selector_name(s)) == s);
   CHECK(std::string(stem_selector_name(StemSelector::Threshold)) == "threshold");
-  STEM_CHECK_ERROR(parse_stem_selector("xattention"), "topk, threshold, none");
+  CHECK(std::string(stem_selector_name(StemSelector::Adaptive)) == "adaptive");
+  STEM_CHECK_ERROR(parse_stem_selector("xattention"), "topk, threshold, none, adaptive");
   StemSettings st;
   CHECK(st.selector == StemSelector::TopK);  // the defaults are Stem
   CHECK(st.position_decay);
@@ -175,6 +176,46 @@ TEST_CASE("stem threshold selection keeps the fewest blocks whose softmax mass r
   }
 }
 
+TEST_CASE("stem adaptive keeps the threshold's blocks, at most k(i) of them") {
+  const uint64_t seed = ktest::test_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  StemSettings st = small_blocks();
+  st.selector = StemSelector::Adaptive;
+  st.budget_rate = 0.5;
+  const int64_t hq = 4, hkv = 2, d = 16;
+  // nb = 125 blocks of 16: k_s = int(0.2·125 + 30)·0.5 = 27, so blocks from 27 on are sparse
+  // (their budget k(i) < i + 1), as for TopK.
+  Step step(rng, hq, hkv, d, 8, {{2000, 2000}}, {2000}, 8.f);
+  int64_t from_threshold = 0, capped = 0;
+  for (double tau : {0.5, 0.95}) {
+    INFO("tau " << tau);
+    st.threshold = tau;
+    cpu::StemScores scores;
+    const cpu::StemPlan plan = step.plan(0.25f, st, &scores);
+    REQUIRE(scores.blocks.size() == 125 - 27);
+    for (size_t row = 0; row < scores.blocks.size(); ++row) {
+      const StemQueryBlock& b = scores.blocks[row];
+      CHECK(b.budget == stem_row_budget(125, b.block, st));
+      const int64_t item = b.block;  // one sequence from position 0: item b is query block b
+      for (int64_t h = 0; h < hq; ++h) {
+        std::vector<float> score(static_cast<size_t>(b.block + 1));
+        for (int32_t j = 0; j <= b.block; ++j) score[j] = scores.score(row, h, j);
+        const std::vector<int32_t> by_mass = cpu::stem_threshold_select(score, tau);
+        const bool fits = static_cast<int64_t>(by_mass.size()) <= b.budget;
+        std::set<int32_t> want = fits ? as_set(by_mass) : as_set(cpu::stem_top_k(score, b.budget));
+        (fits ? from_threshold : capped) += 1;
+        const std::set<int32_t> always = sink_and_window(b.block);
+        want.insert(always.begin(), always.end());
+        CHECK(as_set(plan.list(item, h)) == want);
+      }
+    }
+  }
+  // Both branches ran: concentrated heads stop early, spread ones hit the schedule's cap.
+  CHECK(from_threshold > 0);
+  CHECK(capped > 0);
+}
+
 TEST_CASE("stem with the None selector keeps the sink and window blocks only") {
   const uint64_t seed = ktest::test_seed();
   INFO("seed " << seed);
@@ -204,11 +245,12 @@ TEST_CASE("stem variants choose the same blocks chunked and unchunked") {
   INFO("seed " << seed);
   std::mt19937_64 rng(seed);
   StemSettings st = small_blocks();
-  const int variant = GENERATE(0, 1, 2, 3);
+  const int variant = GENERATE(0, 1, 2, 3, 4);
   if (variant == 0) st.position_decay = false;
   if (variant == 1) st.lambda = 0, st.position_decay = false;  // uniform top-k on the plain estimate
   if (variant == 2) st.selector = StemSelector::Threshold, st.threshold = 0.8;
   if (variant == 3) st.selector = StemSelector::None, st.window_blocks = 6;
+  if (variant == 4) st.selector = StemSelector::Adaptive, st.threshold = 0.8, st.budget_rate = 0.5;
   INFO("variant " << variant);
   const int32_t len = 2100, chunk = 256;
   Step step(rng, 4, 2, 16, 8, {{len, len}}, {len}, 4.f);
