@@ -29,7 +29,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/model_config.h"
+#include "base/model_config.h"
 #include "kernels/cuda/cuda_check.cuh"
 #include "models/cuda_backend.h"
 

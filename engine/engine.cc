@@ -6,11 +6,11 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "engine/chat_template.h"
+#include "text/chat_template.h"
 #include "engine/engine_sequence.h"
 #include "engine/stop_checker.h"
-#include "engine/tokenizer.h"
-#include "engine/weights.h"
+#include "text/tokenizer.h"
+#include "base/weights.h"
 
 namespace stem {
 

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/model_config.h"
+#include "base/model_config.h"
 #include "engine/page_allocator.h"
 #include "engine/request.h"
 #include "engine/sampler.h"

@@ -6,7 +6,7 @@
 
 #include "engine/engine.h"
 #include "engine/engine_sequence.h"
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace stem {
 

@@ -7,7 +7,7 @@
 
 #include "engine/request.h"
 #include "engine/stop_checker.h"
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace stem {
 

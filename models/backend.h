@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/model_config.h"
-#include "engine/tensor.h"
+#include "base/model_config.h"
+#include "base/tensor.h"
 #include "kernels/cpu/sampling.h"
 #include "kernels/cpu/stem.h"
 

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <string>
 
-#include "engine/weights.h"
+#include "base/weights.h"
 
 namespace stem {
 

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine/model_config.h"
+#include "base/model_config.h"
 #include "kernels/view.h"
 #include "models/cuda_memory.h"
 

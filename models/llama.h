@@ -3,9 +3,9 @@
 #pragma once
 #include <vector>
 
-#include "engine/model_config.h"
-#include "engine/tensor.h"
-#include "engine/weights.h"
+#include "base/model_config.h"
+#include "base/tensor.h"
+#include "base/weights.h"
 #include "models/backend.h"
 
 namespace stem {

@@ -10,7 +10,7 @@
 #include <memory>
 #include <mutex>
 
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 #include "server/grpc_context.h"
 #include "server/grpc_convert.h"
 

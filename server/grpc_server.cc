@@ -7,7 +7,7 @@
 
 #include <filesystem>
 
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 #include "server/auth.h"
 #include "server/grpc_auth_interceptor.h"
 #include "server/grpc_context.h"

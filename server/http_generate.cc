@@ -8,7 +8,7 @@
 #include <deque>
 #include <mutex>
 
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 #include "server/connection_probe.h"
 #include "server/http_context.h"
 #include "server/openai_response.h"

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <thread>
 
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 #include "server/auth.h"
 #include "server/http_context.h"
 #include "server/openai_response.h"

@@ -3,7 +3,7 @@
 #include <chrono>
 #include <random>
 
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace stem {
 

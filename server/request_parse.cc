@@ -4,7 +4,7 @@
 #include <filesystem>
 #include <optional>
 
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace stem {
 

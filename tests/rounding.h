@@ -24,7 +24,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine/model_config.h"
+#include "base/model_config.h"
 #include "engine/sampler.h"
 #include "tests/catch.h"
 

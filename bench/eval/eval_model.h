@@ -12,11 +12,11 @@
 #include <vector>
 
 #include "bench/eval/eval_methods.h"
-#include "engine/chat_template.h"
-#include "engine/model_config.h"
-#include "engine/tensor.h"
-#include "engine/tokenizer.h"
-#include "engine/weights.h"
+#include "text/chat_template.h"
+#include "base/model_config.h"
+#include "base/tensor.h"
+#include "text/tokenizer.h"
+#include "base/weights.h"
 #include "models/backend.h"
 
 namespace stem {

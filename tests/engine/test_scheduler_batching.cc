@@ -5,7 +5,7 @@
 #include <memory>
 
 #include "engine/engine.h"
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 #include "tests/rounding.h"
 #include "tests/test_util.h"
 

@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "engine/engine_loop.h"
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 #include "tests/rounding.h"
 #include "tests/test_util.h"
 

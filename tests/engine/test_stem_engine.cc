@@ -12,7 +12,7 @@
 #include <string>
 
 #include "engine/engine.h"
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 #include "tests/rounding.h"
 #include "tests/test_util.h"
 

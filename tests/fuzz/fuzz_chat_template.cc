@@ -6,7 +6,7 @@
 // Syntax and render errors must be ChatTemplateError (a stem::Error): nothing else may escape.
 #include <memory>
 
-#include "engine/chat_template.h"
+#include "text/chat_template.h"
 #include "tests/fuzz/fuzz_util.h"
 
 using nlohmann::ordered_json;

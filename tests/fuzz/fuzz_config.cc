@@ -2,7 +2,7 @@
 // model code divides and allocates by.
 #include <string>
 
-#include "engine/model_config.h"
+#include "base/model_config.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

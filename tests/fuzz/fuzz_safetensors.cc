@@ -6,7 +6,7 @@
 
 #include <cstdio>
 
-#include "engine/safetensors.h"
+#include "base/safetensors.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -10,7 +10,7 @@
 #include <memory>
 #include <vector>
 
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace fs = std::filesystem;

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/model_config.h"
+#include "base/model_config.h"
 #include "models/backend.h"
 #include "tests/cuda/gpu_test_util.h"
 

@@ -8,7 +8,7 @@
 // slightly different scores (bf16 activations against f32), so a block whose score ties another's
 // within rounding may be chosen on one side only; such rows differ by more than rounding, which is
 // why the test also checks that Stem's error is well below the distance between Stem and dense.
-#include "engine/weights.h"
+#include "base/weights.h"
 #include "models/cuda_backend.h"
 #include "tests/gpu_model/gpu_model_util.h"
 #include "tests/test_util.h"

@@ -12,7 +12,7 @@
 #include "tests/gpu_model/gpu_model_util.h"
 #include "tests/test_util.h"
 
-#include "engine/weights.h"
+#include "base/weights.h"
 
 using namespace stem;
 using namespace stem::gpu_model_test;

@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "engine/engine.h"
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 #include "tests/catch.h"
 
 namespace stem::hf_reference {

@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/engine.h"
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 #include "tests/test_util.h"
 
 using namespace stem;

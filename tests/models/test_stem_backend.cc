@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <random>
 
-#include "engine/model_config.h"
-#include "engine/weights.h"
+#include "base/model_config.h"
+#include "base/weights.h"
 #include "models/backend.h"
 #include "tests/rounding.h"
 #include "tests/test_util.h"

@@ -1,7 +1,7 @@
 // The gRPC front end without a network: protobuf requests land in the engine request with the
 // HTTP API's rules, errors carry the right status code and field, engine events become stream
 // messages; and our protobuf lives beside libsentencepiece's private copy in one process.
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 #include "server/grpc_context.h"
 #include "server/grpc_convert.h"
 #include "tests/test_util.h"

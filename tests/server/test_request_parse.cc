@@ -1,6 +1,6 @@
 // The OpenAI request parser and response builder without HTTP: fields land in the engine
 // request, bad fields name themselves, events become choices, chunks and usage.
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 #include "server/openai_response.h"
 #include "server/request_parse.h"
 #include "tests/test_util.h"
