@@ -101,13 +101,24 @@ nlohmann::json calibrate(Method& m, int64_t tokens, const std::function<double(c
     j["bracket"] = {a, b};
   } else {  // threshold: density grows with it
     double lo = 0.05, hi = 1.0, best = hi, best_gap = 2;
-    for (int step = 0; step < 14; ++step) {
+    // The lowest threshold first: when even it keeps more than the target (the always-kept blocks,
+    // or an envelope that is dense at this length), no bisection can reach it.
+    m.set_knob(lo);
+    ++runs;
+    const double floor_density = measure(m);
+    best = lo, best_gap = std::abs(floor_density - target);
+    if (floor_density >= target) {
+      best_gap = 0;
+      j["unreachable"] = true;
+      spdlog::warn("calibrate {}: even threshold {} keeps {:.2f}% of the blocks, above the target", m.name, lo,
+                   100 * floor_density);
+    }
+    for (int step = 0; step < 14 && best_gap > 0.002; ++step) {
       const double mid = (lo + hi) / 2;
       m.set_knob(mid);
       ++runs;
       const double d = measure(m);
       if (std::abs(d - target) < best_gap) best = mid, best_gap = std::abs(d - target);
-      if (best_gap <= 0.002) break;
       (d >= target ? hi : lo) = mid;
     }
     m.set_knob(best);
