@@ -90,16 +90,10 @@ const Tokenizer& Engine::tokenizer() const {
   return *tokenizer_;
 }
 
-std::string Engine::apply_chat_template(const std::string& messages_json, bool add_generation_prompt) const {
+std::string Engine::apply_chat_template(const nlohmann::ordered_json& messages, bool add_generation_prompt) const {
   if (!chat_template_) throw Error(model_dir_.string() + ": the model has no chat template");
-  nlohmann::ordered_json messages;
-  try {
-    messages = nlohmann::ordered_json::parse(messages_json);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw Error(std::string("messages are not valid JSON: ") + e.what());
-  }
   ChatTemplateInputs in;
-  in.messages = std::move(messages);
+  in.messages = messages;
   in.add_generation_prompt = add_generation_prompt;
   return chat_template_->render(in);
 }

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <list>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -85,8 +86,9 @@ class Engine {
   const ModelChatTemplate* chat_template() const { return chat_template_.get(); }
   const std::vector<int32_t>& eos_token_ids() const { return eos_ids_; }
 
-  // Renders messages (a JSON array of {role, content}) with the model's chat template.
-  std::string apply_chat_template(const std::string& messages_json, bool add_generation_prompt) const;
+  // Renders messages (a JSON array of {role, content}) with the model's chat template; the
+  // front ends hand over the parsed messages themselves, not a string to parse again.
+  std::string apply_chat_template(const nlohmann::ordered_json& messages, bool add_generation_prompt) const;
 
   // Throws stem::Error naming what is wrong: empty or too long prompt, token ids outside the
   // vocabulary, sampling values out of range, n < 1, a request the KV cache can never hold.

@@ -103,10 +103,10 @@ int run_generate(const GenerateArgs& a) {
   Engine engine(a.model, opts);
   std::string text = a.prompt;
   if (a.chat) {
-    nlohmann::json messages = nlohmann::json::array();
+    nlohmann::ordered_json messages = nlohmann::ordered_json::array();
     if (!a.system.empty()) messages.push_back({{"role", "system"}, {"content", a.system}});
     messages.push_back({{"role", "user"}, {"content", a.prompt}});
-    text = engine.apply_chat_template(messages.dump(), true);
+    text = engine.apply_chat_template(messages, true);
   }
   GenerateRequest req;
   // A chat template writes its own BOS; a raw prompt gets the tokenizer's special tokens.

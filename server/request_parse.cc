@@ -143,7 +143,7 @@ std::vector<int32_t> chat_prompt(const json& body, const Engine& engine) {
   const bool add_generation_prompt = get_bool(body, "add_generation_prompt").value_or(true);
   std::string text;
   try {
-    text = engine.apply_chat_template(messages.dump(), add_generation_prompt);
+    text = engine.apply_chat_template(nlohmann::ordered_json(messages), add_generation_prompt);
   } catch (const std::exception& e) {
     bad("messages", std::string("the chat template could not render these messages: ") + e.what());
   }

@@ -135,7 +135,7 @@ inline nlohmann::json check_reference(const std::filesystem::path& dir, EngineOp
 
   int64_t chat_same = 0, chat_total = 0;
   for (const auto& c : ref.value("chat", nlohmann::json::array())) {
-    const std::string text = engine.apply_chat_template(c.at("messages").dump(), true);
+    const std::string text = engine.apply_chat_template(nlohmann::ordered_json(c.at("messages")), true);
     const auto ids = engine.tokenizer().encode(text, false);
     INFO("chat template on " << c.at("messages").dump());
     CHECK(text == c.at("text").get<std::string>());

@@ -31,7 +31,7 @@ TEST_CASE("default model: greedy continuations equal transformers'") {
     INFO("case " << name);
     const auto prompt_ids = c["prompt_ids"].get<std::vector<int32_t>>();
     std::string prompt = c["prompt"];
-    if (c["kind"] == "chat") CHECK(engine.apply_chat_template(c["messages"].dump(), true) == prompt);
+    if (c["kind"] == "chat") CHECK(engine.apply_chat_template(nlohmann::ordered_json(c["messages"]), true) == prompt);
     CHECK(engine.tokenizer().encode(prompt, false) == prompt_ids);
 
     GenerateRequest req;
@@ -60,7 +60,8 @@ TEST_CASE("default model: the chat answer names Paris and stops at <|im_end|>") 
   opts.max_model_len = 512;
   Engine engine(model, opts);
   const std::string prompt =
-      engine.apply_chat_template(R"([{"role":"user","content":"What is the capital of France?"}])", true);
+      engine.apply_chat_template(nlohmann::ordered_json::parse(R"([{"role":"user","content":"What is the capital of France?"}])"),
+                                  true);
   GenerateRequest req;
   req.prompt = engine.tokenizer().encode(prompt, false);
   req.sampling.temperature = 0;

@@ -77,7 +77,7 @@ TEST_CASE("request parse: defaults, token-id prompts and chat messages") {
   auto chat = parse_generation(ApiKind::Chat, parse_json_body(R"({"messages": [
       {"role": "user", "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]}],
       "logprobs": true, "top_logprobs": 2})"), served());
-  const std::string rendered = engine().apply_chat_template(R"([{"role":"user","content":"Hello"}])", true);
+  const std::string rendered = engine().apply_chat_template(nlohmann::ordered_json::parse(R"([{"role":"user","content":"Hello"}])"), true);
   CHECK(chat.request.prompt == engine().tokenizer().encode(rendered, false));
   // Chat defaults to what the context leaves.
   CHECK(chat.request.stop.max_tokens == 128 - static_cast<int32_t>(chat.request.prompt.size()));
