@@ -53,6 +53,32 @@ std::string sse(const ojson& j) {
   return "data: " + j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n";
 }
 
+// Takes the request's events until its n sequences have finished, handing each to `on_event`.
+// Every kPoll (by the clock: events may come faster) it looks at the connection and cancels the
+// request when the client has gone away; the engine drops it and frees its pages at its next step.
+// Returns false when it stopped early: the client went away, or on_event returned false.
+template <typename OnEvent>
+bool follow_events(Exchange& x, ConnectionProbe& probe, const std::string& id, int32_t n, OnEvent&& on_event) {
+  int32_t open = n;
+  auto next_probe = Clock::now() + kPoll;
+  while (open > 0) {
+    std::deque<TokenEvent> events = x.take(kPoll);
+    if (Clock::now() >= next_probe) {
+      next_probe = Clock::now() + kPoll;
+      if (!x.cancelled->load() && probe.closed()) {
+        spdlog::info("{}: client went away; cancelling", id);
+        x.cancelled->store(true);
+        return false;
+      }
+    }
+    for (const TokenEvent& e : events) {
+      open -= e.finished;
+      if (!on_event(e)) return false;
+    }
+  }
+  return true;
+}
+
 // An engine abort (shutdown, internal error) as the client sees it.
 ApiError abort_error(const std::string& why) {
   return why.rfind("internal error", 0) == 0 ? ApiError(500, why) : ApiError(503, why);
@@ -87,24 +113,12 @@ void handle_generation(HttpContext& ctx, ApiKind kind, const httplib::Request& r
                   builder->id(), req.remote_addr, req.remote_port, req.local_port);
 
   if (!parsed.stream) {
-    int32_t open = n;
     std::string aborted;
-    auto next_probe = Clock::now() + kPoll;
-    while (open > 0) {
-      std::deque<TokenEvent> events = x->take(kPoll);
-      // Events may come faster than the poll interval: look at the connection by the clock.
-      if (Clock::now() >= next_probe && !x->cancelled->load() && probe->closed()) {
-        spdlog::info("{}: client went away; cancelling", builder->id());
-        x->cancelled->store(true);  // the engine drops it and frees its pages at its next step
-      }
-      if (Clock::now() >= next_probe) next_probe = Clock::now() + kPoll;
-      for (const TokenEvent& e : events) {
-        builder->add(e);
-        if (!e.finished) continue;
-        --open;
-        if (e.finish == FinishReason::Abort) aborted = e.error;
-      }
-    }
+    follow_events(*x, *probe, builder->id(), n, [&](const TokenEvent& e) {
+      builder->add(e);
+      if (e.finished && e.finish == FinishReason::Abort) aborted = e.error;
+      return true;
+    });
     if (x->cancelled->load()) return;  // nobody is left to read an answer
     if (!aborted.empty()) return send_error(res, abort_error(aborted));
     return send_json(res, 200, builder->response());
@@ -124,26 +138,15 @@ void handle_generation(HttpContext& ctx, ApiKind kind, const httplib::Request& r
         if (chat)
           for (int32_t i = 0; i < n; ++i)
             if (!write(sse(builder->role_chunk(i)))) return false;
-        int32_t open = n;
-        auto next_probe = Clock::now() + kPoll;
-        while (open > 0) {
-          std::deque<TokenEvent> events = x->take(kPoll);
-          if (Clock::now() >= next_probe && (next_probe = Clock::now() + kPoll, probe->closed())) {
-            spdlog::info("{}: client went away; cancelling", builder->id());
-            x->cancelled->store(true);
-            return false;
+        const bool all = follow_events(*x, *probe, builder->id(), n, [&](const TokenEvent& e) {
+          ojson chunk = builder->add(e);
+          if (e.finished && e.finish == FinishReason::Abort) {
+            const ApiError err = abort_error(e.error);
+            return write(sse(error_body(err.what(), err.type(), "", err.status())));
           }
-          for (const TokenEvent& e : events) {
-            ojson chunk = builder->add(e);
-            if (e.finished) --open;
-            if (e.finished && e.finish == FinishReason::Abort) {
-              const ApiError err = abort_error(e.error);
-              if (!write(sse(error_body(err.what(), err.type(), "", err.status())))) return false;
-            } else if (!chunk.is_null() && !write(sse(chunk))) {
-              return false;
-            }
-          }
-        }
+          return chunk.is_null() || write(sse(chunk));
+        });
+        if (!all) return false;
         if (include_usage && !write(sse(builder->usage_chunk()))) return false;
         if (!write("data: [DONE]\n\n")) return false;
         sink.done();
