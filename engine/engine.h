@@ -90,12 +90,25 @@ class Engine {
   // front ends hand over the parsed messages themselves, not a string to parse again.
   std::string apply_chat_template(const nlohmann::ordered_json& messages, bool add_generation_prompt) const;
 
+  // A request that validate() accepted. Only validate() makes one, so what takes it checks nothing
+  // again: EngineLoop validates on the caller's thread (the error goes back to the client) and
+  // queues the ValidatedRequest for the engine's thread.
+  class ValidatedRequest {
+   public:
+    const GenerateRequest& get() const { return request_; }
+
+   private:
+    friend class Engine;
+    explicit ValidatedRequest(GenerateRequest r) : request_(std::move(r)) {}
+    GenerateRequest request_;
+  };
   // Throws stem::Error naming what is wrong: empty or too long prompt, token ids outside the
   // vocabulary, sampling values out of range, n < 1, a request the KV cache can never hold.
-  void validate(const GenerateRequest& request) const;
-  // Validates and queues a request; its sequences' events go to `sink` from the thread that
-  // calls step(). A request with no room to generate (max_tokens 0) finishes here.
-  void add_request(GenerateRequest request, StreamSink sink);
+  ValidatedRequest validate(GenerateRequest request) const;
+  // Queues a request; its sequences' events go to `sink` from the thread that calls step(). A
+  // request with no room to generate (max_tokens 0) finishes here.
+  void add_request(ValidatedRequest request, StreamSink sink);
+  void add_request(GenerateRequest request, StreamSink sink) { add_request(validate(std::move(request)), std::move(sink)); }
   bool has_work() const { return !active_.empty(); }
   // One scheduling step: drops cancelled requests (freeing their pages), runs one forward pass
   // over the scheduled decode tokens and prefill chunks, samples and streams. No-op when idle.

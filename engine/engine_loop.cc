@@ -24,9 +24,9 @@ EngineLoop::~EngineLoop() {
   thread_.join();
 }
 
-void EngineLoop::submit(GenerateRequest request, StreamSink sink) {
-  engine_.validate(request);
-  const int64_t n = request.n;
+void EngineLoop::submit(GenerateRequest raw, StreamSink sink) {
+  Engine::ValidatedRequest request = engine_.validate(std::move(raw));
+  const int64_t n = request.get().n;
   {
     std::lock_guard lock(mu_);
     if (!accepting_) throw ShuttingDownError("the server is shutting down and takes no new requests");
@@ -83,7 +83,7 @@ void EngineLoop::run() {
       abort_ = false;
     }
     for (Pending& p : batch) {
-      const int32_t n = p.request.n;
+      const int32_t n = p.request.get().n;
       try {
         engine_.add_request(std::move(p.request), p.sink);
       } catch (const std::exception& e) {

@@ -50,7 +50,7 @@ class EngineLoop {
 
  private:
   struct Pending {
-    GenerateRequest request;
+    Engine::ValidatedRequest request;
     StreamSink sink;
   };
   void run();

@@ -38,7 +38,7 @@ uint64_t splitmix64(uint64_t& s) {
 }
 }  // namespace
 
-void Engine::validate(const GenerateRequest& req) const {
+Engine::ValidatedRequest Engine::validate(GenerateRequest req) const {
   const int64_t n = static_cast<int64_t>(req.prompt.size());
   if (n == 0) throw Error("the prompt is empty");
   if (n >= max_model_len_)
@@ -53,14 +53,14 @@ void Engine::validate(const GenerateRequest& req) const {
     throw Error("n is " + std::to_string(req.n) + "; at most max_num_seqs (" + std::to_string(options_.max_num_seqs) +
                 ") sequences run at once");
   if (!req.stop.stop.empty() && !tokenizer_) throw Error("stop strings need a tokenizer");
+  return ValidatedRequest(std::move(req));
 }
 
-void Engine::add_request(GenerateRequest req, StreamSink sink) {
-  validate(req);
+void Engine::add_request(ValidatedRequest valid, StreamSink sink) {
   auto a = std::make_unique<Active>();
-  a->prompt_len = static_cast<int64_t>(req.prompt.size());
-  const int64_t max_new = std::min<int64_t>(req.stop.max_tokens, max_model_len_ - a->prompt_len);
-  a->request = std::move(req);
+  a->request = std::move(valid.request_);
+  a->prompt_len = static_cast<int64_t>(a->request.prompt.size());
+  const int64_t max_new = std::min<int64_t>(a->request.stop.max_tokens, max_model_len_ - a->prompt_len);
   a->sink = std::move(sink);
   const GenerateRequest& r = a->request;
   for (int32_t i = 0; i < r.n; ++i) {
