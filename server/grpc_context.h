@@ -9,7 +9,7 @@
 #include "engine/engine_loop.h"
 #include "server/api_error.h"
 #include "server/metrics.h"
-#include "server/request_parse.h"
+#include "server/api_request.h"
 
 namespace stem {
 
@@ -27,7 +27,8 @@ struct GrpcContext {
 grpc::Status admit(const GrpcContext& ctx, const grpc::CallbackServerContext* call);
 
 // The gRPC code for an API error: 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 404 NOT_FOUND,
-// 413/429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, the rest INTERNAL. The message names the field.
+// 413/429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, the rest INTERNAL. The message starts with the
+// field's name as the proto calls it ("max_tokens: ...", "'text' must not be empty").
 grpc::Status status_of(const ApiError& error);
 
 // Generate: validates, submits to the engine loop and streams the events back; a client's

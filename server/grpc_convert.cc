@@ -13,23 +13,24 @@ namespace {
 
 [[noreturn]] void bad(const std::string& param, const std::string& message) { throw ApiError(400, message, param); }
 
-json chat_messages(const v1::ChatMessages& chat) {
-  json messages = json::array();
-  for (const v1::ChatMessage& m : chat.messages()) messages.push_back({{"role", m.role()}, {"content", m.content()}});
-  return messages;
+ChatPrompt chat_prompt(const v1::ChatMessages& chat) {
+  ChatPrompt out;
+  for (const v1::ChatMessage& m : chat.messages()) out.messages.push_back({{"role", m.role()}, {"content", m.content()}});
+  if (chat.has_add_generation_prompt()) out.add_generation_prompt = chat.add_generation_prompt();
+  return out;
 }
 
-json token_ids(const v1::TokenIds& ids) { return json(std::vector<int32_t>(ids.ids().begin(), ids.ids().end())); }
+std::vector<int64_t> ids_of(const google::protobuf::RepeatedField<int32_t>& ids) { return {ids.begin(), ids.end()}; }
 
-void add_sampling(const v1::SamplingParams& s, json& body) {
-  if (s.has_temperature()) body["temperature"] = s.temperature();
-  if (s.has_top_p()) body["top_p"] = s.top_p();
-  if (s.has_top_k()) body["top_k"] = s.top_k();
-  if (s.has_min_p()) body["min_p"] = s.min_p();
-  if (s.has_repetition_penalty()) body["repetition_penalty"] = s.repetition_penalty();
-  if (s.has_presence_penalty()) body["presence_penalty"] = s.presence_penalty();
-  if (s.has_frequency_penalty()) body["frequency_penalty"] = s.frequency_penalty();
-  if (s.has_seed()) body["seed"] = s.seed();
+void read_sampling(const v1::SamplingParams& s, GenerationFields& f) {
+  if (s.has_temperature()) f.temperature = s.temperature();
+  if (s.has_top_p()) f.top_p = s.top_p();
+  if (s.has_top_k()) f.top_k = s.top_k();
+  if (s.has_min_p()) f.min_p = s.min_p();
+  if (s.has_repetition_penalty()) f.repetition_penalty = s.repetition_penalty();
+  if (s.has_presence_penalty()) f.presence_penalty = s.presence_penalty();
+  if (s.has_frequency_penalty()) f.frequency_penalty = s.frequency_penalty();
+  if (s.has_seed()) f.seed = s.seed();
 }
 
 // The token decoded alone, as the HTTP API reports it: a lone byte of a multi-byte character
@@ -41,75 +42,58 @@ std::string token_text(const Tokenizer& tokenizer, int32_t id) {
 
 }  // namespace
 
-ParsedGeneration parse_grpc_generate(const v1::GenerateRequest& in, const ServedModel& model) {
-  json body = json::object();
-  if (!in.model().empty()) body["model"] = in.model();
-  ApiKind kind = ApiKind::Completion;
+GenerationFields generation_fields(const v1::GenerateRequest& in) {
+  GenerationFields f;
+  f.model = in.model();
   switch (in.prompt_case()) {
     case v1::GenerateRequest::kText:
-      if (in.text().empty()) bad("text", "'text' must not be empty");
-      body["prompt"] = in.text();
+      f.prompt = in.text();
+      f.prompt_field = "text";
       break;
     case v1::GenerateRequest::kTokenIds:
-      if (in.token_ids().ids().empty()) bad("token_ids", "'token_ids' must not be empty");
-      body["prompt"] = token_ids(in.token_ids());
+      f.prompt = ids_of(in.token_ids().ids());
+      f.prompt_field = "token_ids";
       break;
     case v1::GenerateRequest::kChat:
-      if (in.chat().messages().empty()) bad("chat.messages", "'chat.messages' must not be empty");
-      kind = ApiKind::Chat;
-      body["messages"] = chat_messages(in.chat());
-      if (in.chat().has_add_generation_prompt()) body["add_generation_prompt"] = in.chat().add_generation_prompt();
+      f.prompt = chat_prompt(in.chat());
+      f.prompt_field = "chat.messages";
       break;
     default:
       bad("prompt", "set the prompt: one of 'text', 'token_ids' or 'chat'");
   }
-  if (in.has_sampling()) add_sampling(in.sampling(), body);
-  if (in.has_max_tokens()) body["max_tokens"] = in.max_tokens();
-  if (in.stop_size()) body["stop"] = std::vector<std::string>(in.stop().begin(), in.stop().end());
-  if (in.stop_token_ids_size())
-    body["stop_token_ids"] = std::vector<int32_t>(in.stop_token_ids().begin(), in.stop_token_ids().end());
-  body["ignore_eos"] = in.ignore_eos();
-  body["include_stop_str_in_output"] = in.include_stop_str_in_output();
-  if (in.n() != 0) body["n"] = in.n();
-  if (in.top_logprobs() > 20) bad("top_logprobs", "'top_logprobs' must be in [0, 20]");
-  if (in.top_logprobs() > 0 && !in.logprobs()) bad("top_logprobs", "'top_logprobs' needs 'logprobs': true");
-  if (kind == ApiKind::Chat) {
-    body["logprobs"] = in.logprobs();
-    body["top_logprobs"] = in.top_logprobs();
-  } else if (in.logprobs()) {
-    body["logprobs"] = in.top_logprobs();  // /v1/completions: the count of alternatives turns logprobs on
-  }
-  if (!in.sparse_prefill().empty()) body["sparse_prefill"] = in.sparse_prefill();  // "": the server's default
-  return parse_generation(kind, body, model);
+  if (in.has_sampling()) read_sampling(in.sampling(), f);
+  if (in.has_max_tokens()) f.max_tokens = in.max_tokens();
+  f.stop.assign(in.stop().begin(), in.stop().end());
+  f.stop_token_ids = ids_of(in.stop_token_ids());
+  f.ignore_eos = in.ignore_eos();
+  f.include_stop_str = in.include_stop_str_in_output();
+  if (in.n() != 0) f.n = in.n();
+  f.logprobs = in.logprobs();
+  f.top_logprobs = in.top_logprobs();
+  if (!in.sparse_prefill().empty()) f.sparse_prefill = in.sparse_prefill();  // "": the server's default
+  return f;
+}
+
+ParsedGeneration parse_grpc_generate(const v1::GenerateRequest& in, const ServedModel& model) {
+  return build_generation(generation_fields(in), model);
 }
 
 std::vector<int32_t> parse_grpc_tokenize(const v1::TokenizeRequest& in, const ServedModel& model) {
-  json body = json::object();
-  if (!in.model().empty()) body["model"] = in.model();
-  if (in.has_add_special_tokens()) body["add_special_tokens"] = in.add_special_tokens();
+  check_model(in.model(), model);
+  const bool add_special_tokens = !in.has_add_special_tokens() || in.add_special_tokens();
   switch (in.input_case()) {
     case v1::TokenizeRequest::kText:
-      body["prompt"] = in.text();
-      break;
+      return tokenize_prompt(in.text(), "text", add_special_tokens, model);
     case v1::TokenizeRequest::kChat:
-      if (in.chat().messages().empty()) bad("chat.messages", "'chat.messages' must not be empty");
-      body["messages"] = chat_messages(in.chat());
-      if (in.chat().has_add_generation_prompt()) body["add_generation_prompt"] = in.chat().add_generation_prompt();
-      break;
+      return tokenize_prompt(chat_prompt(in.chat()), "chat.messages", add_special_tokens, model);
     default:
       bad("input", "set the input: 'text' or 'chat'");
   }
-  return parse_tokenize(body, model);
 }
 
 std::vector<int32_t> parse_grpc_detokenize(const v1::DetokenizeRequest& in, const ServedModel& model) {
-  json body = {{"tokens", std::vector<int32_t>(in.token_ids().begin(), in.token_ids().end())}};
-  if (!in.model().empty()) body["model"] = in.model();
-  try {
-    return parse_detokenize(body, model);
-  } catch (const ApiError& e) {
-    throw ApiError(e.status(), e.what(), e.param() == "tokens" ? "token_ids" : e.param());
-  }
+  check_model(in.model(), model);
+  return checked_token_ids(ids_of(in.token_ids()), "token_ids", model);
 }
 
 v1::ModelInfoResponse model_info(const ServedModel& model) {

@@ -1,12 +1,14 @@
-// stemserve.v1 protobuf messages to and from the engine's types. A request is mapped onto the
-// body of the matching OpenAI request and checked by request_parse.cc, so that both APIs share
-// one set of defaults, limits and messages. Errors are ApiErrors, as the HTTP API's.
+// stemserve.v1 protobuf messages to and from the engine's types. A request's fields are read into
+// the API's request fields (server/api_request.h) and checked there, as the HTTP API's are, so
+// both APIs share one set of defaults, limits and messages; no JSON on the way. Errors are
+// ApiErrors naming the field as the proto calls it ("text", "token_ids", "chat.messages",
+// "max_tokens", "top_logprobs", ...); status_of() turns them into gRPC codes.
 #pragma once
 #include <string>
 #include <vector>
 
 #include "engine/request.h"
-#include "server/request_parse.h"
+#include "server/api_request.h"
 #include "stemserve/v1/stemserve.pb.h"
 
 namespace stem {
@@ -14,6 +16,7 @@ namespace stem {
 class Tokenizer;
 
 // Generate: text or token ids as /v1/completions, chat messages as /v1/chat/completions.
+GenerationFields generation_fields(const stemserve::v1::GenerateRequest& request);
 ParsedGeneration parse_grpc_generate(const stemserve::v1::GenerateRequest& request, const ServedModel& model);
 std::vector<int32_t> parse_grpc_tokenize(const stemserve::v1::TokenizeRequest& request, const ServedModel& model);
 std::vector<int32_t> parse_grpc_detokenize(const stemserve::v1::DetokenizeRequest& request, const ServedModel& model);

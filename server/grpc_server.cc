@@ -128,13 +128,16 @@ grpc::Status status_of(const ApiError& e) {
     default: break;
   }
   std::string message = e.what();
-  // Name the field when the message does not already.
-  if (!e.param().empty() && message.find(e.param()) == std::string::npos) message = e.param() + ": " + message;
+  // The message starts with the field's name: "top_p must be ...", "'text' must not be empty",
+  // else "max_tokens: This model's maximum context length is ...".
+  const std::string& field = e.param();
+  if (!field.empty() && message.rfind(field + " ", 0) != 0 && message.rfind("'" + field + "'", 0) != 0)
+    message = field + ": " + message;
   return grpc::Status(code, message);
 }
 
 struct GrpcServer::Impl {
-  GrpcOptions options;
+  ApiOptions options;
   GrpcContext ctx;
   Service service{ctx};
   std::unique_ptr<grpc::Server> server;

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "engine/request.h"
-#include "server/request_parse.h"
+#include "server/api_request.h"
 
 namespace stem {
 

@@ -157,28 +157,38 @@ def bad_utf8_generate():
     return raw.replace(b"cafXY", b"caf\xc3\x28")
 
 
+# (case, request, the field its error message starts with)
 INVALID = [
-    ("no prompt", pb.GenerateRequest(max_tokens=2)),
-    ("empty text", pb.GenerateRequest(text="", max_tokens=2)),
-    ("empty token ids", pb.GenerateRequest(token_ids=pb.TokenIds(ids=[]), max_tokens=2)),
-    ("token id outside the vocabulary", pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 999999]))),
-    ("empty chat", pb.GenerateRequest(chat=pb.ChatMessages(messages=[]))),
-    ("prompt longer than the context", pb.GenerateRequest(text="hello " * 600)),
-    ("max_tokens over the limit", pb.GenerateRequest(text="Hi", max_tokens=100000)),
-    ("max_tokens of zero", pb.GenerateRequest(text="Hi", max_tokens=0)),
-    ("temperature out of range", pb.GenerateRequest(text="Hi", sampling=pb.SamplingParams(temperature=-1))),
-    ("top_p out of range", pb.GenerateRequest(text="Hi", sampling=pb.SamplingParams(top_p=0))),
-    ("n over max_num_seqs", pb.GenerateRequest(text="Hi", n=1000)),
-    ("top_logprobs without logprobs", pb.GenerateRequest(text="Hi", top_logprobs=3)),
-    ("top_logprobs over 20", pb.GenerateRequest(text="Hi", logprobs=True, top_logprobs=21)),
-    ("unknown sparse_prefill", pb.GenerateRequest(text="Hi", sparse_prefill="sparse")),
-    ("stop token id negative", pb.GenerateRequest(text="Hi", stop_token_ids=[-3])),
-    ("invalid UTF-8", None),
+    ("no prompt", pb.GenerateRequest(max_tokens=2), "prompt"),
+    ("empty text", pb.GenerateRequest(text="", max_tokens=2), "text"),
+    ("empty token ids", pb.GenerateRequest(token_ids=pb.TokenIds(ids=[]), max_tokens=2), "token_ids"),
+    ("token id outside the vocabulary", pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 999999])), "token_ids"),
+    ("empty chat", pb.GenerateRequest(chat=pb.ChatMessages(messages=[])), "chat.messages"),
+    ("prompt longer than the context", pb.GenerateRequest(text="hello " * 600), "text"),
+    ("max_tokens over the limit", pb.GenerateRequest(text="Hi", max_tokens=100000), "max_tokens"),
+    ("max_tokens of zero", pb.GenerateRequest(text="Hi", max_tokens=0), "max_tokens"),
+    ("temperature out of range", pb.GenerateRequest(text="Hi", sampling=pb.SamplingParams(temperature=-1)),
+     "temperature"),
+    ("top_p out of range", pb.GenerateRequest(text="Hi", sampling=pb.SamplingParams(top_p=0)), "top_p"),
+    ("top_k out of range", pb.GenerateRequest(text="Hi", sampling=pb.SamplingParams(top_k=-2)), "top_k"),
+    ("min_p out of range", pb.GenerateRequest(text="Hi", sampling=pb.SamplingParams(min_p=2)), "min_p"),
+    ("repetition_penalty of zero", pb.GenerateRequest(text="Hi", sampling=pb.SamplingParams(repetition_penalty=0)),
+     "repetition_penalty"),
+    ("presence_penalty out of range", pb.GenerateRequest(text="Hi", sampling=pb.SamplingParams(presence_penalty=3)),
+     "presence_penalty"),
+    ("frequency_penalty out of range",
+     pb.GenerateRequest(text="Hi", sampling=pb.SamplingParams(frequency_penalty=-3)), "frequency_penalty"),
+    ("n over max_num_seqs", pb.GenerateRequest(text="Hi", n=1000), "n"),
+    ("top_logprobs without logprobs", pb.GenerateRequest(text="Hi", top_logprobs=3), "top_logprobs"),
+    ("top_logprobs over 20", pb.GenerateRequest(text="Hi", logprobs=True, top_logprobs=21), "top_logprobs"),
+    ("unknown sparse_prefill", pb.GenerateRequest(text="Hi", sparse_prefill="sparse"), "sparse_prefill"),
+    ("stop token id negative", pb.GenerateRequest(text="Hi", stop_token_ids=[-3]), "stop_token_ids"),
+    ("invalid UTF-8", None, None),
 ]
 
 
-@pytest.mark.parametrize("name,request_", INVALID, ids=[c[0] for c in INVALID])
-def test_invalid_generate_is_invalid_argument(server, stub, name, request_):
+@pytest.mark.parametrize("name,request_,field", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_generate_is_invalid_argument(server, stub, name, request_, field):
     if request_ is None:
         ch = channel(server.grpc_target)
         raw = ch.unary_stream("/stemserve.v1.Stemserve/Generate", request_serializer=lambda b: b,
@@ -188,6 +198,8 @@ def test_invalid_generate_is_invalid_argument(server, stub, name, request_):
     else:
         code, details = code_of(lambda: list(stub.Generate(request_, timeout=30)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    if field:  # the message names the field first: "top_p must be ...", "'text' must ...", "max_tokens: ..."
+        assert details.startswith((f"{field}: ", f"{field} ", f"'{field}'")), details
     # The server is still up and serving.
     assert stub.ModelInfo(pb.ModelInfoRequest(), timeout=10).name
 

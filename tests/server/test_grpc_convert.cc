@@ -4,6 +4,8 @@
 #include "text/tokenizer.h"
 #include "server/grpc_context.h"
 #include "server/grpc_convert.h"
+#include <functional>
+
 #include "tests/test_util.h"
 
 using namespace stem;
@@ -125,6 +127,102 @@ TEST_CASE("grpc: bad Generate requests name the field with the right status code
   CHECK(status_of(ApiError(429, "full")).error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
   CHECK(status_of(ApiError(503, "loading")).error_code() == grpc::StatusCode::UNAVAILABLE);
   CHECK(status_of(ApiError(401, "key")).error_code() == grpc::StatusCode::UNAUTHENTICATED);
+}
+
+TEST_CASE("grpc: each bad Generate field is INVALID_ARGUMENT with a message that starts with its name") {
+  if (!have_model()) SKIP("default model not prepared at " << test::default_model_dir());
+  using Set = std::function<void(v1::GenerateRequest&)>;
+  std::string long_text;
+  for (int i = 0; i < 200; ++i) long_text += "hello ";
+  const std::vector<std::pair<std::string, Set>> cases = {
+      {"prompt", [](auto& r) { r.clear_text(); }},
+      {"text", [](auto& r) { r.set_text(""); }},
+      {"text", [&](auto& r) { r.set_text(long_text); }},
+      {"token_ids", [](auto& r) { r.mutable_token_ids(); }},
+      {"token_ids", [](auto& r) { r.mutable_token_ids()->add_ids(-1); }},
+      {"token_ids", [](auto& r) { for (int32_t id : {1, 999999}) r.mutable_token_ids()->add_ids(id); }},
+      {"token_ids", [](auto& r) { for (int i = 0; i < 128; ++i) r.mutable_token_ids()->add_ids(1); }},
+      {"chat.messages", [](auto& r) { r.mutable_chat(); }},
+      {"chat.messages", [&](auto& r) {
+         v1::ChatMessage* m = r.mutable_chat()->add_messages();
+         m->set_role("user");
+         m->set_content(long_text);
+       }},
+      {"max_tokens", [](auto& r) { r.set_max_tokens(0); }},
+      {"max_tokens", [](auto& r) { r.set_max_tokens(1000); }},
+      {"n", [](auto& r) { r.set_n(5); }},
+      {"temperature", [](auto& r) { r.mutable_sampling()->set_temperature(-1); }},
+      {"temperature", [](auto& r) { r.mutable_sampling()->set_temperature(2.5f); }},
+      {"top_p", [](auto& r) { r.mutable_sampling()->set_top_p(0); }},
+      {"top_p", [](auto& r) { r.mutable_sampling()->set_top_p(1.5f); }},
+      {"top_k", [](auto& r) { r.mutable_sampling()->set_top_k(-2); }},
+      {"min_p", [](auto& r) { r.mutable_sampling()->set_min_p(2); }},
+      {"repetition_penalty", [](auto& r) { r.mutable_sampling()->set_repetition_penalty(0); }},
+      {"presence_penalty", [](auto& r) { r.mutable_sampling()->set_presence_penalty(3); }},
+      {"frequency_penalty", [](auto& r) { r.mutable_sampling()->set_frequency_penalty(-3); }},
+      {"stop_token_ids", [](auto& r) { r.add_stop_token_ids(-3); }},
+      {"top_logprobs", [](auto& r) { r.set_top_logprobs(2); }},
+      {"top_logprobs", [](auto& r) {
+         r.set_logprobs(true);
+         r.set_top_logprobs(21);
+       }},
+      {"sparse_prefill", [](auto& r) { r.set_sparse_prefill("sparse"); }},
+  };
+  for (const auto& [field, set] : cases) {
+    v1::GenerateRequest r;
+    r.set_text("Hi");
+    set(r);
+    const grpc::Status s = failure(r);
+    INFO(field << ": " << s.error_message());
+    CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    const std::string& m = s.error_message();
+    CHECK((m.rfind(field + ": ", 0) == 0 || m.rfind(field + " ", 0) == 0 || m.rfind("'" + field + "'", 0) == 0));
+  }
+  // The same request over HTTP's parser and over gRPC's conversion becomes the same engine request.
+  v1::GenerateRequest r;
+  r.set_text("Hi");
+  r.mutable_sampling()->set_top_p(0.5f);
+  r.set_max_tokens(3);
+  r.add_stop("x");
+  const GenerationFields f = generation_fields(r);
+  CHECK(std::get<std::string>(f.prompt) == "Hi");
+  CHECK(f.prompt_field == "text");
+  CHECK(f.top_p == 0.5);
+  CHECK_FALSE(f.temperature.has_value());
+  const ParsedGeneration g = build_generation(f, served());
+  CHECK(g.request.sampling.top_p == 0.5f);
+  CHECK(g.request.stop.max_tokens == 3);
+  CHECK(g.request.stop.stop == std::vector<std::string>{"x"});
+}
+
+TEST_CASE("grpc: Tokenize and Detokenize check their fields as HTTP does") {
+  if (!have_model()) SKIP("default model not prepared at " << test::default_model_dir());
+  v1::TokenizeRequest t;
+  t.set_text("Hello");
+  CHECK(parse_grpc_tokenize(t, served()) == engine().tokenizer().encode("Hello", true));
+  t.set_add_special_tokens(false);
+  CHECK(parse_grpc_tokenize(t, served()) == engine().tokenizer().encode("Hello", false));
+  v1::TokenizeRequest empty;
+  CHECK(test::error_of([&] { parse_grpc_tokenize(empty, served()); }).find("input") != std::string::npos);
+  v1::TokenizeRequest chat;
+  chat.mutable_chat();
+  try {
+    parse_grpc_tokenize(chat, served());
+    FAIL("an empty chat was tokenized");
+  } catch (const ApiError& e) {
+    CHECK(e.param() == "chat.messages");
+  }
+  v1::DetokenizeRequest d;
+  for (int32_t id : {1, 999999}) d.add_token_ids(id);
+  try {
+    parse_grpc_detokenize(d, served());
+    FAIL("an id outside the vocabulary was accepted");
+  } catch (const ApiError& e) {
+    CHECK(e.param() == "token_ids");
+    CHECK(status_of(e).error_message().find("999999") != std::string::npos);
+  }
+  d.set_model("gpt-17");
+  CHECK(test::error_of([&] { parse_grpc_detokenize(d, served()); }).find("gpt-17") != std::string::npos);
 }
 
 TEST_CASE("grpc: engine events become stream messages") {

@@ -1,0 +1,174 @@
+#include "server/api_request.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "text/tokenizer.h"
+
+namespace stem {
+
+ServedModel ServedModel::of(const Engine& engine, const std::string& served_name) {
+  ServedModel m;
+  m.engine = &engine;
+  m.path = engine.model_dir().string();
+  m.name = served_name;
+  if (m.name.empty()) m.name = std::filesystem::path(m.path).lexically_normal().filename().string();
+  if (m.name.empty()) m.name = std::filesystem::path(m.path).parent_path().filename().string();  // "dir/"
+  return m;
+}
+
+namespace {
+
+[[noreturn]] void bad(const std::string& param, const std::string& message) { throw ApiError(400, message, param); }
+
+std::string quoted(const std::string& field) { return "'" + field + "'"; }
+
+// Token ids below `vocab`, as the engine takes them.
+std::vector<int32_t> token_ids(const std::vector<int64_t>& ids, const std::string& field, int64_t vocab) {
+  std::vector<int32_t> out;
+  out.reserve(ids.size());
+  for (int64_t id : ids) {
+    if (id < 0 || id >= vocab) bad(field, "token id " + std::to_string(id) + " is outside the vocabulary");
+    out.push_back(static_cast<int32_t>(id));
+  }
+  return out;
+}
+
+std::vector<int32_t> chat_ids(const ChatPrompt& chat, const std::string& field, const Engine& engine) {
+  if (chat.messages.empty()) bad(field, quoted(field) + " must not be empty");
+  std::string text;
+  try {
+    text = engine.apply_chat_template(chat.messages, chat.add_generation_prompt);
+  } catch (const std::exception& e) {
+    bad(field, std::string("the chat template could not render these messages: ") + e.what());
+  }
+  // The template writes the special tokens (BOS and the role markers) itself.
+  return engine.tokenizer().encode(text, false);
+}
+
+std::vector<int32_t> prompt_ids(const GenerationFields& f, const Engine& engine) {
+  if (const auto* chat = std::get_if<ChatPrompt>(&f.prompt)) return chat_ids(*chat, f.prompt_field, engine);
+  if (const auto* ids = std::get_if<std::vector<int64_t>>(&f.prompt)) {
+    if (ids->empty()) bad(f.prompt_field, quoted(f.prompt_field) + " must not be empty");
+    return token_ids(*ids, f.prompt_field, engine.config().vocab_size);
+  }
+  const std::string& text = std::get<std::string>(f.prompt);
+  if (text.empty()) bad(f.prompt_field, quoted(f.prompt_field) + " must not be empty");
+  return engine.tokenizer().encode(text, true);
+}
+
+SamplingParams sampling(const GenerationFields& f) {
+  SamplingParams s;
+  auto num = [](const std::optional<double>& v, float& out) {
+    if (v) out = static_cast<float>(*v);
+  };
+  num(f.temperature, s.temperature);
+  if (s.temperature > 2.0f) bad("temperature", "'temperature' must be in [0, 2]");
+  num(f.top_p, s.top_p);
+  num(f.min_p, s.min_p);
+  num(f.repetition_penalty, s.repetition_penalty);
+  num(f.presence_penalty, s.presence_penalty);
+  num(f.frequency_penalty, s.frequency_penalty);
+  if (f.top_k) {
+    if (*f.top_k < -1 || *f.top_k > INT32_MAX) bad("top_k", "'top_k' must be -1, 0 (off) or a positive count");
+    s.top_k = static_cast<int32_t>(*f.top_k);
+  }
+  if (f.seed) s.seed = static_cast<uint64_t>(*f.seed);
+  try {
+    s.validate();  // its message starts with the field's name
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    bad(msg.substr(0, msg.find(' ')), msg);
+  }
+  return s;
+}
+
+StopConditions stop_conditions(const GenerationFields& f) {
+  StopConditions stop;
+  for (const std::string& s : f.stop)
+    if (!s.empty()) stop.stop.push_back(s);
+  for (int64_t id : f.stop_token_ids) {
+    if (id < 0 || id > INT32_MAX) bad("stop_token_ids", "token id " + std::to_string(id) + " is outside the vocabulary");
+    stop.stop_token_ids.push_back(static_cast<int32_t>(id));
+  }
+  stop.ignore_eos = f.ignore_eos;
+  stop.include_stop_str = f.include_stop_str;
+  return stop;
+}
+
+}  // namespace
+
+void check_model(const std::optional<std::string>& name, const ServedModel& model) {
+  if (name && !name->empty() && !model.matches(*name))
+    throw ApiError(404, "The model '" + *name + "' does not exist; this server serves '" + model.name + "'.", "model");
+}
+
+ParsedGeneration build_generation(const GenerationFields& f, const ServedModel& model) {
+  const Engine& engine = *model.engine;
+  check_model(f.model, model);
+  ParsedGeneration p;
+  p.kind = std::holds_alternative<ChatPrompt>(f.prompt) ? ApiKind::Chat : ApiKind::Completion;
+  GenerateRequest& r = p.request;
+  r.prompt = prompt_ids(f, engine);
+  const int64_t prompt_len = static_cast<int64_t>(r.prompt.size()), context = engine.max_model_len();
+  if (prompt_len == 0) bad(f.prompt_field, "the prompt is empty after tokenization");
+  if (prompt_len >= context)
+    bad(f.prompt_field,
+        "This model's maximum context length is " + std::to_string(context) + " tokens (--max-model-len). However, "
+        "your prompt has " + std::to_string(prompt_len) + " tokens (at least one more is needed for the completion).");
+
+  // As OpenAI: completions default to 16 tokens, chat to whatever the context leaves.
+  const std::string& max_name = f.max_tokens_field;
+  const int64_t room = context - prompt_len;
+  const int64_t max_new = f.max_tokens.value_or(p.kind == ApiKind::Chat ? room : std::min<int64_t>(16, room));
+  if (max_new < 1) bad(max_name, quoted(max_name) + " must be at least 1");
+  if (max_new > room)
+    bad(max_name, "This model's maximum context length is " + std::to_string(context) +
+                      " tokens (--max-model-len). However, you requested " +
+                      std::to_string(prompt_len + max_new) + " tokens (" + std::to_string(prompt_len) +
+                      " in the prompt, " + std::to_string(max_new) + " for the completion).");
+  r.stop = stop_conditions(f);
+  r.stop.max_tokens = static_cast<int32_t>(max_new);
+
+  if (f.n) {
+    if (*f.n < 1 || *f.n > engine.options().max_num_seqs)
+      bad("n", "'n' must be between 1 and " + std::to_string(engine.options().max_num_seqs) +
+                   " (the server's --max-num-seqs)");
+    r.n = static_cast<int32_t>(*f.n);
+  }
+  r.sampling = sampling(f);
+
+  p.logprobs = f.logprobs;
+  if (f.top_logprobs) {
+    const std::string& name = f.top_logprobs_field;
+    if (*f.top_logprobs < 0 || *f.top_logprobs > 20) bad(name, quoted(name) + " must be in [0, 20]");
+    if (*f.top_logprobs > 0 && !f.logprobs) bad(name, quoted(name) + " needs 'logprobs': true");
+    p.top_logprobs = static_cast<int32_t>(*f.top_logprobs);
+  }
+  r.sampling.logprobs = p.logprobs;
+  r.sampling.top_logprobs = p.top_logprobs;
+
+  // stemserve's own field: Stem or dense prefill for this request (default: --sparse-prefill).
+  if (f.sparse_prefill) {
+    r.sparse_prefill = parse_sparse_prefill(*f.sparse_prefill);
+    if (!r.sparse_prefill)
+      bad("sparse_prefill", "'sparse_prefill' must be \"stem\" or \"dense\", got \"" + *f.sparse_prefill + "\"");
+  }
+  p.stream = f.stream;
+  p.include_usage = f.include_usage;
+  return p;
+}
+
+std::vector<int32_t> tokenize_prompt(const std::variant<std::string, ChatPrompt>& input, const std::string& field,
+                                     bool add_special_tokens, const ServedModel& model) {
+  const Engine& engine = *model.engine;
+  if (const auto* chat = std::get_if<ChatPrompt>(&input)) return chat_ids(*chat, field, engine);
+  return engine.tokenizer().encode(std::get<std::string>(input), add_special_tokens);
+}
+
+std::vector<int32_t> checked_token_ids(const std::vector<int64_t>& ids, const std::string& field,
+                                       const ServedModel& model) {
+  return token_ids(ids, field, model.engine->tokenizer().vocab_size());
+}
+
+}  // namespace stem

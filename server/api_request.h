@@ -1,0 +1,86 @@
+// The API's requests, whichever front end they came through: the HTTP API (request_parse.cc, from
+// JSON) and the gRPC API (grpc_convert.cc, from protobuf) each fill these from their own wire
+// format, checking only its types and shapes, and these functions check what the fields mean
+// (ranges, the context, the model, logprobs limits) and build the engine's GenerateRequest. So
+// both APIs share one set of defaults, limits and messages. Errors are ApiErrors (400/404) naming
+// the field as the front end calls it; gRPC maps them to INVALID_ARGUMENT / NOT_FOUND.
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "engine/engine.h"
+#include "server/api_error.h"
+
+namespace stem {
+
+// The model as the API names it, and what requests are checked against.
+struct ServedModel {
+  std::string name;  // --served-model-name, else the model folder's name
+  std::string path;  // the folder; also accepted as a model name
+  const Engine* engine = nullptr;
+  bool matches(const std::string& model) const { return model == name || model == path; }
+  // The engine's model under `served_name`, or under its folder's name when that is empty.
+  static ServedModel of(const Engine& engine, const std::string& served_name);
+};
+
+enum class ApiKind { Completion, Chat };
+
+// Chat messages, to be rendered with the model's chat template.
+struct ChatPrompt {
+  nlohmann::ordered_json messages = nlohmann::ordered_json::array();  // [{role, content: string}]
+  bool add_generation_prompt = true;
+};
+// Text (tokenized with the tokenizer's special tokens), token ids, or chat messages.
+using Prompt = std::variant<std::string, std::vector<int64_t>, ChatPrompt>;
+
+// A generation request's fields, typed but not yet checked; unset optionals take the defaults.
+struct GenerationFields {
+  std::optional<std::string> model;  // empty or unset: the served one
+  Prompt prompt;
+  std::string prompt_field = "prompt";  // how the front end names the prompt in errors
+  std::optional<int64_t> max_tokens;
+  std::string max_tokens_field = "max_tokens";
+  std::optional<int64_t> n;
+  std::optional<double> temperature, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty;
+  std::optional<int64_t> top_k, seed;
+  std::vector<std::string> stop;  // empty strings are dropped
+  std::vector<int64_t> stop_token_ids;
+  bool ignore_eos = false;
+  bool include_stop_str = false;
+  bool logprobs = false;
+  std::optional<int64_t> top_logprobs;           // alternatives per token, 0 to 20, needs logprobs
+  std::string top_logprobs_field = "top_logprobs";
+  std::optional<std::string> sparse_prefill;     // "stem" or "dense"; unset: the server's default
+  bool stream = false;
+  bool include_usage = false;
+};
+
+// A checked generation request: the engine's request and how to answer it.
+struct ParsedGeneration {
+  ApiKind kind = ApiKind::Completion;  // Chat when the prompt is chat messages
+  GenerateRequest request;             // prompt ids, sampling, stop conditions, n
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+  bool logprobs = false;       // report each token's logprob (and top_logprobs alternatives)
+  int32_t top_logprobs = 0;
+};
+
+// The one place a generation request's fields are checked; what it returns the engine accepts.
+ParsedGeneration build_generation(const GenerationFields& fields, const ServedModel& model);
+
+// A 404 naming `model` unless it is unset, empty or the served model.
+void check_model(const std::optional<std::string>& name, const ServedModel& model);
+
+// Tokenize: text (with special tokens when add_special_tokens) or chat messages, as generation
+// does; errors name `field`, the input as the front end calls it.
+std::vector<int32_t> tokenize_prompt(const std::variant<std::string, ChatPrompt>& input, const std::string& field,
+                                     bool add_special_tokens, const ServedModel& model);
+// Detokenize: the ids, each checked against the vocabulary (errors name `field`).
+std::vector<int32_t> checked_token_ids(const std::vector<int64_t>& ids, const std::string& field,
+                                       const ServedModel& model);
+
+}  // namespace stem
