@@ -145,7 +145,7 @@ struct GrpcServer::Impl {
   bool shut_down = false;
 };
 
-GrpcServer::GrpcServer(const GrpcOptions& options) : impl_(std::make_unique<Impl>()) {
+GrpcServer::GrpcServer(const ApiOptions& options) : impl_(std::make_unique<Impl>()) {
   impl_->options = options;
   impl_->ctx.expected_auth = expected_authorization(options.api_key);
 }
@@ -158,9 +158,9 @@ void GrpcServer::start() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  const std::string address = listen_address(m.options.host, m.options.port);
+  const std::string address = listen_address(m.options.host, m.options.grpc_port);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &m.port);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<size_t>(m.options.max_message_bytes, INT32_MAX)));
+  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(m.options.max_request_bytes, INT32_MAX)));
   // gRPC sets SO_REUSEPORT by default: a second server on the same port would then share it
   // silently instead of failing as the HTTP port does.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);

@@ -5,27 +5,20 @@
 // attach().
 #pragma once
 #include <chrono>
-#include <cstddef>
 #include <memory>
-#include <string>
+
+#include "server/options.h"
 
 namespace stem {
 
-class Engine;
 class EngineLoop;
 class ServerMetrics;
 
-struct GrpcOptions {
-  std::string host = "127.0.0.1";
-  int port = 50051;                   // 0: any free port (port() tells which)
-  std::string api_key;                // empty: no auth
-  size_t max_message_bytes = 8u << 20;  // larger requests get RESOURCE_EXHAUSTED from gRPC itself
-  std::string served_model_name;      // empty: the model folder's name
-};
-
 class GrpcServer {
  public:
-  explicit GrpcServer(const GrpcOptions& options);
+  // Reads host, grpc_port (0: any free port; port() tells which), api_key, max_request_bytes
+  // (larger messages get RESOURCE_EXHAUSTED from gRPC itself) and served_model_name.
+  explicit GrpcServer(const ApiOptions& options);
   ~GrpcServer();  // shuts down at once if shutdown() was not called
 
   // Binds and serves on gRPC's own threads; throws stem::Error if the address cannot be bound.

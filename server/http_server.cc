@@ -46,7 +46,7 @@ void guarded(httplib::Response& res, Fn&& fn) {
 }  // namespace
 
 struct HttpServer::Impl {
-  HttpOptions options;
+  ApiOptions options;
   httplib::Server server;
   HttpContext ctx;
   std::thread thread;
@@ -127,11 +127,11 @@ void HttpServer::Impl::routes() {
   });
 }
 
-HttpServer::HttpServer(const HttpOptions& options) : impl_(std::make_unique<Impl>()) {
+HttpServer::HttpServer(const ApiOptions& options) : impl_(std::make_unique<Impl>()) {
   impl_->options = options;
-  const int threads = std::max(4, options.threads);
+  const int threads = options.http_threads > 0 ? std::max(4, options.http_threads) : 64;
   impl_->server.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
-  impl_->server.set_payload_max_length(options.max_body_bytes);
+  impl_->server.set_payload_max_length(static_cast<size_t>(options.max_request_bytes));
   impl_->server.set_keep_alive_max_count(1000);
   // An idle keep-alive connection holds a thread until this timeout, and shutdown waits for it.
   impl_->server.set_keep_alive_timeout(2);

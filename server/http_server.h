@@ -2,28 +2,20 @@
 // SSE), /v1/models, /tokenize, /detokenize, /health, /metrics; Bearer auth; OpenAI-style errors.
 // The server starts before the model is loaded (GET /health answers 503 until attach()).
 #pragma once
-#include <cstddef>
 #include <memory>
-#include <string>
+
+#include "server/options.h"
 
 namespace stem {
 
-class Engine;
 class EngineLoop;
 class ServerMetrics;
 
-struct HttpOptions {
-  std::string host = "127.0.0.1";
-  int port = 8000;                      // 0: any free port (port() tells which)
-  std::string api_key;                  // empty: no auth
-  size_t max_body_bytes = 8u << 20;     // larger bodies get 413
-  int threads = 64;                     // connections served at once (a stream holds one)
-  std::string served_model_name;        // empty: the model folder's name
-};
-
 class HttpServer {
  public:
-  explicit HttpServer(const HttpOptions& options);
+  // Reads host, port (0: any free port; port() tells which), api_key, max_request_bytes,
+  // http_threads (0: 64) and served_model_name.
+  explicit HttpServer(const ApiOptions& options);
   ~HttpServer();
 
   // Binds (throws stem::Error if the address is taken) and serves on its own thread.
