@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/attention_decode.cuh"
@@ -195,9 +196,8 @@ class CudaBackend final : public CudaModelBackend {
     stem_stats_ = {};
     // Stem's host part reads the step's host metadata, so a step with Stem blocks runs eagerly
     // (only a one-row last chunk could otherwise look like a decode step).
-    const std::vector<int32_t> stem_lens = batch.stem_prompt_lens();
-    const cuda::StemBatch stem_host{batch.kv_lens, batch.query_start, stem_lens};
-    const bool stem = stem_step(batch, stem_lens);
+    // The step's Stem plan is made once here and used by every sparse layer.
+    const std::optional<cuda::StemStep> stem = plan_stem(batch);
     const GraphKey key = stem ? GraphKey{} : graph_key_for(batch, options_.graph_batch_sizes);
     const StepLayout layout =
         key.batch ? StepLayout::make(key.batch, key.batch, key.pages, key.batch)
@@ -229,11 +229,11 @@ class CudaBackend final : public CudaModelBackend {
       }
     } else {
       if (stem) CUDA_CHECK(cudaMemsetAsync(stem_skipped_.get(), 0, sizeof(long long), s));
-      run_step(layout, gather, false, stem ? &stem_host : nullptr);
+      run_step(layout, gather, false, stem ? &*stem : nullptr);
       if (stem)
         CUDA_CHECK(cudaMemcpyAsync(stem_skipped_host_.as<long long>(), stem_skipped_.get(), sizeof(long long),
                                    cudaMemcpyDeviceToHost, s));
-      count_skipped_ = stem;
+      count_skipped_ = stem.has_value();
       ++stats_.eager_steps;
     }
   }
@@ -248,18 +248,23 @@ class CudaBackend final : public CudaModelBackend {
     count_skipped_ = false;
   }
 
-  // Whether the step has a sparse query block (then the layers stem_layer_sparse names go through
-  // cuda::stem_prefill); counts them for last_stem_stats.
-  bool stem_step(const ForwardBatch& b, const std::vector<int32_t>& stem_lens) {
-    if (!b.any_stem()) return false;
+  // The step's Stem plan when it has a sparse query block (then the layers stem_layer_sparse names
+  // go through cuda::stem_prefill with it); counts its blocks for last_stem_stats.
+  std::optional<cuda::StemStep> plan_stem(const ForwardBatch& b) {
+    if (!b.any_stem()) return std::nullopt;
+    const ModelConfig& c = config_;
+    const std::vector<int32_t> stem_lens = b.stem_prompt_lens();
+    cuda::StemStep step = cuda::stem_step({b.kv_lens, b.query_start, stem_lens}, c.num_attention_heads,
+                                          c.num_key_value_heads, c.head_dim, c.sliding_window, stem_, stream_.get());
+    if (step.dense) return std::nullopt;
     int64_t sparse = 0, causal = 0;
-    for (const StemQueryBlock& q : stem_query_blocks(b.kv_lens, b.query_start, stem_lens, config_.sliding_window, stem_))
+    for (const StemQueryBlock& q : step.plan.blocks())
       if (q.sparse) ++sparse, causal += int64_t{q.block} + 1;
     int64_t layers = 0;
-    for (int64_t l = 0; l < config_.num_hidden_layers; ++l) layers += stem_layer_sparse(stem_, l);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) layers += stem_layer_sparse(stem_, l);
     stem_stats_.sparse_blocks = sparse * layers;
-    stem_stats_.causal_key_blocks = causal * config_.num_attention_heads * layers;
-    return sparse > 0;
+    stem_stats_.causal_key_blocks = causal * c.num_attention_heads * layers;
+    return step;
   }
 
   // Activation buffers for `tokens` rows, logits for `rows` rows, and the step's metadata.
@@ -326,9 +331,9 @@ class CudaBackend final : public CudaModelBackend {
   // decode_only: every sequence has one row (a graph step), so attention goes straight to the
   // decode kernel; the router would also launch its prefill path, which finds no work but costs
   // two launches per layer once the batch has more rows than decode_max_rows.
-  // stem: the step's host metadata when it has Stem blocks (eager steps only: the planner's host
-  // part depends on the values).
-  void run_step(const StepLayout& l, bool gather, bool decode_only, const cuda::StemBatch* stem = nullptr) {
+  // stem: the step's Stem plan when it has sparse blocks (eager steps only: the planner's host part
+  // depends on the values).
+  void run_step(const StepLayout& l, bool gather, bool decode_only, const cuda::StemStep* stem = nullptr) {
     const ModelConfig& c = config_;
     const int64_t T = l.tokens, S = l.seqs, R = l.rows, H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
     const int64_t Hq = c.num_attention_heads, Hk = c.num_key_value_heads, Q = c.q_dim(), KV = c.kv_dim();

@@ -177,13 +177,12 @@ void launch_select(dim3 grid, int smem, cudaStream_t stream, const Params& p) {
 
 }  // namespace
 
-// Builds plans; a friend of StemPlan.
+// Builds plans and launches them; a friend of StemPlan.
 struct StemPlanner {
-  static StemPlan plan(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
-                       const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
-                       const attn::AttentionShape& shape, std::vector<StemQueryBlock> blocks, const StemBatch& host,
-                       float scale, const StemSettings& st, cudaStream_t stream, cudaEvent_t estimated) {
-    const int64_t hq = shape.q_heads, hkv = shape.kv_heads, d = shape.head_dim;
+  // The step's part: the layout of the query blocks' records, their upload and the memory that the
+  // layers' launches fill.
+  static StemPlan prepare(std::vector<StemQueryBlock> blocks, const StemBatch& host, int64_t hq, int64_t hkv,
+                          int64_t d, const StemSettings& st, cudaStream_t stream) {
     Layout l = make_layout(std::move(blocks), host, hq, hkv, d, st);
     std::vector<unsigned char> meta(l.meta_end);
     put(meta, l.qblocks_at, l.qblocks);
@@ -196,20 +195,59 @@ struct StemPlanner {
 
     StemPlan plan;
     plan.stream_ = stream;
-    plan.q_heads_ = hq;
-    plan.cols_ = l.cols;
-    plan.capacity_ = l.capacity;
-    plan.qblocks_at_ = l.qblocks_at;
-    plan.offsets_at_ = l.offsets_at;
-    plan.indices_at_ = l.indices_at;
-    plan.estimate_at_ = l.estimate_at;
+    StemPlan::Sections& at = plan.at_;
+    at.q_heads = hq;
+    at.kv_heads = hkv;
+    at.head_dim = d;
+    at.cols = l.cols;
+    at.capacity = l.capacity;
+    at.u_stride = l.u_total;
+    at.p_stride = l.p_total;
+    at.n_rows = static_cast<int32_t>(l.rows.size());
+    at.n_key_jobs = static_cast<int32_t>(l.key_jobs.size());
+    at.n_stats = static_cast<int32_t>(l.stats.size());
+    at.stat_chunks = static_cast<int32_t>(l.stat_chunks);
+    at.max_stat_chunks = static_cast<int32_t>(l.max_stat_chunks);
+    at.n_tiles = static_cast<int32_t>(l.tiles.size());
+    at.qblocks = l.qblocks_at;
+    at.qrow = l.qrow_at;
+    at.qfirst = l.qfirst_at;
+    at.rows = l.rows_at;
+    at.jobs = l.jobs_at;
+    at.stats = l.stats_at;
+    at.tiles = l.tiles_at;
+    at.offsets = l.offsets_at;
+    at.indices = l.indices_at;
+    at.sizes = l.sizes_at;
+    at.slots = l.slots_at;
+    at.qp = l.qp_at;
+    at.qp_lo = l.qp_lo_at;
+    at.kp = l.kp_at;
+    at.kp_lo = l.kp_lo_at;
+    at.u = l.u_at;
+    at.p1 = l.p1_at;
+    at.p2 = l.p2_at;
+    at.chunk_sums = l.chunk_sums_at;
+    at.estimate = l.estimate_at;
     CUDA_CHECK(cudaMallocAsync(&plan.memory_, l.total, stream));
     plan.blocks_ = std::move(l.blocks);
     plan.sparse_ = std::move(l.sparse);
-    unsigned char* base = static_cast<unsigned char*>(plan.memory_);
     // Pageable memory: the copy is staged before the call returns, and no device work is waited for.
-    if (!meta.empty()) CUDA_CHECK(cudaMemcpyAsync(base, meta.data(), meta.size(), cudaMemcpyHostToDevice, stream));
+    if (!meta.empty()) CUDA_CHECK(cudaMemcpyAsync(plan.memory_, meta.data(), meta.size(), cudaMemcpyHostToDevice, stream));
+    return plan;
+  }
 
+  // One layer's part: the estimate, the selection and the lists, written into the plan's memory.
+  static void launch(const StemPlan& plan, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                     const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
+                     const attn::AttentionShape& shape, float scale, const StemSettings& st, cudaStream_t stream,
+                     cudaEvent_t estimated) {
+    const int64_t hq = shape.q_heads, hkv = shape.kv_heads, d = shape.head_dim;
+    const StemPlan::Sections& at = plan.at_;
+    STEM_CHECK(hq == at.q_heads && hkv == at.kv_heads && d == at.head_dim, "stem: the step was planned for ",
+               at.q_heads, "/", at.kv_heads, " heads of ", at.head_dim, ", the layer has ", hq, "/", hkv, " heads of ",
+               d);
+    unsigned char* base = static_cast<unsigned char*>(plan.memory_);
     Params p{};
     p.q = q.data;
     p.k_cache = k_cache.data;
@@ -232,36 +270,36 @@ struct StemPlanner {
     p.sinks = static_cast<int32_t>(std::min<int64_t>(st.sink_blocks, 1 << 30));
     p.window = static_cast<int32_t>(std::min<int64_t>(st.window_blocks, 1 << 30));
     p.threshold = st.threshold;
-    p.rows = reinterpret_cast<const Row*>(base + l.rows_at);
-    p.key_jobs = reinterpret_cast<const KeyJob*>(base + l.jobs_at);
-    p.stats_jobs = reinterpret_cast<const StatsJob*>(base + l.stats_at);
-    p.tiles = reinterpret_cast<const Tile*>(base + l.tiles_at);
-    p.qblocks = reinterpret_cast<const int32_t*>(base + l.qblocks_at);
-    p.qrow = reinterpret_cast<const int32_t*>(base + l.qrow_at);
-    p.qfirst = reinterpret_cast<const int32_t*>(base + l.qfirst_at);
-    p.n_rows = static_cast<int32_t>(l.rows.size());
-    p.n_key_jobs = static_cast<int32_t>(l.key_jobs.size());
-    p.n_stats = static_cast<int32_t>(l.stats.size());
-    p.stat_chunks = static_cast<int32_t>(l.stat_chunks);
-    p.max_stat_chunks = static_cast<int32_t>(l.max_stat_chunks);
-    p.n_tiles = static_cast<int32_t>(l.tiles.size());
+    p.rows = reinterpret_cast<const Row*>(base + at.rows);
+    p.key_jobs = reinterpret_cast<const KeyJob*>(base + at.jobs);
+    p.stats_jobs = reinterpret_cast<const StatsJob*>(base + at.stats);
+    p.tiles = reinterpret_cast<const Tile*>(base + at.tiles);
+    p.qblocks = reinterpret_cast<const int32_t*>(base + at.qblocks);
+    p.qrow = reinterpret_cast<const int32_t*>(base + at.qrow);
+    p.qfirst = reinterpret_cast<const int32_t*>(base + at.qfirst);
+    p.n_rows = at.n_rows;
+    p.n_key_jobs = at.n_key_jobs;
+    p.n_stats = at.n_stats;
+    p.stat_chunks = at.stat_chunks;
+    p.max_stat_chunks = at.max_stat_chunks;
+    p.n_tiles = at.n_tiles;
     p.n_qblocks = static_cast<int32_t>(plan.blocks_.size());
-    p.cols = static_cast<int32_t>(l.cols);
-    p.u_stride = l.u_total;
-    p.p_stride = l.p_total;
-    p.qp_hi = base + l.qp_at;
-    p.qp_lo = base + l.qp_lo_at;
-    p.kp_hi = base + l.kp_at;
-    p.kp_lo = base + l.kp_lo_at;
-    p.u = reinterpret_cast<float*>(base + l.u_at);
-    p.p1 = reinterpret_cast<double*>(base + l.p1_at);
-    p.p2 = reinterpret_cast<double*>(base + l.p2_at);
-    p.chunk_sums = reinterpret_cast<double*>(base + l.chunk_sums_at);
-    p.estimate = reinterpret_cast<float*>(base + l.estimate_at);
-    p.sizes = reinterpret_cast<int32_t*>(base + l.sizes_at);
-    p.slots = reinterpret_cast<int32_t*>(base + l.slots_at);
-    p.offsets = reinterpret_cast<int32_t*>(base + l.offsets_at);
-    p.indices = reinterpret_cast<int32_t*>(base + l.indices_at);
+    p.cols = static_cast<int32_t>(at.cols);
+    p.u_stride = at.u_stride;
+    p.p_stride = at.p_stride;
+    p.qp_hi = base + at.qp;
+    p.qp_lo = base + at.qp_lo;
+    p.kp_hi = base + at.kp;
+    p.kp_lo = base + at.kp_lo;
+    p.u = reinterpret_cast<float*>(base + at.u);
+    p.p1 = reinterpret_cast<double*>(base + at.p1);
+    p.p2 = reinterpret_cast<double*>(base + at.p2);
+    p.chunk_sums = reinterpret_cast<double*>(base + at.chunk_sums);
+    p.estimate = reinterpret_cast<float*>(base + at.estimate);
+    p.sizes = reinterpret_cast<int32_t*>(base + at.sizes);
+    p.slots = reinterpret_cast<int32_t*>(base + at.slots);
+    p.offsets = reinterpret_cast<int32_t*>(base + at.offsets);
+    p.indices = reinterpret_cast<int32_t*>(base + at.indices);
 
     const unsigned pool_threads = static_cast<unsigned>(st.stride * d / 8);
     // Sink and window alone (StemSelector::None) read no scores: no estimate.
@@ -302,7 +340,6 @@ struct StemPlanner {
       write_lists_kernel<<<static_cast<unsigned>((items + 7) / 8), 256, 0, stream>>>(p);
       STEM_CUDA_CHECK_LAUNCH();
     }
-    return plan;
   }
 };
 
@@ -317,33 +354,27 @@ StemPlan& StemPlan::operator=(StemPlan&& other) noexcept {
     stream_ = other.stream_;
     blocks_ = std::move(other.blocks_);
     sparse_ = std::move(other.sparse_);
-    q_heads_ = other.q_heads_;
-    cols_ = other.cols_;
-    capacity_ = other.capacity_;
-    qblocks_at_ = other.qblocks_at_;
-    offsets_at_ = other.offsets_at_;
-    indices_at_ = other.indices_at_;
-    estimate_at_ = other.estimate_at_;
+    at_ = other.at_;
   }
   return *this;
 }
 
 TensorView StemPlan::qblocks() const {
   if (blocks_.empty()) return TensorView();
-  return TensorView(static_cast<unsigned char*>(memory_) + qblocks_at_, DType::I32, {n_qblocks(), 2});
+  return TensorView(static_cast<unsigned char*>(memory_) + at_.qblocks, DType::I32, {n_qblocks(), 2});
 }
 TensorView StemPlan::block_offsets() const {
   if (blocks_.empty()) return TensorView();
-  return TensorView(static_cast<unsigned char*>(memory_) + offsets_at_, DType::I32, {n_qblocks() * q_heads_ + 1});
+  return TensorView(static_cast<unsigned char*>(memory_) + at_.offsets, DType::I32, {n_qblocks() * at_.q_heads + 1});
 }
 TensorView StemPlan::block_indices() const {
   if (blocks_.empty()) return TensorView();
-  return TensorView(static_cast<unsigned char*>(memory_) + indices_at_, DType::I32, {std::max<int64_t>(capacity_, 1)});
+  return TensorView(static_cast<unsigned char*>(memory_) + at_.indices, DType::I32, {std::max<int64_t>(at_.capacity, 1)});
 }
 TensorView StemPlan::estimate() const {
   if (sparse_.empty()) return TensorView();
-  return TensorView(static_cast<unsigned char*>(memory_) + estimate_at_, DType::F32,
-                    {static_cast<int64_t>(sparse_.size()), q_heads_, cols_});
+  return TensorView(static_cast<unsigned char*>(memory_) + at_.estimate, DType::F32,
+                    {static_cast<int64_t>(sparse_.size()), at_.q_heads, at_.cols});
 }
 
 namespace {
@@ -365,10 +396,75 @@ StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorV
       attn::check_attention("stem_plan", q, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window);
   check_stem_cuda(settings, shape.head_dim);
   check_host(host, shape.seqs);
+  StemPlan plan = StemPlanner::prepare(
+      stem_query_blocks(host.kv_lens, host.query_start, host.prompt_lens, sliding_window, settings), host,
+      shape.q_heads, shape.kv_heads, shape.head_dim, settings, stream);
+  StemPlanner::launch(plan, q, k_cache, v_cache, page_table, kv_lens, query_start, shape, scale, settings, stream,
+                      estimated);
+  return plan;
+}
+
+StemStep stem_step(const StemBatch& host, int64_t q_heads, int64_t kv_heads, int64_t head_dim, int64_t sliding_window,
+                   const StemSettings& settings, cudaStream_t stream) {
+  check_stem_cuda(settings, head_dim);
+  const int64_t seqs = static_cast<int64_t>(host.kv_lens.size());
+  check_host(host, seqs);
   std::vector<StemQueryBlock> blocks =
       stem_query_blocks(host.kv_lens, host.query_start, host.prompt_lens, sliding_window, settings);
-  return StemPlanner::plan(q, k_cache, v_cache, page_table, kv_lens, query_start, shape, std::move(blocks), host, scale,
-                           settings, stream, estimated);
+  std::vector<char> has_sparse(static_cast<size_t>(seqs), 0);
+  for (const StemQueryBlock& b : blocks) has_sparse[b.seq] |= b.sparse ? 1 : 0;
+  StemStep step;
+  step.seqs = seqs;
+  if (std::none_of(has_sparse.begin(), has_sparse.end(), [](char x) { return x != 0; })) return step;
+  step.dense = false;
+  // Sequences with few rows and nothing sparse go to the decode kernel, the rest to the lists. The
+  // decode kernel takes every sequence of 1..max_rows rows, so when one of those has a sparse block
+  // (a tiny last chunk that completes a block), every row goes through the lists instead: the two
+  // kernels must not both write rows that the other reads when out aliases q.
+  const int64_t max_rows = decode_max_rows(q_heads, kv_heads);
+  auto rows_of = [&](int64_t s) { return int64_t{host.query_start[s + 1]} - host.query_start[s]; };
+  bool short_sparse = false;
+  for (int64_t s = 0; s < seqs; ++s) {
+    const bool short_seq = rows_of(s) >= 1 && rows_of(s) <= max_rows;
+    step.decode |= short_seq && !has_sparse[s];
+    short_sparse |= short_seq && has_sparse[s];
+  }
+  step.decode &= !short_sparse;
+  if (step.decode)
+    std::erase_if(blocks, [&](const StemQueryBlock& b) { return !has_sparse[b.seq] && rows_of(b.seq) <= max_rows; });
+  // Every planned list against its causal blocks: a dense list holds them all (from the window's
+  // first block), so only the sparse ones leave any out.
+  for (const StemQueryBlock& b : blocks) step.causal += b.sparse ? int64_t{b.block} + 1 : int64_t{b.block} - b.first_key + 1;
+  step.causal *= q_heads;
+  step.plan = StemPlanner::prepare(std::move(blocks), host, q_heads, kv_heads, head_dim, settings, stream);
+  return step;
+}
+
+void stem_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                  const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
+                  const StemStep& step, float scale, int64_t sliding_window, const StemSettings& settings,
+                  cudaStream_t stream, long long* skipped) {
+  const attn::AttentionShape shape =
+      attn::check_attention("stem_prefill", out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale,
+                            sliding_window);
+  STEM_CHECK(step.seqs == shape.seqs, "stem_prefill: the step was planned for ", step.seqs, " sequences, the layer has ",
+             shape.seqs);
+  if (step.dense) {
+    paged_attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window, stream);
+    return;
+  }
+  if (step.decode)
+    paged_decode(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window, stream);
+  const StemPlan& plan = step.plan;
+  StemPlanner::launch(plan, q, k_cache, v_cache, page_table, kv_lens, query_start, shape, scale, settings, stream,
+                      nullptr);
+  block_sparse_prefill(out, q, k_cache, v_cache, page_table, kv_lens, query_start, plan.qblocks(), plan.block_offsets(),
+                       plan.block_indices(), scale, sliding_window, stream);
+  if (skipped && plan.n_qblocks() > 0) {
+    count_skipped_kernel<<<1, 1, 0, stream>>>(plan.block_offsets().ptr<int32_t>() + plan.n_qblocks() * shape.q_heads,
+                                              step.causal, skipped);
+    STEM_CUDA_CHECK_LAUNCH();
+  }
 }
 
 void stem_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
@@ -378,47 +474,11 @@ void stem_prefill(const TensorView& out, const TensorView& q, const TensorView& 
   const attn::AttentionShape shape =
       attn::check_attention("stem_prefill", out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale,
                             sliding_window);
-  check_stem_cuda(settings, shape.head_dim);
   check_host(host, shape.seqs);
-  std::vector<StemQueryBlock> blocks =
-      stem_query_blocks(host.kv_lens, host.query_start, host.prompt_lens, sliding_window, settings);
-  std::vector<char> has_sparse(static_cast<size_t>(shape.seqs), 0);
-  for (const StemQueryBlock& b : blocks) has_sparse[b.seq] |= b.sparse ? 1 : 0;
-  if (std::none_of(has_sparse.begin(), has_sparse.end(), [](char x) { return x != 0; })) {
-    paged_attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window, stream);
-    return;
-  }
-  // Sequences with few rows and nothing sparse go to the decode kernel, the rest to the lists. The
-  // decode kernel takes every sequence of 1..max_rows rows, so when one of those has a sparse block
-  // (a tiny last chunk that completes a block), every row goes through the lists instead: the two
-  // kernels must not both write rows that the other reads when out aliases q.
-  const int64_t max_rows = decode_max_rows(shape.q_heads, shape.kv_heads);
-  auto rows_of = [&](int64_t s) { return int64_t{host.query_start[s + 1]} - host.query_start[s]; };
-  bool decode = false, short_sparse = false;
-  for (int64_t s = 0; s < shape.seqs; ++s) {
-    const bool short_seq = rows_of(s) >= 1 && rows_of(s) <= max_rows;
-    decode |= short_seq && !has_sparse[s];
-    short_sparse |= short_seq && has_sparse[s];
-  }
-  if (decode && !short_sparse) {
-    paged_decode(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window, stream);
-    std::erase_if(blocks, [&](const StemQueryBlock& b) { return !has_sparse[b.seq] && rows_of(b.seq) <= max_rows; });
-  }
-  const StemPlan plan = StemPlanner::plan(q, k_cache, v_cache, page_table, kv_lens, query_start, shape,
-                                          std::move(blocks), host, scale, settings, stream, nullptr);
-  block_sparse_prefill(out, q, k_cache, v_cache, page_table, kv_lens, query_start, plan.qblocks(), plan.block_offsets(),
-                       plan.block_indices(), scale, sliding_window, stream);
-  if (skipped && plan.n_qblocks() > 0) {
-    // Every planned list against its causal blocks: a dense list holds them all (from the window's
-    // first block), so only the sparse ones leave any out.
-    long long causal = 0;
-    for (const StemQueryBlock& b : plan.blocks())
-      causal += b.sparse ? int64_t{b.block} + 1 : int64_t{b.block} - b.first_key + 1;
-    causal *= shape.q_heads;
-    count_skipped_kernel<<<1, 1, 0, stream>>>(plan.block_offsets().ptr<int32_t>() + plan.n_qblocks() * shape.q_heads,
-                                              causal, skipped);
-    STEM_CUDA_CHECK_LAUNCH();
-  }
+  const StemStep step =
+      stem_step(host, shape.q_heads, shape.kv_heads, shape.head_dim, sliding_window, settings, stream);
+  stem_prefill(out, q, k_cache, v_cache, page_table, kv_lens, query_start, step, scale, sliding_window, settings,
+               stream, skipped);
 }
 
 }  // namespace stem::cuda
