@@ -245,7 +245,7 @@ def test_compose(model_dir):
     up = subprocess.run([*compose, "up", "-d", "--no-build", "stemserve-cpu"], env=env, capture_output=True,
                         text=True, timeout=120)
     try:
-        if not check("docker-compose up", up.returncode == 0, (up.stdout + up.stderr).strip()[-500:]):
+        if not check("docker-compose up", up.returncode == 0, "" if up.returncode == 0 else (up.stdout + up.stderr)[-800:]):
             return
         ready = wait_health(8000)
         check("compose: /health answers 200", ready is not None, f"{ready or 0:.1f} s after up")
@@ -256,8 +256,8 @@ def test_compose(model_dir):
     finally:
         logs = subprocess.run([*compose, "logs", "--no-color"], env=env, capture_output=True, text=True, timeout=60)
         (LOGS / "image_test.compose.log").write_text(logs.stdout + logs.stderr)
-        down = subprocess.run([*compose, "down"], env=env, capture_output=True, text=True, timeout=120)
-        check("docker-compose down", down.returncode == 0, (down.stdout + down.stderr).strip()[-300:])
+        down = subprocess.run([*compose, "down", "--volumes"], env=env, capture_output=True, text=True, timeout=120)
+        check("docker-compose down", down.returncode == 0, "" if down.returncode == 0 else (down.stdout + down.stderr)[-800:])
 
 
 def main():
