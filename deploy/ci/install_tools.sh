@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the container test (deploy/ci/image_test.sh) needs, those that
+# Installs the Debian packages the container test (deploy/ci/image_test.py) needs, those that
 # are missing: Docker's engine and CLI (docker.io: dockerd, containerd, runc; its 20.10 CLI has
 # BuildKit built in), mmdebstrap (the local Debian 12 base image), docker-compose (1.29) and
 # iptables (dockerd's port publishing).
@@ -14,6 +14,7 @@ if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  # No service starts at install (policy-rc.d 101): image_test.sh starts its own dockerd.
+  # image_test.py starts a dockerd of its own (its data under ~/.cache), whether or not the
+  # package's service starts.
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
