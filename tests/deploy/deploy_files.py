@@ -36,11 +36,21 @@ class Stage:
         return [i for i in self.instructions if i.keyword == keyword]
 
     def env(self):
-        """The ENV of this stage (base image's own ENV not included), in order."""
-        out = {}
-        for i in self.all("ENV"):
-            out.update(parse_env(i.args))
+        """The ENV of this stage (base image's own ENV not included), in order, with the stage's
+        ARGs at their defaults substituted (as `docker build` without --build-arg has them)."""
+        out, args = {}, {}
+        for i in self.instructions:
+            if i.keyword == "ARG":
+                key, _, value = i.args.partition("=")
+                args[key.strip()] = value.strip()
+            elif i.keyword == "ENV":
+                out.update({k: substitute(v, args) for k, v in parse_env(i.args).items()})
         return out
+
+    def arg(self, name):
+        """The default of the stage's ARG name (None when the stage declares none)."""
+        found = [i.args.partition("=") for i in self.all("ARG")]
+        return next((value.strip() for key, _, value in found if key.strip() == name), None)
 
     def exec_form(self, keyword):
         """The last ENTRYPOINT/CMD of the stage as a list (shell form: /bin/sh -c ...)."""
@@ -92,7 +102,8 @@ def substitute(text, values):
 
 
 def parse_dockerfile(path=DOCKERFILE):
-    """The stages of a Dockerfile, in order; global ARGs (before the first FROM) fill FROM lines."""
+    """The stages of a Dockerfile, in order; global ARGs (before the first FROM, each default
+    filled with those above it) fill FROM lines."""
     stages, global_args = [], {}
     for line, text in logical_lines(pathlib.Path(path).read_text()):
         keyword, _, args = text.partition(" ")
@@ -107,7 +118,7 @@ def parse_dockerfile(path=DOCKERFILE):
         if not stages:
             if keyword == "ARG":
                 key, _, value = args.partition("=")
-                global_args[key.strip()] = value.strip()
+                global_args[key.strip()] = substitute(value.strip(), global_args)
             continue
         stages[-1].instructions.append(Instruction(keyword, rest, flags, line))
     return stages

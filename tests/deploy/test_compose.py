@@ -34,9 +34,15 @@ def test_reserves_a_gpu(service):
                for d in devices), devices
 
 
+def mounts(svc, environ=None):
+    """The service's volumes as [source, target, ...], interpolated against environ (none set)."""
+    return [compose_interpolate(v, environ or {}).split(":") for v in svc["volumes"]]
+
+
 def test_model_volume_is_mounted_at_models(compose, service):
-    mounts = [v.split(":") for v in service["volumes"]]
-    assert any(m[1] == "/models" and m[0] in compose["volumes"] for m in mounts), mounts
+    assert any(m[1] == "/models" and m[0] in compose["volumes"] for m in mounts(service)), service["volumes"]
+    # STEMSERVE_MODELS, a host folder, stands in for the volume (CI's image test mounts its model so).
+    assert ["/srv/models", "/models", "ro"] in mounts(service, {"STEMSERVE_MODELS": "/srv/models"})
     env = {k: compose_interpolate(str(v), {}) for k, v in service["environment"].items()}
     assert env["STEMSERVE_MODEL"].startswith("/models/")
 
@@ -44,8 +50,22 @@ def test_model_volume_is_mounted_at_models(compose, service):
 def test_prepare_is_opt_in_and_fills_the_same_volume(compose, service):
     prepare = compose["services"]["prepare"]
     assert prepare.get("profiles"), "`docker compose up` must not run the model preparation"
-    served = {v.split(":")[0] for v in service["volumes"]}
-    assert any(v.split(":")[0] in served and v.split(":")[1] == "/models" for v in prepare["volumes"])
+    served = {m[0] for m in mounts(service)}
+    assert any(m[0] in served and m[1] == "/models" for m in mounts(prepare))
+
+
+def test_cpu_form_is_the_server_less_the_gpu(compose, service):
+    """`--profile cpu up stemserve-cpu`: the same server on the CPU image (DEVICE=cpu on a local
+    Debian base), only by profile, so that a plain `up` starts the GPU server alone."""
+    cpu = compose["services"]["stemserve-cpu"]
+    assert cpu["profiles"] == ["cpu"] and not service.get("profiles")
+    for key in ("environment", "ports", "volumes", "healthcheck", "stop_grace_period"):
+        assert cpu[key] == service[key], key
+    assert "deploy" not in cpu
+    args = {k: compose_interpolate(str(v), {}) for k, v in cpu["build"]["args"].items()}
+    assert args == {"BUILD_BASE": "stemserve-base:debian12", "RUNTIME_BASE": "stemserve-base:debian12",
+                    "DEVICE": "cpu"}
+    assert cpu["image"].startswith("stemserve-cpu:")
 
 
 def test_settings_are_real_stemserve_variables(compose, env_names):

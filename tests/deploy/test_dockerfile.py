@@ -1,11 +1,12 @@
-"""deploy/Dockerfile and .dockerignore, read as Docker would (no Docker engine on CI): the stages
-and their images, what the build copies and runs, and what the server image declares."""
+"""deploy/Dockerfile and .dockerignore, read as Docker would: the stages and their images, what the
+build copies and runs, and what the server image declares. (CI also builds and runs the image:
+deploy/ci/image_test.py, a phase of .ci/run.)"""
 import re
 import subprocess
 
 import pytest
 
-from deploy_files import ROOT, DockerIgnore, context_size, copy_sources, healthcheck, tracked_files
+from deploy_files import DOCKERFILE, ROOT, DockerIgnore, context_size, copy_sources, healthcheck, tracked_files
 
 
 def project_version():
@@ -31,7 +32,7 @@ def test_every_image_has_a_pinned_tag(stages, compose, k8s):
     for image in images:
         name, _, tag = image.rpartition(":")
         assert name and "/" not in tag and tag not in ("", "latest"), f"image '{image}' needs an explicit tag"
-    ours = [i for i in images if i.split(":")[0] in ("stemserve", "stemserve-prepare")]
+    ours = [i for i in images if i.split(":")[0] in ("stemserve", "stemserve-cpu", "stemserve-prepare")]
     assert ours and all(i.endswith(":" + project_version()) for i in ours), ours
 
 
@@ -72,8 +73,23 @@ def test_build_runs_the_scripts_ci_runs(stages):
     assert any(re.search(r"scripts/install_packages\.sh(\s|$|&)", r) for r in runs), runs
     build_runs = [r for r in runs if "scripts/build.sh" in r]
     assert len(build_runs) == 1, runs
-    assert re.search(r"scripts/build\.sh\s+-DSTEM_CUDA=ON\b", build_runs[0]), build_runs[0]
+    # DEVICE (cuda by default) picks the backend: -DSTEM_CUDA=ON for cuda, OFF for cpu.
+    assert re.search(r"scripts/build\.sh\s+-DSTEM_CUDA=\$cuda\b", build_runs[0]), build_runs[0]
+    assert re.search(r'cuda=\$\(\[ "\$DEVICE" = cuda \] && echo ON \|\| echo OFF\)', build_runs[0]), build_runs[0]
     assert "cmake " not in build_runs[0], "configure and build through scripts/build.sh only"
+
+
+def test_device_argument_picks_backend_and_server_device(stages, runtime):
+    """One Dockerfile for both images: DEVICE=cuda (the default: nvidia/cuda bases) or cpu (any
+    Debian 12 / Ubuntu 24.04 base by BUILD_BASE and RUNTIME_BASE, as CI's image test builds)."""
+    build = next(s for s in stages if s.name == "build")
+    assert build.arg("DEVICE") == runtime.arg("DEVICE") == "cuda"
+    assert runtime.env()["STEMSERVE_DEVICE"] == "cuda"
+    assert any("STEMSERVE_DEVICE=${DEVICE}" in i.args for i in runtime.all("ENV"))
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM \$\{BUILD_BASE\} AS build$", text, re.M)
+    assert re.search(r"^FROM \$\{RUNTIME_BASE\} AS runtime$", text, re.M)
+    assert "# syntax=" not in text, "a syntax line makes BuildKit fetch its frontend from a registry"
 
 
 def test_package_list_is_one_list():

@@ -38,6 +38,21 @@ def named_port(container, port):
     return next(p["containerPort"] for p in container["ports"] if p["name"] == port)
 
 
+def test_manifests_match_the_kubernetes_api_schemas(k8s):
+    """Every object under deploy/k8s against the API schemas of the Kubernetes release that
+    kubernetes-validate (requirements.txt) ships last, strictly: an unknown field fails too."""
+    import kubernetes_validate
+    version = kubernetes_validate.latest_version()
+    assert k8s
+    for (kind, name), obj in k8s.items():
+        doc = {k: v for k, v in obj.items() if k != "_file"}
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{obj['_file']}: {kind}/{name} is no valid {kind} of Kubernetes {version}: {e.message} "
+                        f"(at {'.'.join(map(str, e.path))})")
+
+
 def test_kustomization_lists_files_that_exist():
     kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     for res in kust["resources"]:
