@@ -12,8 +12,10 @@ build="${STEM_ASAN_BUILD_DIR:-$root/build-asan}"
 jobs="${STEM_JOBS:-$(nproc)}"
 
 start=$(date +%s)
-# Line tables (-g1) are enough for the reports' stack traces and build much faster than -g.
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
+# Line tables (-g1) are enough for the reports' stack traces and build much faster than -g; -O1 (what
+# the sanitizers' authors advise) compiles in 0.7-0.75x the time of -O2 here (http_server.cc 45 s against 59 s,
+# chat_template_eval.cc 17 s against 23 s, the machine loaded).
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
   -DSTEM_CUDA=OFF -DSTEM_SANITIZE=address,undefined -DSTEM_BUILD_EVAL=OFF >/dev/null
 cmake --build "$build" -j "$jobs"
 echo "test_sanitize.sh: built in $(($(date +%s) - start)) s"
