@@ -353,7 +353,7 @@ class CudaBackend final : public CudaModelBackend {
     cuda::rmsnorm(x, residual, weights_.layers[0].input_norm, eps, s);
     mark("embedding + norm");
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      const CudaLayerWeights& L = weights_.layers[i];
+      const LlamaLayerWeights& L = weights_.layers[i];
       const TensorView k_cache = layer_cache(i, 0), v_cache = layer_cache(i, 1);
       cuda::matmul(gemm_, qkv, x, L.qkv, L.qkv_bias, s);
       mark("gemm qkv");

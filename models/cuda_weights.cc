@@ -6,101 +6,14 @@
 #include <string>
 
 #include "base/weights.h"
+#include "models/llama_weights.h"
 
 namespace stem {
 
 namespace {
 
-constexpr size_t kAlign = 256;  // cuBLASLt's fastest kernels want 256-byte-aligned operands
-
-// Hands out views into one arena. Run once with no base to measure, once more to place.
-struct Arena {
-  char* base = nullptr;
-  size_t used = 0;
-
-  TensorView take(DType dtype, std::initializer_list<int64_t> shape) {
-    TensorView v(nullptr, dtype, shape);
-    v.data = base ? base + used : nullptr;
-    used += (static_cast<size_t>(v.numel()) * dtype_size(dtype) + kAlign - 1) / kAlign * kAlign;
-    return v;
-  }
-};
-
-size_t view_bytes(const TensorView& v) { return v.empty() ? 0 : static_cast<size_t>(v.numel()) * dtype_size(v.dtype); }
-
-void place_all(Arena& a, const ModelConfig& c, bool tied, CudaWeights& w, std::vector<CudaLayerWeights>& layers) {
-  const int64_t H = c.hidden_size, I = c.intermediate_size, QKV = c.q_dim() + 2 * c.kv_dim();
-  w.embed = a.take(DType::BF16, {c.vocab_size, H});
-  w.final_norm = a.take(DType::BF16, {H});
-  w.lm_head = tied ? w.embed : a.take(DType::BF16, {c.vocab_size, H});
-  w.inv_freq = a.take(DType::F32, {c.head_dim / 2});
-  layers.assign(static_cast<size_t>(c.num_hidden_layers), {});
-  for (CudaLayerWeights& L : layers) {
-    L.input_norm = a.take(DType::BF16, {H});
-    L.post_norm = a.take(DType::BF16, {H});
-    L.qkv = a.take(DType::BF16, {QKV, H});
-    if (c.attention_bias) L.qkv_bias = a.take(DType::BF16, {QKV});
-    L.o = a.take(DType::BF16, {H, c.q_dim()});
-    if (c.o_proj_bias) L.o_bias = a.take(DType::BF16, {H});
-    L.gate_up = a.take(DType::BF16, {2 * I, H});
-    if (c.mlp_bias) L.gate_up_bias = a.take(DType::BF16, {2 * I});
-    L.down = a.take(DType::BF16, {H, I});
-    if (c.mlp_bias) L.down_bias = a.take(DType::BF16, {H});
-  }
-}
-
-// Rows [row0, row0 + rows) of a bf16 matrix (or elements of a vector), as a byte address.
-char* row_address(const TensorView& dst, int64_t row0) {
-  const int64_t row = dst.ndim == 1 ? 1 : dst.shape[1];
-  return static_cast<char*>(dst.data) + row0 * row * 2;
-}
-
-// Copies checkpoint tensor `name` (of `shape`) into rows starting at row0 of dst, as bf16.
-void load_rows(const WeightStore& store, const std::string& name, const std::vector<int64_t>& shape,
-               const TensorView& dst, int64_t row0) {
-  const TensorInfo& t = store.get(name, shape);
-  const size_t n = static_cast<size_t>(t.numel());
-  if (t.dtype == DType::BF16) {
-    CUDA_CHECK(cudaMemcpy(row_address(dst, row0), t.data, n * 2, cudaMemcpyHostToDevice));
-    return;
-  }
-  std::vector<float> f32(n);
-  convert_to_f32(t, f32.data());
-  std::vector<uint16_t> bf16(n);
-  for (size_t i = 0; i < n; ++i) bf16[i] = f32_to_bf16(f32[i]);
-  CUDA_CHECK(cudaMemcpy(row_address(dst, row0), bf16.data(), n * 2, cudaMemcpyHostToDevice));
-}
-
-void load_checkpoint(const ModelConfig& c, const WeightStore& s, const CudaWeights& w,
-                     const std::vector<CudaLayerWeights>& layers, bool tied) {
-  const int64_t H = c.hidden_size, I = c.intermediate_size, Q = c.q_dim(), KV = c.kv_dim();
-  load_rows(s, "model.embed_tokens.weight", {c.vocab_size, H}, w.embed, 0);
-  load_rows(s, "model.norm.weight", {H}, w.final_norm, 0);
-  if (!tied) load_rows(s, "lm_head.weight", {c.vocab_size, H}, w.lm_head, 0);
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    const CudaLayerWeights& L = layers[i];
-    load_rows(s, p + "input_layernorm.weight", {H}, L.input_norm, 0);
-    load_rows(s, p + "post_attention_layernorm.weight", {H}, L.post_norm, 0);
-    load_rows(s, p + "self_attn.q_proj.weight", {Q, H}, L.qkv, 0);
-    load_rows(s, p + "self_attn.k_proj.weight", {KV, H}, L.qkv, Q);
-    load_rows(s, p + "self_attn.v_proj.weight", {KV, H}, L.qkv, Q + KV);
-    if (c.attention_bias) {
-      load_rows(s, p + "self_attn.q_proj.bias", {Q}, L.qkv_bias, 0);
-      load_rows(s, p + "self_attn.k_proj.bias", {KV}, L.qkv_bias, Q);
-      load_rows(s, p + "self_attn.v_proj.bias", {KV}, L.qkv_bias, Q + KV);
-    }
-    load_rows(s, p + "self_attn.o_proj.weight", {H, Q}, L.o, 0);
-    if (c.o_proj_bias) load_rows(s, p + "self_attn.o_proj.bias", {H}, L.o_bias, 0);
-    load_rows(s, p + "mlp.gate_proj.weight", {I, H}, L.gate_up, 0);
-    load_rows(s, p + "mlp.up_proj.weight", {I, H}, L.gate_up, I);
-    load_rows(s, p + "mlp.down_proj.weight", {H, I}, L.down, 0);
-    if (c.mlp_bias) {
-      load_rows(s, p + "mlp.gate_proj.bias", {I}, L.gate_up_bias, 0);
-      load_rows(s, p + "mlp.up_proj.bias", {I}, L.gate_up_bias, I);
-      load_rows(s, p + "mlp.down_proj.bias", {H}, L.down_bias, 0);
-    }
-  }
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
 }
 
 uint64_t splitmix64(uint64_t& s) {
@@ -160,50 +73,31 @@ void fill_random_bf16(void* dst, size_t count, uint64_t seed) {
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 
-namespace {
-
-void fill_random(const ModelConfig& c, uint64_t seed, const CudaWeights& w, const std::vector<CudaLayerWeights>& layers,
-                 bool tied) {
-  RandomFiller fill(seed);
-  fill.normal(w.embed);
-  RandomFiller::ones(w.final_norm);
-  if (!tied) fill.normal(w.lm_head);
-  for (const CudaLayerWeights& L : layers) {
-    RandomFiller::ones(L.input_norm);
-    RandomFiller::ones(L.post_norm);
-    for (const TensorView* m : {&L.qkv, &L.qkv_bias, &L.o, &L.o_bias, &L.gate_up, &L.gate_up_bias, &L.down,
-                                &L.down_bias})
-      if (!m->empty()) fill.normal(*m);
-  }
-  CUDA_CHECK(cudaDeviceSynchronize());  // the pool goes when `fill` does
-}
-
-}  // namespace
-
 CudaWeights::CudaWeights(const ModelConfig& c, const WeightStore* store, uint64_t seed) {
   STEM_CHECK(c.head_dim % 2 == 0 && c.hidden_size > 0 && c.vocab_size > 0, "CUDA backend: bad model shape");
-  // Some tied checkpoints still store lm_head.weight; then it is used as stored (as on the CPU).
-  const bool tied = c.tie_word_embeddings && !(store && store->has("lm_head.weight"));
-  Arena measure;
-  place_all(measure, c, tied, *this, layers);
-  arena_ = cudabk::DeviceMemory(measure.used, "the model weights");
-  Arena arena{arena_.bytes_ptr(), 0};
-  place_all(arena, c, tied, *this, layers);
+  const bool tied = lm_head_tied(c, store);
+  const std::vector<WeightSpec> table = llama_weight_table(c, tied, *this);
+  arena_ = cudabk::DeviceMemory(place_weights(c, table, *this, DType::BF16, nullptr), "the model weights");
+  place_weights(c, table, *this, DType::BF16, arena_.bytes_ptr());
 
-  if (store)
-    load_checkpoint(c, *store, *this, layers, tied);
-  else
-    fill_random(c, seed, *this, layers, tied);
-  const std::vector<float> inv = cpu::rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling);
-  STEM_CHECK(static_cast<int64_t>(inv.size()) == c.head_dim / 2, "rope frequencies: ", inv.size(), " for head dim ",
-             c.head_dim);
-  CUDA_CHECK(cudaMemcpy(inv_freq.data, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice));
+  if (store) {
+    load_weights(table, *this, c, *store, copy_to_device);
+  } else {
+    RandomFiller fill(seed);
+    for (const WeightSpec& s : table) {
+      if (s.init == WeightInit::Ones)
+        RandomFiller::ones(*s.dst);
+      else
+        fill.normal(*s.dst);
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());  // the pool goes when `fill` does
+    const std::vector<float> inv = rope_frequencies(c);
+    copy_to_device(inv_freq.data, inv.data(), inv.size() * sizeof(float));
+  }
 
-  step_read_bytes_ = view_bytes(final_norm) + view_bytes(lm_head);
-  for (const CudaLayerWeights& L : layers)
-    for (const TensorView* v : {&L.input_norm, &L.post_norm, &L.qkv, &L.qkv_bias, &L.o, &L.o_bias, &L.gate_up,
-                                &L.gate_up_bias, &L.down, &L.down_bias})
-      step_read_bytes_ += view_bytes(*v);
+  step_read_bytes_ = tied ? view_bytes(lm_head) : 0;
+  for (const WeightSpec& s : table)
+    if (s.per_step) step_read_bytes_ += view_bytes(*s.dst);
 }
 
 }  // namespace stem

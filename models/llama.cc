@@ -16,11 +16,8 @@ namespace stem {
 
 namespace {
 
-Tensor load_opt(const WeightStore& w, bool present, const std::string& name, std::vector<int64_t> shape) {
-  return present ? w.load_f32(name, shape) : Tensor();
-}
-
-TensorView view_or_empty(const Tensor& t) { return t.empty() ? TensorView() : t.view(); }
+// Rows [begin, end) of a weight or bias (empty stays empty).
+TensorView part(const TensorView& t, int64_t begin, int64_t end) { return t.empty() ? TensorView() : t.rows(begin, end); }
 
 // Adds one layer's plan to the step's Stem figures: every listed (query block, head) of a sparse
 // block against its causal key blocks.
@@ -39,35 +36,10 @@ void count_stem(const cpu::StemPlan& plan, const std::vector<StemQueryBlock>& bl
 }  // namespace
 
 LlamaModel::LlamaModel(const ModelConfig& c, const WeightStore& w) : config_(c) {
-  const int64_t H = c.hidden_size, I = c.intermediate_size, Q = c.q_dim(), KV = c.kv_dim();
-  embed_ = w.load_f32("model.embed_tokens.weight", {c.vocab_size, H});
-  final_norm_ = w.load_f32("model.norm.weight", {H});
-  // Some tied checkpoints still store lm_head.weight; then it is used as stored.
-  if (!c.tie_word_embeddings || w.has("lm_head.weight")) lm_head_ = w.load_f32("lm_head.weight", {c.vocab_size, H});
-  layers_.resize(c.num_hidden_layers);
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    LlamaLayer& L = layers_[i];
-    L.input_norm = w.load_f32(p + "input_layernorm.weight", {H});
-    L.post_norm = w.load_f32(p + "post_attention_layernorm.weight", {H});
-    L.wq = w.load_f32(p + "self_attn.q_proj.weight", {Q, H});
-    L.wk = w.load_f32(p + "self_attn.k_proj.weight", {KV, H});
-    L.wv = w.load_f32(p + "self_attn.v_proj.weight", {KV, H});
-    L.wo = w.load_f32(p + "self_attn.o_proj.weight", {H, Q});
-    L.bq = load_opt(w, c.attention_bias, p + "self_attn.q_proj.bias", {Q});
-    L.bk = load_opt(w, c.attention_bias, p + "self_attn.k_proj.bias", {KV});
-    L.bv = load_opt(w, c.attention_bias, p + "self_attn.v_proj.bias", {KV});
-    L.bo = load_opt(w, c.o_proj_bias, p + "self_attn.o_proj.bias", {H});
-    L.w_gate = w.load_f32(p + "mlp.gate_proj.weight", {I, H});
-    L.w_up = w.load_f32(p + "mlp.up_proj.weight", {I, H});
-    L.w_down = w.load_f32(p + "mlp.down_proj.weight", {H, I});
-    L.b_gate = load_opt(w, c.mlp_bias, p + "mlp.gate_proj.bias", {I});
-    L.b_up = load_opt(w, c.mlp_bias, p + "mlp.up_proj.bias", {I});
-    L.b_down = load_opt(w, c.mlp_bias, p + "mlp.down_proj.bias", {H});
-  }
-  std::vector<float> inv = cpu::rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling);
-  inv_freq_ = Tensor::f32({static_cast<int64_t>(inv.size())});
-  std::copy(inv.begin(), inv.end(), inv_freq_.ptr<float>());
+  const std::vector<WeightSpec> table = llama_weight_table(c, lm_head_tied(c, &w), w_);
+  arena_ = Tensor(DType::F32, {static_cast<int64_t>(place_weights(c, table, w_, DType::F32, nullptr) / 4)});
+  place_weights(c, table, w_, DType::F32, static_cast<char*>(arena_.data()));
+  load_weights(table, w_, c, w, nullptr);
 }
 
 void LlamaModel::forward(const ForwardBatch& b, const KvLayers& kv, Tensor& logits, const StemSettings& stem,
@@ -101,14 +73,16 @@ void LlamaModel::forward(const ForwardBatch& b, const KvLayers& kv, Tensor& logi
   const bool stem_step = std::any_of(stem_blocks.begin(), stem_blocks.end(), [](const auto& x) { return x.sparse; });
   if (stats) *stats = {};
 
-  cpu::embedding(h.view(), tokens, embed_.view());
-  cpu::rmsnorm(x.view(), h.view(), layers_[0].input_norm.view(), eps);
+  const int64_t Q = c.q_dim(), KV = c.kv_dim();
+  cpu::embedding(h.view(), tokens, w_.embed);
+  cpu::rmsnorm(x.view(), h.view(), w_.layers[0].input_norm, eps);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const LlamaLayer& L = layers_[l];
-    cpu::matmul(q.view().reshape({T, Hq * D}), x.view(), L.wq.view(), view_or_empty(L.bq));
-    cpu::matmul(k.view().reshape({T, Hk * D}), x.view(), L.wk.view(), view_or_empty(L.bk));
-    cpu::matmul(v.view().reshape({T, Hk * D}), x.view(), L.wv.view(), view_or_empty(L.bv));
-    cpu::rope_kv_write(q.view(), k.view(), v.view(), positions, inv_freq_.view(), kv.k[l], kv.v[l], slots);
+    const LlamaLayerWeights& L = w_.layers[l];
+    cpu::matmul(q.view().reshape({T, Hq * D}), x.view(), L.qkv.rows(0, Q), part(L.qkv_bias, 0, Q));
+    cpu::matmul(k.view().reshape({T, Hk * D}), x.view(), L.qkv.rows(Q, Q + KV), part(L.qkv_bias, Q, Q + KV));
+    cpu::matmul(v.view().reshape({T, Hk * D}), x.view(), L.qkv.rows(Q + KV, Q + 2 * KV),
+                part(L.qkv_bias, Q + KV, Q + 2 * KV));
+    cpu::rope_kv_write(q.view(), k.view(), v.view(), positions, w_.inv_freq, kv.k[l], kv.v[l], slots);
     if (stem_step && stem_layer_sparse(stem, l)) {
       const cpu::StemPlan plan = cpu::stem_plan(q.view(), kv.k[l], kv.v[l], page_table, kv_lens, query_start,
                                                 prompt_lens, scale, c.sliding_window, stem);
@@ -119,14 +93,14 @@ void LlamaModel::forward(const ForwardBatch& b, const KvLayers& kv, Tensor& logi
       cpu::paged_attention(attn.view(), q.view(), kv.k[l], kv.v[l], page_table, kv_lens, query_start, scale,
                            c.sliding_window);
     }
-    cpu::matmul(proj.view(), attn.view().reshape({T, Hq * D}), L.wo.view(), view_or_empty(L.bo));
-    cpu::add_rmsnorm(x.view(), h.view(), proj.view(), L.post_norm.view(), eps);
-    cpu::matmul(gate.view(), x.view(), L.w_gate.view(), view_or_empty(L.b_gate));
-    cpu::matmul(up.view(), x.view(), L.w_up.view(), view_or_empty(L.b_up));
+    cpu::matmul(proj.view(), attn.view().reshape({T, Hq * D}), L.o, L.o_bias);
+    cpu::add_rmsnorm(x.view(), h.view(), proj.view(), L.post_norm, eps);
+    cpu::matmul(gate.view(), x.view(), L.gate_up.rows(0, I), part(L.gate_up_bias, 0, I));
+    cpu::matmul(up.view(), x.view(), L.gate_up.rows(I, 2 * I), part(L.gate_up_bias, I, 2 * I));
     cpu::swiglu(gate.view(), gate.view(), up.view());
-    cpu::matmul(proj.view(), gate.view(), L.w_down.view(), view_or_empty(L.b_down));
-    const Tensor& next_norm = l + 1 < c.num_hidden_layers ? layers_[l + 1].input_norm : final_norm_;
-    cpu::add_rmsnorm(x.view(), h.view(), proj.view(), next_norm.view(), eps);
+    cpu::matmul(proj.view(), gate.view(), L.down, L.down_bias);
+    const TensorView& next_norm = l + 1 < c.num_hidden_layers ? w_.layers[l + 1].input_norm : w_.final_norm;
+    cpu::add_rmsnorm(x.view(), h.view(), proj.view(), next_norm, eps);
   }
 
   const int64_t R = static_cast<int64_t>(b.logit_rows.size());
@@ -134,7 +108,7 @@ void LlamaModel::forward(const ForwardBatch& b, const KvLayers& kv, Tensor& logi
   for (int64_t r = 0; r < R; ++r)
     std::copy_n(x.ptr<float>() + b.logit_rows[r] * H, H, rows.ptr<float>() + r * H);
   if (logits.empty() || logits.shape() != std::vector<int64_t>{R, c.vocab_size}) logits = Tensor::f32({R, c.vocab_size});
-  cpu::matmul(logits.view(), rows.view(), (lm_head_.empty() ? embed_ : lm_head_).view(), TensorView());
+  cpu::matmul(logits.view(), rows.view(), w_.lm_head, TensorView());
 }
 
 }  // namespace stem

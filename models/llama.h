@@ -7,18 +7,13 @@
 #include "base/tensor.h"
 #include "base/weights.h"
 #include "models/backend.h"
+#include "models/llama_weights.h"
 
 namespace stem {
 
 // The paged KV cache as the model sees it: per layer, K and V pages f32 [P, page_size, Hkv, D].
 struct KvLayers {
   std::vector<TensorView> k, v;
-};
-
-struct LlamaLayer {
-  Tensor input_norm, post_norm;
-  Tensor wq, wk, wv, wo, bq, bk, bv, bo;
-  Tensor w_gate, w_up, w_down, b_gate, b_up, b_down;
 };
 
 class LlamaModel {
@@ -35,9 +30,8 @@ class LlamaModel {
 
  private:
   ModelConfig config_;
-  Tensor embed_, final_norm_, lm_head_;  // lm_head_ empty when tied to embed_
-  std::vector<LlamaLayer> layers_;
-  Tensor inv_freq_;
+  Tensor arena_;     // f32, every weight (models/llama_weights.h)
+  LlamaWeights w_;   // views into arena_
 };
 
 }  // namespace stem
