@@ -1,4 +1,4 @@
-#include "models/cuda_weights.h"
+#include "models/cuda/weights.h"
 
 #include <algorithm>
 #include <cmath>

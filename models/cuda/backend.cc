@@ -1,4 +1,4 @@
-#include "models/cuda_backend.h"
+#include "models/cuda/backend.h"
 
 #include <spdlog/spdlog.h>
 
@@ -15,11 +15,11 @@
 #include "kernels/cuda/stem.cuh"
 #include "kernels/cuda/swiglu.cuh"
 #include "kernels/cuda/token_logprob.cuh"
-#include "models/cuda_memory.h"
-#include "models/cuda_profile.h"
-#include "models/cuda_sampling.h"
-#include "models/cuda_step.h"
-#include "models/cuda_weights.h"
+#include "models/cuda/memory.h"
+#include "models/cuda/profile.h"
+#include "models/cuda/sampling.h"
+#include "models/cuda/step.h"
+#include "models/cuda/weights.h"
 
 namespace stem {
 

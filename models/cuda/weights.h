@@ -9,7 +9,7 @@
 #include "base/model_config.h"
 #include "kernels/view.h"
 #include "models/llama_weights.h"
-#include "models/cuda_memory.h"
+#include "models/cuda/memory.h"
 
 namespace stem {
 
