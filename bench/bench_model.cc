@@ -18,7 +18,7 @@
 //               [--json FILE] [--profile] [--runs N]   (an empty list, e.g. --batches '', skips that part)
 // --runs N: TTFT runs per prompt and mode (the median is printed); default 3 up to 32K, 1 beyond.
 // --profile: after the TTFT table, one more run of the longest prompt per mode with every op timed
-// (models/cuda_profile.h), printed as a breakdown (the events perturb that run a little).
+// (models/cuda/profile.h), printed as a breakdown (the events perturb that run a little).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -31,7 +31,7 @@
 
 #include "base/model_config.h"
 #include "kernels/cuda/cuda_check.cuh"
-#include "models/cuda_backend.h"
+#include "models/cuda/backend.h"
 
 using namespace stem;
 

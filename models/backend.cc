@@ -3,7 +3,6 @@
 #include <algorithm>
 
 #include "kernels/cpu/token_logprob.h"
-#include "models/llama.h"
 
 namespace stem {
 
@@ -121,52 +120,6 @@ void ModelBackend::forward_token_logprobs(const ForwardBatch& batch, const std::
 
 void ModelBackend::set_stem_settings(const StemSettings&) {
   throw Error("the " + name() + " backend cannot change its Stem settings after it was made");
-}
-
-namespace {
-
-class CpuBackend final : public ModelBackend {
- public:
-  CpuBackend(const ModelConfig& c, const WeightStore& w, const BackendOptions& o)
-      : model_(c, w), num_pages_(o.num_pages), page_size_(o.page_size), stem_(o.stem) {
-    check_stem_settings(stem_);
-    STEM_CHECK(o.page_size > 0 && 128 % o.page_size == 0, "page size ", o.page_size, " must divide 128");
-    STEM_CHECK(o.num_pages > 0, "the KV cache needs at least one page");
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-      for (auto* pool : {&k_, &v_}) {
-        pool->emplace_back(DType::F32, std::vector<int64_t>{o.num_pages, o.page_size, c.num_key_value_heads, c.head_dim});
-        (pool == &k_ ? kv_.k : kv_.v).push_back(pool->back().view());
-      }
-  }
-  const ModelConfig& config() const override { return model_.config(); }
-  std::string name() const override { return "cpu"; }
-  int64_t num_pages() const override { return num_pages_; }
-  int32_t page_size() const override { return page_size_; }
-  void forward(const ForwardBatch& batch, Tensor& logits) override {
-    batch.validate(model_.config().vocab_size, num_pages_, page_size_);
-    model_.forward(batch, kv_, logits, stem_, &stem_stats_);
-  }
-  StemStepStats last_stem_stats() const override { return stem_stats_; }
-  void set_stem_settings(const StemSettings& settings) override {
-    check_stem_settings(settings);
-    stem_ = settings;
-  }
-
- private:
-  LlamaModel model_;
-  int64_t num_pages_;
-  int32_t page_size_;
-  StemSettings stem_;
-  StemStepStats stem_stats_;
-  std::vector<Tensor> k_, v_;
-  KvLayers kv_;
-};
-
-}  // namespace
-
-std::unique_ptr<ModelBackend> make_cpu_backend(const ModelConfig& config, const WeightStore& weights,
-                                               const BackendOptions& options) {
-  return std::make_unique<CpuBackend>(config, weights, options);
 }
 
 std::unique_ptr<ModelBackend> make_backend(const ModelConfig& config, const WeightStore* weights,

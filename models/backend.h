@@ -134,10 +134,10 @@ struct BackendOptions {
 std::unique_ptr<ModelBackend> make_backend(const ModelConfig& config, const WeightStore* weights,
                                            const BackendOptions& options);
 
-// The CPU backend: fp32 weights and KV cache in host memory.
+// The CPU backend (models/cpu/backend.cc): fp32 weights and KV cache in host memory.
 std::unique_ptr<ModelBackend> make_cpu_backend(const ModelConfig& config, const WeightStore& weights,
                                                const BackendOptions& options);
-// The CUDA backend (models/cuda_backend.cc), in builds with CUDA.
+// The CUDA backend (models/cuda/backend.cc), in builds with CUDA.
 std::unique_ptr<ModelBackend> make_cuda_backend(const ModelConfig& config, const WeightStore* weights,
                                                 const BackendOptions& options);
 

@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""The folders are the architecture: each one includes only itself and the folders below it.
+"""The folders are the architecture: each room includes only itself and the rooms below it.
 
     server -> engine -> models, text -> base -> kernels
 
-(models and text are side by side: neither includes the other.) This lists every `#include "x/..."`
-of our sources whose folder x is not below the including file's folder, and exits 1 if there is
-one. tests/ and bench/ may include anything; proto/ is generated. Standard library only.
+(models and text are side by side: neither includes the other.) Inside models/, the forward pass
+written once (models/*) knows no device: it includes neither backend (models/cpu/, models/cuda/)
+nor the CUDA kernels, and the backends do not include each other; the CUDA kernels (kernels/cuda/)
+are reached only through the CUDA backend. A file belongs to the longest room its path starts
+with. This lists every `#include "x/..."` of our sources whose room is not below the including
+file's room, and exits 1 if there is one. tests/ and bench/ may include anything; proto/ is
+generated. Standard library only.
 
     scripts/check_includes.py [ROOT]
 """
@@ -13,33 +17,48 @@ import re
 import sys
 from pathlib import Path
 
-# Each folder and the folders it may include (besides itself).
+# Each room and the rooms it may include (besides itself).
 BELOW = {
     "kernels": set(),
+    "kernels/cuda": {"kernels"},
     "base": {"kernels"},
     "models": {"base", "kernels"},
+    "models/cpu": {"models", "base", "kernels"},
+    "models/cuda": {"models", "base", "kernels", "kernels/cuda"},
     "text": {"kernels"},
     "engine": {"models", "text", "base", "kernels"},
     "server": {"engine", "models", "text", "base", "kernels", "proto"},
 }
-INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+)/[^"]+"', re.M)
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+/[^"]+)"', re.M)
+
+
+def room_of(path):
+    """The longest room that `path` (a/b/c.h) starts with, or None."""
+    parts = path.split("/")
+    for n in range(len(parts) - 1, 0, -1):
+        room = "/".join(parts[:n])
+        if room in BELOW:
+            return room
+    return None
 
 
 def main():
     root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[1])
     bad = []
     checked = 0
-    for folder, allowed in BELOW.items():
-        for path in sorted((root / folder).rglob("*")):
+    for top in sorted({r.split("/")[0] for r in BELOW}):
+        for path in sorted((root / top).rglob("*")):
             if path.suffix not in (".h", ".cc", ".cu", ".cuh") or "prepare" in path.parts:
                 continue
             checked += 1
+            rel = path.relative_to(root).as_posix()
+            room = room_of(rel)
             text = path.read_text(encoding="utf-8", errors="replace")
             for m in INCLUDE.finditer(text):
-                target = m.group(1)
-                if target != folder and target in BELOW and target not in allowed:
+                target = room_of(m.group(1))
+                if target is not None and target != room and target not in BELOW[room]:
                     line = text.count("\n", 0, m.start()) + 1
-                    bad.append(f"{path.relative_to(root)}:{line}: {folder}/ includes {target}/ ({m.group(0).strip()})")
+                    bad.append(f"{rel}:{line}: {room}/ includes {target}/ ({m.group(0).strip()})")
     for b in bad:
         print(b)
     print(f"check_includes: {checked} files, {len(bad)} upward include(s)"

@@ -7,7 +7,7 @@
 
 #include "kernels/check.h"
 #ifdef STEM_HAVE_CUDA
-#include "models/cuda_backend.h"
+#include "models/cuda/backend.h"
 #endif
 
 namespace stem::eval {

@@ -5,7 +5,7 @@
 #include <sstream>
 
 #include "kernels/cpu/sampling.h"
-#include "models/cuda_backend.h"
+#include "models/cuda/backend.h"
 #include "tests/gpu_model/gpu_model_util.h"
 #include "tests/test_util.h"
 

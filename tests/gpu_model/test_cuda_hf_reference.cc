@@ -19,7 +19,7 @@
 #include <fstream>
 
 #include "engine/engine.h"
-#include "models/cuda_backend.h"
+#include "models/cuda/backend.h"
 #include "tests/gpu_model/gpu_model_util.h"
 #include "tests/models/hf_reference_check.h"
 

@@ -9,7 +9,7 @@
 // within rounding may be chosen on one side only; such rows differ by more than rounding, which is
 // why the test also checks that Stem's error is well below the distance between Stem and dense.
 #include "base/weights.h"
-#include "models/cuda_backend.h"
+#include "models/cuda/backend.h"
 #include "tests/gpu_model/gpu_model_util.h"
 #include "tests/test_util.h"
 

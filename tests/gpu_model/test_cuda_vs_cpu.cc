@@ -8,7 +8,7 @@
 // GPU rounds to bf16 (8 significant bits, ≤ 2^-9 relative per rounding) about eight times per
 // layer, and those errors add up in quadrature through the layers to a few 1e-3 on the logits;
 // 2e-2 is the bf16 bound DESIGN.md uses for ops, widened 2x for a whole model.
-#include "models/cuda_backend.h"
+#include "models/cuda/backend.h"
 #include "tests/gpu_model/gpu_model_util.h"
 #include "tests/test_util.h"
 

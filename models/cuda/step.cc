@@ -1,4 +1,4 @@
-#include "models/cuda_step.h"
+#include "models/cuda/step.h"
 
 #include <algorithm>
 #include <bit>

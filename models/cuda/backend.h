@@ -23,7 +23,7 @@ struct CudaBackendOptions {
   // the memory. A larger step still runs: the buffers grow (and captured graphs are dropped).
   int64_t reserve_step_tokens = 8192;
   uint64_t seed = 0;  // random (dummy) weights
-  // Time every op of the eager steps (models/cuda_profile.h); read the totals with profile().
+  // Time every op of the eager steps (models/cuda/profile.h); read the totals with profile().
   bool profile = false;
 };
 

@@ -1,4 +1,4 @@
-#include "models/cuda_sampling.h"
+#include "models/cuda/sampling.h"
 
 #include <algorithm>
 #include <cstring>

@@ -7,7 +7,7 @@
 #include <cstdint>
 
 #include "models/backend.h"
-#include "models/cuda_memory.h"
+#include "models/cuda/memory.h"
 
 namespace stem {
 

@@ -1,50 +1,28 @@
-#include "models/cuda_backend.h"
+#include "models/cuda/backend.h"
 
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <cmath>
 #include <map>
 #include <optional>
 
-#include "kernels/cuda/attention.cuh"
-#include "kernels/cuda/attention_decode.cuh"
-#include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/gemm.cuh"
-#include "kernels/cuda/rmsnorm.cuh"
-#include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/stem.cuh"
-#include "kernels/cuda/swiglu.cuh"
 #include "kernels/cuda/token_logprob.cuh"
-#include "models/cuda_memory.h"
-#include "models/cuda_profile.h"
-#include "models/cuda_sampling.h"
-#include "models/cuda_step.h"
-#include "models/cuda_weights.h"
+#include "models/cuda/memory.h"
+#include "models/cuda/ops.h"
+#include "models/cuda/profile.h"
+#include "models/cuda/sampling.h"
+#include "models/cuda/step.h"
+#include "models/cuda/weights.h"
+#include "models/cuda/workspace.h"
+#include "models/llama.h"
 
 namespace stem {
 
 namespace {
 
 using cudabk::DeviceMemory;
-
-// A view of `cols` columns starting at column `col0` of a row-major [rows, width] buffer.
-TensorView columns(void* base, DType dtype, int64_t rows, int64_t width, int64_t col0, int64_t cols) {
-  TensorView v(static_cast<char*>(base) + col0 * static_cast<int64_t>(dtype_size(dtype)), dtype, {rows, cols});
-  v.stride[0] = width;
-  return v;
-}
-
-// The same, split into heads: [rows, heads, head_dim] with row stride `width`.
-TensorView heads(void* base, int64_t rows, int64_t width, int64_t col0, int64_t n_heads, int64_t head_dim) {
-  TensorView v(static_cast<char*>(base) + col0 * 2, DType::BF16, {rows, n_heads, head_dim});
-  v.stride[0] = width;
-  return v;
-}
-
-TensorView i32(const DeviceMemory& meta, int64_t at, std::initializer_list<int64_t> shape) {
-  return TensorView(meta.bytes_ptr(static_cast<size_t>(at) * 4), DType::I32, shape);
-}
 
 // Stem settings the CUDA planner takes (it checks them again per call, but mid-step).
 void check_cuda_stem(const ModelConfig& c, const StemSettings& st) {
@@ -78,7 +56,7 @@ class CudaBackend final : public CudaModelBackend {
     ensure_workspace(std::max(co.reserve_step_tokens, max_graph), max_graph,
                      StepLayout::make(std::max(co.reserve_step_tokens, max_graph), max_graph, 1024, max_graph).total);
     // cuBLASLt takes its workspace at the first GEMM: take it now, so that the pool sizing sees it.
-    cuda::matmul(gemm_, TensorView(ws_.logits.get(), DType::F32, {1, c.vocab_size}),
+    cuda::matmul(gemm_, ws_.logit_rows(1, c.vocab_size),
                  TensorView(ws_.x.get(), DType::BF16, {1, c.hidden_size}), weights_.lm_head, TensorView(),
                  stream_.get());
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
@@ -100,9 +78,15 @@ class CudaBackend final : public CudaModelBackend {
     kv_ = DeviceMemory(static_cast<size_t>(num_pages_) * page_bytes, "the KV cache");
     // Zeroed so that pages nothing has written yet (padding rows of a graph read page 0) hold finite values.
     CUDA_CHECK(cudaMemsetAsync(kv_.get(), 0, kv_.bytes(), stream_.get()));
+    const size_t layer_bytes = static_cast<size_t>(num_pages_) * page_size_ * c.kv_dim() * 2;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+      for (int which = 0; which < 2; ++which)
+        (which ? kv_layers_.v : kv_layers_.k)
+            .push_back(TensorView(kv_.bytes_ptr((2 * static_cast<size_t>(l) + which) * layer_bytes), DType::BF16,
+                                  {num_pages_, page_size_, c.num_key_value_heads, c.head_dim}));
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     spdlog::info("cuda backend: weights {} MiB, activations {} MiB, KV cache {} pages of {} tokens ({} MiB), {} MiB free",
-                 weights_.bytes() >> 20, workspace_bytes() >> 20, num_pages_, page_size_, kv_.bytes() >> 20,
+                 weights_.bytes() >> 20, ws_.bytes() >> 20, num_pages_, page_size_, kv_.bytes() >> 20,
                  (free - kv_.bytes()) >> 20);
   }
 
@@ -123,7 +107,7 @@ class CudaBackend final : public CudaModelBackend {
     CudaBackendStats s = stats_;
     s.weight_bytes = weights_.bytes();
     s.kv_bytes = kv_.bytes();
-    s.workspace_bytes = workspace_bytes();
+    s.workspace_bytes = ws_.bytes();
     s.weight_step_read_bytes = weights_.step_read_bytes();
     s.kv_bytes_per_token = kv_bytes_per_token_;
     return s;
@@ -167,7 +151,7 @@ class CudaBackend final : public CudaModelBackend {
       CUDA_CHECK(cudaMemcpyAsync(d_targets, targets.data(), static_cast<size_t>(R) * 4, cudaMemcpyHostToDevice, s));
       const TensorView logprob(scores_.bytes_ptr(static_cast<size_t>(R) * 4), DType::F32, {R});
       const TensorView argmax(scores_.bytes_ptr(static_cast<size_t>(R) * 8), DType::I32, {R});
-      cuda::token_logprob(logprob, argmax, TensorView(ws_.logits.get(), DType::F32, {R, config_.vocab_size}),
+      cuda::token_logprob(logprob, argmax, ws_.logit_rows(R, config_.vocab_size),
                           TensorView(d_targets, DType::I32, {R}), s);
       CUDA_CHECK(cudaEventRecord(stop_.get(), s));
       CUDA_CHECK(cudaMemcpyAsync(out.logprob.data(), logprob.data, static_cast<size_t>(R) * 4, cudaMemcpyDeviceToHost, s));
@@ -183,7 +167,7 @@ class CudaBackend final : public CudaModelBackend {
     const auto R = static_cast<int64_t>(batch.logit_rows.size());
     sampling.validate(R, config_.vocab_size);
     launch_step(batch);
-    sampling_.launch(sampling, TensorView(ws_.logits.get(), DType::F32, {R, config_.vocab_size}), stream_.get());
+    sampling_.launch(sampling, ws_.logit_rows(R, config_.vocab_size), stream_.get());
     CUDA_CHECK(cudaEventRecord(stop_.get(), stream_.get()));
     finish_step();
     sampling_.collect(out);
@@ -267,140 +251,22 @@ class CudaBackend final : public CudaModelBackend {
     return step;
   }
 
-  // Activation buffers for `tokens` rows, logits for `rows` rows, and the step's metadata.
-  struct Workspace {
-    int64_t tokens = 0, rows = 0, meta_ints = 0;
-    DeviceMemory residual, x, qkv, attn, proj, gate_up, gathered, logits, meta;
-    cudabk::PinnedMemory meta_host;
-  };
-
-  size_t workspace_bytes() const {
-    size_t n = 0;
-    for (const DeviceMemory* m : {&ws_.residual, &ws_.x, &ws_.qkv, &ws_.attn, &ws_.proj, &ws_.gate_up, &ws_.gathered,
-                                  &ws_.logits, &ws_.meta})
-      n += m->bytes();
-    return n;
-  }
-
-  // Grows the buffers a step of this shape needs. Captured graphs hold the old addresses, so a
-  // growth drops them (they are captured again on next use); growth is rare: the first step larger
-  // than any before.
+  // Grows the step buffers to a step of this shape. Captured graphs hold the old addresses, so a
+  // growth drops them (they are captured again on next use).
   void ensure_workspace(int64_t tokens, int64_t rows, int64_t meta_ints) {
-    const ModelConfig& c = config_;
-    if (tokens <= ws_.tokens && rows <= ws_.rows && meta_ints <= ws_.meta_ints) return;
-    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
-    graphs_.clear();
-    const int64_t H = c.hidden_size, QKV = c.q_dim() + 2 * c.kv_dim();
-    if (tokens > ws_.tokens) {
-      tokens = std::max(tokens, ws_.tokens * 5 / 4);  // step sizes creep up: do not regrow for each
-      for (DeviceMemory* m : {&ws_.residual, &ws_.x, &ws_.qkv, &ws_.attn, &ws_.proj, &ws_.gate_up}) m->reset();
-      const size_t T = static_cast<size_t>(tokens);
-      ws_.residual = DeviceMemory(T * H * 4, "activations (residual stream)");
-      ws_.x = DeviceMemory(T * H * 2, "activations (normed)");
-      ws_.qkv = DeviceMemory(T * QKV * 2, "activations (qkv)");
-      ws_.attn = DeviceMemory(T * c.q_dim() * 2, "activations (attention)");
-      ws_.proj = DeviceMemory(T * H * 2, "activations (projections)");
-      ws_.gate_up = DeviceMemory(T * 2 * c.intermediate_size * 2, "activations (MLP)");
-      ws_.tokens = tokens;
-    }
-    if (rows > ws_.rows) {
-      ws_.gathered.reset();
-      ws_.logits.reset();
-      ws_.gathered = DeviceMemory(static_cast<size_t>(rows * H) * 2, "logit rows");
-      ws_.logits = DeviceMemory(static_cast<size_t>(rows * c.vocab_size) * 4, "logits");
-      ws_.rows = rows;
-    }
-    if (meta_ints > ws_.meta_ints) {
-      meta_ints = std::max(meta_ints, ws_.meta_ints * 2);
-      ws_.meta.reset();
-      ws_.meta = DeviceMemory(static_cast<size_t>(meta_ints) * 4, "step metadata");
-      ws_.meta_host = cudabk::PinnedMemory(static_cast<size_t>(meta_ints) * 4);
-      ws_.meta_ints = meta_ints;
-    }
+    if (ws_.grow(config_, tokens, rows, meta_ints, stream_.get())) graphs_.clear();
   }
 
-  TensorView layer_cache(int64_t layer, int which) const {
-    const ModelConfig& c = config_;
-    const size_t layer_bytes = static_cast<size_t>(num_pages_) * page_size_ * c.kv_dim() * 2;
-    return TensorView(kv_.bytes_ptr((2 * static_cast<size_t>(layer) + which) * layer_bytes), DType::BF16,
-                      {num_pages_, page_size_, c.num_key_value_heads, c.head_dim});
-  }
-
-  // The forward pass over the metadata already in ws_.meta, as launches on the stream: nothing
-  // here reads the device or the batch's values, so it can be captured into a graph.
-  // decode_only: every sequence has one row (a graph step), so attention goes straight to the
-  // decode kernel; the router would also launch its prefill path, which finds no work but costs
-  // two launches per layer once the batch has more rows than decode_max_rows.
-  // stem: the step's Stem plan when it has sparse blocks (eager steps only: the planner's host part
-  // depends on the values).
+  // The forward pass (models/llama.h) over the metadata already in ws_.meta, as launches on the
+  // stream: nothing here reads the device or the batch's values, so it can be captured into a
+  // graph. decode_only and stem (the step's Stem plan, made once by plan_stem): the step's routing
+  // (CudaOps::begin_step).
   void run_step(const StepLayout& l, bool gather, bool decode_only, const cuda::StemStep* stem = nullptr) {
-    const ModelConfig& c = config_;
-    const int64_t T = l.tokens, S = l.seqs, R = l.rows, H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
-    const int64_t Hq = c.num_attention_heads, Hk = c.num_key_value_heads, Q = c.q_dim(), KV = c.kv_dim();
-    const int64_t QKV = Q + 2 * KV;
-    const float eps = static_cast<float>(c.rms_norm_eps), scale = 1.0f / std::sqrt(static_cast<float>(D));
-    cudaStream_t s = stream_.get();
-
-    const TensorView tokens = i32(ws_.meta, l.tokens_at, {T}), positions = i32(ws_.meta, l.positions_at, {T});
-    const TensorView slots = i32(ws_.meta, l.slots_at, {T}), query_start = i32(ws_.meta, l.query_start_at, {S + 1});
-    const TensorView kv_lens = i32(ws_.meta, l.kv_lens_at, {S});
-    const TensorView page_table = i32(ws_.meta, l.page_table_at, {S, l.max_pages});
-    const TensorView residual(ws_.residual.get(), DType::F32, {T, H}), x(ws_.x.get(), DType::BF16, {T, H});
-    const TensorView qkv(ws_.qkv.get(), DType::BF16, {T, QKV}), proj(ws_.proj.get(), DType::BF16, {T, H});
-    const TensorView attn(ws_.attn.get(), DType::BF16, {T, Hq, D}), gate_up(ws_.gate_up.get(), DType::BF16, {T, 2 * I});
-    const TensorView q = heads(ws_.qkv.get(), T, QKV, 0, Hq, D), k = heads(ws_.qkv.get(), T, QKV, Q, Hk, D);
-    const TensorView v = heads(ws_.qkv.get(), T, QKV, Q + KV, Hk, D);
-    const TensorView gate = columns(ws_.gate_up.get(), DType::BF16, T, 2 * I, 0, I);
-    const TensorView up = columns(ws_.gate_up.get(), DType::BF16, T, 2 * I, I, I);
-
-    auto mark = [&](const char* op) { profile_.mark(op, s); };
-    cuda::embedding(residual, tokens, weights_.embed, s);
-    cuda::rmsnorm(x, residual, weights_.layers[0].input_norm, eps, s);
-    mark("embedding + norm");
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      const CudaLayerWeights& L = weights_.layers[i];
-      const TensorView k_cache = layer_cache(i, 0), v_cache = layer_cache(i, 1);
-      cuda::matmul(gemm_, qkv, x, L.qkv, L.qkv_bias, s);
-      mark("gemm qkv");
-      cuda::rope_kv_write(q, k, v, positions, weights_.inv_freq, k_cache, v_cache, slots, s);
-      mark("rope + kv_write");
-      // A step that wants no logits (a prompt chunk before the last) needs nothing of the last
-      // layer beyond its K/V.
-      if (R == 0 && i + 1 == c.num_hidden_layers) return;
-      if (stem && stem_layer_sparse(stem_, i)) {
-        cuda::stem_prefill(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, *stem, scale, c.sliding_window,
-                           stem_, s, static_cast<long long*>(stem_skipped_.get()));
-        mark("attention (stem)");
-      } else if (decode_only) {
-        cuda::paged_decode(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, c.sliding_window, s);
-      } else {
-        cuda::paged_attention(attn, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, c.sliding_window,
-                              s);
-        mark("attention (dense)");
-      }
-      cuda::matmul(gemm_, proj, attn.reshape({T, Q}), L.o, L.o_bias, s);
-      mark("gemm o");
-      cuda::add_rmsnorm(x, residual, proj, L.post_norm, eps, s);
-      mark("add + rmsnorm");
-      cuda::matmul(gemm_, gate_up, x, L.gate_up, L.gate_up_bias, s);
-      mark("gemm gate_up");
-      cuda::swiglu(gate, gate, up, s);
-      mark("swiglu");
-      cuda::matmul(gemm_, proj, gate, L.down, L.down_bias, s);
-      mark("gemm down");
-      const TensorView& next_norm = i + 1 < c.num_hidden_layers ? weights_.layers[i + 1].input_norm : weights_.final_norm;
-      cuda::add_rmsnorm(x, residual, proj, next_norm, eps, s);
-      mark("add + rmsnorm");
-    }
-    if (R == 0) return;
-    TensorView rows = x.rows(0, R);
-    if (gather) {
-      rows = TensorView(ws_.gathered.get(), DType::BF16, {R, H});
-      cuda::embedding(rows, i32(ws_.meta, l.logit_rows_at, {R}), x, s);  // a row gather: x is the "table"
-    }
-    cuda::matmul(gemm_, TensorView(ws_.logits.get(), DType::F32, {R, c.vocab_size}), rows, weights_.lm_head,
-                 TensorView(), s);
-    mark("lm_head");
+    LlamaStep step = ws_.step(config_, l);
+    step.gather = gather;
+    step.stem = stem != nullptr;
+    ops_.begin_step(decode_only, stem, &stem_, static_cast<long long*>(stem_skipped_.get()));
+    llama_forward(config_, weights_, kv_layers_, stem_, step, ops_);
   }
 
   cudabk::GraphExec capture(const StepLayout& l) {
@@ -434,12 +300,14 @@ class CudaBackend final : public CudaModelBackend {
   size_t kv_bytes_per_token_ = 0;
   CudaWeights weights_;
   cuda::GemmContext gemm_;
-  Workspace ws_;
+  CudaWorkspace ws_;
   DeviceMemory kv_;
+  KvLayers kv_layers_;  // views of kv_, per layer
   std::map<GraphKey, cudabk::GraphExec> graphs_;
   cudabk::Event start_, stop_;
   CudaBackendStats stats_;
   StepProfile profile_;
+  CudaOps ops_{gemm_, stream_.get(), profile_};
   CudaSampling sampling_;
   DeviceMemory scores_;                // forward_token_logprobs: targets, logprobs, argmax
   // The step's skipped (query block, head, key block) triples, summed on the device by the Stem

@@ -1,0 +1,182 @@
+// The CPU backend: the model's weights (models/llama_weights.h) in f32 host memory, an f32 paged
+// KV cache, and the forward pass of models/llama.h on the CPU kernels (kernels/cpu: OpenBLAS,
+// OpenMP). The engine's reference backend, and the one CI runs.
+#include <algorithm>
+
+#include "base/weights.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/stem_attention.h"
+#include "kernels/cpu/swiglu.h"
+#include "models/backend.h"
+#include "models/llama.h"
+
+namespace stem {
+
+namespace {
+
+// Adds one layer's plan to the step's Stem figures: every listed (query block, head) of a sparse
+// block against its causal key blocks.
+void count_stem(const cpu::StemPlan& plan, const std::vector<StemQueryBlock>& blocks, StemStepStats& stats) {
+  for (int64_t b = 0; b < plan.n_qblocks(); ++b) {
+    if (!blocks[b].sparse) continue;
+    ++stats.sparse_blocks;
+    for (int64_t h = 0; h < plan.q_heads; ++h) {
+      const int64_t causal = int64_t{blocks[b].block} + 1;
+      stats.causal_key_blocks += causal;
+      stats.skipped_key_blocks += causal - static_cast<int64_t>(plan.list(b, h).size());
+    }
+  }
+}
+
+// The op interface on the CPU kernels. Stem's plan needs the step's prompt lengths and query
+// blocks, and counts into the step's figures: begin_step hands them over.
+class CpuOps final : public ModelOps {
+ public:
+  void begin_step(const StemSettings& settings, const TensorView& prompt_lens,
+                  const std::vector<StemQueryBlock>& blocks, StemStepStats& stats) {
+    settings_ = &settings;
+    prompt_lens_ = prompt_lens;
+    blocks_ = &blocks;
+    stats_ = &stats;
+  }
+
+  void embedding(const TensorView& out, const TensorView& ids, const TensorView& table) override {
+    cpu::embedding(out, ids, table);
+  }
+  void rmsnorm(const TensorView& out, const TensorView& x, const TensorView& weight, float eps) override {
+    cpu::rmsnorm(out, x, weight, eps);
+  }
+  void add_rmsnorm(const TensorView& out, const TensorView& residual, const TensorView& x, const TensorView& weight,
+                   float eps) override {
+    cpu::add_rmsnorm(out, residual, x, weight, eps);
+  }
+  void matmul(const TensorView& out, const TensorView& a, const TensorView& w, const TensorView& bias) override {
+    cpu::matmul(out, a, w, bias);
+  }
+  void rope_kv_write(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& positions,
+                     const TensorView& inv_freq, const TensorView& k_cache, const TensorView& v_cache,
+                     const TensorView& slots) override {
+    cpu::rope_kv_write(q, k, v, positions, inv_freq, k_cache, v_cache, slots);
+  }
+  void attention(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                 const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start, float scale,
+                 int64_t sliding_window) override {
+    cpu::paged_attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window);
+  }
+  void stem_attention(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                      const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
+                      float scale, int64_t sliding_window) override {
+    const cpu::StemPlan plan = cpu::stem_plan(q, k_cache, v_cache, page_table, kv_lens, query_start, prompt_lens_,
+                                              scale, sliding_window, *settings_);
+    count_stem(plan, *blocks_, *stats_);
+    cpu::block_sparse_attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, plan, scale,
+                                sliding_window);
+  }
+  void swiglu(const TensorView& out, const TensorView& gate, const TensorView& up) override {
+    cpu::swiglu(out, gate, up);
+  }
+
+ private:
+  const StemSettings* settings_ = nullptr;
+  TensorView prompt_lens_;
+  const std::vector<StemQueryBlock>* blocks_ = nullptr;
+  StemStepStats* stats_ = nullptr;
+};
+
+TensorView i32(const std::vector<int32_t>& v, std::initializer_list<int64_t> shape) {
+  return TensorView(const_cast<int32_t*>(v.data()), DType::I32, shape);
+}
+
+class CpuBackend final : public ModelBackend {
+ public:
+  CpuBackend(const ModelConfig& c, const WeightStore& w, const BackendOptions& o)
+      : config_(c), num_pages_(o.num_pages), page_size_(o.page_size), stem_(o.stem) {
+    check_stem_settings(stem_);
+    STEM_CHECK(o.page_size > 0 && 128 % o.page_size == 0, "page size ", o.page_size, " must divide 128");
+    STEM_CHECK(o.num_pages > 0, "the KV cache needs at least one page");
+    const std::vector<WeightSpec> table = llama_weight_table(c, lm_head_tied(c, &w), weights_);
+    arena_ = Tensor(DType::F32, {static_cast<int64_t>(place_weights(c, table, weights_, DType::F32, nullptr) / 4)});
+    place_weights(c, table, weights_, DType::F32, static_cast<char*>(arena_.data()));
+    load_weights(table, weights_, c, w, nullptr);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+      for (auto* pool : {&k_, &v_}) {
+        pool->emplace_back(DType::F32, std::vector<int64_t>{o.num_pages, o.page_size, c.num_key_value_heads, c.head_dim});
+        (pool == &k_ ? kv_.k : kv_.v).push_back(pool->back().view());
+      }
+  }
+  const ModelConfig& config() const override { return config_; }
+  std::string name() const override { return "cpu"; }
+  int64_t num_pages() const override { return num_pages_; }
+  int32_t page_size() const override { return page_size_; }
+  StemStepStats last_stem_stats() const override { return stem_stats_; }
+  void set_stem_settings(const StemSettings& settings) override {
+    check_stem_settings(settings);
+    stem_ = settings;
+  }
+
+  void forward(const ForwardBatch& b, Tensor& logits) override {
+    const ModelConfig& c = config_;
+    b.validate(c.vocab_size, num_pages_, page_size_);
+    const int64_t T = b.num_tokens(), S = b.num_seqs(), R = static_cast<int64_t>(b.logit_rows.size());
+    const int64_t H = c.hidden_size;
+    LlamaStep s;
+    s.tokens = i32(b.tokens, {T});
+    s.positions = i32(b.positions, {T});
+    s.slots = i32(b.slots, {T});
+    s.query_start = i32(b.query_start, {S + 1});
+    s.kv_lens = i32(b.kv_lens, {S});
+    s.page_table = i32(b.page_table, {S, b.max_pages});
+    s.logit_rows = i32(b.logit_rows, {R});
+    s.gather = false;
+    for (int64_t r = 0; r < R; ++r) s.gather |= b.logit_rows[r] != r;
+    s.whole_last_layer = true;
+
+    const std::vector<int32_t> stem_lens = b.stem_prompt_lens();
+    std::vector<StemQueryBlock> blocks;
+    if (b.any_stem()) blocks = stem_query_blocks(b.kv_lens, b.query_start, stem_lens, c.sliding_window, stem_);
+    s.stem = std::any_of(blocks.begin(), blocks.end(), [](const StemQueryBlock& q) { return q.sparse; });
+    stem_stats_ = {};
+    ops_.begin_step(stem_, i32(stem_lens, {S}), blocks, stem_stats_);
+
+    const Tensor residual = Tensor::f32({T, H}), x = Tensor::f32({T, H});
+    const Tensor qkv = Tensor::f32({T, c.q_dim() + 2 * c.kv_dim()}), proj = Tensor::f32({T, H});
+    const Tensor attn = Tensor::f32({T, c.num_attention_heads, c.head_dim});
+    const Tensor gate_up = Tensor::f32({T, 2 * c.intermediate_size});
+    const Tensor gathered = s.gather ? Tensor::f32({R, H}) : Tensor();
+    if (logits.empty() || logits.shape() != std::vector<int64_t>{R, c.vocab_size}) logits = Tensor::f32({R, c.vocab_size});
+    s.residual = residual.view();
+    s.x = x.view();
+    s.qkv = qkv.view();
+    s.attn = attn.view();
+    s.proj = proj.view();
+    s.gate_up = gate_up.view();
+    s.gathered = gathered.empty() ? TensorView() : gathered.view();
+    s.logits = logits.view();
+    llama_forward(c, weights_, kv_, stem_, s, ops_);
+  }
+
+ private:
+  ModelConfig config_;
+  int64_t num_pages_;
+  int32_t page_size_;
+  StemSettings stem_;
+  StemStepStats stem_stats_;
+  Tensor arena_;          // f32, every weight
+  LlamaWeights weights_;  // views into arena_
+  std::vector<Tensor> k_, v_;
+  KvLayers kv_;
+  CpuOps ops_;
+};
+
+}  // namespace
+
+std::unique_ptr<ModelBackend> make_cpu_backend(const ModelConfig& config, const WeightStore& weights,
+                                               const BackendOptions& options) {
+  return std::make_unique<CpuBackend>(config, weights, options);
+}
+
+}  // namespace stem

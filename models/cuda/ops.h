@@ -1,0 +1,59 @@
+// The op interface (models/ops.h) on the CUDA kernels (kernels/cuda): every op is launched on the
+// backend's stream, GEMMs through its cuBLASLt context; the profile marks go to its StepProfile.
+// Host code (g++).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include "kernels/cpu/stem.h"
+#include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/stem.cuh"
+#include "models/cuda/profile.h"
+#include "models/ops.h"
+
+namespace stem {
+
+class CudaOps final : public ModelOps {
+ public:
+  CudaOps(cuda::GemmContext& gemm, cudaStream_t stream, StepProfile& profile)
+      : gemm_(gemm), stream_(stream), profile_(profile) {}
+
+  // The next step's routing. decode_only: every sequence has one row (a graph step), so attention
+  // goes straight to the decode kernel (the router would also launch its prefill path, which finds
+  // no work but costs two launches per layer once the batch has more rows than decode_max_rows).
+  // stem: the step's Stem plan when it has sparse blocks (eager steps only: the planner's host part
+  // depends on the values), with the settings and the device counter of skipped blocks.
+  void begin_step(bool decode_only, const cuda::StemStep* stem, const StemSettings* settings, long long* skipped) {
+    decode_only_ = decode_only;
+    stem_ = stem;
+    settings_ = settings;
+    skipped_ = skipped;
+  }
+
+  void embedding(const TensorView& out, const TensorView& ids, const TensorView& table) override;
+  void rmsnorm(const TensorView& out, const TensorView& x, const TensorView& weight, float eps) override;
+  void add_rmsnorm(const TensorView& out, const TensorView& residual, const TensorView& x, const TensorView& weight,
+                   float eps) override;
+  void matmul(const TensorView& out, const TensorView& a, const TensorView& w, const TensorView& bias) override;
+  void rope_kv_write(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& positions,
+                     const TensorView& inv_freq, const TensorView& k_cache, const TensorView& v_cache,
+                     const TensorView& slots) override;
+  void attention(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                 const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start, float scale,
+                 int64_t sliding_window) override;
+  void stem_attention(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                      const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
+                      float scale, int64_t sliding_window) override;
+  void swiglu(const TensorView& out, const TensorView& gate, const TensorView& up) override;
+  void mark(const char* op) override { profile_.mark(op, stream_); }
+
+ private:
+  cuda::GemmContext& gemm_;
+  cudaStream_t stream_;
+  StepProfile& profile_;
+  bool decode_only_ = false;
+  const cuda::StemStep* stem_ = nullptr;
+  const StemSettings* settings_ = nullptr;
+  long long* skipped_ = nullptr;
+};
+
+}  // namespace stem

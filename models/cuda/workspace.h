@@ -1,0 +1,32 @@
+// The CUDA backend's step buffers: the activations for a step of `tokens` rows, the logits of
+// `rows` rows, and the step's metadata (models/cuda/step.h) on the device and in pinned host
+// memory. They only grow, and every step reuses them: a step allocates nothing. Host code (g++).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "base/model_config.h"
+#include "models/cuda/memory.h"
+#include "models/cuda/step.h"
+#include "models/llama.h"
+
+namespace stem {
+
+struct CudaWorkspace {
+  int64_t tokens = 0, rows = 0, meta_ints = 0;
+  cudabk::DeviceMemory residual, x, qkv, attn, proj, gate_up, gathered, logits, meta;
+  cudabk::PinnedMemory meta_host;
+
+  // Grows the buffers a step of this shape needs (waiting for `stream` first, whose work may still
+  // read them). Returns whether any buffer moved: captured graphs hold the old addresses then.
+  // Growth is rare: the first step larger than any before.
+  bool grow(const ModelConfig& config, int64_t tokens, int64_t rows, int64_t meta_ints, cudaStream_t stream);
+  size_t bytes() const;
+  // The views llama_forward takes for a step of layout `l`, whose metadata is in `meta` already.
+  LlamaStep step(const ModelConfig& config, const StepLayout& l) const;
+  // The step's logits, f32 [rows, vocab].
+  TensorView logit_rows(int64_t rows, int64_t vocab) const { return TensorView(logits.get(), DType::F32, {rows, vocab}); }
+};
+
+}  // namespace stem
