@@ -80,6 +80,7 @@ ParsedGeneration parse_grpc_generate(const v1::GenerateRequest& in, const Served
     body["logprobs"] = in.top_logprobs();  // /v1/completions: the count of alternatives turns logprobs on
   }
   if (!in.sparse_prefill().empty()) body["sparse_prefill"] = in.sparse_prefill();  // "": the server's default
+  if (!in.cache_salt().empty()) body["cache_salt"] = in.cache_salt();  // "": no salt
   return parse_generation(kind, body, model);
 }
 
@@ -151,6 +152,7 @@ void add_event(const TokenEvent& e, bool logprobs, const Tokenizer& tokenizer, v
     into.set_stop_reason(e.stop_reason);
     into.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(e.prompt_tokens));
     into.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(e.completion_tokens));
+    into.mutable_usage()->set_cached_tokens(static_cast<uint32_t>(e.cached_tokens));
   }
 }
 

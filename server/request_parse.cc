@@ -283,6 +283,12 @@ ParsedGeneration parse_generation(ApiKind kind, const json& body, const ServedMo
     if (!r.sparse_prefill) bad("sparse_prefill", "'sparse_prefill' must be \"stem\" or \"dense\", got \"" + *mode + "\"");
   }
 
+  // As vLLM's: requests with different salts never share prefix-cache pages.
+  if (auto salt = get_string(body, "cache_salt")) {
+    if (salt->empty()) bad("cache_salt", "'cache_salt' must be a non-empty string");
+    r.cache_salt = *salt;
+  }
+
   p.stream = get_bool(body, "stream").value_or(false);
   if (const json* so = field(body, "stream_options")) {
     if (!so->is_object()) bad("stream_options", "'stream_options' must be an object");

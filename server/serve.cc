@@ -71,6 +71,10 @@ CLI::App* add_serve_command(CLI::App& app, ServeArgs& a) {
       ->check(CLI::IsMember({"auto", "dummy"}))->envname("STEMSERVE_LOAD_FORMAT")->capture_default_str();
   s->add_option("--gpu-memory-fraction", a.gpu_memory_fraction, "Share of GPU memory for weights and KV cache")
       ->check(CLI::Range(0.05, 0.99))->envname("STEMSERVE_GPU_MEMORY_FRACTION")->capture_default_str();
+  s->add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", a.enable_prefix_caching,
+              "Keep the KV pages of computed prompts and reuse them for later prompts with the same prefix (on by "
+              "default; docs/prefix_caching.md)")
+      ->envname("STEMSERVE_ENABLE_PREFIX_CACHING");
   return s;
 }
 
@@ -128,6 +132,7 @@ int run_serve(const ServeArgs& a) {
   opts.max_num_seqs = a.max_num_seqs;
   opts.sparse_prefill = a.sparse_prefill;
   opts.stem = a.stem;
+  opts.enable_prefix_caching = a.enable_prefix_caching;
   Engine engine(a.model, opts);
   ServerMetrics metrics;
   EngineLoop loop(engine, a.max_queue);

@@ -31,6 +31,7 @@ struct ServeArgs {
   std::string device = "cpu";
   std::string load_format = "auto";
   double gpu_memory_fraction = 0.9;
+  bool enable_prefix_caching = true;
   // Stem sparse prefill (its flags are wired in server/cli.cc, shared with generate).
   SparsePrefill sparse_prefill = SparsePrefill::Stem;
   StemSettings stem;
