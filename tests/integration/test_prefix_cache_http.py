@@ -25,7 +25,9 @@ def cached(r):
 
 
 def test_a_repeated_prompt_is_served_from_the_cache(make_server):
-    server = make_server("--log-level", "debug")
+    # Room for every prompt below (the CPU default is one --max-model-len sequence, 512 tokens):
+    # none is evicted.
+    server = make_server("--log-level", "debug", "--kv-cache-tokens", "4096")
     first = complete(server)
     prompt_tokens = first["usage"]["prompt_tokens"]
     assert prompt_tokens > 200
