@@ -43,7 +43,9 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& given)
     WeightStore weights(model_dir);
     backend_ = make_backend(config_, &weights, bo);
   }
-  kv_ = std::make_unique<PageAllocator>(backend_->num_pages(), backend_->page_size());
+  kv_ = std::make_unique<PageAllocator>(backend_->num_pages(), backend_->page_size(), options.enable_prefix_caching);
+  // Everything one engine's pages depend on besides their tokens: its model folder and backend.
+  model_identity_ = model_dir.string() + '\n' + backend_->name() + (options.dummy_weights ? "\ndummy" : "");
   if (kv_capacity_tokens() < max_model_len_) {
     // A sequence that can never fit would stall the scheduler; shorten the context instead.
     spdlog::warn("the KV cache holds {} tokens, less than max_model_len {}: max_model_len is now {}",
@@ -81,6 +83,7 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& given)
                  options.stem.sink_blocks, options.stem.window_blocks, options.stem.dense_layers);
   else
     spdlog::info("prefill: dense attention; requests may ask for Stem");
+  spdlog::info("prefix caching: {}", options.enable_prefix_caching ? "on" : "off");
 }
 
 Engine::~Engine() = default;

@@ -46,6 +46,9 @@ struct EngineOptions {
   // method's settings. Prompts shorter than stem.min_prompt_len prefill densely either way.
   SparsePrefill sparse_prefill = SparsePrefill::Stem;
   StemSettings stem;
+  // Automatic prefix caching (docs/prefix_caching.md): full KV pages of computed prefixes are kept
+  // and shared by later requests with the same prefix (--enable-prefix-caching).
+  bool enable_prefix_caching = true;
 };
 
 // What one step did, for metrics and logs.
@@ -69,6 +72,9 @@ struct EngineCounters {
   int64_t prompt_tokens = 0;      // of every request added
   int64_t generation_tokens = 0;  // sampled
   int64_t stem_sparse_blocks = 0;  // query blocks Stem selected key blocks for, summed over layers
+  // Prefix cache: tokens looked up at admissions and of those found cached; pages it holds.
+  int64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
+  int64_t cached_pages = 0;
 };
 
 class Engine {
@@ -127,6 +133,9 @@ class Engine {
   struct Active;
   struct Sequence;
   void finish(Sequence& seq, TokenEvent event);
+  // The leading tokens of seq whose K/V its next prefill may take from the prefix cache and
+  // publish to it: all, except for a Stem prefill that selects blocks (docs/prefix_caching.md).
+  int64_t cacheable_tokens(const Sequence& seq) const;
   void run_prefill_chunk(const std::vector<int32_t>& tokens, int64_t start_pos, std::vector<int32_t>& pages,
                          Tensor& logits);
 
@@ -140,6 +149,7 @@ class Engine {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ModelChatTemplate> chat_template_;
   std::vector<int32_t> eos_ids_;
+  std::string model_identity_;  // what the prefix cache's hashes start from, with a request's salt
   uint64_t seed_state_;
   int64_t next_seq_id_ = 0;
   std::list<std::unique_ptr<Active>> active_;

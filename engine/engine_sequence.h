@@ -25,6 +25,7 @@ struct Engine::Active {
   GenerateRequest request;
   StreamSink sink;
   int64_t prompt_len = 0;
+  int64_t cached_tokens = -1;  // prompt tokens its first admitted sequence took from the cache; -1: none admitted yet
   std::vector<std::unique_ptr<Sequence>> seqs;
   int32_t unfinished = 0;
 };

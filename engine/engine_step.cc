@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 
 #include "engine/engine.h"
 #include "engine/engine_sequence.h"
@@ -76,6 +77,9 @@ void Engine::add_request(ValidatedRequest valid, StreamSink sink) {
     // (A short prompt that outgrows min_prompt_len while decoding and is then recomputed after a
     // preemption keeps 1: its cut blocks are merely computed densely.)
     if (s->stem && a->prompt_len >= options_.stem.min_prompt_len) s->chunk_align = options_.stem.block_size;
+    // Dense K/V is the only kind cached, so the kind is constant; the salt separates tenants.
+    s->cache_seed = prefix_seed(model_identity_, "dense", r.cache_salt);
+    s->cacheable_tokens = cacheable_tokens(*s);
     a->seqs.push_back(std::move(s));
   }
   a->unfinished = r.n;
@@ -93,6 +97,21 @@ void Engine::add_request(ValidatedRequest valid, StreamSink sink) {
   if (added.unfinished == 0) active_.pop_back();
 }
 
+int64_t Engine::cacheable_tokens(const Sequence& seq) const {
+  constexpr int64_t kAll = std::numeric_limits<int64_t>::max();
+  if (!seq.stem) return kAll;
+  // The next prefill covers every token the sequence has. Under the current budget schedule the
+  // selection of a block depends on the prompt's whole length, so a page computed sparsely is not
+  // the page another prompt would compute: only the leading blocks that the schedule keeps dense
+  // (k(i) >= i + 1; at least 42 blocks at 8K with the paper's settings) hold dense K/V, the same
+  // as any dense prefill's. Decoded tokens after a sparse prefill attend to sparse K/V: not cached.
+  const auto len = static_cast<int32_t>(seq.tokens.size());
+  const int32_t kv_len[] = {len}, query_start[] = {0, len};
+  for (const StemQueryBlock& b : stem_query_blocks(kv_len, query_start, kv_len, config_.sliding_window, options_.stem))
+    if (b.sparse) return int64_t{b.block} * options_.stem.block_size;
+  return kAll;
+}
+
 void Engine::finish(Sequence& seq, TokenEvent e) {
   scheduler_->remove(&seq);
   seq.done = true;
@@ -101,6 +120,7 @@ void Engine::finish(Sequence& seq, TokenEvent e) {
   e.index = seq.index;
   e.prompt_tokens = seq.request->prompt_len;
   e.completion_tokens = seq.output.num_generated();
+  e.cached_tokens = std::max<int64_t>(0, seq.request->cached_tokens);
   if (seq.request->sink) seq.request->sink(e);
 }
 
@@ -126,6 +146,9 @@ EngineCounters Engine::counters() const {
   c.prompt_tokens = prompt_tokens_total_;
   c.generation_tokens = generation_tokens_total_;
   c.stem_sparse_blocks = stem_sparse_blocks_total_;
+  c.prefix_cache_queries = scheduler_->prefix_queries();
+  c.prefix_cache_hits = scheduler_->prefix_hits();
+  c.cached_pages = kv_->cached_pages();
   return c;
 }
 
@@ -146,8 +169,11 @@ StepStats Engine::step() {
   const int64_t preempted_before = scheduler_->num_preemptions();
   ScheduleResult plan = scheduler_->schedule();
   stats.num_preempted = scheduler_->num_preemptions() - preempted_before;
-  for (SeqState* p : plan.preempted)
+  for (SeqState* p : plan.preempted) {
     spdlog::debug("preempted sequence {} ({} tokens): out of KV pages", p->id, p->tokens.size());
+    // Its recompute is a prefill of every token it has now (more than its prompt).
+    p->cacheable_tokens = cacheable_tokens(static_cast<Sequence&>(*p));
+  }
   if (plan.empty()) return stats;
 
   // One forward pass: every scheduled sequence contributes a run of rows.
@@ -159,9 +185,16 @@ StepStats Engine::step() {
   std::vector<Sequence*> sampled;
   for (const ScheduledSeq& c : plan.seqs) {
     Sequence& st = static_cast<Sequence&>(*c.seq);
-    // A prefill starts at position 0 (a new prompt, or a recompute after a preemption) and covers
+    // A prefill begins when the sequence is admitted (a new prompt, or a recompute after a
+    // preemption), at position 0 or after the pages it took from the prefix cache, and covers
     // every token the sequence has then; its later chunks and its decode rows follow.
-    if (c.start == 0) st.prefill_len = static_cast<int64_t>(st.tokens.size());
+    if (c.admitted) {
+      st.prefill_len = static_cast<int64_t>(st.tokens.size());
+      if (st.request->cached_tokens < 0) st.request->cached_tokens = st.cached_tokens;
+      if (st.cached_tokens > 0)
+        spdlog::debug("prefix cache hit: sequence {} takes {} of its {} tokens ({} pages) from the cache", st.id,
+                      st.cached_tokens, st.tokens.size(), st.num_cached_pages);
+    }
     const bool stem_rows = st.stem && c.start < st.prefill_len;
     b.prompt_lens.push_back(stem_rows ? static_cast<int32_t>(st.prefill_len) : 0);
     b.stem.push_back(stem_rows ? 1 : 0);
@@ -214,6 +247,7 @@ StepStats Engine::step() {
     return stats;
   }
   stats.forward_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  scheduler_->cache_computed(plan);
   stats.stem = backend_->last_stem_stats();
   stem_sparse_blocks_total_ += stats.stem.sparse_blocks;
   if (stats.stem.sparse_blocks > 0)
@@ -231,6 +265,7 @@ StepStats Engine::step() {
     TokenEvent e = s.output.on_token(sample.token, sample);
     e.index = s.index;
     e.prompt_tokens = prompt_len;
+    e.cached_tokens = std::max<int64_t>(0, s.request->cached_tokens);
     if (e.finished) {
       finish(s, std::move(e));
     } else if (s.request->sink) {

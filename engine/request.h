@@ -38,6 +38,9 @@ struct GenerateRequest {
   int32_t n = 1;  // independent sequences sampled from the same prompt
   // Per-request override of the engine's default prefill mode (--sparse-prefill); unset: default.
   std::optional<SparsePrefill> sparse_prefill;
+  // Requests with different salts never share prefix-cache pages (as vLLM's cache_salt); "" is
+  // the shared, unsalted cache.
+  std::string cache_salt;
   // Set by the front end (client gone, deadline passed); the engine drops the request and frees
   // its pages at its next step. Shared because the engine may still hold it after the caller left.
   std::shared_ptr<std::atomic<bool>> cancelled;
@@ -63,6 +66,7 @@ struct TokenEvent {
   std::string error;        // with FinishReason::Abort
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;  // of this sequence so far, this event's token included
+  int64_t cached_tokens = 0;      // of the prompt, taken from the prefix cache (the request's first prefill)
 };
 // Called on the engine's thread: it must be quick and must not call back into the engine.
 using StreamSink = std::function<void(const TokenEvent&)>;

@@ -1,6 +1,7 @@
 #include "engine/scheduler.h"
 
 #include <algorithm>
+#include <span>
 
 #include "kernels/check.h"
 
@@ -33,7 +34,36 @@ void Scheduler::add(SeqState* seq) {
 void Scheduler::remove(SeqState* seq) {
   running_.erase(seq->id);
   waiting_.erase(seq->id);
+  release(seq);
+}
+
+void Scheduler::release(SeqState* seq) {
   kv_.release(seq->pages);
+  seq->num_cached_pages = 0;
+}
+
+void Scheduler::hash_pages(SeqState& s, int64_t pages) const {
+  const int64_t P = kv_.page_size();
+  pages = std::min(pages, static_cast<int64_t>(s.tokens.size()) / P);
+  for (auto k = static_cast<int64_t>(s.page_hashes.size()); k < pages; ++k) {
+    const PageHash& parent = k == 0 ? s.cache_seed : s.page_hashes.back();
+    s.page_hashes.push_back(chain_page_hash(parent, std::span(s.tokens).subspan(static_cast<size_t>(k * P),
+                                                                                 static_cast<size_t>(P))));
+  }
+}
+
+void Scheduler::cache_computed(const ScheduleResult& plan) {
+  if (!kv_.prefix_caching()) return;
+  for (const ScheduledSeq& c : plan.seqs) {
+    SeqState& s = *c.seq;
+    const int64_t P = kv_.page_size(), full = std::min(s.num_computed, s.cacheable_tokens) / P;
+    if (full <= s.num_cached_pages) continue;
+    hash_pages(s, full);
+    for (int64_t k = s.num_cached_pages; k < full; ++k)
+      kv_.publish(s.pages[static_cast<size_t>(k)], s.page_hashes[static_cast<size_t>(k)],
+                  std::span(s.tokens).subspan(static_cast<size_t>(k * P), static_cast<size_t>(P)));
+    s.num_cached_pages = full;
+  }
 }
 
 void Scheduler::preempt(SeqState* victim, ScheduleResult& out, int64_t& budget) {
@@ -44,7 +74,7 @@ void Scheduler::preempt(SeqState* victim, ScheduleResult& out, int64_t& budget) 
     out.seqs.erase(it);
   }
   running_.erase(victim->id);
-  kv_.release(victim->pages);
+  release(victim);
   victim->num_computed = 0;
   ++victim->num_preemptions;
   ++num_preemptions_;
@@ -87,11 +117,29 @@ ScheduleResult Scheduler::schedule() {
     SeqState* s = waiting_.begin()->second;
     // One preempted this step would only be recomputed from scratch and preempted again.
     if (std::find(out.preempted.begin(), out.preempted.end(), s) != out.preempted.end()) break;
+    // Its longest cached prefix of full pages, leaving at least one token to compute (its logits).
+    const int64_t P = kv_.page_size();
+    const int64_t max_pages = std::min(s->cacheable_tokens, static_cast<int64_t>(s->tokens.size()) - 1) / P;
+    if (kv_.prefix_caching() && max_pages > 0) {
+      hash_pages(*s, max_pages);
+      s->num_cached_pages = kv_.take_cached(s->page_hashes, s->tokens, max_pages, s->pages);
+      s->num_computed = s->num_cached_pages * P;
+    }
     const int64_t n = chunk_size(*s, budget);
-    if (!kv_.reserve(s->pages, s->num_computed + n)) break;
+    if (!kv_.reserve(s->pages, s->num_computed + n)) {
+      release(s);
+      s->num_computed = 0;
+      break;
+    }
+    s->cached_tokens = s->num_computed;
+    if (kv_.prefix_caching()) {
+      prefix_queries_ += static_cast<int64_t>(s->tokens.size());
+      prefix_hits_ += s->cached_tokens;
+    }
     waiting_.erase(waiting_.begin());
     running_[s->id] = s;
-    out.seqs.push_back({s, s->num_computed, n, s->num_computed + n == static_cast<int64_t>(s->tokens.size())});
+    out.seqs.push_back(
+        {s, s->num_computed, n, s->num_computed + n == static_cast<int64_t>(s->tokens.size()), /*admitted=*/true});
     budget -= n;
   }
 

@@ -5,8 +5,12 @@
 // the budget reaches one (the rest of the budget goes to the next sequence).
 // When pages run out it preempts the newest running sequence: its pages are freed and it goes back
 // to the waiting queue, to be recomputed later from its prompt and the tokens it has generated.
+// With prefix caching (docs/prefix_caching.md), a sequence it admits first takes the cached pages
+// of its longest cached prefix and computes only the rest; after each forward pass the caller
+// publishes the full pages the step completed (cache_computed).
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <vector>
 
@@ -25,6 +29,14 @@ struct SeqState {
   // token budget allows: Stem's block (128) for Stem prefills, whose selection then does not
   // depend on the chunking (docs/stem.md); 1 otherwise.
   int64_t chunk_align = 1;
+  // Prefix caching. The caller sets cache_seed, and cacheable_tokens before add() and whenever the
+  // sequence is preempted: the leading tokens whose K/V may be taken from the cache and published
+  // (the pages a Stem prefill computes sparsely are neither; docs/prefix_caching.md).
+  PageHash cache_seed;
+  int64_t cacheable_tokens = std::numeric_limits<int64_t>::max();
+  std::vector<PageHash> page_hashes;  // of its first full pages, computed as needed
+  int64_t num_cached_pages = 0;       // its leading pages that are in the cache (taken or published)
+  int64_t cached_tokens = 0;          // tokens its latest admission took from the cache
 
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - num_computed; }
 };
@@ -36,6 +48,7 @@ struct ScheduledSeq {
   int64_t start = 0;
   int64_t count = 0;
   bool sample = false;
+  bool admitted = false;  // the step admits it: a prefill begins (at start > 0 after a cache hit)
 };
 
 struct ScheduleResult {
@@ -61,21 +74,32 @@ class Scheduler {
   // Picks the next step's work, reserves its pages and advances num_computed of what it picked
   // (the caller must run those tokens through the model before the next call).
   ScheduleResult schedule();
+  // Publishes the full pages that the step `plan` computed, up to each sequence's cacheable_tokens
+  // (call after its forward pass succeeded).
+  void cache_computed(const ScheduleResult& plan);
 
   int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
   int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
   int64_t num_preemptions() const { return num_preemptions_; }
+  // Prefix cache lookups, in tokens: of the sequences admitted (new or recomputed), the tokens they
+  // had, and of those the ones taken from the cache.
+  int64_t prefix_queries() const { return prefix_queries_; }
+  int64_t prefix_hits() const { return prefix_hits_; }
   const PageAllocator& kv() const { return kv_; }
   const SchedulerOptions& options() const { return options_; }
 
  private:
   void preempt(SeqState* victim, ScheduleResult& out, int64_t& budget);
+  void release(SeqState* seq);
+  // Computes seq's page hashes up to `pages` full pages of its tokens.
+  void hash_pages(SeqState& seq, int64_t pages) const;
 
   PageAllocator& kv_;
   SchedulerOptions options_;
   // Keyed by id, so iteration is oldest first and the newest is the last entry.
   std::map<int64_t, SeqState*> running_, waiting_;
   int64_t num_preemptions_ = 0;
+  int64_t prefix_queries_ = 0, prefix_hits_ = 0;
 };
 
 }  // namespace stem

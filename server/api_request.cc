@@ -154,6 +154,11 @@ ParsedGeneration build_generation(const GenerationFields& f, const ServedModel& 
     if (!r.sparse_prefill)
       bad("sparse_prefill", "'sparse_prefill' must be \"stem\" or \"dense\", got \"" + *f.sparse_prefill + "\"");
   }
+  // As vLLM's: requests with different salts never share prefix-cache pages.
+  if (f.cache_salt) {
+    if (f.cache_salt->empty()) bad("cache_salt", "'cache_salt' must be a non-empty string");
+    r.cache_salt = *f.cache_salt;
+  }
   p.stream = f.stream;
   p.include_usage = f.include_usage;
   return p;

@@ -55,6 +55,7 @@ struct GenerationFields {
   std::optional<int64_t> top_logprobs;           // alternatives per token, 0 to 20, needs logprobs
   std::string top_logprobs_field = "top_logprobs";
   std::optional<std::string> sparse_prefill;     // "stem" or "dense"; unset: the server's default
+  std::optional<std::string> cache_salt;         // prefix-cache pages are shared only under the same salt
   bool stream = false;
   bool include_usage = false;
 };

@@ -71,6 +71,7 @@ GenerationFields generation_fields(const v1::GenerateRequest& in) {
   f.logprobs = in.logprobs();
   f.top_logprobs = in.top_logprobs();
   if (!in.sparse_prefill().empty()) f.sparse_prefill = in.sparse_prefill();  // "": the server's default
+  if (!in.cache_salt().empty()) f.cache_salt = in.cache_salt();              // "": no salt
   return f;
 }
 
@@ -135,6 +136,7 @@ void add_event(const TokenEvent& e, bool logprobs, const Tokenizer& tokenizer, v
     into.set_stop_reason(e.stop_reason);
     into.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(e.prompt_tokens));
     into.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(e.completion_tokens));
+    into.mutable_usage()->set_cached_tokens(static_cast<uint32_t>(e.cached_tokens));
   }
 }
 

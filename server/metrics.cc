@@ -28,6 +28,11 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<Registry>()) {
   preemptions_ = counter("stemserve_num_preemptions_total", "Sequences preempted (pages freed, recomputed later)");
   prompt_tokens_ = counter("stemserve_prompt_tokens_total", "Prompt tokens of accepted requests");
   generation_tokens_ = counter("stemserve_generation_tokens_total", "Tokens generated");
+  prefix_queries_ = counter("stemserve_prefix_cache_queries_total",
+                            "Prefix cache: tokens of the sequences looked up when admitted (new or recomputed)");
+  prefix_hits_ = counter("stemserve_prefix_cache_hits_total", "Prefix cache: of those tokens, the ones found cached");
+  prefix_cached_pages_ = gauge("stemserve_prefix_cache_pages",
+                               "KV-cache pages holding a cached prefix (in use, or evictable when nobody holds them)");
   ttft_ = histogram("stemserve_time_to_first_token_seconds", "Time from request arrival to its first token",
                     {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80});
   itl_ = histogram("stemserve_inter_token_latency_seconds", "Time between consecutive tokens of a sequence",
@@ -70,6 +75,9 @@ std::string ServerMetrics::render(const EngineCounters& c) {
     preemptions_->Increment(static_cast<double>(c.preemptions - last_.preemptions));
     prompt_tokens_->Increment(static_cast<double>(c.prompt_tokens - last_.prompt_tokens));
     generation_tokens_->Increment(static_cast<double>(c.generation_tokens - last_.generation_tokens));
+    prefix_queries_->Increment(static_cast<double>(c.prefix_cache_queries - last_.prefix_cache_queries));
+    prefix_hits_->Increment(static_cast<double>(c.prefix_cache_hits - last_.prefix_cache_hits));
+    prefix_cached_pages_->Set(static_cast<double>(c.cached_pages));
     last_ = c;
   }
   return TextSerializer().Serialize(registry_->Collect());

@@ -1,6 +1,6 @@
 // Prometheus metrics of the serving path (prometheus-cpp core; exposed by GET /metrics):
 // requests running and waiting, KV-cache usage, preemptions, prompt and generated tokens,
-// histograms of time to first token, inter-token latency, end-to-end latency and batch size.
+// prefix-cache queries and hits (in tokens) and cached pages, histograms of time to first token, inter-token latency, end-to-end latency and batch size.
 #pragma once
 #include <chrono>
 #include <memory>
@@ -37,8 +37,8 @@ class ServerMetrics {
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
-  prometheus::Gauge *running_, *waiting_, *kv_usage_, *kv_used_pages_, *kv_total_pages_;
-  prometheus::Counter *preemptions_, *prompt_tokens_, *generation_tokens_;
+  prometheus::Gauge *running_, *waiting_, *kv_usage_, *kv_used_pages_, *kv_total_pages_, *prefix_cached_pages_;
+  prometheus::Counter *preemptions_, *prompt_tokens_, *generation_tokens_, *prefix_queries_, *prefix_hits_;
   prometheus::Histogram *ttft_, *itl_, *e2e_, *batch_seqs_, *batch_tokens_;
   prometheus::Family<prometheus::Counter>* finished_;
   std::mutex mu_;  // render() turns the engine's running totals into counter increments

@@ -1,5 +1,6 @@
 #include "server/openai_response.h"
 
+#include <algorithm>
 #include <chrono>
 #include <random>
 
@@ -82,6 +83,7 @@ void ResponseBuilder::merge_logprobs(ojson& into, const ojson& part) const {
 
 ojson ResponseBuilder::add(const TokenEvent& e) {
   Choice& c = choices_.at(static_cast<size_t>(e.index));
+  cached_tokens_ = std::max(cached_tokens_, e.cached_tokens);
   ojson lp = nullptr;
   if (logprobs_ && e.token >= 0) {
     lp = logprobs_of(e, c.text_offset);
@@ -138,7 +140,8 @@ ojson ResponseBuilder::usage() const {
   const int64_t completion = completion_tokens();
   return {{"prompt_tokens", prompt_tokens_},
           {"completion_tokens", completion},
-          {"total_tokens", prompt_tokens_ + completion}};
+          {"total_tokens", prompt_tokens_ + completion},
+          {"prompt_tokens_details", {{"cached_tokens", cached_tokens_}}}};
 }
 
 ojson ResponseBuilder::usage_chunk() const {

@@ -49,6 +49,7 @@ class ResponseBuilder {
   std::string id_, model_;
   int64_t created_;
   int64_t prompt_tokens_;
+  int64_t cached_tokens_ = 0;  // of the prompt, from the prefix cache (usage.prompt_tokens_details)
   const Tokenizer& tokenizer_;
   std::vector<Choice> choices_;
 };

@@ -141,6 +141,10 @@ CLI::App* add_serve_command(CLI::App& app, ServeOptions& o) {
   s->add_option("--shutdown-timeout", o.shutdown_timeout,
                 "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are ended with an error")
       ->check(CLI::NonNegativeNumber)->envname("STEMSERVE_SHUTDOWN_TIMEOUT")->capture_default_str();
+  s->add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", e.enable_prefix_caching,
+              "Keep the KV pages of computed prompts and reuse them for later prompts with the same prefix (on by "
+              "default; docs/prefix_caching.md)")
+      ->envname("STEMSERVE_ENABLE_PREFIX_CACHING");
   add_load_flags(s, e);
   add_prefill_flags(s, e);
   // Defaults that depend on other flags, once every flag is read.

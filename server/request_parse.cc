@@ -195,6 +195,7 @@ GenerationFields generation_fields(ApiKind kind, const json& body) {
     f.top_logprobs_field = "logprobs";
   }
   f.sparse_prefill = get_string(body, "sparse_prefill");  // stemserve's own field
+  f.cache_salt = get_string(body, "cache_salt");          // as vLLM's
   f.stream = get_bool(body, "stream").value_or(false);
   if (const json* so = field(body, "stream_options")) {
     if (!so->is_object()) bad("stream_options", "'stream_options' must be an object");

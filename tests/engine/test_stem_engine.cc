@@ -13,6 +13,7 @@
 
 #include "engine/engine.h"
 #include "text/tokenizer.h"
+#include "tests/engine/tiny_model.h"
 #include "tests/rounding.h"
 #include "tests/test_util.h"
 
@@ -35,25 +36,11 @@ EngineOptions stem_options(int64_t batch_tokens, SparsePrefill mode) {
   return o;
 }
 
-// The llama-gqa fixture with room for 2K positions (its config says 512).
-const test::TempDir& tiny_model() {
-  static const test::TempDir dir = [] {
-    test::TempDir d;
-    const fs::path src = fs::path(test::fixtures_dir()) / "models" / "llama-gqa";
-    nlohmann::json config = nlohmann::json::parse(std::ifstream(src / "config.json"));
-    config["max_position_embeddings"] = 2048;
-    test::write_file(d / "config.json", config.dump());
-    fs::copy_file(src / "model.safetensors", d / "model.safetensors");
-    return d;
-  }();
-  return dir;
-}
-
 std::unique_ptr<Engine> load_tiny(int64_t batch_tokens, SparsePrefill mode = SparsePrefill::Stem) {
   EngineOptions o = stem_options(batch_tokens, mode);
   o.load_tokenizer = false;
   o.stem.dense_layers = 1;  // of 3
-  return std::make_unique<Engine>(tiny_model().path(), o);
+  return std::make_unique<Engine>(test::tiny_model_2k().path(), o);
 }
 
 GenerateRequest greedy(std::vector<int32_t> prompt, std::optional<SparsePrefill> mode, int32_t max_tokens) {

@@ -74,6 +74,7 @@ TEST_CASE("grpc: a Generate request lands in the engine request") {
   r.set_logprobs(true);
   r.set_top_logprobs(3);
   r.set_sparse_prefill("stem");
+  r.set_cache_salt("tenant-7");
   const ParsedGeneration p = parse_grpc_generate(r, served());
   CHECK(p.kind == ApiKind::Completion);
   CHECK(p.request.prompt == engine().tokenizer().encode("The capital of France is", true));
@@ -89,6 +90,7 @@ TEST_CASE("grpc: a Generate request lands in the engine request") {
   CHECK(p.logprobs);
   CHECK(p.request.sampling.top_logprobs == 3);
   CHECK(p.request.sparse_prefill == SparsePrefill::Stem);
+  CHECK(p.request.cache_salt == "tenant-7");
 
   v1::GenerateRequest chat;
   v1::ChatMessage* m = chat.mutable_chat()->add_messages();
@@ -98,6 +100,7 @@ TEST_CASE("grpc: a Generate request lands in the engine request") {
   CHECK(c.kind == ApiKind::Chat);
   CHECK(c.request.stop.max_tokens == 128 - static_cast<int64_t>(c.request.prompt.size()));  // chat: the rest
   CHECK_FALSE(c.request.sparse_prefill.has_value());
+  CHECK(c.request.cache_salt.empty());
   v1::GenerateRequest ids;
   for (int32_t id : {1, 2, 3}) ids.mutable_token_ids()->add_ids(id);
   CHECK(parse_grpc_generate(ids, served()).request.stop.max_tokens == 16);  // completions: 16
@@ -243,6 +246,7 @@ TEST_CASE("grpc: engine events become stream messages") {
   e.stop_reason = "\n";
   e.prompt_tokens = 5;
   e.completion_tokens = 2;
+  e.cached_tokens = 32;
   add_event(e, true, tok, msg);
   CHECK(msg.index() == 1);
   CHECK(msg.text() == " Paris.");
@@ -255,4 +259,5 @@ TEST_CASE("grpc: engine events become stream messages") {
   CHECK(msg.stop_reason() == "\n");
   CHECK(msg.usage().prompt_tokens() == 5);
   CHECK(msg.usage().completion_tokens() == 2);
+  CHECK(msg.usage().cached_tokens() == 32);
 }

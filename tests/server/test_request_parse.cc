@@ -41,8 +41,9 @@ TEST_CASE("request parse: completion fields become the engine request") {
       "model": "smol", "prompt": "Hello world", "max_tokens": 7, "temperature": 0.5, "top_p": 0.9,
       "top_k": 40, "min_p": 0.1, "repetition_penalty": 1.2, "presence_penalty": 0.3, "frequency_penalty": -0.3,
       "n": 2, "seed": 11, "stop": ["\n", "END"], "stop_token_ids": [5], "ignore_eos": true, "logprobs": 3,
-      "stream": true, "stream_options": {"include_usage": true}})"), served());
+      "stream": true, "stream_options": {"include_usage": true}, "cache_salt": "tenant-7"})"), served());
   const GenerateRequest& r = p.request;
+  CHECK(r.cache_salt == "tenant-7");
   CHECK(r.prompt == engine().tokenizer().encode("Hello world", true));
   CHECK(r.stop.max_tokens == 7);
   CHECK(r.sampling.temperature == 0.5f);
@@ -153,6 +154,7 @@ TEST_CASE("response builder: events become choices, stream chunks and usage") {
   CHECK(c1["choices"][0]["stop_reason"] == 2);
   TokenEvent len = token(1, 905, " world", 1, true);
   len.finish = FinishReason::Length;
+  len.cached_tokens = 16;
   rb.add(len);
   json r = rb.response();
   CHECK(r["object"] == "chat.completion");
@@ -162,6 +164,7 @@ TEST_CASE("response builder: events become choices, stream chunks and usage") {
   CHECK(r["choices"][0]["logprobs"]["content"].size() == 2);
   CHECK(r["usage"]["completion_tokens"] == 3);
   CHECK(r["usage"]["total_tokens"] == r["usage"]["prompt_tokens"].get<int64_t>() + 3);
+  CHECK(r["usage"]["prompt_tokens_details"]["cached_tokens"] == 16);
   json u = rb.usage_chunk();
   CHECK(u["choices"].empty());
   CHECK(u["usage"] == r["usage"]);

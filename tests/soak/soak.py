@@ -5,7 +5,9 @@ random: non-streamed completions, streamed completions, streamed chats, streams 
 a few events, and non-streamed requests they give up on (the server sees the connection close).
 Checked: the process never dies; every request is answered (200 with a whole answer) or refused
 with 429 (dropped ones excepted, by design); once idle, no KV pages and no sequences are left in
-use; resident memory after warm-up stays within --rss-tolerance of the warm-up's peak; SIGTERM
+use (prefix caching on: half the prompts start with one shared preamble, so cached pages are
+shared, evicted and let go under cancellations and preemptions, and must all be evictable at the
+end, with hits counted); resident memory after warm-up stays within --rss-tolerance of the warm-up's peak; SIGTERM
 then ends the process with 0.
 
   .venv/bin/python tests/soak/soak.py --duration 60            # CI
@@ -28,6 +30,8 @@ import time
 import httpx
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Shared by half the prompts (about 40 tokens: two full KV pages and more for the prefix cache).
+PREAMBLE = "You are a careful assistant. Read the words that follow and continue them as a story about a river. "
 WORDS = ("the of and to in is was for on that with as by at from his her it an were are which this be "
          "river mountain city light garden music winter ocean forest letter engine window story").split()
 
@@ -92,7 +96,8 @@ class Soak:
         return outcome
 
     def prompt(self, rng):
-        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, self.args.max_prompt_words)))
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, self.args.max_prompt_words)))
+        return PREAMBLE + words if rng.random() < 0.5 else words
 
     def one(self, rng, http):
         kind = rng.choices(["plain", "stream", "chat_stream", "drop_stream", "give_up"], [3, 3, 2, 2, 1])[0]
@@ -201,6 +206,10 @@ class Soak:
         else:
             try:
                 idle = self.wait_idle(timeout=120)
+                if not idle.get("stemserve_prefix_cache_hits_total"):
+                    problems.append("no prefix cache hit although half the prompts share a preamble")
+                if idle.get("stemserve_prefix_cache_pages", 0) > idle.get("stemserve_kv_cache_total_pages", 0):
+                    problems.append(f"more cached pages than the pool holds: {idle}")
             except AssertionError as e:
                 problems.append(str(e))
                 idle = {}
@@ -233,6 +242,9 @@ class Soak:
             "rss_growth": round(growth, 4), "warmup_s": a.warmup,
             "preemptions": idle.get("stemserve_num_preemptions_total"),
             "generation_tokens": idle.get("stemserve_generation_tokens_total"),
+            "prefix_cache_hits": idle.get("stemserve_prefix_cache_hits_total"),
+            "prefix_cache_queries": idle.get("stemserve_prefix_cache_queries_total"),
+            "prefix_cache_pages": idle.get("stemserve_prefix_cache_pages"),
             "exit_code": rc, "problems": problems[:20], "log": self.log.name,
         }
         print(json.dumps(report, indent=1))

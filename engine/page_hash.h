@@ -1,0 +1,25 @@
+// The identity of a full KV page in the prefix cache (docs/prefix_caching.md): a 128-bit hash
+// chained over the tokens of every page up to and including it, starting from a seed that holds
+// everything else that decides the page's K/V (the model and its backend, the kind of attention
+// that computed it) and the request's cache_salt. Two pages with the same hash hold the same K/V
+// (up to the rounding of the batch shape that computed them). Keyed with a random per-process
+// key, so a client cannot craft colliding prompts offline; the cache also compares each page's
+// tokens on a hit.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+namespace stem {
+
+struct PageHash {
+  uint64_t lo = 0, hi = 0;
+  bool operator==(const PageHash&) const = default;
+};
+
+// The chain's start. Each field is length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+PageHash prefix_seed(std::string_view model_identity, std::string_view kv_kind, std::string_view cache_salt);
+// The hash of a page holding `tokens`, whose predecessor page (or the seed) hashes to `parent`.
+PageHash chain_page_hash(const PageHash& parent, std::span<const int32_t> tokens);
+
+}  // namespace stem

@@ -1,0 +1,316 @@
+// Automatic prefix caching in the engine (docs/prefix_caching.md), on the tiny llama-gqa fixture
+// (pages of 16 tokens) and the default model: hits and misses, partial pages, decoded tokens
+// reused by the next turn, salts, chunked prefill and batches sharing one prefix, eviction under
+// memory pressure, page counts after cancellation, preemption and shutdown, and Stem taking and
+// publishing only the pages its schedule computes densely. Every output is checked against an
+// engine without the cache: greedy tokens equal, log-probabilities within rounding (tests/rounding.h).
+#include <memory>
+#include <random>
+
+#include "engine/engine.h"
+#include "text/tokenizer.h"
+#include "tests/engine/tiny_model.h"
+#include "tests/rounding.h"
+#include "tests/test_util.h"
+
+using namespace stem;
+namespace fs = std::filesystem;
+
+namespace {
+
+EngineOptions tiny_options(bool caching) {
+  EngineOptions o;
+  o.load_tokenizer = false;
+  o.max_model_len = 2048;
+  o.enable_prefix_caching = caching;
+  o.sparse_prefill = SparsePrefill::Dense;
+  // Stem, for the requests that ask: as tests/engine/test_stem_engine.cc (k_s = a quarter of the blocks).
+  o.stem.min_prompt_len = 1024;
+  o.stem.budget_rate = 0.25;
+  o.stem.sink_blocks = 1;
+  o.stem.window_blocks = 2;
+  o.stem.dense_layers = 1;
+  return o;
+}
+
+std::unique_ptr<Engine> tiny(bool caching, int64_t batch_tokens = 2048, int64_t kv_tokens = 0) {
+  EngineOptions o = tiny_options(caching);
+  o.max_num_batched_tokens = batch_tokens;
+  o.kv_cache_tokens = kv_tokens;
+  return std::make_unique<Engine>(test::tiny_model_2k().path(), o);
+}
+
+std::vector<int32_t> random_tokens(int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (int32_t& x : t) x = static_cast<int32_t>(3 + rng() % 250);
+  return t;
+}
+
+std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+GenerateRequest greedy(std::vector<int32_t> prompt, int32_t max_tokens, std::optional<SparsePrefill> mode = {}) {
+  GenerateRequest r;
+  r.prompt = std::move(prompt);
+  r.sampling.temperature = 0;
+  r.sampling.logprobs = true;
+  r.sampling.top_logprobs = 2;  // the top-2 margin tells where rounding may swap greedy tokens
+  r.stop.max_tokens = max_tokens;
+  r.stop.ignore_eos = true;
+  r.sparse_prefill = mode;
+  return r;
+}
+
+struct Run {
+  GenerateResult result;
+  int64_t cached_tokens = -1;  // as the last event says
+  int64_t sparse_blocks = 0;
+  FinishReason finish = FinishReason::Length;
+};
+
+// Adds requests at once and steps until all finish.
+std::vector<Run> run_all(Engine& e, const std::vector<GenerateRequest>& reqs) {
+  std::vector<Run> out(reqs.size());
+  size_t done = 0;
+  for (size_t i = 0; i < reqs.size(); ++i)
+    e.add_request(reqs[i], [&, i](const TokenEvent& ev) {
+      if (ev.token >= 0) {
+        out[i].result.tokens.push_back(ev.token);
+        out[i].result.samples.push_back(ev.sample);
+      }
+      if (ev.finished) {
+        out[i].cached_tokens = ev.cached_tokens;
+        out[i].finish = ev.finish;
+        ++done;
+      }
+    });
+  while (done < reqs.size()) {
+    const StepStats s = e.step();
+    for (Run& r : out) r.sparse_blocks += s.stem.sparse_blocks;  // only meaningful for one request
+  }
+  return out;
+}
+
+Run run(Engine& e, const GenerateRequest& r) { return run_all(e, {r})[0]; }
+
+// The tiny model: 3 layers; the longest reduction is over at most 2048 keys.
+const double kTol = test::rounding_tolerance(3, 2048);
+
+void check_same(const Run& got, const Run& ref) {
+  const size_t n = test::check_same_greedy(ref.result.tokens, ref.result.samples, got.result.tokens, kTol);
+  REQUIRE(got.result.samples.size() >= n);
+  for (size_t i = 0; i < n; ++i) {
+    const float lp = ref.result.samples[i].logprob;
+    CHECK(std::abs(got.result.samples[i].logprob - lp) <= kTol * std::max(1.f, std::abs(lp)));
+  }
+}
+
+// Every page is back: none held, the cached ones all evictable.
+void check_all_released(const Engine& e) {
+  const EngineCounters c = e.counters();
+  CHECK(c.used_pages == 0);
+  CHECK(c.num_running == 0);
+  CHECK(c.num_waiting == 0);
+  CHECK(c.cached_pages <= c.total_pages);
+}
+
+}  // namespace
+
+TEST_CASE("prefix cache: repeated prompts, shared and partial-page prefixes, the next turn of a chat") {
+  auto cached = tiny(true), plain = tiny(false);
+  const std::vector<int32_t> doc = random_tokens(300, 1);
+
+  const Run ref = run(*plain, greedy(doc, 20));
+  const Run first = run(*cached, greedy(doc, 20));
+  CHECK(first.cached_tokens == 0);
+  check_same(first, ref);
+  // 300 prompt tokens and 19 decoded ones have K/V: 19 full pages.
+  CHECK(cached->counters().cached_pages == 19);
+  CHECK(plain->counters().cached_pages == 0);
+  CHECK(plain->counters().prefix_cache_queries == 0);
+
+  // The same prompt: every full page but the one holding its last token (its logits are needed).
+  const Run again = run(*cached, greedy(doc, 20));
+  CHECK(again.cached_tokens == 288);
+  check_same(again, ref);
+  CHECK(cached->counters().prefix_cache_queries == 600);
+  CHECK(cached->counters().prefix_cache_hits == 288);
+
+  // A prompt that leaves the document in the middle of a page: the pages before it.
+  const std::vector<int32_t> question = concat(std::vector<int32_t>(doc.begin(), doc.begin() + 200), random_tokens(90, 2));
+  const Run q = run(*cached, greedy(question, 8));
+  CHECK(q.cached_tokens == 192);
+  check_same(q, run(*plain, greedy(question, 8)));
+
+  // The next turn: the document, the answer and a new question; the answer's pages were computed
+  // while decoding (the last decoded token's K/V never was).
+  const std::vector<int32_t> turn = concat(concat(doc, first.result.tokens), random_tokens(30, 3));
+  const Run t = run(*cached, greedy(turn, 8));
+  CHECK(t.cached_tokens == 304);
+  check_same(t, run(*plain, greedy(turn, 8)));
+
+  // Unrelated prompts miss.
+  CHECK(run(*cached, greedy(random_tokens(100, 4), 2)).cached_tokens == 0);
+  check_all_released(*cached);
+}
+
+TEST_CASE("prefix cache: a cache_salt shares pages only with the same salt") {
+  auto e = tiny(true);
+  const std::vector<int32_t> doc = random_tokens(100, 5);
+  GenerateRequest r = greedy(doc, 2);
+  CHECK(run(*e, r).cached_tokens == 0);
+  r.cache_salt = "tenant-a";
+  CHECK(run(*e, r).cached_tokens == 0);
+  CHECK(run(*e, r).cached_tokens == 96);
+  r.cache_salt = "tenant-b";
+  CHECK(run(*e, r).cached_tokens == 0);
+  r.cache_salt = "";
+  CHECK(run(*e, r).cached_tokens == 96);
+}
+
+TEST_CASE("prefix cache: many requests sharing one prefix, batched and prefilled in chunks") {
+  auto cached = tiny(true, 64), plain = tiny(false, 64);
+  const std::vector<int32_t> doc = random_tokens(250, 6);
+  std::vector<GenerateRequest> reqs;
+  for (uint64_t i = 0; i < 6; ++i) reqs.push_back(greedy(concat(doc, random_tokens(20 + 7 * i, 10 + i)), 6));
+
+  // The first request computes the document in chunks of 64 tokens; the others, added together,
+  // take its 15 full pages and prefill their questions in one batch.
+  const Run first = run(*cached, reqs[0]);
+  CHECK(first.cached_tokens == 0);
+  const std::vector<Run> batch = run_all(*cached, reqs);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    INFO("request " << i);
+    CHECK(batch[i].cached_tokens == (i == 0 ? 256 : 240));  // request 0: its own prompt's pages
+    check_same(batch[i], run(*plain, reqs[i]));
+  }
+  check_all_released(*cached);
+}
+
+TEST_CASE("prefix cache: under memory pressure cached pages are evicted, never in the way") {
+  // 32 pages of 16; each prompt needs 19 or more: every request evicts part of the last one's.
+  auto cached = tiny(true, 2048, 512), plain = tiny(false, 2048, 512);
+  std::vector<std::vector<int32_t>> prompts;
+  for (uint64_t i = 0; i < 4; ++i) prompts.push_back(random_tokens(300, 20 + i));
+  for (int round = 0; round < 2; ++round)
+    for (const auto& p : prompts) {
+      const Run got = run(*cached, greedy(p, 4));
+      CHECK(got.finish == FinishReason::Length);
+      check_same(got, run(*plain, greedy(p, 4)));
+      CHECK(cached->counters().cached_pages <= 32);
+    }
+  // The most recent prompt keeps its head (a prompt's tail pages are evicted first).
+  CHECK(run(*cached, greedy(prompts.back(), 2)).cached_tokens > 0);
+  check_all_released(*cached);
+}
+
+TEST_CASE("prefix cache: cancellation, preemption and shutdown leave no page held") {
+  SECTION("cancelled in the middle of a chunked prefill") {
+    auto e = tiny(true, 64);
+    GenerateRequest r = greedy(random_tokens(400, 30), 4);
+    r.cancelled = std::make_shared<std::atomic<bool>>(false);
+    std::optional<FinishReason> finish;
+    e->add_request(r, [&](const TokenEvent& ev) { if (ev.finished) finish = ev.finish; });
+    for (int i = 0; i < 3; ++i) e->step();
+    CHECK(e->counters().used_pages == 12);  // 3 chunks of 64 tokens computed, 4 pages each
+    CHECK(e->counters().cached_pages == 12);  // each published after its step
+    r.cancelled->store(true);
+    e->step();
+    CHECK(finish == FinishReason::Cancelled);
+    check_all_released(*e);
+    CHECK(e->counters().cached_pages == 12);
+    // What the cancelled request computed is reused.
+    CHECK(run(*e, greedy(random_tokens(400, 30), 2)).cached_tokens == 192);
+  }
+  SECTION("a preempted sequence takes its own pages back from the cache") {
+    // 8 pages of 16. A (older) and B prefill 60 tokens, 4 pages each; at position 64 A needs a
+    // fifth: B is preempted (its 3 full pages stay cached) and A, growing to 100 tokens, evicts B's
+    // last two. B's recompute takes its first page back.
+    auto cached = tiny(true, 2048, 128), plain = tiny(false);
+    const std::vector<GenerateRequest> reqs = {greedy(random_tokens(60, 40), 40), greedy(random_tokens(60, 41), 10)};
+    const std::vector<Run> got = run_all(*cached, reqs);
+    CHECK(cached->counters().preemptions == 1);
+    CHECK(cached->counters().prefix_cache_hits == 16);
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      INFO("request " << i);
+      CHECK(got[i].cached_tokens == 0);  // cached_tokens is the prompt's first prefill's
+      check_same(got[i], run(*plain, reqs[i]));
+    }
+    check_all_released(*cached);
+  }
+  SECTION("shutdown ends every request") {
+    auto e = tiny(true, 64);
+    const std::vector<int32_t> doc = random_tokens(200, 50);
+    run(*e, greedy(doc, 2));
+    int finished = 0;
+    for (int i = 0; i < 3; ++i)
+      e->add_request(greedy(concat(doc, random_tokens(10, 51 + i)), 50), [&](const TokenEvent& ev) { finished += ev.finished; });
+    for (int i = 0; i < 4; ++i) e->step();
+    CHECK(e->counters().used_pages > 0);
+    e->abort_all("shutting down");
+    CHECK(finished == 3);
+    check_all_released(*e);
+    CHECK_FALSE(e->has_work());
+  }
+}
+
+TEST_CASE("prefix cache: Stem takes and publishes only the pages its schedule computes densely") {
+  // Room for two prompts: a Stem run's sparse pages do not evict the dense run's cached ones.
+  auto cached = tiny(true, 2048, 4096), plain = tiny(false);
+  const std::vector<int32_t> doc = random_tokens(1500, 60);  // 12 blocks, k_s = 3: blocks 0-2 dense
+  const int64_t dense_prefix = 3 * 128;
+
+  const Run stem_ref = run(*plain, greedy(doc, 4, SparsePrefill::Stem));
+  const Run dense_ref = run(*plain, greedy(doc, 4, SparsePrefill::Dense));
+  REQUIRE(stem_ref.sparse_blocks > 0);
+
+  const Run stem1 = run(*cached, greedy(doc, 4, SparsePrefill::Stem));
+  CHECK(stem1.cached_tokens == 0);
+  CHECK(cached->counters().cached_pages == dense_prefix / 16);  // nothing sparse, nothing decoded after it
+  const Run stem2 = run(*cached, greedy(doc, 4, SparsePrefill::Stem));
+  CHECK(stem2.cached_tokens == dense_prefix);
+  // A dense prefill takes the dense pages a Stem prefill published, and publishes all of its own.
+  const Run dense1 = run(*cached, greedy(doc, 4, SparsePrefill::Dense));
+  CHECK(dense1.cached_tokens == dense_prefix);
+  CHECK(cached->counters().cached_pages == (1500 + 3) / 16);
+  // Stem still stops where its schedule turns sparse; dense takes everything.
+  const Run stem3 = run(*cached, greedy(doc, 4, SparsePrefill::Stem));
+  CHECK(stem3.cached_tokens == dense_prefix);
+  const Run dense2 = run(*cached, greedy(doc, 4, SparsePrefill::Dense));
+  CHECK(dense2.cached_tokens == 1488);
+
+  for (const Run* r : {&stem1, &stem2, &stem3}) {
+    CHECK(r->sparse_blocks == stem_ref.sparse_blocks);  // the same blocks are sparse, selected in full
+    check_same(*r, stem_ref);
+  }
+  for (const Run* r : {&dense1, &dense2}) {
+    CHECK(r->sparse_blocks == 0);
+    check_same(*r, dense_ref);
+  }
+  check_all_released(*cached);
+}
+
+TEST_CASE("prefix cache: the default model gives the uncached greedy tokens on a cache hit") {
+  if (!fs::exists(test::default_model_dir() / "model.safetensors")) SKIP("default model not prepared");
+  EngineOptions o;
+  o.max_model_len = 512;
+  Engine cached(test::default_model_dir(), o);
+  o.enable_prefix_caching = false;
+  Engine plain(test::default_model_dir(), o);
+  std::string text;
+  for (int i = 1; i <= 25; ++i) text += "Item " + std::to_string(i) + ": a line of the shared document.\n";
+  const std::vector<int32_t> doc = cached.tokenizer().encode(text, true);
+  REQUIRE(doc.size() > 200);
+  const double tol = test::rounding_tolerance(cached.config(), 512);
+  for (const char* q : {"Question: which item comes after 41?", "Question: how many items are there?"}) {
+    INFO(q);
+    GenerateRequest r = greedy(concat(doc, cached.tokenizer().encode(q, false)), 12);
+    const Run ref = run(plain, r), got = run(cached, r);
+    test::check_same_greedy(ref.result.tokens, ref.result.samples, got.result.tokens, tol);
+  }
+  // The second question took the document's full pages from the first.
+  CHECK(cached.counters().prefix_cache_hits >= static_cast<int64_t>(doc.size()) / 16 * 16 - 16);
+}
