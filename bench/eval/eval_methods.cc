@@ -58,6 +58,13 @@ Method make_method(const std::string& family, double target, double value, int64
     m.knob = Knob::Threshold;
     m.settings.selector = StemSelector::Threshold;
     m.settings.lambda = 0;
+  } else if (family == "stem-mass") {
+    // The XAttention-style threshold on Stem's score (the value bonus kept, λ 0.2): each head of a
+    // row keeps the fewest blocks that reach the threshold's share of the softmax mass. Causal by
+    // construction (a row's blocks depend on its own keys only), so a prefix's selection does not
+    // change with what follows it (issue 17's causal schedule).
+    m.knob = Knob::Threshold;
+    m.settings.selector = StemSelector::Threshold;
   } else if (family == "stem-hpc") {
     // AngelSlim's hpc backend defaults (stem/backends/hpc_impl.py at 67394ce): stride 16,
     // lambda_mag 0.3, stem_alpha 1.0 (no decay: every row keeps k_s).
@@ -74,8 +81,8 @@ Method make_method(const std::string& family, double target, double value, int64
     m.settings.budget_rate = 1.5;
   } else {
     throw Error("unknown method family '" + family +
-                "' (dense, stem, stem-no-bonus, stem-no-decay, uniform-topk, sink-window, xattention, stem-hpc, "
-                "stem-adaptive)");
+                "' (dense, stem, stem-no-bonus, stem-no-decay, uniform-topk, sink-window, xattention, stem-mass, "
+                "stem-hpc, stem-adaptive)");
   }
   if (small_always && m.sparse && target > 0 && target < kLowDensity) {
     m.settings.sink_blocks = 2;
@@ -106,8 +113,8 @@ std::vector<Method> long_methods(const std::vector<double>& targets, int64_t min
                                  make_method("stem-hpc", 0, 0, min_prompt_len, false)};
   for (double t : targets)
     for (const char* family :
-         {"stem", "stem-no-bonus", "stem-no-decay", "uniform-topk", "xattention", "sink-window", "stem-hpc",
-          "stem-adaptive"})
+         {"stem", "stem-no-bonus", "stem-no-decay", "uniform-topk", "xattention", "stem-mass", "sink-window",
+          "stem-hpc", "stem-adaptive"})
       methods.push_back(make_method(family, t, 0, min_prompt_len, false));
   return methods;
 }

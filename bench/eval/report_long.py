@@ -34,6 +34,7 @@ FAMILIES = {
     "stem-no-decay": "Stem w/o position decay",
     "uniform-topk": "uniform top-k (plain score)",
     "xattention": "XAttention-style threshold",
+    "stem-mass": "threshold on Stem's score (value bonus kept)",
     "sink-window": "sink + window",
     "stem-adaptive": "Stem adaptive (threshold within the decay envelope)",
 }
