@@ -4,7 +4,8 @@ talks to it from the host, then does the same through deploy/compose.yaml's CPU 
 Steps: the tools (deploy/ci/install_tools.sh), a dockerd of our own (data and exec roots under
 $STEM_DOCKER_ROOT, default ~/.cache/stemserve-docker, so that its image layers and BuildKit's
 ccache mount outlive the run: a rebuild is quick), the Debian 12 base (deploy/ci/make_base.sh),
-`docker build` with BuildKit, then the default model (models/cache/SmolLM2-135M-Instruct) mounted
+on a fresh machine the ccache mount seeded from the host's ccache (deploy/ci/ccache_seed.Dockerfile:
+the build stage then compiles little), `docker build` with BuildKit, then the default model (models/cache/SmolLM2-135M-Instruct) mounted
 at /models/SmolLM2-135M-Instruct and these checks on 127.0.0.1: /health, the image's HEALTHCHECK
 reaching healthy, /v1/models, a completion, a streamed chat completion, gRPC health, the server
 process's user id (not 0), `docker stop` ending it with exit code 0 within the shutdown timeout,
