@@ -4,7 +4,8 @@ talks to it from the host, then does the same through deploy/compose.yaml's CPU 
 Steps: the tools (deploy/ci/install_tools.sh), a dockerd of our own (data and exec roots under
 $STEM_DOCKER_ROOT, default ~/.cache/stemserve-docker, so that its image layers and BuildKit's
 ccache mount outlive the run: a rebuild is quick), the Debian 12 base (deploy/ci/make_base.sh),
-`docker build` with BuildKit, then the default model (models/cache/SmolLM2-135M-Instruct) mounted
+on a fresh machine the ccache mount seeded from the host's ccache (deploy/ci/ccache_seed.Dockerfile:
+the build stage then compiles little), `docker build` with BuildKit, then the default model (models/cache/SmolLM2-135M-Instruct) mounted
 at /models/SmolLM2-135M-Instruct and these checks on 127.0.0.1: /health, the image's HEALTHCHECK
 reaching healthy, /v1/models, a completion, a streamed chat completion, gRPC health, the server
 process's user id (not 0), `docker stop` ending it with exit code 0 within the shutdown timeout,
@@ -36,6 +37,7 @@ MODEL = "SmolLM2-135M-Instruct"
 UID = 10001                    # the Dockerfile's USER
 STOP_TIMEOUT = 40              # compose.yaml's stop_grace_period: the server drains for 30 s
 MAX_IMAGE_MB = 300
+HOST_CCACHE = pathlib.Path(os.environ.get("CCACHE_DIR", pathlib.Path.home() / ".cache" / "stemserve-ccache"))
 ENV = dict(os.environ, DOCKER_HOST=f"unix://{SOCKET}", DOCKER_BUILDKIT="1", COMPOSE_DOCKER_CLI_BUILD="1")
 
 results = []   # (name, passed, detail)
@@ -106,6 +108,22 @@ def stop_dockerd(proc):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def seed_ccache():
+    """On a fresh machine (no image of ours yet: the layer cache and BuildKit's ccache mount are
+    empty), fills the build stage's ccache mount from the host's ccache, which scripts/test.sh
+    filled earlier in CI (deploy/ci/ccache_seed.Dockerfile). The image's build step does not see
+    the seed in its cache key, so later runs' layer cache works as before. Returns what it says."""
+    if run("docker", "image", "inspect", IMAGE, check_rc=False).returncode == 0:
+        return "none (the image exists: the cache mount is warm)"
+    if not any(HOST_CCACHE.glob("[0-9a-f]")):
+        return f"none ({HOST_CCACHE} is empty)"
+    start = time.time()
+    run("docker", "build", "--no-cache", "--progress=plain", "-f", str(ROOT / "deploy/ci/ccache_seed.Dockerfile"),
+        "--build-arg", f"BASE={BASE}", str(HOST_CCACHE), timeout=600, log=LOGS / "image_test.seed.log")
+    mb = [l.split()[-2] for l in open(LOGS / "image_test.seed.log") if l.rstrip().endswith("/root/.cache/ccache")]
+    return f"{mb[-1] if mb else '?'} MB from {HOST_CCACHE} ({time.time() - start:.0f} s)"
 
 
 def http(port, path, body=None, timeout=60):
@@ -266,13 +284,19 @@ def main():
     run(str(ROOT / "deploy" / "ci" / "install_tools.sh"), timeout=600)
     daemon = start_dockerd()
     try:
-        run(str(ROOT / "deploy" / "ci" / "make_base.sh"), BASE, env=dict(ENV, DOCKER=DOCKER), timeout=600)
+        start = time.time()
+        made = run(str(ROOT / "deploy" / "ci" / "make_base.sh"), BASE, env=dict(ENV, DOCKER=DOCKER), timeout=600)
+        say(f"{made.stdout.strip().splitlines()[-1]} ({time.time() - start:.0f} s)")
+        say(f"ccache seed: {seed_ccache()}")
         start = time.time()
         build = run("docker", "build", "--progress=plain", "-f", "deploy/Dockerfile",
                     "--build-arg", f"BUILD_BASE={BASE}", "--build-arg", f"RUNTIME_BASE={BASE}",
                     "--build-arg", "DEVICE=cpu", "--build-arg", f"STEM_JOBS={os.cpu_count()}",
                     "-t", IMAGE, ".", cwd=ROOT, timeout=3600, check_rc=False, log=LOGS / "image_test.build.log")
         figures["build"] = time.time() - start
+        for line in open(LOGS / "image_test.build.log"):  # the build stage's ccache figures
+            if " ccache: " in line and ("Hits" in line or "Misses" in line):
+                say(line.split(" ccache: ", 1)[1].strip())
         if not check("docker build", build.returncode == 0,
                      f"{figures['build']:.0f} s, log {LOGS / 'image_test.build.log'}"):
             print(open(LOGS / "image_test.build.log").read()[-4000:])
