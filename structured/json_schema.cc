@@ -85,31 +85,14 @@ class Compiler {
     any_ = g_.add_state();
     const int32_t end = g_.add_state(true);
     const int32_t str = string_rule();
-    {  // {"key":value,...}
-      const int32_t o = g_.add_state(), in = g_.add_state(), key = g_.add_state(), colon = g_.add_state(),
-                    after = g_.add_state(), comma = g_.add_state(), close = g_.add_state(true);
-      g_.edge(o, '{', in);
-      g_.edge(in, '}', close);
-      g_.call(in, str, key);
-      g_.edge(key, ':', colon);
-      g_.call(colon, any_, after);
-      g_.edge(after, '}', close);
-      g_.edge(after, ',', comma);
-      g_.call(comma, str, key);
-      g_.call(any_, o, end);
-      any_object_ = o;
-    }
-    {  // [value,...]
-      const int32_t a = g_.add_state(), in = g_.add_state(), after = g_.add_state(), comma = g_.add_state(),
-                    close = g_.add_state(true);
-      g_.edge(a, '[', in);
-      g_.edge(in, ']', close);
-      g_.call(in, any_, after);
-      g_.edge(after, ']', close);
-      g_.edge(after, ',', comma);
-      g_.call(comma, any_, after);
-      g_.call(any_, a, end);
-    }
+    const int32_t member = g_.add_state(), key = g_.add_state(), colon = g_.add_state(),
+                  member_end = g_.add_state(true);  // "key":value
+    g_.call(member, str, key);
+    g_.edge(key, ':', colon);
+    g_.call(colon, any_, member_end);
+    any_object_ = list_rule('{', '}', member);
+    g_.call(any_, any_object_, end);
+    g_.call(any_, list_rule('[', ']', any_), end);
     g_.call(any_, str, end);
     g_.call(any_, number_rule(true), end);
     g_.call(any_, literal_rule({"true", "false", "null"}), end);
@@ -122,6 +105,19 @@ class Compiler {
   }
 
  private:
+  // open (item (',' item)*)? close
+  int32_t list_rule(uint8_t open, uint8_t close, int32_t item) {
+    const int32_t start = g_.add_state(), in = g_.add_state(), after = g_.add_state(), comma = g_.add_state(),
+                  end = g_.add_state(true);
+    g_.edge(start, open, in);
+    g_.edge(in, close, end);
+    g_.call(in, item, after);
+    g_.edge(after, close, end);
+    g_.edge(after, ',', comma);
+    g_.call(comma, item, after);
+    return start;
+  }
+
   int32_t literal_rule(const std::vector<std::string>& values) {
     const int32_t start = g_.add_state();
     for (int32_t end : g_.literals(start, values)) g_.set_accept(end);
