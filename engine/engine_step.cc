@@ -220,7 +220,11 @@ StepStats Engine::step() {
   // How to sample each logit row: the op's parameters and, where a penalty is on, the
   // sequence's penalty tokens (kept incrementally by its Sampler).
   SamplingBatch sb;
+  std::vector<const uint32_t*> allowed;  // structured output: each row's grammar mask, or null
+  bool masked = false;
   for (Sequence* s : sampled) {
+    allowed.push_back(s->sampler.allowed());
+    masked |= allowed.back() != nullptr;
     const int64_t prompt_len = s->request->prompt_len;
     sb.add_row(s->sampler.row(static_cast<int64_t>(s->tokens.size()) - prompt_len));
     const std::span<const PenaltyToken> pen = s->sampler.penalties(s->tokens, prompt_len);
@@ -230,7 +234,10 @@ StepStats Engine::step() {
   const auto t0 = std::chrono::steady_clock::now();
   SampledTokens out;
   try {
-    backend_->forward_sample(b, sb, out);
+    if (masked)
+      forward_sample_masked(*backend_, b, sb, allowed, out);
+    else
+      backend_->forward_sample(b, sb, out);
   } catch (const std::exception& e) {
     // A failed step poisons only the requests in it; the engine goes on with the others.
     spdlog::error("forward step failed ({} sequences, {} tokens): {}", stats.num_seqs, stats.num_tokens, e.what());
@@ -259,6 +266,7 @@ StepStats Engine::step() {
     Sequence& s = *sampled[r];
     const int64_t prompt_len = s.request->prompt_len;
     SampleResult sample = s.sampler.result(out, static_cast<int64_t>(r), config_.vocab_size);
+    s.sampler.accept(sample.token);
     s.tokens.push_back(sample.token);
     ++generation_tokens_total_;
     ++stats.num_sampled;

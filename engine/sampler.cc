@@ -21,7 +21,27 @@ void SamplingParams::validate() const {
 }
 
 Sampler::Sampler(const SamplingParams& params, uint64_t fallback_seed)
-    : params_(params), seed_(params.seed.value_or(fallback_seed)) {}
+    : params_(params), seed_(params.seed.value_or(fallback_seed)) {
+  if (params_.grammar) matcher_.emplace(params_.grammar);
+}
+
+const uint32_t* Sampler::allowed() { return matcher_ ? matcher_->mask() : nullptr; }
+
+bool Sampler::accept(int32_t token) { return !matcher_ || matcher_->accept(token); }
+
+void forward_sample_masked(ModelBackend& backend, const ForwardBatch& batch, const SamplingBatch& sampling,
+                           std::span<const uint32_t* const> allowed, SampledTokens& out) {
+  const auto R = static_cast<int64_t>(batch.logit_rows.size());
+  const int64_t V = backend.config().vocab_size;
+  STEM_CHECK(static_cast<int64_t>(allowed.size()) == R, allowed.size(), " masks for ", R, " logit rows");
+  sampling.validate(R, V);
+  Tensor logits;
+  backend.forward(batch, logits);
+  out.resize(R);
+  if (R == 0) return;
+  for (int64_t r = 0; r < R; ++r) structured::apply_mask(logits.ptr<float>() + r * V, V, allowed[static_cast<size_t>(r)]);
+  cpu::sample(out.outputs(), logits.view(), sampling.inputs(), TensorView());
+}
 
 SamplingRow Sampler::row(int64_t generated) const {
   SamplingRow r;
@@ -74,6 +94,12 @@ SampleResult Sampler::sample(std::span<const float> logits, std::span<const int3
   for (const PenaltyToken& p : pen)
     STEM_CHECK(p.id >= 0 && p.id < V, "token id ", p.id, " is outside the vocabulary of ", V);
 
+  std::vector<float> masked;
+  if (const uint32_t* mask = allowed()) {
+    masked.assign(logits.begin(), logits.end());
+    structured::apply_mask(masked.data(), V, mask);
+    logits = masked;
+  }
   SamplingBatch batch;
   batch.add_row(row(static_cast<int64_t>(output.size())));
   batch.add_penalties(pen.data(), pen.size());

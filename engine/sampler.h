@@ -2,16 +2,21 @@
 // into the batched sampling op's rows (kernels/cpu/sampling.h, kernels/cuda/sampling.cuh).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <unordered_map>
 #include <span>
 #include <vector>
 
 #include "kernels/cpu/sampling.h"
+#include "structured/token_mask.h"
 
 namespace stem {
 
 struct SampledTokens;  // models/backend.h
+struct ForwardBatch;
+struct SamplingBatch;
+class ModelBackend;
 
 struct SamplingParams {
   float temperature = 1.0f;         // 0: greedy
@@ -24,6 +29,9 @@ struct SamplingParams {
   std::optional<uint64_t> seed;
   int32_t top_logprobs = 0;  // alternatives to report per token (with logprobs)
   bool logprobs = false;
+  // Structured output: only tokens this grammar allows are sampled, EOS only once its value is
+  // complete (structured/token_mask.h). Shared by the request's sequences; null: unconstrained.
+  std::shared_ptr<structured::TokenGrammar> grammar;
 
   // Throws stem::Error naming the field for values out of range.
   void validate() const;
@@ -65,6 +73,13 @@ class Sampler {
   // The user-facing result of row r of the op's output.
   SampleResult result(const SampledTokens& out, int64_t r, int64_t vocab_size) const;
 
+  // With a grammar: the ids allowed next (a bitmask, structured/token_mask.h), valid until the
+  // next accept(); null without one.
+  const uint32_t* allowed();
+  // The token chosen for this sequence: the grammar moves past it. False when the grammar does
+  // not allow it (never for a token sampled under allowed()'s mask).
+  bool accept(int32_t token);
+
  private:
   SamplingParams params_;
   uint64_t seed_;
@@ -72,6 +87,13 @@ class Sampler {
   std::vector<PenaltyToken> list_;
   std::unordered_map<int32_t, int32_t> index_;
   size_t seen_ = 0;
+  std::optional<structured::TokenMatcher> matcher_;
 };
+
+// ModelBackend::forward_sample for a step where some rows are constrained (allowed[r] non-null):
+// runs the forward pass to host logits, masks those rows and samples with the CPU op. A row's
+// logprobs are then those of the masked distribution.
+void forward_sample_masked(ModelBackend& backend, const ForwardBatch& batch, const SamplingBatch& sampling,
+                           std::span<const uint32_t* const> allowed, SampledTokens& out);
 
 }  // namespace stem

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The folders are the architecture: each room includes only itself and the rooms below it.
 
-    server -> engine -> models, text -> base -> kernels
+    server -> engine -> structured -> text; engine -> models -> base -> kernels
 
-(models and text are side by side: neither includes the other.) Inside models/, the forward pass
+(models and text are side by side: neither includes the other; structured, between engine and
+text, includes only text and kernels.) Inside models/, the forward pass
 written once (models/*) knows no device: it includes neither backend (models/cpu/, models/cuda/)
 nor the CUDA kernels, and the backends do not include each other; the CUDA kernels (kernels/cuda/)
 are reached only through the CUDA backend. A file belongs to the longest room its path starts
@@ -26,8 +27,9 @@ BELOW = {
     "models/cpu": {"models", "base", "kernels"},
     "models/cuda": {"models", "base", "kernels", "kernels/cuda"},
     "text": {"kernels"},
-    "engine": {"models", "text", "base", "kernels"},
-    "server": {"engine", "models", "text", "base", "kernels", "proto"},
+    "structured": {"text", "kernels"},
+    "engine": {"structured", "models", "text", "base", "kernels"},
+    "server": {"engine", "structured", "models", "text", "base", "kernels", "proto"},
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+/[^"]+)"', re.M)
 
@@ -62,7 +64,7 @@ def main():
     for b in bad:
         print(b)
     print(f"check_includes: {checked} files, {len(bad)} upward include(s)"
-          f"{'' if bad else ': every arrow points down (server -> engine -> models, text -> base -> kernels)'}")
+          f"{'' if bad else ': every arrow points down (server -> engine -> structured, models -> text, base -> kernels)'}")
     return 1 if bad else 0
 
 

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "structured/json_schema.h"
 #include "text/tokenizer.h"
 
 namespace stem {
@@ -16,6 +17,15 @@ ServedModel ServedModel::of(const Engine& engine, const std::string& served_name
   if (m.name.empty()) m.name = std::filesystem::path(m.path).parent_path().filename().string();  // "dir/"
   return m;
 }
+
+std::shared_ptr<const structured::TokenVocab> ServedModel::token_vocab_ptr() const {
+  std::call_once(vocab->once, [&] {
+    vocab->vocab = structured::TokenVocab::from_tokenizer(engine->tokenizer(), engine->config().vocab_size);
+  });
+  return vocab->vocab;
+}
+
+const structured::TokenVocab& ServedModel::token_vocab() const { return *token_vocab_ptr(); }
 
 namespace {
 
@@ -96,6 +106,25 @@ StopConditions stop_conditions(const GenerationFields& f) {
   return stop;
 }
 
+// The grammar that response_format asks for, or null for plain text.
+std::shared_ptr<structured::TokenGrammar> response_grammar(const ResponseFormat& rf, const ServedModel& model) {
+  const std::string& field = rf.field;
+  if (rf.type == "text") return nullptr;
+  structured::Grammar g;
+  if (rf.type == "json_object") {
+    g = structured::any_json_object();
+  } else if (rf.type == "json_schema") {
+    try {
+      g = structured::compile_json_schema(rf.schema);
+    } catch (const structured::SchemaError& e) {
+      bad(field, quoted(field + ".json_schema.schema") + ": " + e.what());
+    }
+  } else {
+    bad(field, quoted(field + ".type") + " must be \"text\", \"json_object\" or \"json_schema\", got \"" + rf.type + "\"");
+  }
+  return std::make_shared<structured::TokenGrammar>(std::move(g), model.token_vocab_ptr());
+}
+
 }  // namespace
 
 void check_model(const std::optional<std::string>& name, const ServedModel& model) {
@@ -145,6 +174,7 @@ ParsedGeneration build_generation(const GenerationFields& f, const ServedModel& 
     if (*f.top_logprobs > 0 && !f.logprobs) bad(name, quoted(name) + " needs 'logprobs': true");
     p.top_logprobs = static_cast<int32_t>(*f.top_logprobs);
   }
+  r.sampling.grammar = response_grammar(f.response_format, model);
   r.sampling.logprobs = p.logprobs;
   r.sampling.top_logprobs = p.top_logprobs;
 

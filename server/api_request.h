@@ -6,6 +6,8 @@
 // the field as the front end calls it; gRPC maps them to INVALID_ARGUMENT / NOT_FOUND.
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -14,6 +16,7 @@
 
 #include "engine/engine.h"
 #include "server/api_error.h"
+#include "structured/token_mask.h"
 
 namespace stem {
 
@@ -22,6 +25,14 @@ struct ServedModel {
   std::string name;  // --served-model-name, else the model folder's name
   std::string path;  // the folder; also accepted as a model name
   const Engine* engine = nullptr;
+  // The tokenizer's tokens as bytes, for structured output; built by the first request that needs it.
+  struct Vocab {
+    std::once_flag once;
+    std::shared_ptr<const structured::TokenVocab> vocab;
+  };
+  std::shared_ptr<Vocab> vocab = std::make_shared<Vocab>();
+  const structured::TokenVocab& token_vocab() const;
+  std::shared_ptr<const structured::TokenVocab> token_vocab_ptr() const;
   bool matches(const std::string& model) const { return model == name || model == path; }
   // The engine's model under `served_name`, or under its folder's name when that is empty.
   static ServedModel of(const Engine& engine, const std::string& served_name);
@@ -36,6 +47,13 @@ struct ChatPrompt {
 };
 // Text (tokenized with the tokenizer's special tokens), token ids, or chat messages.
 using Prompt = std::variant<std::string, std::vector<int64_t>, ChatPrompt>;
+
+// response_format: "text" (the default), "json_object" (any JSON object) or "json_schema".
+struct ResponseFormat {
+  std::string type = "text";
+  nlohmann::json schema = true;  // json_schema.schema (absent: any JSON value)
+  std::string field = "response_format";  // how the front end names it in errors
+};
 
 // A generation request's fields, typed but not yet checked; unset optionals take the defaults.
 struct GenerationFields {
@@ -56,6 +74,7 @@ struct GenerationFields {
   std::string top_logprobs_field = "top_logprobs";
   std::optional<std::string> sparse_prefill;     // "stem" or "dense"; unset: the server's default
   std::optional<std::string> cache_salt;         // prefix-cache pages are shared only under the same salt
+  ResponseFormat response_format;                // structured output (structured/)
   bool stream = false;
   bool include_usage = false;
 };

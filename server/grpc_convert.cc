@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "server/request_parse.h"
 #include "text/tokenizer.h"
 
 namespace stem {
@@ -72,6 +73,25 @@ GenerationFields generation_fields(const v1::GenerateRequest& in) {
   f.top_logprobs = in.top_logprobs();
   if (!in.sparse_prefill().empty()) f.sparse_prefill = in.sparse_prefill();  // "": the server's default
   if (!in.cache_salt().empty()) f.cache_salt = in.cache_salt();              // "": no salt
+  if (in.has_response_format()) {
+    const v1::ResponseFormat& rf = in.response_format();
+    if (!rf.type().empty()) f.response_format.type = rf.type();
+    if (!rf.json_schema().empty()) {
+      if (f.response_format.type != "json_schema")
+        bad("response_format", "'response_format.json_schema' needs 'response_format.type' \"json_schema\"");
+      try {
+        const json::parser_callback_t limit_depth = [](int depth, json::parse_event_t, json&) {
+          if (depth > kMaxJsonDepth)
+            bad("response_format", "'response_format.json_schema' is nested deeper than " +
+                                       std::to_string(kMaxJsonDepth) + " levels");
+          return true;
+        };
+        f.response_format.schema = json::parse(rf.json_schema(), limit_depth);
+      } catch (const json::exception& e) {
+        bad("response_format", std::string("'response_format.json_schema' is not JSON: ") + e.what());
+      }
+    }
+  }
   return f;
 }
 

@@ -127,6 +127,35 @@ std::vector<std::string> stop_strings(const json& body) {
   return stop;
 }
 
+// {"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict",
+// "description"}}; the schema itself is checked where it is compiled (api_request.cc).
+ResponseFormat response_format(const json& body) {
+  ResponseFormat rf;
+  const json* r = field(body, "response_format");
+  if (!r) return rf;
+  if (!r->is_object() || !r->contains("type") || !(*r)["type"].is_string())
+    bad("response_format", "'response_format' must be an object with a string 'type'");
+  rf.type = (*r)["type"].get<std::string>();
+  for (auto it = r->begin(); it != r->end(); ++it)
+    if (it.key() != "type" && !(it.key() == "json_schema" && rf.type == "json_schema"))
+      bad("response_format", "'response_format." + it.key() + "' is not supported with type \"" + rf.type + "\"");
+  if (rf.type != "json_schema") return rf;
+  const json* js = field(*r, "json_schema");
+  if (!js || !js->is_object())
+    bad("response_format", "'response_format.json_schema' (an object with 'name' and 'schema') is required");
+  for (auto it = js->begin(); it != js->end(); ++it) {
+    const std::string& k = it.key();
+    if (k != "name" && k != "schema" && k != "strict" && k != "description")
+      bad("response_format", "'response_format.json_schema." + k + "' is not supported");
+  }
+  auto name = get_string(*js, "name");
+  if (!name || name->empty() || name->size() > 64)
+    bad("response_format", "'response_format.json_schema.name' must be a string of 1 to 64 characters");
+  get_bool(*js, "strict");  // checked for its type; the schema is always enforced
+  if (const json* schema = field(*js, "schema")) rf.schema = *schema;
+  return rf;
+}
+
 }  // namespace
 
 json parse_json_body(const std::string& body) {
@@ -196,6 +225,10 @@ GenerationFields generation_fields(ApiKind kind, const json& body) {
   }
   f.sparse_prefill = get_string(body, "sparse_prefill");  // stemserve's own field
   f.cache_salt = get_string(body, "cache_salt");          // as vLLM's
+  f.response_format = response_format(body);
+  // Structured-output and tool fields of other servers we do not serve (yet).
+  for (const char* name : {"structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar"})
+    if (field(body, name)) bad(name, std::string("'") + name + "' is not supported; use 'response_format'");
   f.stream = get_bool(body, "stream").value_or(false);
   if (const json* so = field(body, "stream_options")) {
     if (!so->is_object()) bad("stream_options", "'stream_options' must be an object");

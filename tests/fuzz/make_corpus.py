@@ -112,4 +112,25 @@ bodies = [
 ]
 for i, b in enumerate(bodies):
     write(d, f"body_{i}", json.dumps(b))
+write(d, "body_response_format", json.dumps({"messages": [{"role": "user", "content": "x"}], "response_format": {
+    "type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}}}))
+
+# fuzz_json_schema: a schema on the first line, then the bytes that steer a walk through its grammar.
+d = target("fuzz_json_schema")
+steer = bytes(range(32, 127)) * 2
+schemas = {
+    "object": {"type": "object", "required": ["a", "b"], "additionalProperties": False, "properties": {
+        "a": {"type": "integer"}, "b": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        "c": {"anyOf": [{"type": "number"}, {"type": "null"}]}}},
+    "recursive": {"$defs": {"n": {"type": "object", "properties": {"k": {"type": "array", "items": {"$ref": "#/$defs/n"}}}}},
+                  "$ref": "#/$defs/n"},
+    "enum": {"enum": ["x", "xy", 1, None, {"k": True}]},
+    "any": {},
+    "string": {"type": "string"},
+    "types": {"type": ["integer", "boolean", "null"], "title": "t"},
+    "array": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 4},
+    "refused": {"type": "string", "pattern": "a+"},
+}
+for name, schema in schemas.items():
+    write(d, name, json.dumps(schema).encode() + b"\n" + steer)
 print("corpora written under", OUT)

@@ -1,7 +1,8 @@
 """The gRPC API against the real server, with a grpcio client generated from our proto at test
 time: Generate streams the same greedy text as the HTTP API, Tokenize/Detokenize/ModelInfo,
 health and reflection, a cancelled call or an expired deadline frees the request's KV pages,
-a full queue is RESOURCE_EXHAUSTED, bad requests get their status code, the API key."""
+a full queue is RESOURCE_EXHAUSTED, bad requests get their status code, the API key, and
+response_format's JSON schema enforced."""
 import concurrent.futures
 import signal
 
@@ -283,3 +284,22 @@ def test_concurrent_grpc_and_http_streams_agree(server, stub, client, model_name
     for p, text in results:
         assert text == alone[p], p
     server.wait_metric("stemserve_kv_cache_used_pages", lambda v: v == 0)
+
+
+def test_generate_with_a_json_schema(stub):
+    import json
+
+    import jsonschema
+    schema = {"type": "object", "additionalProperties": False, "required": ["city", "sunny"],
+              "properties": {"city": {"type": "string"}, "sunny": {"type": "boolean"}}}
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="The weather in Paris as JSON.")])
+    rf = pb.ResponseFormat(type="json_schema", json_schema=json.dumps(schema))
+    seqs = collect(stub.Generate(pb.GenerateRequest(chat=chat, max_tokens=64, sampling=GREEDY, response_format=rf),
+                                 timeout=120))
+    assert seqs[0]["last"].finish_reason == pb.FINISH_REASON_STOP
+    jsonschema.validate(json.loads(seqs[0]["text"]), schema)
+    bad = pb.ResponseFormat(type="json_schema", json_schema='{"type": "string", "maxLength": 3}')
+    with pytest.raises(grpc.RpcError) as e:
+        collect(stub.Generate(pb.GenerateRequest(chat=chat, max_tokens=4, response_format=bad), timeout=30))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "maxLength" in e.value.details() and e.value.details().startswith("response_format")

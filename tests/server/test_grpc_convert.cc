@@ -261,3 +261,33 @@ TEST_CASE("grpc: engine events become stream messages") {
   CHECK(msg.usage().completion_tokens() == 2);
   CHECK(msg.usage().cached_tokens() == 32);
 }
+
+TEST_CASE("grpc: response_format gives the request a grammar; a bad schema names the field") {
+  if (!have_model()) SKIP("default model not prepared at " << test::default_model_dir());
+  v1::GenerateRequest r;
+  r.set_text("A person as JSON:");
+  CHECK_FALSE(parse_grpc_generate(r, served()).request.sampling.grammar);
+  r.mutable_response_format()->set_type("json_object");
+  CHECK(parse_grpc_generate(r, served()).request.sampling.grammar);
+  r.mutable_response_format()->set_type("json_schema");
+  r.mutable_response_format()->set_json_schema(R"({"type": "array", "items": {"type": "boolean"}, "maxItems": 2})");
+  const ParsedGeneration p = parse_grpc_generate(r, served());
+  REQUIRE(p.request.sampling.grammar);
+  structured::GrammarMatcher m(p.request.sampling.grammar->grammar());
+  CHECK((m.advance(std::string("[true,false]")) && m.can_end()));
+
+  for (const char* schema : {R"({"type": "string", "minLength": 2})", "{not json", R"({"type": "array", "maxItems": 9999})"}) {
+    INFO(schema);
+    r.mutable_response_format()->set_json_schema(schema);
+    const grpc::Status s = failure(r);
+    CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(s.error_message().rfind("response_format: ", 0) == 0);
+  }
+  r.mutable_response_format()->set_type("json_object");
+  CHECK(failure(r).error_code() == grpc::StatusCode::INVALID_ARGUMENT);  // a schema needs type json_schema
+  std::string deep;
+  for (int i = 0; i < 200; ++i) deep += "[";
+  r.mutable_response_format()->set_type("json_schema");
+  r.mutable_response_format()->set_json_schema(deep);
+  CHECK(failure(r).error_message().find("deeper") != std::string::npos);
+}

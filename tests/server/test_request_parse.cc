@@ -199,3 +199,35 @@ TEST_CASE("request parse: a number too large for a double is a 400") {
     }
   }
 }
+
+TEST_CASE("request parse: response_format becomes the request's grammar, or a 400 naming it") {
+  if (!fs::exists(test::default_model_dir() / "model.safetensors")) SKIP("default model not prepared");
+  using P = std::pair<int, std::string>;
+  auto parse = [](const std::string& body) { return parse_generation(ApiKind::Chat, parse_json_body(body), served()); };
+  const std::string chat = R"({"messages": [{"role": "user", "content": "x"}], )";
+  CHECK_FALSE(parse(chat + R"("response_format": {"type": "text"}})").request.sampling.grammar);
+  CHECK(parse(chat + R"("response_format": {"type": "json_object"}})").request.sampling.grammar);
+  const ParsedGeneration p = parse(chat + R"("response_format": {"type": "json_schema", "json_schema": {"name": "n",
+      "strict": true, "schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}})");
+  REQUIRE(p.request.sampling.grammar);
+  structured::GrammarMatcher m(p.request.sampling.grammar->grammar());
+  CHECK((m.advance(std::string(R"({"a":12})")) && m.can_end()));
+  CHECK(p.request.sampling.grammar->vocab().mask_size() == engine().config().vocab_size);
+
+  for (const char* rf : {R"("json")", R"({"type": "yaml"})", R"({"type": "json_schema"})",
+                         R"({"type": "json_schema", "json_schema": {"schema": {}}})",
+                         R"({"type": "json_object", "schema": {}})",
+                         R"({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "string", "pattern": "a"}}})",
+                         R"({"type": "json_schema", "json_schema": {"name": "n", "extra": 1}})"}) {
+    INFO(rf);
+    CHECK(failure(ApiKind::Chat, chat + R"("response_format": )" + rf + "}") == P{400, "response_format"});
+  }
+  const std::string msg = test::error_of([&] {
+    parse(chat + R"("response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema":
+        {"type": "object", "properties": {"d": {"type": "string", "format": "date"}}}}}})");
+  });
+  CHECK(msg.find("'format' is not supported (at /properties/d)") != std::string::npos);
+  CHECK(failure(ApiKind::Chat, chat + R"("guided_json": {}})") == P{400, "guided_json"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "structured_outputs": {"json": {}}})") ==
+        P{400, "structured_outputs"});
+}

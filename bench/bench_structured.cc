@@ -1,0 +1,125 @@
+// Structured output's costs on the CPU: building the vocabulary's trie, compiling a schema, and
+// the per-step token masks for a batch of sequences that all follow the schema.
+//
+//   build-test/bench_structured [MODEL_DIR] [BATCH] [STEPS]
+// MODEL_DIR: a folder with the tokenizer (default models/cache/SmolLM2-135M-Instruct).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "structured/json_schema.h"
+#include "structured/token_mask.h"
+#include "text/tokenizer.h"
+
+using namespace stem;
+using namespace stem::structured;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// A typical response_format schema: nested object, array, enum, optional fields, anyOf.
+const char* kSchema = R"({"type": "object", "additionalProperties": false,
+  "required": ["name", "age", "address", "tags"],
+  "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+    "email": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    "role": {"enum": ["admin", "editor", "viewer"]}, "verified": {"type": "boolean"},
+    "scores": {"type": "array", "items": {"type": "number"}, "maxItems": 8},
+    "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 5},
+    "address": {"type": "object", "additionalProperties": false, "required": ["city", "country"],
+      "properties": {"street": {"type": "string"}, "city": {"type": "string"}, "zip": {"type": "string"},
+        "country": {"type": "string"}}}}})";
+
+void run(const char* label, const std::function<Grammar()>& compile, std::shared_ptr<const TokenVocab> vocab,
+         int batch, int steps) {
+  std::vector<double> compile_ms;
+  for (int i = 0; i < 50; ++i) {
+    const auto t0 = Clock::now();
+    Grammar g = compile();
+    compile_ms.push_back(ms_since(t0));
+  }
+  auto tg = std::make_shared<TokenGrammar>(compile(), vocab);
+  // Cold masks: the trie walk for the states along one document, no cache.
+  {
+    TokenMatcher walker(tg);
+    std::mt19937_64 rng(1);
+    std::vector<double> cold;
+    for (int s = 0; s < 40 && !walker.finished(); ++s) {
+      const auto t0 = Clock::now();
+      const std::vector<uint32_t> m = tg->compute_mask(walker.matcher());
+      cold.push_back(ms_since(t0));
+      std::vector<int32_t> ids;
+      for (int64_t id = 0; id < vocab->mask_size(); ++id)
+        if (mask_allows(m.data(), static_cast<int32_t>(id))) ids.push_back(static_cast<int32_t>(id));
+      walker.accept(ids[std::uniform_int_distribution<size_t>(0, ids.size() - 1)(rng)]);
+    }
+    std::printf("%s: compile median %.3f ms (%zu states); cold mask (trie walk) median %.2f ms, max %.2f ms\n",
+                label, median(compile_ms), tg->grammar().num_states(), median(cold),
+                *std::max_element(cold.begin(), cold.end()));
+  }
+  // A batch stepping together through the schema; tokens drawn at random under the mask (a
+  // sequence that finishes starts over), the cache shared as the engine shares it per request.
+  std::vector<TokenMatcher> seqs(static_cast<size_t>(batch), TokenMatcher(tg));
+  std::vector<std::mt19937_64> rngs;
+  for (int b = 0; b < batch; ++b) rngs.emplace_back(static_cast<uint64_t>(b) + 100);
+  std::vector<const uint32_t*> masks(static_cast<size_t>(batch));
+  std::vector<double> step_ms, accept_ms;
+  std::vector<float> logits(static_cast<size_t>(vocab->mask_size()) * static_cast<size_t>(batch), 0.5f);
+  std::vector<double> apply_ms;
+  for (int step = 0; step < steps; ++step) {
+    auto t0 = Clock::now();
+    for (int b = 0; b < batch; ++b) masks[static_cast<size_t>(b)] = seqs[static_cast<size_t>(b)].mask();
+    step_ms.push_back(ms_since(t0));
+    t0 = Clock::now();
+    for (int b = 0; b < batch; ++b)
+      apply_mask(logits.data() + static_cast<size_t>(b) * static_cast<size_t>(vocab->mask_size()), vocab->mask_size(),
+                 masks[static_cast<size_t>(b)]);
+    apply_ms.push_back(ms_since(t0));
+    std::vector<int32_t> chosen(static_cast<size_t>(batch));
+    for (int b = 0; b < batch; ++b) {
+      std::vector<int32_t> ids;
+      const uint32_t* mask = masks[static_cast<size_t>(b)];
+      for (size_t w = 0; w < vocab->mask_words(); ++w)
+        for (uint32_t bits = mask[w]; bits; bits &= bits - 1) ids.push_back(static_cast<int32_t>(w * 32 + __builtin_ctz(bits)));
+      chosen[static_cast<size_t>(b)] = ids[std::uniform_int_distribution<size_t>(0, ids.size() - 1)(rngs[static_cast<size_t>(b)])];
+    }
+    t0 = Clock::now();
+    for (int b = 0; b < batch; ++b) seqs[static_cast<size_t>(b)].accept(chosen[static_cast<size_t>(b)]);
+    accept_ms.push_back(ms_since(t0));
+    for (TokenMatcher& m : seqs)
+      if (m.finished()) m = TokenMatcher(tg);
+  }
+  double total = 0;
+  for (double t : step_ms) total += t;
+  std::printf("%s: batch %d, %d steps: masks per step mean %.3f ms, median %.3f ms, max %.2f ms; "
+              "applying them to the logits %.3f ms; accept %.3f ms; %zu cached states\n",
+              label, batch, steps, total / steps, median(step_ms), *std::max_element(step_ms.begin(), step_ms.end()),
+              median(apply_ms), median(accept_ms), tg->cached_states());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string dir = argc > 1 ? argv[1] : "models/cache/SmolLM2-135M-Instruct";
+  const int batch = argc > 2 ? std::stoi(argv[2]) : 64;
+  const int steps = argc > 3 ? std::stoi(argv[3]) : 200;
+  auto tok = load_tokenizer(dir);
+  auto t0 = Clock::now();
+  auto vocab = TokenVocab::from_tokenizer(*tok, tok->vocab_size());
+  std::printf("vocabulary: %lld tokens, trie of %zu nodes built in %.1f ms\n", static_cast<long long>(vocab->mask_size()),
+              vocab->nodes().size(), ms_since(t0));
+  const nlohmann::json schema = nlohmann::json::parse(kSchema);
+  run("schema", [&] { return compile_json_schema(schema); }, vocab, batch, steps);
+  run("json_object", [] { return any_json_object(); }, vocab, batch, steps);
+}

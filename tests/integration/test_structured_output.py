@@ -1,0 +1,111 @@
+"""Structured output over HTTP with the official openai client: response_format json_object and
+json_schema on the default model; each answer parses and validates against its schema (the
+jsonschema package); schemas outside the served subset get a 400 naming the keyword."""
+import json
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+PERSON = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "age", "hobbies", "address"],
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "employed": {"type": "boolean"},
+        "hobbies": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
+        "pet": {"anyOf": [{"type": "string", "enum": ["cat", "dog"]}, {"type": "null"}]},
+        "address": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["city", "country"],
+            "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        },
+    },
+}
+ASK = [{"role": "user", "content": "Invent a person and describe them as JSON."}]
+
+
+def response_format(schema, name="person"):
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+
+def test_json_schema_answers_validate(client, model_name):
+    for seed in range(4):
+        r = client.chat.completions.create(model=model_name, messages=ASK, response_format=response_format(PERSON),
+                                           temperature=1.0, seed=seed, max_tokens=256)
+        choice = r.choices[0]
+        if choice.finish_reason == "length":
+            continue  # cut inside a long string; a complete answer is checked below
+        jsonschema.validate(json.loads(choice.message.content), PERSON)
+    r = client.chat.completions.create(model=model_name, messages=ASK, response_format=response_format(PERSON),
+                                       temperature=0, max_tokens=256)
+    assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
+    jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
+
+
+def test_json_schema_streamed_and_with_n(client, model_name):
+    schema = {"type": "object", "additionalProperties": False, "required": ["answer", "confidence"],
+              "properties": {"answer": {"enum": ["yes", "no"]}, "confidence": {"type": "number"}}}
+    stream = client.chat.completions.create(
+        model=model_name, messages=[{"role": "user", "content": "Is the sky blue?"}],
+        response_format=response_format(schema, "answer"), stream=True, temperature=0, max_tokens=64)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    jsonschema.validate(json.loads(text), schema)
+    r = client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "Is water wet?"}],
+                                       response_format=response_format(schema, "answer"), n=3, temperature=1.0,
+                                       seed=5, max_tokens=64)
+    for choice in r.choices:
+        assert choice.finish_reason == "stop"
+        jsonschema.validate(json.loads(choice.message.content), schema)
+
+
+def test_json_object_and_completions(client, model_name):
+    r = client.chat.completions.create(model=model_name,
+                                       messages=[{"role": "user", "content": "A JSON object about Paris."}],
+                                       response_format={"type": "json_object"}, temperature=0, max_tokens=200)
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+    # /v1/completions takes response_format too.
+    schema = {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 4}
+    c = httpx.post(client.base_url.join("completions").__str__(), timeout=60, json={
+        "model": model_name, "prompt": "Four prime numbers:", "max_tokens": 40, "temperature": 0,
+        "response_format": response_format(schema, "primes")})
+    assert c.status_code == 200, c.text
+    assert c.json()["choices"][0]["finish_reason"] == "stop"
+    jsonschema.validate(json.loads(c.json()["choices"][0]["text"]), schema)
+
+
+@pytest.mark.parametrize("schema,keyword", [
+    ({"type": "string", "pattern": "^a+$"}, "pattern"),
+    ({"type": "object", "properties": {"d": {"type": "string", "format": "date"}}}, "format"),
+    ({"type": "integer", "minimum": 3}, "minimum"),
+    ({"oneOf": [{"type": "string"}, {"type": "integer"}]}, "oneOf"),
+    ({"type": "object", "additionalProperties": {"type": "string"}}, "additionalProperties"),
+])
+def test_unsupported_schema_keywords_are_400(client, model_name, schema, keyword):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model_name, messages=ASK, response_format=response_format(schema),
+                                       max_tokens=8)
+    assert keyword in str(e.value)
+    assert e.value.body["param"] == "response_format"
+
+
+@pytest.mark.parametrize("body,param,text", [
+    ({"response_format": {"type": "xml"}}, "response_format", "xml"),
+    ({"response_format": {"type": "json_schema"}}, "response_format", "json_schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format", "name"),
+    ({"response_format": "json"}, "response_format", "object"),
+    ({"guided_json": {"type": "object"}}, "guided_json", "response_format"),
+    ({"structured_outputs": {"json": {}}}, "structured_outputs", "response_format"),
+])
+def test_bad_response_formats_are_400(server, model_name, body, param, text):
+    r = httpx.post(server.url + "/v1/chat/completions", timeout=30,
+                   json={"model": model_name, "messages": ASK, "max_tokens": 4, **body})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and text in err["message"]
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200
