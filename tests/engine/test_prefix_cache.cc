@@ -14,6 +14,7 @@
 #include "tests/test_util.h"
 
 using namespace stem;
+using stem::test::greedy;
 namespace fs = std::filesystem;
 
 namespace {
@@ -50,18 +51,6 @@ std::vector<int32_t> random_tokens(int64_t n, uint64_t seed) {
 std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
   a.insert(a.end(), b.begin(), b.end());
   return a;
-}
-
-GenerateRequest greedy(std::vector<int32_t> prompt, int32_t max_tokens, std::optional<SparsePrefill> mode = {}) {
-  GenerateRequest r;
-  r.prompt = std::move(prompt);
-  r.sampling.temperature = 0;
-  r.sampling.logprobs = true;
-  r.sampling.top_logprobs = 2;  // the top-2 margin tells where rounding may swap greedy tokens
-  r.stop.max_tokens = max_tokens;
-  r.stop.ignore_eos = true;
-  r.sparse_prefill = mode;
-  return r;
 }
 
 struct Run {

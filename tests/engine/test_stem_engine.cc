@@ -18,6 +18,7 @@
 #include "tests/test_util.h"
 
 using namespace stem;
+using stem::test::greedy;
 namespace fs = std::filesystem;
 
 namespace {
@@ -41,18 +42,6 @@ std::unique_ptr<Engine> load_tiny(int64_t batch_tokens, SparsePrefill mode = Spa
   o.load_tokenizer = false;
   o.stem.dense_layers = 1;  // of 3
   return std::make_unique<Engine>(test::tiny_model_2k().path(), o);
-}
-
-GenerateRequest greedy(std::vector<int32_t> prompt, std::optional<SparsePrefill> mode, int32_t max_tokens) {
-  GenerateRequest r;
-  r.prompt = std::move(prompt);
-  r.sampling.temperature = 0;
-  r.sampling.logprobs = true;
-  r.sampling.top_logprobs = 2;  // the top-2 margin tells where rounding may swap greedy tokens
-  r.stop.max_tokens = max_tokens;
-  r.stop.ignore_eos = true;
-  r.sparse_prefill = mode;
-  return r;
 }
 
 std::vector<int32_t> random_prompt(int64_t n) {
@@ -112,32 +101,32 @@ void check_same_run(const Run& a, const Run& ref) {
 TEST_CASE("stem engine: per-request mode, short prompts, chunked prefill (tiny model)") {
   const std::vector<int32_t> prompt = random_prompt(1500);  // 12 blocks, k_s = 3
   auto engine = load_tiny(2048);
-  const Run stem = run(*engine, greedy(prompt, std::nullopt, 4));
+  const Run stem = run(*engine, greedy(prompt, 4, std::nullopt));
   CHECK(stem.steps == 4);
   CHECK(stem.stem_seqs == 1);  // the prefill step; decode rows are dense
   CHECK(stem.stem.sparse_blocks == 9 * 2);
   CHECK(stem.stem.skipped_key_blocks > 0);
   CHECK(engine->counters().stem_sparse_blocks == stem.stem.sparse_blocks);
 
-  const Run dense = run(*engine, greedy(prompt, SparsePrefill::Dense, 4));
+  const Run dense = run(*engine, greedy(prompt, 4, SparsePrefill::Dense));
   CHECK(dense.stem.sparse_blocks == 0);
   CHECK(dense.stem_seqs == 0);
   // Stem moves the first log-probability by far more than the rounding the chunked runs are held to.
   CHECK(std::abs(dense.result.samples[0].logprob - stem.result.samples[0].logprob) > 10 * kTol);
 
-  const Run short_prompt = run(*engine, greedy(random_prompt(1000), std::nullopt, 2));
+  const Run short_prompt = run(*engine, greedy(random_prompt(1000), 2, std::nullopt));
   CHECK(short_prompt.stem.sparse_blocks == 0);
 
   // An engine whose default is dense: the same two runs, by request.
   auto dense_engine = load_tiny(2048, SparsePrefill::Dense);
-  check_same_run(run(*dense_engine, greedy(prompt, std::nullopt, 4)), dense);
-  check_same_run(run(*dense_engine, greedy(prompt, SparsePrefill::Stem, 4)), stem);
+  check_same_run(run(*dense_engine, greedy(prompt, 4, std::nullopt)), dense);
+  check_same_run(run(*dense_engine, greedy(prompt, 4, SparsePrefill::Stem)), stem);
 
   // Chunked: 256-token steps, and 300-token steps that the scheduler cuts back to 256.
   for (int64_t budget : {256, 300}) {
     INFO("max_num_batched_tokens " << budget);
     auto chunked = load_tiny(budget);
-    const Run c = run(*chunked, greedy(prompt, std::nullopt, 4));
+    const Run c = run(*chunked, greedy(prompt, 4, std::nullopt));
     CHECK(c.steps == 6 + 3);  // 5 chunks of 256 and one of 220, then 3 decode steps
     check_same_run(c, stem);
   }
@@ -161,8 +150,8 @@ TEST_CASE("stem engine: the default model continues a long prompt sensibly with 
   REQUIRE(n <= 1400);
   const int64_t nb = (n + 127) / 128, ks = nb / 4;
 
-  const Run dense = run(engine, greedy(prompt, SparsePrefill::Dense, 8));
-  const Run stem = run(engine, greedy(prompt, std::nullopt, 8));
+  const Run dense = run(engine, greedy(prompt, 8, SparsePrefill::Dense));
+  const Run stem = run(engine, greedy(prompt, 8, std::nullopt));
   CHECK(dense.stem.sparse_blocks == 0);
   // Blocks ks..nb-1 are sparse in the 28 layers past the 2 dense ones.
   CHECK(stem.stem.sparse_blocks == (nb - ks) * 28);

@@ -3,8 +3,11 @@
 #pragma once
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <vector>
 #include <nlohmann/json.hpp>
 
+#include "engine/request.h"
 #include "tests/test_util.h"
 
 namespace stem::test {
@@ -20,6 +23,20 @@ inline const TempDir& tiny_model_2k() {
     return d;
   }();
   return dir;
+}
+
+// A greedy request that reports the top-2 logprobs (their margin tells where rounding may swap
+// greedy tokens: tests/rounding.h) and ignores EOS; mode: Stem or dense (unset: the engine's).
+inline GenerateRequest greedy(std::vector<int32_t> prompt, int32_t max_tokens, std::optional<SparsePrefill> mode = {}) {
+  GenerateRequest r;
+  r.prompt = std::move(prompt);
+  r.sampling.temperature = 0;
+  r.sampling.logprobs = true;
+  r.sampling.top_logprobs = 2;
+  r.stop.max_tokens = max_tokens;
+  r.stop.ignore_eos = true;
+  r.sparse_prefill = mode;
+  return r;
 }
 
 }  // namespace stem::test
