@@ -65,6 +65,11 @@ Method make_method(const std::string& family, double target, double value, int64
     // change with what follows it (issue 17's causal schedule).
     m.knob = Knob::Threshold;
     m.settings.selector = StemSelector::Threshold;
+  } else if (family == "stem-causal") {
+    // The causal schedule (StemSettings::causal): row i keeps the start budget of a prompt of i + 1
+    // blocks, whatever follows, so a cached prefix's K/V is a fresh prefill's (issue 17).
+    m.knob = Knob::BudgetRate;
+    m.settings.causal = true;
   } else if (family == "stem-hpc") {
     // AngelSlim's hpc backend defaults (stem/backends/hpc_impl.py at 67394ce): stride 16,
     // lambda_mag 0.3, stem_alpha 1.0 (no decay: every row keeps k_s).
@@ -82,7 +87,7 @@ Method make_method(const std::string& family, double target, double value, int64
   } else {
     throw Error("unknown method family '" + family +
                 "' (dense, stem, stem-no-bonus, stem-no-decay, uniform-topk, sink-window, xattention, stem-mass, "
-                "stem-hpc, stem-adaptive)");
+                "stem-causal, stem-hpc, stem-adaptive)");
   }
   if (small_always && m.sparse && target > 0 && target < kLowDensity) {
     m.settings.sink_blocks = 2;
@@ -110,11 +115,12 @@ std::vector<Method> full_methods(const std::vector<double>& targets, int64_t min
 std::vector<Method> long_methods(const std::vector<double>& targets, int64_t min_prompt_len) {
   std::vector<Method> methods = {make_method("dense", 0, 0, min_prompt_len, false),
                                  make_method("stem", 0, 0, min_prompt_len, false),
-                                 make_method("stem-hpc", 0, 0, min_prompt_len, false)};
+                                 make_method("stem-hpc", 0, 0, min_prompt_len, false),
+                                 make_method("stem-causal", 0, 0, min_prompt_len, false)};
   for (double t : targets)
     for (const char* family :
-         {"stem", "stem-no-bonus", "stem-no-decay", "uniform-topk", "xattention", "stem-mass", "sink-window",
-          "stem-hpc", "stem-adaptive"})
+         {"stem", "stem-no-bonus", "stem-no-decay", "uniform-topk", "xattention", "stem-mass", "stem-causal",
+          "sink-window", "stem-hpc", "stem-adaptive"})
       methods.push_back(make_method(family, t, 0, min_prompt_len, false));
   return methods;
 }
@@ -137,6 +143,7 @@ nlohmann::json to_json(const Method& m) {
   if (m.sparse)
     j["settings"] = {{"selector", stem_selector_name(s.selector)}, {"stride", s.stride}, {"budget_rate", s.budget_rate},
                      {"alpha", s.alpha}, {"lambda", s.lambda}, {"position_decay", s.position_decay},
+                     {"causal", s.causal},
                      {"threshold", s.threshold}, {"sink_blocks", s.sink_blocks}, {"window_blocks", s.window_blocks},
                      {"dense_layers", s.dense_layers}, {"min_prompt_len", s.min_prompt_len}};
   if (!m.calibration.is_null()) j["calibration"] = m.calibration;
@@ -157,6 +164,7 @@ Method method_from_json(const nlohmann::json& j) {
   st.alpha = s.at("alpha");
   st.lambda = s.at("lambda");
   st.position_decay = s.at("position_decay");
+  st.causal = s.value("causal", false);  // records made before the causal schedule have none
   st.threshold = s.at("threshold");
   st.sink_blocks = s.at("sink_blocks");
   st.window_blocks = s.at("window_blocks");

@@ -35,6 +35,7 @@ FAMILIES = {
     "uniform-topk": "uniform top-k (plain score)",
     "xattention": "XAttention-style threshold",
     "stem-mass": "threshold on Stem's score (value bonus kept)",
+    "stem-causal": "Stem, causal schedule (k(i) = k_s of i + 1 blocks)",
     "sink-window": "sink + window",
     "stem-adaptive": "Stem adaptive (threshold within the decay envelope)",
 }

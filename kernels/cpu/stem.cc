@@ -95,7 +95,12 @@ int64_t stem_uniform_budget(int64_t nb, const StemSettings& settings) {
   return best;
 }
 
+bool stem_selection_causal(const StemSettings& settings) {
+  return settings.causal || settings.selector == StemSelector::Threshold || settings.selector == StemSelector::None;
+}
+
 int64_t stem_row_budget(int64_t nb, int64_t block, const StemSettings& settings) {
+  if (settings.causal) return stem_start_budget(block + 1, settings);
   return settings.position_decay ? decayed_row_budget(nb, block, settings) : stem_uniform_budget(nb, settings);
 }
 
@@ -121,7 +126,8 @@ std::vector<StemQueryBlock> stem_query_blocks(std::span<const int32_t> kv_lens, 
     const bool top_k = settings.selector == StemSelector::TopK || settings.selector == StemSelector::Adaptive;
     const int64_t always = settings.sink_blocks + settings.window_blocks;  // kept whatever the scores
     // Without position decay every row has the same budget: computed once, not per block.
-    const int64_t uniform = stem_sequence && top_k && !settings.position_decay ? stem_uniform_budget(nb, settings) : 0;
+    const int64_t uniform =
+        stem_sequence && top_k && !settings.causal && !settings.position_decay ? stem_uniform_budget(nb, settings) : 0;
     for (int64_t i = first_pos / bs; i <= (kv_len - 1) / bs; ++i) {
       StemQueryBlock b;
       b.seq = static_cast<int32_t>(s);
@@ -129,7 +135,10 @@ std::vector<StemQueryBlock> stem_query_blocks(std::span<const int32_t> kv_lens, 
       const int64_t end = std::min((i + 1) * bs, kv_len);
       const bool whole = i * bs >= first_pos && end == std::min((i + 1) * bs, prompt);
       int64_t budget = i + 1;
-      if (stem_sequence && i < nb && top_k) budget = settings.position_decay ? decayed_row_budget(nb, i, settings) : uniform;
+      if (stem_sequence && i < nb && top_k)
+        budget = settings.causal           ? stem_start_budget(i + 1, settings)
+                 : settings.position_decay ? decayed_row_budget(nb, i, settings)
+                                           : uniform;
       const bool drops = top_k ? budget < i + 1 : i + 1 > always;
       if (stem_sequence && whole && i < nb && drops) {
         b.sparse = true;

@@ -38,6 +38,12 @@ struct StemSettings {
   // lambda = 0 (the score is then the plain pooled estimate).
   StemSelector selector = StemSelector::TopK;
   bool position_decay = true;  // false: the decayed schedule's total budget spread evenly (TopK)
+  // The causal schedule (TopK, Adaptive): row i keeps the start budget of a prompt of i + 1 blocks,
+  // k(i) = stem_start_budget(i + 1), so a block's selection depends on its own index and the
+  // settings only, never on what follows it (a prefix's K/V is the same in any longer prompt:
+  // prefix caching can share it). The kept fraction k(i)/(i + 1) still decays with position and
+  // the first 55 blocks stay dense; alpha and position_decay are unused.
+  bool causal = false;
   double threshold = 0.9;      // Threshold, Adaptive: the softmax mass of a row's block scores to keep, (0, 1]
 };
 
@@ -55,6 +61,11 @@ constexpr double kStemBudgetBase = 30;
 // Added to the largest value norm before the log, and to the std before dividing by it.
 constexpr double kStemValueEpsilon = 1e-6;
 
+// Whether a block's selection depends only on its own and earlier blocks (never on the prompt's
+// total length): the Threshold and None selectors, and TopK/Adaptive under the causal schedule.
+// Then a sparse prefill's K/V of a whole block is the same in every prompt that starts with it.
+bool stem_selection_causal(const StemSettings& settings);
+
 // Rejects settings the method cannot run with (stride not dividing the block, negative counts...).
 void check_stem_settings(const StemSettings& settings);
 
@@ -69,7 +80,7 @@ int64_t stem_num_blocks(int64_t prompt_len, const StemSettings& settings);
 int64_t stem_start_budget(int64_t nb, const StemSettings& settings);
 
 // k(i): how many key blocks query block i keeps by score (before the sink and window blocks are
-// added). k_s while i < k_s, then decaying linearly to alpha·k_s at i = nb − 1: exactly the
+// added). Under the causal schedule: stem_start_budget(i + 1), whatever nb is. Otherwise k_s while i < k_s, then decaying linearly to alpha·k_s at i = nb − 1: exactly the
 // reference's floor(torch.linspace(k_s, α·k_s, nb − k_s, dtype=float64))[i − k_s] as torch computes
 // it on the GPU (step = (end − start)/(steps − 1); start + step·n for n < steps/2, else
 // end − step·(steps − 1 − n), each one fma), clamped to [1, k_s]. Without position decay: the

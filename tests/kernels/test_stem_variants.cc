@@ -263,3 +263,49 @@ TEST_CASE("stem variants choose the same blocks chunked and unchunked") {
       chunked[key] = list;
   CHECK(chunked == whole);
 }
+
+TEST_CASE("the causal schedule: a block's budget is the start budget of a prompt that ends with it") {
+  StemSettings st;
+  st.causal = true;
+  CHECK(stem_selection_causal(st));
+  CHECK_FALSE(stem_selection_causal(StemSettings{}));  // the paper's schedule depends on nb
+  for (int64_t nb : {64, 256, 1024})
+    for (int64_t i : {0, 54, 55, 100, 159, 160, 255}) {
+      if (i >= nb) continue;
+      INFO("nb " << nb << ", block " << i);
+      CHECK(stem_row_budget(nb, i, st) == stem_start_budget(i + 1, st));
+    }
+  CHECK(stem_row_budget(256, 54, st) == 55);    // 55 blocks: all of them (dense)
+  CHECK(stem_row_budget(256, 55, st) == 41);    // int(0.2·56 + 30)
+  CHECK(stem_row_budget(256, 255, st) == 55);   // int(0.1·256) + 30
+  CHECK(stem_row_budget(1024, 1023, st) == 132);
+  st.budget_rate = 0.5;
+  CHECK(stem_row_budget(1024, 1023, st) == 66);  // floor(132 · 0.5)
+}
+
+TEST_CASE("causal selections: a prompt's blocks select the same keys as in any longer prompt") {
+  const uint64_t seed = ktest::test_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  const int variant = GENERATE(0, 1, 2, 3, 4);
+  StemSettings st = small_blocks();
+  if (variant == 1) st.causal = true;
+  if (variant == 2) st.causal = true, st.selector = StemSelector::Adaptive, st.threshold = 0.8;
+  if (variant == 3) st.selector = StemSelector::Threshold, st.threshold = 0.8;
+  if (variant == 4) st.selector = StemSelector::None, st.window_blocks = 6;
+  INFO("variant " << variant);
+  const int32_t len = 2100, prefix = 1600;  // the prefix ends on a block boundary (16 · 100)
+  Step step(rng, 4, 2, 16, 8, {{len, len}}, {len}, 4.f);
+  std::map<int32_t, bool> sparse;
+  const stem_test::Lists whole = stem_test::plan_chunk(step, 0, len, 0.25f, st, &sparse);
+  step.prompt_lens[0] = prefix;  // the same tokens, as a prompt that ends at the prefix
+  const stem_test::Lists alone = stem_test::plan_chunk(step, 0, prefix, 0.25f, st);
+  stem_test::Lists shared;
+  for (const auto& [key, list] : whole)
+    if (key.first < prefix / 16) shared[key] = list;
+  CHECK(sparse.size() > 50);
+  if (variant == 0)
+    CHECK(alone != shared);  // the paper's schedule: k(i) depends on the whole prompt's length
+  else
+    CHECK(alone == shared);
+}
