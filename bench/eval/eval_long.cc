@@ -230,8 +230,26 @@ int run_long(const LongOptions& o) {
   std::vector<const Prompt*> docs = docs_all;
   if (o.docs >= 0 && static_cast<int64_t>(docs.size()) > o.docs) docs.resize(static_cast<size_t>(o.docs));
 
+  // The earlier results this run continues, if any.
+  json earlier;
+  if (!o.results_in.empty()) {
+    std::ifstream in(o.results_in);
+    STEM_CHECK(in.good(), o.results_in, ": cannot read the earlier results");
+    earlier = json::parse(in);
+  }
+
+  // The calibration length: one per results file, since a method's knob is its density at that
+  // length. A run that continues earlier results keeps theirs (a run over shorter --lengths must
+  // not calibrate its methods again at the longest of those); otherwise --calibrate-length, else
+  // the longest of --lengths.
+  const int64_t earlier_calib = earlier.is_object() ? earlier.value("calibrate_length", int64_t{0}) : 0;
+  STEM_CHECK(o.calibrate_length <= 0 || earlier_calib <= 0 || o.calibrate_length == earlier_calib,
+             "--calibrate-length ", o.calibrate_length, ": the results of ", o.results_in, " are calibrated at ",
+             earlier_calib, " tokens (a results file holds one calibration length: start a new one)");
+  const int64_t calib_len = o.calibrate_length > 0 ? o.calibrate_length
+                            : earlier_calib > 0    ? earlier_calib
+                                                   : *std::max_element(lengths.begin(), lengths.end());
   // The calibration prompt: the first document, cut to the calibration length.
-  const int64_t calib_len = o.calibrate_length > 0 ? o.calibrate_length : *std::max_element(lengths.begin(), lengths.end());
   std::span<const int32_t> calib_ids;
   for (const Prompt* d : docs_all)
     if (static_cast<int64_t>(d->ids.size()) >= calib_len) {
@@ -262,11 +280,7 @@ int run_long(const LongOptions& o) {
                {"calibrate_length", calib_len},
                {"min_prompt_len", o.min_prompt_len}};
   Results results(o.json_out, head);
-  if (!o.results_in.empty()) {
-    std::ifstream in(o.results_in);
-    STEM_CHECK(in.good(), o.results_in, ": cannot read the earlier results");
-    results.merge(json::parse(in));
-  }
+  if (!earlier.is_null()) results.merge(earlier);
   for (Method& m : methods)
     if (const json* e = results.earlier_method(m.name); e && e->contains("calibration")) {
       Method earlier = method_from_json(*e);

@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
   app.add_option("--ppl-docs", L.docs, "long: the first n perplexity documents (default all)");
   app.add_option("--batch", L.batch, "long: prompts decoded together")->capture_default_str();
   app.add_option("--chunk", L.chunk, "long: perplexity prefill chunk, a multiple of 128 (0: one step)")->capture_default_str();
-  app.add_option("--calibrate-length", L.calibrate_length, "long: calibration prompt length (default the longest length)");
+  app.add_option("--calibrate-length", L.calibrate_length, "long: calibration prompt length (default: that of --results, else the longest length)");
   app.add_option("--timing-reps", L.timing_reps, "long: timed prefills per method")->capture_default_str();
   app.add_option("--time-budget", L.time_budget, "long: stop before a unit of work that would end past this many seconds");
   app.add_flag("--redo", L.redo, "long: run records again that the results already hold");
