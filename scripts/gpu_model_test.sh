@@ -35,7 +35,7 @@ pack() {  # $1: "real" packs only the real-model check
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTEM_CUDA=ON > /dev/null || exit 1
   local tests targets
   tests=$(cd "$root/tests" && ls gpu_model/test_*.cc | sed -E 's|/|_|; s|\.cc$||')
-  targets="stemserve bench_model bench_ops bench_stem stem_eval $tests"
+  targets="stemserve bench_model bench_prefix_cache bench_ops bench_stem stem_eval $tests"
   if [ "${1:-}" = real ]; then
     tests=gpu_model_test_cuda_hf_reference
     targets=$tests
@@ -45,7 +45,7 @@ pack() {  # $1: "real" packs only the real-model check
   rm -rf "$carry"
   mkdir -p "$carry/bin" "$carry/lib"
   if [ "${1:-}" != real ]; then
-    cp "$build/server/stemserve" "$build/bench/bench_model" "$build/bench/bench_ops" "$build/bench/bench_stem" \
+    cp "$build/server/stemserve" "$build/bench/bench_model" "$build/bench/bench_prefix_cache" "$build/bench/bench_ops" "$build/bench/bench_stem" \
       "$build/bench/stem_eval" "$carry/bin/"
   fi
   for t in $tests; do cp "$build/tests/$t" "$carry/bin/"; done

@@ -1,0 +1,186 @@
+// Prefix caching on the GPU (issue 17, docs/prefix_caching.md): the time to first token of a long
+// prompt whose prefix an earlier request computed, beside the same prompt computed in full (the
+// peer: the same engine with prefix caching off), for dense attention and Stem under each
+// schedule. Random (dummy) weights of any config.json (Llama-3.1-8B's by default), the whole
+// engine (scheduler, chunked prefill, prefix cache, CUDA backend).
+//
+// Each row: a document of L − suffix random tokens, then `runs` prompts that each append their own
+// suffix of `suffix` random tokens (a new question about the same document). The first prompt
+// computes the document (cold); the others find it cached (when caching is on). TTFT is the wall
+// time of a request for one token, median over the runs after the first.
+//
+//   bench_prefix_cache [--config F] [--lengths 32768,131072] [--suffix 512] [--runs 4]
+//                      [--threshold 0.8738] [--json FILE]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "kernels/check.h"
+
+using namespace stem;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Args {
+  std::string config = "bench/configs/llama-3.1-8b.json";
+  std::vector<int64_t> lengths = {32768, 131072};
+  int64_t suffix = 512;
+  int runs = 4;
+  double threshold = 0.8738;  // the threshold selector's default (docs/stem.md)
+  std::string json;
+};
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(std::stoll(item));
+  return out;
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw Error(k + " needs a value");
+      return argv[++i];
+    };
+    if (k == "--config") a.config = value();
+    else if (k == "--lengths") a.lengths = parse_list(value());
+    else if (k == "--suffix") a.suffix = std::stoll(value());
+    else if (k == "--runs") a.runs = std::stoi(value());
+    else if (k == "--threshold") a.threshold = std::stod(value());
+    else if (k == "--json") a.json = value();
+    else throw Error("bench_prefix_cache: unknown argument " + k);
+  }
+  STEM_CHECK(a.runs >= 2, "--runs must be at least 2 (the first computes the document)");
+  STEM_CHECK(a.suffix > 0, "--suffix must be positive");
+  return a;
+}
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+struct Mode {
+  std::string name;
+  SparsePrefill prefill;
+  StemSettings stem;
+};
+
+struct Row {
+  int64_t length = 0;
+  std::string mode;
+  bool caching = false;
+  double cold_ms = 0, warm_ms = 0;
+  int64_t cached_tokens = 0;
+};
+
+// One engine (one mode, caching on or off): the document's first prompt, then runs − 1 more.
+Row measure(const fs::path& dir, const Mode& mode, bool caching, int64_t L, const Args& a, uint64_t seed) {
+  EngineOptions o;
+  o.device = "cuda";
+  o.dummy_weights = true;
+  o.load_tokenizer = false;
+  o.sparse_prefill = mode.prefill;
+  o.stem = mode.stem;
+  o.enable_prefix_caching = caching;
+  Engine engine(dir, o);
+  const int64_t vocab = engine.config().vocab_size;
+  std::mt19937_64 rng(seed);
+  auto tokens = [&](int64_t n) {
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (int32_t& x : t) x = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+    return t;
+  };
+  const std::vector<int32_t> doc = tokens(L - a.suffix);
+  Row row{L, mode.name, caching};
+  std::vector<double> warm;
+  for (int r = 0; r < a.runs; ++r) {
+    GenerateRequest req;
+    req.prompt = doc;
+    const std::vector<int32_t> question = tokens(a.suffix);
+    req.prompt.insert(req.prompt.end(), question.begin(), question.end());
+    req.sampling.temperature = 0;
+    req.stop.max_tokens = 1;
+    req.stop.ignore_eos = true;
+    int64_t cached = 0;
+    const double t0 = now_ms();
+    const GenerateResult res = engine.generate(req, [&](const TokenEvent& e) {
+      if (e.finished) cached = e.cached_tokens;
+    });
+    const double ms = now_ms() - t0;
+    STEM_CHECK(res.error.empty(), "request failed: ", res.error);
+    if (r == 0) {
+      row.cold_ms = ms;
+    } else {
+      warm.push_back(ms);
+      row.cached_tokens = cached;
+    }
+  }
+  row.warm_ms = median(warm);
+  return row;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Args a = parse(argc, argv);
+    const fs::path dir = fs::temp_directory_path() / ("bench_prefix_cache_" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    fs::copy_file(a.config, dir / "config.json", fs::copy_options::overwrite_existing);
+
+    StemSettings paper;  // the paper's schedule: only the leading dense blocks are shareable
+    StemSettings causal;
+    causal.selector = StemSelector::Threshold;
+    causal.threshold = a.threshold;
+    const std::vector<Mode> modes = {{"dense", SparsePrefill::Dense, paper},
+                                     {"stem (paper schedule)", SparsePrefill::Stem, paper},
+                                     {"stem (threshold " + std::to_string(a.threshold).substr(0, 6) + ")",
+                                      SparsePrefill::Stem, causal}};
+    std::vector<Row> rows;
+    std::printf("%-8s %-28s %-8s %12s %12s %14s\n", "prompt", "mode", "caching", "cold TTFT ms", "next TTFT ms",
+                "cached tokens");
+    uint64_t seed = 1;
+    for (int64_t L : a.lengths)
+      for (const Mode& m : modes)
+        for (bool caching : {false, true}) {
+          const Row r = measure(dir, m, caching, L, a, seed++);
+          std::printf("%-8lld %-28s %-8s %12.1f %12.1f %14lld\n", static_cast<long long>(L), m.name.c_str(),
+                      caching ? "on" : "off", r.cold_ms, r.warm_ms, static_cast<long long>(r.cached_tokens));
+          std::fflush(stdout);
+          rows.push_back(r);
+        }
+    fs::remove_all(dir);
+    if (!a.json.empty()) {
+      nlohmann::json out = nlohmann::json::array();
+      for (const Row& r : rows)
+        out.push_back({{"prompt", r.length}, {"mode", r.mode}, {"caching", r.caching}, {"cold_ms", r.cold_ms},
+                       {"next_ms", r.warm_ms}, {"cached_tokens", r.cached_tokens}, {"suffix", a.suffix},
+                       {"runs", a.runs}});
+      std::ofstream(a.json) << out.dump(1) << "\n";
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_prefix_cache: %s\n", e.what());
+    return 1;
+  }
+}
