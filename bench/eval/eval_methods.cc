@@ -65,6 +65,13 @@ Method make_method(const std::string& family, double target, double value, int64
     // change with what follows it (issue 17's causal schedule).
     m.knob = Knob::Threshold;
     m.settings.selector = StemSelector::Threshold;
+  } else if (family == "stem-mass-fine" || family == "stem-mass-deep") {
+    // Where stem-mass loses answers (multi-key, multi-value, variable tracking at 32K): a finer
+    // estimate (stride 4: twice the antidiagonals per block pair) or two more dense layers.
+    m.knob = Knob::Threshold;
+    m.settings.selector = StemSelector::Threshold;
+    if (family == "stem-mass-fine") m.settings.stride = 4;
+    if (family == "stem-mass-deep") m.settings.dense_layers = 4;
   } else if (family == "stem-causal") {
     // The causal schedule (StemSettings::causal): row i keeps the start budget of a prompt of i + 1
     // blocks, whatever follows, so a cached prefix's K/V is a fresh prefill's (issue 17).
@@ -87,7 +94,7 @@ Method make_method(const std::string& family, double target, double value, int64
   } else {
     throw Error("unknown method family '" + family +
                 "' (dense, stem, stem-no-bonus, stem-no-decay, uniform-topk, sink-window, xattention, stem-mass, "
-                "stem-causal, stem-hpc, stem-adaptive)");
+                "stem-mass-fine, stem-mass-deep, stem-causal, stem-hpc, stem-adaptive)");
   }
   if (small_always && m.sparse && target > 0 && target < kLowDensity) {
     m.settings.sink_blocks = 2;
@@ -119,8 +126,8 @@ std::vector<Method> long_methods(const std::vector<double>& targets, int64_t min
                                  make_method("stem-causal", 0, 0, min_prompt_len, false)};
   for (double t : targets)
     for (const char* family :
-         {"stem", "stem-no-bonus", "stem-no-decay", "uniform-topk", "xattention", "stem-mass", "stem-causal",
-          "sink-window", "stem-hpc", "stem-adaptive"})
+         {"stem", "stem-no-bonus", "stem-no-decay", "uniform-topk", "xattention", "stem-mass", "stem-mass-fine",
+          "stem-mass-deep", "stem-causal", "sink-window", "stem-hpc", "stem-adaptive"})
       methods.push_back(make_method(family, t, 0, min_prompt_len, false));
   return methods;
 }

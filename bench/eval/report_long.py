@@ -36,6 +36,8 @@ FAMILIES = {
     "xattention": "XAttention-style threshold",
     "stem-mass": "threshold on Stem's score (value bonus kept)",
     "stem-causal": "Stem, causal schedule (k(i) = k_s of i + 1 blocks)",
+    "stem-mass-fine": "threshold on Stem's score, stride 4",
+    "stem-mass-deep": "threshold on Stem's score, 4 dense layers",
     "sink-window": "sink + window",
     "stem-adaptive": "Stem adaptive (threshold within the decay envelope)",
 }
