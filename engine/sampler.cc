@@ -29,20 +29,6 @@ const uint32_t* Sampler::allowed() { return matcher_ ? matcher_->mask() : nullpt
 
 bool Sampler::accept(int32_t token) { return !matcher_ || matcher_->accept(token); }
 
-void forward_sample_masked(ModelBackend& backend, const ForwardBatch& batch, const SamplingBatch& sampling,
-                           std::span<const uint32_t* const> allowed, SampledTokens& out) {
-  const auto R = static_cast<int64_t>(batch.logit_rows.size());
-  const int64_t V = backend.config().vocab_size;
-  STEM_CHECK(static_cast<int64_t>(allowed.size()) == R, allowed.size(), " masks for ", R, " logit rows");
-  sampling.validate(R, V);
-  Tensor logits;
-  backend.forward(batch, logits);
-  out.resize(R);
-  if (R == 0) return;
-  for (int64_t r = 0; r < R; ++r) structured::apply_mask(logits.ptr<float>() + r * V, V, allowed[static_cast<size_t>(r)]);
-  cpu::sample(out.outputs(), logits.view(), sampling.inputs(), TensorView());
-}
-
 SamplingRow Sampler::row(int64_t generated) const {
   SamplingRow r;
   r.temperature = params_.temperature;

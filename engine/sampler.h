@@ -90,10 +90,4 @@ class Sampler {
   std::optional<structured::TokenMatcher> matcher_;
 };
 
-// ModelBackend::forward_sample for a step where some rows are constrained (allowed[r] non-null):
-// runs the forward pass to host logits, masks those rows and samples with the CPU op. A row's
-// logprobs are then those of the masked distribution.
-void forward_sample_masked(ModelBackend& backend, const ForwardBatch& batch, const SamplingBatch& sampling,
-                           std::span<const uint32_t* const> allowed, SampledTokens& out);
-
 }  // namespace stem

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/cpu/token_logprob.h"
+#include "kernels/cpu/token_mask.h"
 
 namespace stem {
 
@@ -48,6 +49,24 @@ void SamplingBatch::add_row(const SamplingRow& row) {
   if (penalty_offsets.empty()) penalty_offsets.push_back(0);
   rows.push_back(row);
   penalty_offsets.push_back(static_cast<int32_t>(penalties.size()));
+  mask_of_row.push_back(-1);
+}
+
+void SamplingBatch::add_mask(const uint32_t* mask, size_t words) {
+  STEM_CHECK(!rows.empty(), "add_mask before the first add_row");
+  STEM_CHECK(mask_words_per_row == 0 || static_cast<int64_t>(words) == mask_words_per_row, "token masks of ", words,
+             " and ", mask_words_per_row, " words in one step");
+  mask_words_per_row = static_cast<int64_t>(words);
+  mask_of_row.back() = static_cast<int32_t>(num_masks());
+  mask_words.insert(mask_words.end(), mask, mask + words);
+}
+
+TensorView SamplingBatch::masks_view() const {
+  return TensorView(const_cast<uint32_t*>(mask_words.data()), DType::I32, {num_masks(), mask_words_per_row});
+}
+
+TensorView SamplingBatch::mask_of_row_view() const {
+  return TensorView(const_cast<int32_t*>(mask_of_row.data()), DType::I32, {num_rows()});
 }
 
 void SamplingBatch::add_penalties(const PenaltyToken* tokens, size_t count) {
@@ -67,6 +86,11 @@ void SamplingBatch::validate(int64_t logit_rows, int64_t vocab_size) const {
     STEM_CHECK(penalty_offsets[r] <= penalty_offsets[r + 1], "penalty_offsets must not decrease");
   for (const PenaltyToken& p : penalties)
     STEM_CHECK(p.id >= 0 && p.id < vocab_size, "penalty token id ", p.id, " is outside the vocabulary");
+  STEM_CHECK(mask_of_row.size() == rows.size(), "mask_of_row has ", mask_of_row.size(), " entries for ", rows.size(),
+             " rows");
+  if (num_masks() > 0)
+    STEM_CHECK(mask_words_per_row == (vocab_size + 31) / 32, "token masks of ", mask_words_per_row,
+               " words for a vocabulary of ", vocab_size, " (", (vocab_size + 31) / 32, " words)");
 }
 
 SamplingInputs SamplingBatch::inputs() const {
@@ -95,6 +119,8 @@ void ModelBackend::forward_sample(const ForwardBatch& batch, const SamplingBatch
   forward(batch, sample_logits_);
   out.resize(R);
   if (R == 0) return;
+  if (sampling.num_masks() > 0)
+    cpu::apply_token_mask(sample_logits_.view(), sampling.masks_view(), sampling.mask_of_row_view());
   cpu::sample(out.outputs(), sample_logits_.view(), sampling.inputs(), TensorView());
 }
 

@@ -52,11 +52,23 @@ struct SamplingBatch {
   std::vector<SamplingRow> rows;          // [R]
   std::vector<int32_t> penalty_offsets;   // [R+1]: row r's tokens are penalties[offsets[r] .. offsets[r+1])
   std::vector<PenaltyToken> penalties;
+  // Structured outputs (kernels/cpu/token_mask.h): the token masks of the constrained rows, one
+  // after another, mask_words_per_row words each; mask_of_row[r] is row r's mask, or −1.
+  std::vector<uint32_t> mask_words;
+  std::vector<int32_t> mask_of_row;  // [R]
+  int64_t mask_words_per_row = 0;
 
   int64_t num_rows() const { return static_cast<int64_t>(rows.size()); }
-  // Starts the next row; its penalty tokens follow with add_penalties.
+  // Starts the next row; its penalty tokens follow with add_penalties, its mask with add_mask.
   void add_row(const SamplingRow& row);
   void add_penalties(const PenaltyToken* tokens, size_t count);
+  // The last row's token mask (`words` words: ceil(vocabulary / 32)); the op samples that row
+  // from the ids whose bit is set, and its logprobs are those of the masked distribution.
+  void add_mask(const uint32_t* mask, size_t words);
+  int64_t num_masks() const { return mask_words_per_row ? static_cast<int64_t>(mask_words.size()) / mask_words_per_row : 0; }
+  // Views for the mask op (host memory): masks i32 [M, words], mask_of_row i32 [R].
+  TensorView masks_view() const;
+  TensorView mask_of_row_view() const;
   // Checks the row count against the batch's logit rows and the token ids against the vocabulary.
   void validate(int64_t logit_rows, int64_t vocab_size) const;
   // The op's view of these vectors (host memory).

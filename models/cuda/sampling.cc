@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kernels/cuda/sampling.cuh"
+#include "kernels/cuda/token_mask.cuh"
 
 namespace stem {
 
@@ -11,14 +12,16 @@ namespace {
 size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 }  // namespace
 
-CudaSampling::Layout CudaSampling::layout_for(int64_t rows, int64_t penalties) {
-  const auto R = static_cast<size_t>(rows), P = static_cast<size_t>(penalties);
+CudaSampling::Layout CudaSampling::layout_for(int64_t rows, int64_t penalties, int64_t mask_words) {
+  const auto R = static_cast<size_t>(rows), P = static_cast<size_t>(penalties), W = static_cast<size_t>(mask_words);
   const size_t top = R * kMaxTopLogprobs * 4;
   Layout l;
   l.rows = 0;
   l.offsets = align16(R * sizeof(SamplingRow));
   l.penalties = l.offsets + align16((R + 1) * sizeof(int32_t));
-  l.in_total = l.penalties + align16(P * sizeof(PenaltyToken));
+  l.mask_of_row = l.penalties + align16(P * sizeof(PenaltyToken));
+  l.masks = l.mask_of_row + align16(W > 0 ? R * 4 : 0);
+  l.in_total = l.masks + align16(W * 4);
   l.token = 0;
   l.logprob = align16(R * 4);
   l.top_ids = l.logprob + align16(R * 4);
@@ -32,7 +35,8 @@ void CudaSampling::launch(const SamplingBatch& batch, const TensorView& logits, 
   const auto P = static_cast<int64_t>(batch.penalties.size());
   rows_ = R;
   if (R == 0) return;
-  layout_ = layout_for(R, P);
+  const int64_t M = batch.num_masks();
+  layout_ = layout_for(R, P, static_cast<int64_t>(batch.mask_words.size()));
   // Buffers only grow; the step before has synchronised, so nothing still reads the old ones.
   if (layout_.in_total > in_.bytes()) {
     in_ = cudabk::DeviceMemory(layout_.in_total * 2, "sampling parameters");
@@ -47,6 +51,10 @@ void CudaSampling::launch(const SamplingBatch& batch, const TensorView& logits, 
   const SamplingInputs staged = batch.inputs();
   std::memcpy(host + layout_.offsets, staged.penalty_offsets, static_cast<size_t>(R + 1) * sizeof(int32_t));
   if (P > 0) std::memcpy(host + layout_.penalties, batch.penalties.data(), static_cast<size_t>(P) * sizeof(PenaltyToken));
+  if (M > 0) {
+    std::memcpy(host + layout_.mask_of_row, batch.mask_of_row.data(), static_cast<size_t>(R) * 4);
+    std::memcpy(host + layout_.masks, batch.mask_words.data(), batch.mask_words.size() * 4);
+  }
   CUDA_CHECK(cudaMemcpyAsync(in_.get(), host, layout_.in_total, cudaMemcpyHostToDevice, stream));
 
   // The op writes penalised rows to scratch; without any it never touches scratch, so the logits
@@ -67,6 +75,11 @@ void CudaSampling::launch(const SamplingBatch& batch, const TensorView& logits, 
                             TensorView(out_.bytes_ptr(layout_.logprob), DType::F32, {R}),
                             TensorView(out_.bytes_ptr(layout_.top_ids), DType::I32, {R, kMaxTopLogprobs}),
                             TensorView(out_.bytes_ptr(layout_.top_logprobs), DType::F32, {R, kMaxTopLogprobs})};
+  // Constrained rows: their disallowed ids to −inf in the logits themselves (the step's own buffer,
+  // written again by the next forward pass), before anything reads them.
+  if (M > 0)
+    cuda::apply_token_mask(logits, TensorView(in_.bytes_ptr(layout_.masks), DType::I32, {M, batch.mask_words_per_row}),
+                           TensorView(in_.bytes_ptr(layout_.mask_of_row), DType::I32, {R}), stream);
   cuda::sample(out, logits, in, scratch, stream);
   CUDA_CHECK(cudaMemcpyAsync(out_host_.as<char>(), out_.get(), layout_.out_total, cudaMemcpyDeviceToHost, stream));
 }

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "kernels/cpu/sampling.h"
+#include "kernels/cpu/token_mask.h"
 #include "models/cuda/backend.h"
 #include "tests/gpu_model/gpu_model_util.h"
 #include "tests/test_util.h"
@@ -154,6 +155,34 @@ TEST_CASE("forward_sample samples on the device what the CPU sampling op picks f
     }
   }
   CHECK(gpu.tokens[0] == argmax_row(logits, 0));
+
+  // Structured outputs: rows 0 and 2 constrained by token masks (about 1 id in 16 allowed, never
+  // row 0's unmasked argmax), applied on the device; the CPU op picks the same from the host
+  // logits masked by the twin.
+  const int32_t best = argmax_row(logits, 0);
+  const int64_t W = (c.vocab_size + 31) / 32;
+  SamplingBatch masked = sampling;
+  masked.mask_words_per_row = W;
+  for (int m = 0; m < 2; ++m)
+    for (int64_t w = 0; w < W; ++w)
+      masked.mask_words.push_back(static_cast<uint32_t>(rng()) & static_cast<uint32_t>(rng()) &
+                                  static_cast<uint32_t>(rng()) & static_cast<uint32_t>(rng()));
+  masked.mask_words[best / 32] &= ~(1u << (best % 32));
+  masked.mask_of_row = {0, -1, 1, -1};
+  SampledTokens gpu_masked, cpu_masked;
+  backend->forward_sample(step, masked, gpu_masked);
+  cpu::apply_token_mask(logits.view(), masked.masks_view(), masked.mask_of_row_view());
+  cpu_masked.resize(4);
+  cpu::sample(cpu_masked.outputs(), logits.view(), masked.inputs(), TensorView());
+  CHECK(gpu_masked.tokens == cpu_masked.tokens);
+  CHECK(gpu_masked.tokens[0] != best);
+  CHECK(gpu_masked.tokens[1] == gpu.tokens[1]);  // unconstrained rows as before
+  for (int r : {0, 2}) {
+    const int32_t t = gpu_masked.tokens[r];
+    const uint32_t word = masked.mask_words[static_cast<size_t>(masked.mask_of_row[r] * W + t / 32)];
+    CHECK(((word >> (t % 32)) & 1u) == 1u);
+    CHECK(std::abs(gpu_masked.logprobs[r] - cpu_masked.logprobs[r]) <= 1e-4f);
+  }
 }
 
 TEST_CASE("the KV pool takes what gpu_memory_fraction leaves after the weights") {
