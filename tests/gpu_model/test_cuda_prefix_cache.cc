@@ -57,6 +57,13 @@ void check_same(const Run& got, const Run& ref) {
 
 }  // namespace
 
+// The random model (head_dim 128, GQA 4/2, 4 layers) with room for 8K positions.
+ModelConfig write_model(const std::filesystem::path& dir, uint64_t seed) {
+  nlohmann::json cfg = llama_config(512, 4, 2, 128, 4);
+  cfg["max_position_embeddings"] = 8192;
+  return write_random_model(dir, cfg, seed);
+}
+
 EngineOptions cuda_options() {
   EngineOptions o;
   o.device = "cuda";
@@ -71,9 +78,7 @@ EngineOptions cuda_options() {
 TEST_CASE("cuda prefix cache: hits give the uncached tokens, dense and Stem") {
   STEM_REQUIRE_GPU();
   stem::test::TempDir tmp;
-  nlohmann::json cfg = llama_config(512, 4, 2, 128, 4);
-  cfg["max_position_embeddings"] = 8192;
-  const ModelConfig c = write_random_model(tmp.path(), cfg, 71);
+  const ModelConfig c = write_model(tmp.path(), 71);
   EngineOptions o = cuda_options();
   Engine cached(tmp.path(), o);
   o.enable_prefix_caching = false;
@@ -102,9 +107,7 @@ TEST_CASE("cuda prefix cache: hits give the uncached tokens, dense and Stem") {
 TEST_CASE("cuda prefix cache: the causal Stem schedule caches whole blocks; hits restart on a block boundary") {
   STEM_REQUIRE_GPU();
   stem::test::TempDir tmp;
-  nlohmann::json cfg = llama_config(512, 4, 2, 128, 4);
-  cfg["max_position_embeddings"] = 8192;
-  const ModelConfig c = write_random_model(tmp.path(), cfg, 73);
+  const ModelConfig c = write_model(tmp.path(), 73);
   EngineOptions o = cuda_options();
   o.stem.causal = true;
   Engine cached(tmp.path(), o);
