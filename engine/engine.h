@@ -133,8 +133,13 @@ class Engine {
   struct Active;
   struct Sequence;
   void finish(Sequence& seq, TokenEvent event);
+  // Before seq's next prefill (its admission, or its recompute after a preemption): how it chunks
+  // (chunk_align) and how it uses the prefix cache: the kind of K/V its pages hold (cache_seed),
+  // its hit alignment and cacheable tokens (docs/prefix_caching.md).
+  void prepare_prefill(Sequence& seq) const;
   // The leading tokens of seq whose K/V its next prefill may take from the prefix cache and
-  // publish to it: all, except for a Stem prefill that selects blocks (docs/prefix_caching.md).
+  // publish to it: all, except for a Stem prefill that selects blocks: a causal selection's whole
+  // blocks, the paper schedule's leading dense blocks.
   int64_t cacheable_tokens(const Sequence& seq) const;
   void run_prefill_chunk(const std::vector<int32_t>& tokens, int64_t start_pos, std::vector<int32_t>& pages,
                          Tensor& logits);
@@ -150,6 +155,7 @@ class Engine {
   std::unique_ptr<ModelChatTemplate> chat_template_;
   std::vector<int32_t> eos_ids_;
   std::string model_identity_;  // what the prefix cache's hashes start from, with a request's salt
+  std::string stem_kv_kind_;    // the seed's KV kind of causal Stem prefills (stem_kv_kind)
   uint64_t seed_state_;
   int64_t next_seq_id_ = 0;
   std::list<std::unique_ptr<Active>> active_;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <limits>
+#include <numeric>
 
 #include "engine/engine.h"
 #include "engine/engine_sequence.h"
@@ -73,13 +74,7 @@ void Engine::add_request(ValidatedRequest valid, StreamSink sink) {
     s->id = next_seq_id_++;
     s->tokens = r.prompt;
     s->stem = r.sparse_prefill.value_or(options_.sparse_prefill) == SparsePrefill::Stem;
-    // Chunks of a Stem prefill end on block boundaries, so its selection is the unchunked one.
-    // (A short prompt that outgrows min_prompt_len while decoding and is then recomputed after a
-    // preemption keeps 1: its cut blocks are merely computed densely.)
-    if (s->stem && a->prompt_len >= options_.stem.min_prompt_len) s->chunk_align = options_.stem.block_size;
-    // Dense K/V is the only kind cached, so the kind is constant; the salt separates tenants.
-    s->cache_seed = prefix_seed(model_identity_, "dense", r.cache_salt);
-    s->cacheable_tokens = cacheable_tokens(*s);
+    prepare_prefill(*s);
     a->seqs.push_back(std::move(s));
   }
   a->unfinished = r.n;
@@ -97,18 +92,42 @@ void Engine::add_request(ValidatedRequest valid, StreamSink sink) {
   if (added.unfinished == 0) active_.pop_back();
 }
 
+void Engine::prepare_prefill(Sequence& seq) const {
+  // The next prefill covers every token the sequence has: its prompt, or more when recomputed.
+  const StemSettings& st = options_.stem;
+  const bool stem_prefill = seq.stem && static_cast<int64_t>(seq.tokens.size()) >= st.min_prompt_len;
+  // Chunks of a Stem prefill end on block boundaries, so its selection is the unchunked one.
+  seq.chunk_align = stem_prefill ? st.block_size : 1;
+  // Whole blocks of a causal selection are the same in every prompt that starts with them: cached
+  // as their own kind of K/V (the settings in the seed), never shared with dense pages.
+  seq.stem_pages = stem_prefill && config_.sliding_window == 0 && stem_selection_causal(st);
+  const PageHash seed = prefix_seed(model_identity_, seq.stem_pages ? std::string_view(stem_kv_kind_) : kDenseKvKind,
+                                    seq.request->request.cache_salt);
+  if (!(seed == seq.cache_seed)) {
+    seq.cache_seed = seed;
+    seq.page_hashes.clear();
+  }
+  // A hit then restarts the prefill on a block boundary (and on a page: both divide 128).
+  seq.cache_hit_align = seq.stem_pages ? std::lcm(st.block_size, int64_t{kv_->page_size()}) : 1;
+  seq.cacheable_tokens = cacheable_tokens(seq);
+}
+
 int64_t Engine::cacheable_tokens(const Sequence& seq) const {
   constexpr int64_t kAll = std::numeric_limits<int64_t>::max();
   if (!seq.stem) return kAll;
-  // The next prefill covers every token the sequence has. Under the current budget schedule the
-  // selection of a block depends on the prompt's whole length, so a page computed sparsely is not
-  // the page another prompt would compute: only the leading blocks that the schedule keeps dense
-  // (k(i) >= i + 1; at least 42 blocks at 8K with the paper's settings) hold dense K/V, the same
-  // as any dense prefill's. Decoded tokens after a sparse prefill attend to sparse K/V: not cached.
+  const int64_t B = options_.stem.block_size;
+  // A causal selection: the prefill's whole blocks. The last, partial one was selected with some
+  // of its queries missing; tokens decoded after the prefill were computed by decode steps.
+  if (seq.stem_pages) return static_cast<int64_t>(seq.tokens.size()) / B * B;
+  // The paper's schedule: the selection of a block depends on the prompt's whole length, so a
+  // page computed sparsely is not the page another prompt would compute: only the leading blocks
+  // that the schedule keeps dense (k(i) >= i + 1; at least 42 blocks at 8K with the paper's
+  // settings) hold dense K/V, the same as any dense prefill's. Decoded tokens after a sparse
+  // prefill attend to sparse K/V: not cached.
   const auto len = static_cast<int32_t>(seq.tokens.size());
   const int32_t kv_len[] = {len}, query_start[] = {0, len};
   for (const StemQueryBlock& b : stem_query_blocks(kv_len, query_start, kv_len, config_.sliding_window, options_.stem))
-    if (b.sparse) return int64_t{b.block} * options_.stem.block_size;
+    if (b.sparse) return int64_t{b.block} * B;
   return kAll;
 }
 
@@ -172,7 +191,7 @@ StepStats Engine::step() {
   for (SeqState* p : plan.preempted) {
     spdlog::debug("preempted sequence {} ({} tokens): out of KV pages", p->id, p->tokens.size());
     // Its recompute is a prefill of every token it has now (more than its prompt).
-    p->cacheable_tokens = cacheable_tokens(static_cast<Sequence&>(*p));
+    prepare_prefill(static_cast<Sequence&>(*p));
   }
   if (plan.empty()) return stats;
 
@@ -196,6 +215,13 @@ StepStats Engine::step() {
                       st.cached_tokens, st.tokens.size(), st.num_cached_pages);
     }
     const bool stem_rows = st.stem && c.start < st.prefill_len;
+    if (stem_rows && st.stem_pages) {
+      // A chunk that starts or ends inside a block leaves that block dense (docs/stem.md, a budget
+      // under one block): from there on this prefill's K/V are not an unchunked prefill's.
+      const int64_t B = options_.stem.block_size, end = c.start + c.count;
+      if (c.start % B != 0) st.cacheable_tokens = std::min(st.cacheable_tokens, c.start / B * B);
+      if (end % B != 0 && end < st.prefill_len) st.cacheable_tokens = std::min(st.cacheable_tokens, end / B * B);
+    }
     b.prompt_lens.push_back(stem_rows ? static_cast<int32_t>(st.prefill_len) : 0);
     b.stem.push_back(stem_rows ? 1 : 0);
     stats.stem_seqs += stem_rows && st.prefill_len >= options_.stem.min_prompt_len;

@@ -64,25 +64,30 @@ int32_t PageAllocator::slot(const std::vector<int32_t>& pages, int64_t pos) cons
 }
 
 int64_t PageAllocator::take_cached(std::span<const PageHash> hashes, std::span<const int32_t> tokens,
-                                   int64_t max_pages, std::vector<int32_t>& pages) {
+                                   int64_t max_pages, std::vector<int32_t>& pages, int64_t align) {
   STEM_CHECK(pages.empty(), "cached pages start a sequence's page list");
+  STEM_CHECK(align >= 1, "take_cached: align must be >= 1, got ", align);
   if (!prefix_caching_) return 0;
   const int64_t n = std::min<int64_t>({max_pages, static_cast<int64_t>(hashes.size()),
                                        static_cast<int64_t>(tokens.size()) / page_size_});
+  // The run first, then hold the aligned part of it.
   for (int64_t k = 0; k < n; ++k) {
     auto it = index_.find(hashes[static_cast<size_t>(k)].lo);
     if (it == index_.end()) break;
-    const int32_t p = it->second;
-    const auto pi = static_cast<size_t>(p);
+    const auto pi = static_cast<size_t>(it->second);
     const auto want = tokens.subspan(static_cast<size_t>(k * page_size_), static_cast<size_t>(page_size_));
     if (!(hash_[pi] == hashes[static_cast<size_t>(k)]) ||
         !std::equal(want.begin(), want.end(), tokens_.begin() + static_cast<ptrdiff_t>(pi * page_size_)))
       break;
+    pages.push_back(it->second);
+  }
+  pages.resize(pages.size() / static_cast<size_t>(align) * static_cast<size_t>(align));
+  for (int32_t p : pages) {
+    const auto pi = static_cast<size_t>(p);
     if (refs_[pi]++ == 0) {  // it was evictable
       lru_.erase(lru_pos_[pi]);
       lru_pos_[pi] = lru_.end();
     }
-    pages.push_back(p);
   }
   return static_cast<int64_t>(pages.size());
 }

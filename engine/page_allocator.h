@@ -43,10 +43,11 @@ class PageAllocator {
   int32_t slot(const std::vector<int32_t>& pages, int64_t pos) const;
 
   // The cached pages of the longest leading run of `hashes` (at most max_pages), page k's tokens
-  // checked against tokens[k·page_size, (k+1)·page_size): appended to the empty `pages`, held by
+  // checked against tokens[k·page_size, (k+1)·page_size), cut back to a multiple of `align` pages
+  // (a causal Stem prefill restarts on a block boundary): appended to the empty `pages`, held by
   // the caller. Returns how many.
   int64_t take_cached(std::span<const PageHash> hashes, std::span<const int32_t> tokens, int64_t max_pages,
-                      std::vector<int32_t>& pages);
+                      std::vector<int32_t>& pages, int64_t align = 1);
   // Publishes a held page whose K/V are those of the full page `tokens` under `hash`. Does nothing
   // when the cache already has that hash (another sequence computed the same page) or the page is
   // cached already, or with prefix caching off.

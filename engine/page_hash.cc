@@ -1,5 +1,6 @@
 #include "engine/page_hash.h"
 
+#include <cstdio>
 #include <random>
 
 namespace stem {
@@ -51,6 +52,19 @@ PageHash prefix_seed(std::string_view model_identity, std::string_view kv_kind, 
   h.add(kv_kind);
   h.add(cache_salt);
   return {h.lo, h.hi};
+}
+
+std::string stem_kv_kind(const StemSettings& s) {
+  char buf[512];
+  // %a: a double's exact value, so settings that differ in the last bit name different kinds.
+  std::snprintf(buf, sizeof buf,
+                "stem selector=%s threshold=%a causal=%d budget_rate=%a alpha=%a lambda=%a stride=%lld block=%lld "
+                "sink=%lld window=%lld dense_layers=%lld position_decay=%d",
+                stem_selector_name(s.selector), s.threshold, s.causal ? 1 : 0, s.budget_rate, s.alpha, s.lambda,
+                static_cast<long long>(s.stride), static_cast<long long>(s.block_size),
+                static_cast<long long>(s.sink_blocks), static_cast<long long>(s.window_blocks),
+                static_cast<long long>(s.dense_layers), s.position_decay ? 1 : 0);
+  return buf;
 }
 
 PageHash chain_page_hash(const PageHash& parent, std::span<const int32_t> tokens) {

@@ -8,7 +8,10 @@
 #pragma once
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
+
+#include "kernels/cpu/stem.h"
 
 namespace stem {
 
@@ -19,6 +22,13 @@ struct PageHash {
 
 // The chain's start. Each field is length-prefixed, so ("ab", "c") and ("a", "bc") differ.
 PageHash prefix_seed(std::string_view model_identity, std::string_view kv_kind, std::string_view cache_salt);
+// The KV kinds a seed names. Dense attention's K/V: "dense". A Stem prefill whose selection is
+// causal (stem_selection_causal): "stem" and every setting that changes the K/V it computes
+// (selector, threshold, schedule, budget rate, alpha, lambda, stride, block, sink and window
+// blocks, dense layers, position decay; not min_prompt_len, which only decides whether a prompt
+// is sparse at all: shorter prompts are dense and use "dense"), doubles written exactly.
+inline constexpr std::string_view kDenseKvKind = "dense";
+std::string stem_kv_kind(const StemSettings& settings);
 // The hash of a page holding `tokens`, whose predecessor page (or the seed) hashes to `parent`.
 PageHash chain_page_hash(const PageHash& parent, std::span<const int32_t> tokens);
 

@@ -117,12 +117,16 @@ ScheduleResult Scheduler::schedule() {
     SeqState* s = waiting_.begin()->second;
     // One preempted this step would only be recomputed from scratch and preempted again.
     if (std::find(out.preempted.begin(), out.preempted.end(), s) != out.preempted.end()) break;
-    // Its longest cached prefix of full pages, leaving at least one token to compute (its logits).
+    // Its longest cached prefix of full pages, leaving at least one token to compute (its logits),
+    // cut back to a multiple of its hit alignment.
     const int64_t P = kv_.page_size();
+    STEM_CHECK(s->cache_hit_align >= 1 && (s->cache_hit_align == 1 || s->cache_hit_align % P == 0),
+               "a prefix-cache hit's alignment (", s->cache_hit_align, " tokens) must be whole pages of ", P);
+    const int64_t align = std::max<int64_t>(1, s->cache_hit_align / P);
     const int64_t max_pages = std::min(s->cacheable_tokens, static_cast<int64_t>(s->tokens.size()) - 1) / P;
-    if (kv_.prefix_caching() && max_pages > 0) {
+    if (kv_.prefix_caching() && max_pages >= align) {
       hash_pages(*s, max_pages);
-      s->num_cached_pages = kv_.take_cached(s->page_hashes, s->tokens, max_pages, s->pages);
+      s->num_cached_pages = kv_.take_cached(s->page_hashes, s->tokens, max_pages, s->pages, align);
       s->num_computed = s->num_cached_pages * P;
     }
     const int64_t n = chunk_size(*s, budget);

@@ -29,11 +29,15 @@ struct SeqState {
   // token budget allows: Stem's block (128) for Stem prefills, whose selection then does not
   // depend on the chunking (docs/stem.md); 1 otherwise.
   int64_t chunk_align = 1;
-  // Prefix caching. The caller sets cache_seed, and cacheable_tokens before add() and whenever the
-  // sequence is preempted: the leading tokens whose K/V may be taken from the cache and published
-  // (the pages a Stem prefill computes sparsely are neither; docs/prefix_caching.md).
+  // Prefix caching (docs/prefix_caching.md). The caller sets these before add() and whenever the
+  // sequence is preempted (clearing page_hashes when the seed changes), and may lower
+  // cacheable_tokens between steps. cacheable_tokens: the leading tokens whose K/V may be taken
+  // from the cache and published (under the paper's Stem schedule, not the pages it computes
+  // sparsely). cache_hit_align: a hit is cut back to a multiple of this many tokens, a multiple of
+  // the page size (a causal Stem prefill restarts on a block boundary).
   PageHash cache_seed;
   int64_t cacheable_tokens = std::numeric_limits<int64_t>::max();
+  int64_t cache_hit_align = 1;
   std::vector<PageHash> page_hashes;  // of its first full pages, computed as needed
   int64_t num_cached_pages = 0;       // its leading pages that are in the cache (taken or published)
   int64_t cached_tokens = 0;          // tokens its latest admission took from the cache

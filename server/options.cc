@@ -51,6 +51,32 @@ void add_prefill_flags(CLI::App* cmd, EngineOptions& e) {
       ->check(CLI::NonNegativeNumber)->envname("STEMSERVE_STEM_DENSE_LAYERS")->capture_default_str();
   cmd->add_option("--stem-budget-rate", st.budget_rate, "Multiplies the blocks each query block keeps (1: the paper's)")
       ->check(CLI::PositiveNumber)->envname("STEMSERVE_STEM_BUDGET_RATE")->capture_default_str();
+  cmd->add_option_function<std::string>(
+         "--stem-selector", [&st](const std::string& v) { st.selector = parse_stem_selector(v); },
+         "How a query block picks key blocks by score: topk (Stem's budget schedule), threshold (the fewest blocks "
+         "reaching --stem-threshold of the softmax mass), adaptive (threshold, at most the schedule's budget), none "
+         "(sink and window blocks only)")
+      ->check(CLI::IsMember({"topk", "threshold", "adaptive", "none"}))->envname("STEMSERVE_STEM_SELECTOR")
+      ->default_str(stem_selector_name(st.selector));
+  cmd->add_option("--stem-threshold", st.threshold, "threshold and adaptive selectors: the softmax mass of a query "
+                  "block's scores to keep, in (0, 1]")
+      ->envname("STEMSERVE_STEM_THRESHOLD")->capture_default_str();
+  cmd->add_option_function<std::string>(
+         "--stem-schedule", [&st](const std::string& v) { st.causal = v == "causal"; },
+         "topk and adaptive budgets: paper (they depend on the prompt's length) or causal (a query block keeps the "
+         "start budget of a prompt that ends with it, so prefix caching shares Stem's pages)")
+      ->check(CLI::IsMember({"paper", "causal"}))->envname("STEMSERVE_STEM_SCHEDULE")
+      ->default_str(st.causal ? "causal" : "paper");
+  // Every flag read (environment included): the settings' own check, as the engine makes it.
+  cmd->parse_complete_callback([&st] {
+    try {
+      check_stem_settings(st);
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      const size_t at = what.find("Stem: ");  // the message, without the check's file and line
+      throw CLI::ValidationError(at == std::string::npos ? what : what.substr(at));
+    }
+  });
 }
 
 void add_model_flag(CLI::App* cmd, std::string& model) {

@@ -95,6 +95,12 @@ TEST_CASE("prefix cache: published pages are shared, counted and evicted least r
   other[5] = 99;
   CHECK(kv.take_cached(h, other, 3, c) == 1);
   kv.release(c);
+  // A run cut back to a multiple of `align` pages (a causal Stem block): the rest is not held.
+  CHECK(kv.take_cached(h, t, 3, c, 2) == 2);
+  CHECK(kv.evictable_pages() == 1);
+  kv.release(c);
+  CHECK(kv.take_cached(h, other, 3, c, 2) == 0);
+  CHECK(kv.evictable_pages() == 3);
 
   // Pressure: the 5 free pages go first, then the cached ones, the least recently released first:
   // the chain's last page (released first, last page first), so its head stays a hit.

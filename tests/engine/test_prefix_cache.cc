@@ -1,112 +1,20 @@
 // Automatic prefix caching in the engine (docs/prefix_caching.md), on the tiny llama-gqa fixture
 // (pages of 16 tokens) and the default model: hits and misses, partial pages, decoded tokens
 // reused by the next turn, salts, chunked prefill and batches sharing one prefix, eviction under
-// memory pressure, page counts after cancellation, preemption and shutdown, and Stem taking and
-// publishing only the pages its schedule computes densely. Every output is checked against an
-// engine without the cache: greedy tokens equal, log-probabilities within rounding (tests/rounding.h).
+// memory pressure, page counts after cancellation, preemption and shutdown (Stem:
+// test_prefix_cache_stem.cc). Every output is checked against an engine without the cache: greedy
+// tokens equal, log-probabilities within rounding (tests/rounding.h).
 #include <memory>
 #include <random>
 
 #include "engine/engine.h"
 #include "text/tokenizer.h"
-#include "tests/engine/tiny_model.h"
-#include "tests/rounding.h"
-#include "tests/test_util.h"
+#include "tests/engine/prefix_cache_util.h"
 
 using namespace stem;
+using namespace stem::prefix_cache_test;
 using stem::test::greedy;
 namespace fs = std::filesystem;
-
-namespace {
-
-EngineOptions tiny_options(bool caching) {
-  EngineOptions o;
-  o.load_tokenizer = false;
-  o.max_model_len = 2048;
-  o.enable_prefix_caching = caching;
-  o.sparse_prefill = SparsePrefill::Dense;
-  // Stem, for the requests that ask: as tests/engine/test_stem_engine.cc (k_s = a quarter of the blocks).
-  o.stem.min_prompt_len = 1024;
-  o.stem.budget_rate = 0.25;
-  o.stem.sink_blocks = 1;
-  o.stem.window_blocks = 2;
-  o.stem.dense_layers = 1;
-  return o;
-}
-
-std::unique_ptr<Engine> tiny(bool caching, int64_t batch_tokens = 2048, int64_t kv_tokens = 0) {
-  EngineOptions o = tiny_options(caching);
-  o.max_num_batched_tokens = batch_tokens;
-  o.kv_cache_tokens = kv_tokens;
-  return std::make_unique<Engine>(test::tiny_model_2k().path(), o);
-}
-
-std::vector<int32_t> random_tokens(int64_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (int32_t& x : t) x = static_cast<int32_t>(3 + rng() % 250);
-  return t;
-}
-
-std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
-struct Run {
-  GenerateResult result;
-  int64_t cached_tokens = -1;  // as the last event says
-  int64_t sparse_blocks = 0;
-  FinishReason finish = FinishReason::Length;
-};
-
-// Adds requests at once and steps until all finish.
-std::vector<Run> run_all(Engine& e, const std::vector<GenerateRequest>& reqs) {
-  std::vector<Run> out(reqs.size());
-  size_t done = 0;
-  for (size_t i = 0; i < reqs.size(); ++i)
-    e.add_request(reqs[i], [&, i](const TokenEvent& ev) {
-      if (ev.token >= 0) {
-        out[i].result.tokens.push_back(ev.token);
-        out[i].result.samples.push_back(ev.sample);
-      }
-      if (ev.finished) {
-        out[i].cached_tokens = ev.cached_tokens;
-        out[i].finish = ev.finish;
-        ++done;
-      }
-    });
-  while (done < reqs.size()) {
-    const StepStats s = e.step();
-    for (Run& r : out) r.sparse_blocks += s.stem.sparse_blocks;  // only meaningful for one request
-  }
-  return out;
-}
-
-Run run(Engine& e, const GenerateRequest& r) { return run_all(e, {r})[0]; }
-
-// The tiny model: 3 layers; the longest reduction is over at most 2048 keys.
-const double kTol = test::rounding_tolerance(3, 2048);
-
-void check_same(const Run& got, const Run& ref) {
-  const size_t n = test::check_same_greedy(ref.result.tokens, ref.result.samples, got.result.tokens, kTol);
-  REQUIRE(got.result.samples.size() >= n);
-  for (size_t i = 0; i < n; ++i) {
-    const float lp = ref.result.samples[i].logprob;
-    CHECK(std::abs(got.result.samples[i].logprob - lp) <= kTol * std::max(1.f, std::abs(lp)));
-  }
-}
-
-// Every page is back: none held, the cached ones all evictable.
-void check_all_released(const Engine& e) {
-  const EngineCounters c = e.counters();
-  CHECK(c.used_pages == 0);
-  CHECK(c.num_running == 0);
-  CHECK(c.num_waiting == 0);
-  CHECK(c.cached_pages <= c.total_pages);
-}
-
-}  // namespace
 
 TEST_CASE("prefix cache: repeated prompts, shared and partial-page prefixes, the next turn of a chat") {
   auto cached = tiny(true), plain = tiny(false);
@@ -244,42 +152,6 @@ TEST_CASE("prefix cache: cancellation, preemption and shutdown leave no page hel
     check_all_released(*e);
     CHECK_FALSE(e->has_work());
   }
-}
-
-TEST_CASE("prefix cache: Stem takes and publishes only the pages its schedule computes densely") {
-  // Room for two prompts: a Stem run's sparse pages do not evict the dense run's cached ones.
-  auto cached = tiny(true, 2048, 4096), plain = tiny(false);
-  const std::vector<int32_t> doc = random_tokens(1500, 60);  // 12 blocks, k_s = 3: blocks 0-2 dense
-  const int64_t dense_prefix = 3 * 128;
-
-  const Run stem_ref = run(*plain, greedy(doc, 4, SparsePrefill::Stem));
-  const Run dense_ref = run(*plain, greedy(doc, 4, SparsePrefill::Dense));
-  REQUIRE(stem_ref.sparse_blocks > 0);
-
-  const Run stem1 = run(*cached, greedy(doc, 4, SparsePrefill::Stem));
-  CHECK(stem1.cached_tokens == 0);
-  CHECK(cached->counters().cached_pages == dense_prefix / 16);  // nothing sparse, nothing decoded after it
-  const Run stem2 = run(*cached, greedy(doc, 4, SparsePrefill::Stem));
-  CHECK(stem2.cached_tokens == dense_prefix);
-  // A dense prefill takes the dense pages a Stem prefill published, and publishes all of its own.
-  const Run dense1 = run(*cached, greedy(doc, 4, SparsePrefill::Dense));
-  CHECK(dense1.cached_tokens == dense_prefix);
-  CHECK(cached->counters().cached_pages == (1500 + 3) / 16);
-  // Stem still stops where its schedule turns sparse; dense takes everything.
-  const Run stem3 = run(*cached, greedy(doc, 4, SparsePrefill::Stem));
-  CHECK(stem3.cached_tokens == dense_prefix);
-  const Run dense2 = run(*cached, greedy(doc, 4, SparsePrefill::Dense));
-  CHECK(dense2.cached_tokens == 1488);
-
-  for (const Run* r : {&stem1, &stem2, &stem3}) {
-    CHECK(r->sparse_blocks == stem_ref.sparse_blocks);  // the same blocks are sparse, selected in full
-    check_same(*r, stem_ref);
-  }
-  for (const Run* r : {&dense1, &dense2}) {
-    CHECK(r->sparse_blocks == 0);
-    check_same(*r, dense_ref);
-  }
-  check_all_released(*cached);
 }
 
 TEST_CASE("prefix cache: the default model gives the uncached greedy tokens on a cache hit") {

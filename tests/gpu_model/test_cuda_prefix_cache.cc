@@ -4,7 +4,9 @@
 // 32 blocks, so a Stem prefill shares its first 1024 tokens only). The pages taken from the cache
 // are read through the page table as a later chunk of a chunked prefill reads its earlier ones.
 // Checked: the cached tokens each run reports, and greedy tokens and log-probabilities against
-// the uncached engine within bf16 rounding (as test_cuda_vs_cpu: 2e-2).
+// the uncached engine within bf16 rounding (as test_cuda_vs_cpu: 2e-2). Under the causal schedule
+// (--stem-schedule causal) a Stem prefill's whole blocks are cached too, and a hit restarts the
+// prefill on a block boundary.
 #include "engine/engine.h"
 #include "tests/gpu_model/gpu_model_util.h"
 #include "tests/rounding.h"
@@ -55,12 +57,14 @@ void check_same(const Run& got, const Run& ref) {
 
 }  // namespace
 
-TEST_CASE("cuda prefix cache: hits give the uncached tokens, dense and Stem") {
-  STEM_REQUIRE_GPU();
-  stem::test::TempDir tmp;
+// The random model (head_dim 128, GQA 4/2, 4 layers) with room for 8K positions.
+ModelConfig write_model(const std::filesystem::path& dir, uint64_t seed) {
   nlohmann::json cfg = llama_config(512, 4, 2, 128, 4);
   cfg["max_position_embeddings"] = 8192;
-  const ModelConfig c = write_random_model(tmp.path(), cfg, 71);
+  return write_random_model(dir, cfg, seed);
+}
+
+EngineOptions cuda_options() {
   EngineOptions o;
   o.device = "cuda";
   o.load_tokenizer = false;
@@ -68,6 +72,14 @@ TEST_CASE("cuda prefix cache: hits give the uncached tokens, dense and Stem") {
   o.max_num_batched_tokens = 1024;
   o.stem.min_prompt_len = 1024;
   o.stem.budget_rate = 0.25;
+  return o;
+}
+
+TEST_CASE("cuda prefix cache: hits give the uncached tokens, dense and Stem") {
+  STEM_REQUIRE_GPU();
+  stem::test::TempDir tmp;
+  const ModelConfig c = write_model(tmp.path(), 71);
+  EngineOptions o = cuda_options();
   Engine cached(tmp.path(), o);
   o.enable_prefix_caching = false;
   Engine plain(tmp.path(), o);
@@ -89,5 +101,41 @@ TEST_CASE("cuda prefix cache: hits give the uncached tokens, dense and Stem") {
   CHECK(stem3.cached_tokens == 1024);
   for (const Run* r : {&stem1, &stem2, &stem3}) check_same(*r, stem_ref);
   for (const Run* r : {&dense1, &dense2}) check_same(*r, dense_ref);
+  CHECK(cached.counters().used_pages == 0);
+}
+
+TEST_CASE("cuda prefix cache: the causal Stem schedule caches whole blocks; hits restart on a block boundary") {
+  STEM_REQUIRE_GPU();
+  stem::test::TempDir tmp;
+  const ModelConfig c = write_model(tmp.path(), 73);
+  EngineOptions o = cuda_options();
+  o.stem.causal = true;
+  Engine cached(tmp.path(), o);
+  o.enable_prefix_caching = false;
+  Engine plain(tmp.path(), o);
+
+  std::mt19937_64 rng(74);
+  const std::vector<int32_t> prompt = random_tokens(rng, 4000, c.vocab_size);  // 31 whole blocks: 3968 tokens
+  std::vector<int32_t> question(prompt.begin(), prompt.begin() + 2500);          // leaves it inside block 19
+  const std::vector<int32_t> tail = random_tokens(rng, 700, c.vocab_size);
+  question.insert(question.end(), tail.begin(), tail.end());
+  const Run stem_ref = run(plain, prompt, SparsePrefill::Stem), dense_ref = run(plain, prompt, SparsePrefill::Dense);
+  const Run question_ref = run(plain, question, SparsePrefill::Stem);
+
+  const Run stem1 = run(cached, prompt, SparsePrefill::Stem);
+  CHECK(stem1.cached_tokens == 0);
+  CHECK(cached.counters().cached_pages == 3968 / 16);
+  const Run stem2 = run(cached, prompt, SparsePrefill::Stem);
+  CHECK(stem2.cached_tokens == 3968);
+  const Run q = run(cached, question, SparsePrefill::Stem);
+  CHECK(q.cached_tokens == 19 * 128);  // of the 156 pages shared, blocks 0-18
+  // Stem's pages are their own kind: a dense request of the same tokens takes none.
+  const Run dense1 = run(cached, prompt, SparsePrefill::Dense);
+  CHECK(dense1.cached_tokens == 0);
+  const Run stem3 = run(cached, prompt, SparsePrefill::Stem);
+  CHECK(stem3.cached_tokens == 3968);
+  for (const Run* r : {&stem1, &stem2, &stem3}) check_same(*r, stem_ref);
+  check_same(q, question_ref);
+  check_same(dense1, dense_ref);
   CHECK(cached.counters().used_pages == 0);
 }

@@ -120,3 +120,34 @@ TEST_CASE("generate flags land in the request's and the engine's options") {
   CHECK(g.engine.sparse_prefill == SparsePrefill::Dense);
   CHECK(parse_generate({"--model", "/nonexistent/m", "--prompt", "hi"}).engine.load_tokenizer);
 }
+
+TEST_CASE("the Stem selector, threshold and schedule flags, checked as the engine checks them") {
+  const ServeOptions d = parse_serve({"--model", "m"});
+  const StemSettings e;  // the defaults are StemSettings' own
+  CHECK(d.engine.stem.selector == e.selector);
+  CHECK(d.engine.stem.threshold == e.threshold);
+  CHECK(d.engine.stem.causal == e.causal);
+  const ServeOptions o = parse_serve({"--model", "m", "--stem-selector", "threshold", "--stem-threshold", "0.75",
+                                      "--stem-schedule", "causal"});
+  CHECK(o.engine.stem.selector == StemSelector::Threshold);
+  CHECK(o.engine.stem.threshold == 0.75);
+  CHECK(o.engine.stem.causal);
+  CHECK_FALSE(parse_serve({"--model", "m", "--stem-schedule", "paper"}).engine.stem.causal);
+  ::setenv("STEMSERVE_STEM_SELECTOR", "adaptive", 1);
+  const GenerateOptions g = parse_generate({"--model", "m", "--prompt", "hi", "--stem-schedule", "causal"});
+  ::unsetenv("STEMSERVE_STEM_SELECTOR");
+  CHECK(g.engine.stem.selector == StemSelector::Adaptive);
+  CHECK(g.engine.stem.causal);
+  CHECK(parse_generate({"--model", "m", "--prompt", "hi", "--stem-selector", "none"}).engine.stem.selector ==
+        StemSelector::None);
+
+  CHECK_THROWS_AS(parse_serve({"--model", "m", "--stem-selector", "top-k"}), CLI::ValidationError);
+  CHECK_THROWS_AS(parse_serve({"--model", "m", "--stem-schedule", "linear"}), CLI::ValidationError);
+  // What only the settings' check knows, with its message (not the check's file and line).
+  CHECK_THROWS_WITH(parse_serve({"--model", "m", "--stem-threshold", "0"}),
+                    Catch::Matchers::StartsWith("Stem: the threshold (softmax mass to keep) must be in (0, 1], got 0"));
+  CHECK_THROWS_WITH(parse_generate({"--model", "m", "--prompt", "hi", "--stem-threshold", "1.5"}),
+                    Catch::Matchers::StartsWith("Stem: the threshold (softmax mass to keep) must be in (0, 1], got 1.5"));
+  CHECK_THROWS_WITH(parse_serve({"--model", "m", "--stem-stride", "7"}),
+                    Catch::Matchers::StartsWith("Stem: the stride (7) must divide the block size (128)"));
+}
