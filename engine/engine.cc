@@ -78,9 +78,9 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& given)
                config_.num_attention_heads, config_.num_key_value_heads, config_.vocab_size, kv_->num_pages(),
                kv_->page_size());
   if (options.sparse_prefill == SparsePrefill::Stem)
-    spdlog::info("prefill: Stem sparse attention from {} prompt tokens (alpha {}, lambda {}, budget rate {}, {} sink / "
-                 "{} window blocks, layers < {} dense); requests may ask for dense",
-                 options.stem.min_prompt_len, options.stem.alpha, options.stem.lambda, options.stem.budget_rate,
+    spdlog::info("prefill: Stem sparse attention from {} prompt tokens ({}, lambda {}, {} sink / {} window blocks, "
+                 "layers < {} dense); requests may ask for dense",
+                 options.stem.min_prompt_len, stem_selection_name(options.stem), options.stem.lambda,
                  options.stem.sink_blocks, options.stem.window_blocks, options.stem.dense_layers);
   else
     spdlog::info("prefill: dense attention; requests may ask for Stem");

@@ -19,10 +19,12 @@ void add_load_flags(CLI::App* cmd, EngineOptions& e) {
       ->check(CLI::Range(0.05, 0.99))->envname("STEMSERVE_GPU_MEMORY_FRACTION")->capture_default_str();
 }
 
-// Stem sparse prefill (docs/stem.md), the same flags on generate and serve. The settings' own
-// check (check_stem_settings) runs when the engine loads; these catch what a flag alone can.
+// Stem sparse prefill (docs/stem.md), the same flags on generate and serve, over the served
+// defaults (stem_served_settings: the threshold selector; the engine's own default is the paper's
+// method). The settings' own check (check_stem_settings) runs once every flag is read.
 void add_prefill_flags(CLI::App* cmd, EngineOptions& e) {
   StemSettings& st = e.stem;
+  st = stem_served_settings();
   cmd->add_option_function<std::string>(
          "--sparse-prefill", [&e](const std::string& v) { e.sparse_prefill = parse_sparse_prefill(v).value(); },
          "Prefill attention: stem (block-sparse, for prompts of --stem-min-prompt-len tokens or more) or dense; a "

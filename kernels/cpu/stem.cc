@@ -43,6 +43,31 @@ StemSelector parse_stem_selector(std::string_view name) {
   throw Error("Stem: unknown selector '" + std::string(name) + "' (topk, threshold, none, adaptive)");
 }
 
+StemSettings stem_served_settings() {
+  StemSettings s;
+  s.selector = StemSelector::Threshold;
+  s.threshold = kStemServedThreshold;
+  return s;
+}
+
+std::string stem_selection_name(const StemSettings& s) {
+  auto num = [](double x) {
+    std::string t = std::to_string(x);
+    t.erase(t.find_last_not_of('0') + 1);
+    if (!t.empty() && t.back() == '.') t.pop_back();
+    return t;
+  };
+  const std::string budget = s.causal ? "causal schedule, budget rate " + num(s.budget_rate)
+                                      : "paper schedule, alpha " + num(s.alpha) + ", budget rate " + num(s.budget_rate);
+  switch (s.selector) {
+    case StemSelector::Threshold: return "threshold " + num(s.threshold);
+    case StemSelector::None: return "none";
+    case StemSelector::TopK: return "topk (" + budget + ")";
+    case StemSelector::Adaptive: return "adaptive " + num(s.threshold) + " (" + budget + ")";
+  }
+  return "?";
+}
+
 int64_t stem_num_blocks(int64_t prompt_len, const StemSettings& settings) {
   return (prompt_len + settings.block_size - 1) / settings.block_size;
 }

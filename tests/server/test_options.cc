@@ -123,10 +123,15 @@ TEST_CASE("generate flags land in the request's and the engine's options") {
 
 TEST_CASE("the Stem selector, threshold and schedule flags, checked as the engine checks them") {
   const ServeOptions d = parse_serve({"--model", "m"});
-  const StemSettings e;  // the defaults are StemSettings' own
-  CHECK(d.engine.stem.selector == e.selector);
+  const StemSettings e = stem_served_settings();  // the served defaults: the threshold selector
+  CHECK(d.engine.stem.selector == StemSelector::Threshold);
   CHECK(d.engine.stem.threshold == e.threshold);
   CHECK(d.engine.stem.causal == e.causal);
+  CHECK(parse_generate({"--model", "m", "--prompt", "hi"}).engine.stem.selector == StemSelector::Threshold);
+  // The paper's method, chosen by flag.
+  const ServeOptions paper = parse_serve({"--model", "m", "--stem-selector", "topk"});
+  CHECK(paper.engine.stem.selector == StemSelector::TopK);
+  CHECK_FALSE(stem_selection_causal(paper.engine.stem));
   const ServeOptions o = parse_serve({"--model", "m", "--stem-selector", "threshold", "--stem-threshold", "0.75",
                                       "--stem-schedule", "causal"});
   CHECK(o.engine.stem.selector == StemSelector::Threshold);
