@@ -117,6 +117,7 @@ class CpuBackend final : public ModelBackend {
     check_stem_settings(settings);
     stem_ = settings;
   }
+  void set_op_decorator(ForwardingOps* ops) override { decorator_ = ops; }
 
   void forward(const ForwardBatch& b, Tensor& logits) override {
     const ModelConfig& c = config_;
@@ -156,7 +157,12 @@ class CpuBackend final : public ModelBackend {
     s.gate_up = gate_up.view();
     s.gathered = gathered.empty() ? TensorView() : gathered.view();
     s.logits = logits.view();
-    llama_forward(c, weights_, kv_, stem_, s, ops_);
+    ModelOps* ops = &ops_;
+    if (decorator_) {
+      decorator_->wrap(ops_);
+      ops = decorator_;
+    }
+    llama_forward(c, weights_, kv_, stem_, s, *ops);
   }
 
  private:
@@ -170,6 +176,7 @@ class CpuBackend final : public ModelBackend {
   std::vector<Tensor> k_, v_;
   KvLayers kv_;
   CpuOps ops_;
+  ForwardingOps* decorator_ = nullptr;
 };
 
 }  // namespace
