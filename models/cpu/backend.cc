@@ -117,7 +117,10 @@ class CpuBackend final : public ModelBackend {
     check_stem_settings(settings);
     stem_ = settings;
   }
-  void set_op_decorator(ForwardingOps* ops) override { decorator_ = ops; }
+  void set_op_decorator(ForwardingOps* ops) override {
+    if (ops) ops->wrap(ops_);
+    decorator_ = ops;
+  }
 
   void forward(const ForwardBatch& b, Tensor& logits) override {
     const ModelConfig& c = config_;
@@ -157,12 +160,7 @@ class CpuBackend final : public ModelBackend {
     s.gate_up = gate_up.view();
     s.gathered = gathered.empty() ? TensorView() : gathered.view();
     s.logits = logits.view();
-    ModelOps* ops = &ops_;
-    if (decorator_) {
-      decorator_->wrap(ops_);
-      ops = decorator_;
-    }
-    llama_forward(c, weights_, kv_, stem_, s, *ops);
+    llama_forward(c, weights_, kv_, stem_, s, decorator_ ? static_cast<ModelOps&>(*decorator_) : ops_);
   }
 
  private:
