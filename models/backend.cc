@@ -148,6 +148,10 @@ void ModelBackend::set_stem_settings(const StemSettings&) {
   throw Error("the " + name() + " backend cannot change its Stem settings after it was made");
 }
 
+void ModelBackend::set_op_decorator(ForwardingOps*) {
+  throw Error("the " + name() + " backend takes no op decorator");
+}
+
 std::unique_ptr<ModelBackend> make_backend(const ModelConfig& config, const WeightStore* weights,
                                            const BackendOptions& options) {
   if (options.device == "cpu") {

@@ -15,6 +15,7 @@
 namespace stem {
 
 class WeightStore;
+class ForwardingOps;
 
 // One forward step over S sequences: each contributes a run of consecutive new tokens
 // (a prompt chunk, or one decode token). Host-side metadata, built by the engine.
@@ -125,6 +126,11 @@ class ModelBackend {
   // The Stem settings of the following steps (bench/eval/ switches methods without reloading the
   // weights). Checked as at construction; the default refuses.
   virtual void set_stem_settings(const StemSettings& settings);
+  // Routes the following steps' ops through `ops`, which the backend wraps around its own
+  // (models/ops.h ForwardingOps); null: its own ops again. bench/eval/ keeps each layer's attention
+  // inputs of the CPU backend's forward so. The default refuses (the CUDA backend: its decode steps
+  // replay captured graphs, which no decorator would see).
+  virtual void set_op_decorator(ForwardingOps* ops);
 
  protected:
   // The checks every forward_token_logprobs makes on its targets.

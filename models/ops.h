@@ -39,4 +39,48 @@ class ModelOps {
   virtual void mark(const char* op) {}
 };
 
+// Ops that hand every call on to another backend's ops: the base of a decorator that observes or
+// replaces some of them (ModelBackend::set_op_decorator), e.g. bench/eval/ keeping each layer's
+// attention inputs of a real forward.
+class ForwardingOps : public ModelOps {
+ public:
+  void wrap(ModelOps& inner) { inner_ = &inner; }
+
+  void embedding(const TensorView& out, const TensorView& ids, const TensorView& table) override {
+    inner_->embedding(out, ids, table);
+  }
+  void rmsnorm(const TensorView& out, const TensorView& x, const TensorView& weight, float eps) override {
+    inner_->rmsnorm(out, x, weight, eps);
+  }
+  void add_rmsnorm(const TensorView& out, const TensorView& residual, const TensorView& x, const TensorView& weight,
+                   float eps) override {
+    inner_->add_rmsnorm(out, residual, x, weight, eps);
+  }
+  void matmul(const TensorView& out, const TensorView& a, const TensorView& w, const TensorView& bias) override {
+    inner_->matmul(out, a, w, bias);
+  }
+  void rope_kv_write(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& positions,
+                     const TensorView& inv_freq, const TensorView& k_cache, const TensorView& v_cache,
+                     const TensorView& slots) override {
+    inner_->rope_kv_write(q, k, v, positions, inv_freq, k_cache, v_cache, slots);
+  }
+  void attention(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                 const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start, float scale,
+                 int64_t sliding_window) override {
+    inner_->attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window);
+  }
+  void stem_attention(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                      const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
+                      float scale, int64_t sliding_window) override {
+    inner_->stem_attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window);
+  }
+  void swiglu(const TensorView& out, const TensorView& gate, const TensorView& up) override {
+    inner_->swiglu(out, gate, up);
+  }
+  void mark(const char* op) override { inner_->mark(op); }
+
+ private:
+  ModelOps* inner_ = nullptr;
+};
+
 }  // namespace stem

@@ -6,23 +6,14 @@
 #include <numeric>
 
 #include "kernels/check.h"
-#include "kernels/cpu/attention.h"
-#include "kernels/cpu/embedding.h"
-#include "kernels/cpu/kv_write.h"
-#include "kernels/cpu/matmul.h"
-#include "kernels/cpu/rmsnorm.h"
-#include "kernels/cpu/rope.h"
 #include "kernels/cpu/stem_attention.h"
-#include "kernels/cpu/swiglu.h"
+#include "models/ops.h"
 
 namespace stem::eval {
 
 namespace {
 
 TensorView f32(std::vector<float>& x, std::initializer_list<int64_t> dims) { return TensorView(x.data(), DType::F32, dims); }
-TensorView i32(std::vector<int32_t>& x, std::initializer_list<int64_t> dims) {
-  return TensorView(x.data(), DType::I32, dims);
-}
 TensorView ci32(const std::vector<int32_t>& x, std::initializer_list<int64_t> dims) {
   return TensorView(const_cast<int32_t*>(x.data()), DType::I32, dims);
 }
@@ -30,86 +21,76 @@ TensorView cf32(const std::vector<float>& x, std::initializer_list<int64_t> dims
   return TensorView(const_cast<float*>(x.data()), DType::F32, dims);
 }
 
-// The optional bias of a projection, or an empty view.
-Tensor bias(const WeightStore& w, bool present, const std::string& name, int64_t n) {
-  return present ? w.load_f32(name, {n}) : Tensor();
-}
-TensorView view_of(const Tensor& t) { return t.empty() ? TensorView() : t.view(); }
+// The backend's ops, keeping at each dense attention from layer `first_layer` on its Q (after
+// RoPE) and the sequence's K/V pages, laid out as Capture says (its pages in order, zeros past
+// the last token).
+class CaptureOps final : public ForwardingOps {
+ public:
+  CaptureOps(Capture& cap, int64_t first_layer) : cap_(cap), first_layer_(first_layer) {}
+  int64_t layers_seen() const { return layer_; }
+
+  void attention(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                 const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start, float scale,
+                 int64_t sliding_window) override {
+    if (layer_ >= first_layer_) cap_.layers.push_back({layer_, rows(q), pages(k_cache, page_table), pages(v_cache, page_table)});
+    ++layer_;
+    ForwardingOps::attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window);
+  }
+  void stem_attention(const TensorView&, const TensorView&, const TensorView&, const TensorView&, const TensorView&,
+                      const TensorView&, const TensorView&, float, int64_t) override {
+    throw Error("the capture forward is dense, yet a layer went through Stem");
+  }
+
+ private:
+  // q [T, Hq, D] (row-strided: a column range of the fused qkv buffer), contiguous.
+  std::vector<float> rows(const TensorView& q) const {
+    STEM_CHECK(q.dtype == DType::F32 && q.shape[0] == cap_.tokens && q.stride[2] == 1 && q.stride[1] == cap_.dim,
+               "capture: q is ", q.str());
+    const int64_t row = cap_.q_heads * cap_.dim;
+    std::vector<float> out(static_cast<size_t>(cap_.tokens * row));
+    for (int64_t t = 0; t < cap_.tokens; ++t)
+      std::copy_n(q.ptr<float>() + t * q.stride[0], row, out.data() + t * row);
+    return out;
+  }
+  // The sequence's pages of a cache [P, page_size, Hkv, D], in its page table's order.
+  std::vector<float> pages(const TensorView& cache, const TensorView& page_table) const {
+    STEM_CHECK(cache.dtype == DType::F32 && cache.contiguous() && cache.shape[1] == cap_.page_size,
+               "capture: the cache is ", cache.str());
+    const int64_t page = cap_.page_size * cap_.kv_heads * cap_.dim, slot = cap_.kv_heads * cap_.dim;
+    std::vector<float> out(static_cast<size_t>(cap_.pages * page), 0.f);
+    for (int64_t p = 0; p < cap_.pages; ++p)
+      std::copy_n(cache.ptr<float>() + int64_t{page_table.ptr<int32_t>()[p]} * page, page, out.data() + p * page);
+    std::fill(out.begin() + cap_.tokens * slot, out.end(), 0.f);  // the pool's earlier contents
+    return out;
+  }
+
+  Capture& cap_;
+  int64_t first_layer_, layer_ = 0;
+};
 
 }  // namespace
 
-Capture capture_qkv(const EvalModel& model, const std::vector<int32_t>& ids_in, int64_t first_layer) {
+Capture capture_qkv(EvalModel& model, const std::vector<int32_t>& ids, int64_t first_layer) {
   const auto t0 = std::chrono::steady_clock::now();
   const ModelConfig& c = model.config();
-  const WeightStore& w = model.weights();
+  STEM_CHECK(model.device() == "cpu", "the attention stage captures on the CPU backend (fp32), not ", model.device());
   STEM_CHECK(c.sliding_window == 0, "the attention measure needs a model without a sliding window");
-  std::vector<int32_t> ids = ids_in;
-  const int64_t T = static_cast<int64_t>(ids.size()), H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
-  const int64_t Hq = c.num_attention_heads, Hk = c.num_key_value_heads;
+  const int64_t T = static_cast<int64_t>(ids.size());
   Capture cap;
-  cap.tokens = T, cap.q_heads = Hq, cap.kv_heads = Hk, cap.dim = D;
+  cap.tokens = T, cap.q_heads = c.num_attention_heads, cap.kv_heads = c.num_key_value_heads, cap.dim = c.head_dim;
   cap.pages = (T + cap.page_size - 1) / cap.page_size;
-  cap.scale = 1.0f / std::sqrt(static_cast<float>(D));
+  cap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   cap.page_table.resize(static_cast<size_t>(cap.pages));
   std::iota(cap.page_table.begin(), cap.page_table.end(), 0);
   cap.kv_lens = {static_cast<int32_t>(T)};
   cap.query_start = {0, static_cast<int32_t>(T)};
   cap.prompt_lens = {static_cast<int32_t>(T)};
-  std::vector<int32_t> positions(static_cast<size_t>(T));
-  std::iota(positions.begin(), positions.end(), 0);
-  const std::vector<int32_t>& slots = positions;  // pages in order: slot = position
-
-  const float eps = static_cast<float>(c.rms_norm_eps);
-  std::vector<float> inv = cpu::rope_inv_freq(D, c.rope_theta, c.rope_scaling);
-  const Tensor embed = w.load_f32("model.embed_tokens.weight", {c.vocab_size, H});
-  std::vector<float> h(T * H), x(T * H), q(T * Hq * D), k(T * Hk * D), v(T * Hk * D), attn(T * Hq * D), proj(T * H);
-  std::vector<float> gate(T * I), up(T * I);
-  const int64_t cache_size = cap.pages * cap.page_size * Hk * D;
-  std::vector<float> k_cache(cache_size), v_cache(cache_size);
-  cpu::embedding(f32(h, {T, H}), i32(ids, {T}), embed.view());
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    const Tensor in_norm = w.load_f32(p + "input_layernorm.weight", {H});
-    const Tensor post_norm = w.load_f32(p + "post_attention_layernorm.weight", {H});
-    cpu::rmsnorm(f32(x, {T, H}), f32(h, {T, H}), in_norm.view(), eps);
-    const Tensor wq = w.load_f32(p + "self_attn.q_proj.weight", {Hq * D, H});
-    const Tensor wk = w.load_f32(p + "self_attn.k_proj.weight", {Hk * D, H});
-    const Tensor wv = w.load_f32(p + "self_attn.v_proj.weight", {Hk * D, H});
-    const Tensor wo = w.load_f32(p + "self_attn.o_proj.weight", {H, Hq * D});
-    const Tensor bq = bias(w, c.attention_bias, p + "self_attn.q_proj.bias", Hq * D);
-    const Tensor bk = bias(w, c.attention_bias, p + "self_attn.k_proj.bias", Hk * D);
-    const Tensor bv = bias(w, c.attention_bias, p + "self_attn.v_proj.bias", Hk * D);
-    const Tensor bo = bias(w, c.o_proj_bias, p + "self_attn.o_proj.bias", H);
-    cpu::matmul(f32(q, {T, Hq * D}), f32(x, {T, H}), wq.view(), view_of(bq));
-    cpu::matmul(f32(k, {T, Hk * D}), f32(x, {T, H}), wk.view(), view_of(bk));
-    cpu::matmul(f32(v, {T, Hk * D}), f32(x, {T, H}), wv.view(), view_of(bv));
-    cpu::rope(f32(q, {T, Hq, D}), f32(k, {T, Hk, D}), i32(positions, {T}), f32(inv, {D / 2}));
-    const TensorView kc = f32(k_cache, {cap.pages, cap.page_size, Hk, D}), vc = f32(v_cache, {cap.pages, cap.page_size, Hk, D});
-    cpu::kv_write(kc, vc, f32(k, {T, Hk, D}), f32(v, {T, Hk, D}), ci32(slots, {T}));
-    cpu::paged_attention(f32(attn, {T, Hq, D}), f32(q, {T, Hq, D}), kc, vc, i32(cap.page_table, {1, cap.pages}),
-                         i32(cap.kv_lens, {1}), i32(cap.query_start, {2}), cap.scale, 0);
-    if (l >= first_layer) cap.layers.push_back({l, q, k_cache, v_cache});
-    cpu::matmul(f32(proj, {T, H}), f32(attn, {T, Hq * D}), wo.view(), view_of(bo));
-    cpu::add_rmsnorm(f32(x, {T, H}), f32(h, {T, H}), f32(proj, {T, H}), post_norm.view(), eps);
-    const Tensor wg = w.load_f32(p + "mlp.gate_proj.weight", {I, H}), wu = w.load_f32(p + "mlp.up_proj.weight", {I, H});
-    const Tensor wd = w.load_f32(p + "mlp.down_proj.weight", {H, I});
-    const Tensor bg = bias(w, c.mlp_bias, p + "mlp.gate_proj.bias", I), bu = bias(w, c.mlp_bias, p + "mlp.up_proj.bias", I);
-    const Tensor bd = bias(w, c.mlp_bias, p + "mlp.down_proj.bias", H);
-    cpu::matmul(f32(gate, {T, I}), f32(x, {T, H}), wg.view(), view_of(bg));
-    cpu::matmul(f32(up, {T, I}), f32(x, {T, H}), wu.view(), view_of(bu));
-    cpu::swiglu(f32(gate, {T, I}), f32(gate, {T, I}), f32(up, {T, I}));
-    cpu::matmul(f32(proj, {T, H}), f32(gate, {T, I}), wd.view(), view_of(bd));
-    const Tensor next = l + 1 < c.num_hidden_layers ? w.load_f32("model.layers." + std::to_string(l + 1) +
-                                                                     ".input_layernorm.weight", {H})
-                                                    : w.load_f32("model.norm.weight", {H});
-    cpu::add_rmsnorm(f32(x, {T, H}), f32(h, {T, H}), f32(proj, {T, H}), next.view(), eps);
-  }
-  // The last position's logits (lm_head, or the tied embedding).
-  const Tensor head = !c.tie_word_embeddings || w.has("lm_head.weight") ? w.load_f32("lm_head.weight", {c.vocab_size, H})
-                                                                        : Tensor();
-  cap.last_logits.resize(static_cast<size_t>(c.vocab_size));
-  cpu::matmul(f32(cap.last_logits, {1, c.vocab_size}), f32(x, {T, H}).rows(T - 1, T),
-              (head.empty() ? embed : head).view(), TensorView());
+  // One dense prefill of the model (models/llama.cc on the CPU backend), its attention observed.
+  CaptureOps ops(cap, first_layer);
+  model.use(make_method("dense", 0, 0, 0));
+  model.prefill(ids, {static_cast<int32_t>(T - 1)}, &ops);
+  STEM_CHECK(ops.layers_seen() == c.num_hidden_layers, "capture: ", ops.layers_seen(), " attention calls for ",
+             c.num_hidden_layers, " layers");
   cap.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return cap;
 }

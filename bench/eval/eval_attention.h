@@ -1,5 +1,6 @@
 // The attention-level measures of the Stem accuracy evaluation, on the CPU reference (fp32): the
-// Q, K, V of every sparse layer captured from one dense forward of a real-text prompt, then per
+// Q, K, V of every sparse layer captured from one dense forward of a real-text prompt (the CPU
+// backend's own forward, models/llama.cc, its attention ops observed by a decorator), then per
 // method and layer the block density of its lists and the relative error of its attention output
 // against dense attention on the same Q/K/V. The densities also calibrate each family's knob to
 // the target densities (calibrate_method).
@@ -24,13 +25,12 @@ struct Capture {
   float scale = 0;
   std::vector<int32_t> page_table, kv_lens, query_start, prompt_lens;
   std::vector<CapturedLayer> layers;
-  std::vector<float> last_logits;  // [vocab] of the last position, to check the forward
   double seconds = 0;
 };
 
-// A dense fp32 forward of `ids` (the Llama forward of models/llama.cc, op by op) that keeps the
-// Q/K/V of layers [first_layer, L).
-Capture capture_qkv(const EvalModel& model, const std::vector<int32_t>& ids, int64_t first_layer);
+// A dense prefill of `ids` by `model` (on the CPU) that keeps the Q/K/V of layers [first_layer, L).
+// Leaves the model's method dense.
+Capture capture_qkv(EvalModel& model, const std::vector<int32_t>& ids, int64_t first_layer);
 
 // The method's plan of one captured layer.
 cpu::StemPlan plan_layer(const Capture& c, const CapturedLayer& layer, const StemSettings& settings);

@@ -23,6 +23,18 @@ double median(std::vector<double> v) {
   return v.empty() ? std::nan("") : v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
+// Routes a backend's ops through a decorator while it lives.
+class Decorated {
+ public:
+  Decorated(ModelBackend& backend, ForwardingOps& ops) : backend_(backend) { backend_.set_op_decorator(&ops); }
+  ~Decorated() { backend_.set_op_decorator(nullptr); }
+  Decorated(const Decorated&) = delete;
+  Decorated& operator=(const Decorated&) = delete;
+
+ private:
+  ModelBackend& backend_;
+};
+
 }  // namespace
 
 EvalModel::EvalModel(const std::filesystem::path& dir, const std::string& device, int64_t max_tokens,
@@ -92,7 +104,8 @@ double EvalModel::density(int64_t tokens, int64_t skipped) const {
   return causal > 0 ? 1.0 - static_cast<double>(skipped) / causal : 1.0;
 }
 
-PrefillResult EvalModel::prefill(const std::vector<int32_t>& ids, const std::vector<int32_t>& rows) {
+PrefillResult EvalModel::prefill(const std::vector<int32_t>& ids, const std::vector<int32_t>& rows,
+                                 ForwardingOps* ops) {
   STEM_CHECK(method_.has_value(), "EvalModel: call use(method) first");
   const int64_t T = static_cast<int64_t>(ids.size());
   STEM_CHECK(T > 0 && T <= max_tokens_, "EvalModel: a prompt of ", T, " tokens (at most ", max_tokens_, ")");
@@ -104,6 +117,8 @@ PrefillResult EvalModel::prefill(const std::vector<int32_t>& ids, const std::vec
   }
   PrefillResult r;
   const auto t0 = std::chrono::steady_clock::now();
+  std::optional<Decorated> decorated;
+  if (ops) decorated.emplace(*backend_, *ops);
   backend_->forward(b, r.logits);
   r.seconds = since(t0);
   r.density = density(T, backend_->last_stem_stats().skipped_key_blocks);

@@ -1,8 +1,9 @@
 // The model as the evaluation drives it: sequences straight through a backend (models/backend.h)
 // with each method's StemSettings, so that a whole prompt is prefilled in one step (every position
 // through the sparse path) and any rows' logits come back; greedy decoding of several prompts
-// together; teacher-forced scoring of long documents in chunks (the logits never all at once); and
-// the attention time of one prefill from the CUDA backend's per-op profile.
+// together; teacher-forced scoring of long documents in chunks (the logits never all at once); the
+// attention time of one prefill from the CUDA backend's per-op profile; and a prefill whose ops a
+// decorator observes (the attention stage's capture, eval_attention.h).
 #pragma once
 #include <filesystem>
 #include <memory>
@@ -21,6 +22,7 @@
 
 namespace stem {
 class CudaModelBackend;
+class ForwardingOps;
 }
 
 namespace stem::eval {
@@ -78,8 +80,11 @@ class EvalModel {
 
   // Makes `m` the method of the following calls (the backend's Stem settings, switched in place).
   void use(const Method& m);
-  // One prefill step of `ids` from position 0; logits of `rows` (indices into ids).
-  PrefillResult prefill(const std::vector<int32_t>& ids, const std::vector<int32_t>& rows);
+  // One prefill step of `ids` from position 0; logits of `rows` (indices into ids). `ops`: a
+  // decorator the backend's ops run through in this step (ModelBackend::set_op_decorator; the
+  // CPU backend's).
+  PrefillResult prefill(const std::vector<int32_t>& ids, const std::vector<int32_t>& rows,
+                        ForwardingOps* ops = nullptr);
   // Prefill, then greedy decoding (dense) of up to `max_new` tokens, stopping at an EOS token.
   std::vector<int32_t> greedy(const std::vector<int32_t>& ids, int max_new, double* density = nullptr);
   // Each prompt prefilled alone (one step each, through the method's sparse path), then all decoded

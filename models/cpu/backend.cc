@@ -117,6 +117,10 @@ class CpuBackend final : public ModelBackend {
     check_stem_settings(settings);
     stem_ = settings;
   }
+  void set_op_decorator(ForwardingOps* ops) override {
+    if (ops) ops->wrap(ops_);
+    decorator_ = ops;
+  }
 
   void forward(const ForwardBatch& b, Tensor& logits) override {
     const ModelConfig& c = config_;
@@ -156,7 +160,7 @@ class CpuBackend final : public ModelBackend {
     s.gate_up = gate_up.view();
     s.gathered = gathered.empty() ? TensorView() : gathered.view();
     s.logits = logits.view();
-    llama_forward(c, weights_, kv_, stem_, s, ops_);
+    llama_forward(c, weights_, kv_, stem_, s, decorator_ ? static_cast<ModelOps&>(*decorator_) : ops_);
   }
 
  private:
@@ -170,6 +174,7 @@ class CpuBackend final : public ModelBackend {
   std::vector<Tensor> k_, v_;
   KvLayers kv_;
   CpuOps ops_;
+  ForwardingOps* decorator_ = nullptr;
 };
 
 }  // namespace

@@ -2,13 +2,16 @@
 // weights) with ~1.5K-token prompts: Stem prefill in chunks of 256 tokens gives the unchunked
 // logits at every position (within rounding, tests/rounding.h) and skips exactly the same key
 // blocks; a batch that mixes a Stem sequence with a dense one gives each sequence's logits alone;
-// and Stem really changes the numbers.
+// and Stem really changes the numbers. An op decorator (models/ops.h ForwardingOps, as bench/eval/
+// captures Q/K/V with) sees every op, the Stem layers as stem_attention, and changes nothing unless
+// it replaces an op.
 #include <algorithm>
 #include <random>
 
 #include "base/model_config.h"
 #include "base/weights.h"
 #include "models/backend.h"
+#include "models/ops.h"
 #include "tests/rounding.h"
 #include "tests/test_util.h"
 
@@ -107,6 +110,37 @@ float max_abs_diff(const float* a, const float* b, size_t n) {
 // 3 layers; the longest reduction is over the 1500 keys of the longest prompt.
 const double kTol = test::rounding_tolerance(3, 1500);
 
+// Counts the calls it hands on; with `zero_attention`, replaces dense attention by zeros.
+class Counting final : public ForwardingOps {
+ public:
+  int matmuls = 0, attentions = 0, stem_attentions = 0;
+  bool zero_attention = false;
+
+  void reset() {
+    matmuls = attentions = stem_attentions = 0;
+    zero_attention = false;
+  }
+  void matmul(const TensorView& out, const TensorView& a, const TensorView& w, const TensorView& bias) override {
+    ++matmuls;
+    ForwardingOps::matmul(out, a, w, bias);
+  }
+  void attention(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                 const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start, float scale,
+                 int64_t sliding_window) override {
+    ++attentions;
+    if (zero_attention)
+      std::fill_n(out.ptr<float>(), out.numel(), 0.f);
+    else
+      ForwardingOps::attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window);
+  }
+  void stem_attention(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                      const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
+                      float scale, int64_t sliding_window) override {
+    ++stem_attentions;
+    ForwardingOps::stem_attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("stem backend: chunked Stem prefill equals unchunked, and mixed Stem and dense batches each sequence alone") {
@@ -149,4 +183,37 @@ TEST_CASE("stem backend: chunked Stem prefill equals unchunked, and mixed Stem a
     CHECK(test::max_scaled_diff(out, b_alone.logits.data(), b_alone.logits.size()) <= kTol);
     CHECK(test::max_scaled_diff(out + b_alone.logits.size(), whole.logits.data(), whole.logits.size()) <= kTol);
   }
+}
+
+TEST_CASE("stem backend: an op decorator sees every op, keeps the logits, can replace an op, and goes when unset") {
+  auto m = backend();
+  const int64_t L = m->config().num_hidden_layers;
+  const std::vector<int32_t> a = random_prompt(1500, 1), b = random_prompt(100, 2);
+  const Prefill dense = prefill(*m, b, 100, false), stem = prefill(*m, a, 1500, true);
+  REQUIRE(stem.stem.sparse_blocks > 0);
+
+  Counting ops;
+  m->set_op_decorator(&ops);
+  // The same shapes in one process: the same bits.
+  CHECK(prefill(*m, b, 100, false).logits == dense.logits);
+  CHECK(ops.attentions == L);
+  CHECK(ops.stem_attentions == 0);
+  CHECK(ops.matmuls == 4 * L + 1);  // qkv, o, gate_up, down; lm_head
+
+  ops.reset();
+  const Prefill decorated = prefill(*m, a, 1500, true);
+  CHECK(decorated.logits == stem.logits);
+  CHECK(decorated.stem.skipped_key_blocks == stem.stem.skipped_key_blocks);
+  CHECK(ops.attentions == 1);  // dense_layers
+  CHECK(ops.stem_attentions == L - 1);
+
+  ops.reset();
+  ops.zero_attention = true;
+  CHECK(prefill(*m, b, 100, false).logits != dense.logits);
+  CHECK(ops.attentions == L);
+
+  m->set_op_decorator(nullptr);
+  ops.reset();
+  CHECK(prefill(*m, b, 100, false).logits == dense.logits);
+  CHECK(ops.attentions == 0);
 }
