@@ -102,10 +102,13 @@ std::string parse_quantization(const json& j, const std::string& where) {
   auto fail = [&](const std::string& key, const std::string& why) -> void {
     throw Error(where + ": \"quantization_config." + key + "\" " + why);
   };
-  auto str = [](const json& o, const char* k) { return o.contains(k) && o[k].is_string() ? o[k].get<std::string>() : ""; };
+  auto str = [](const json& o, const char* k) {
+    return o.contains(k) && o[k].is_string() ? o[k].get<std::string>() : std::string();
+  };
   if (!q.is_object()) throw Error(where + ": \"quantization_config\" must be an object");
   if (str(q, "quant_method") != "compressed-tensors")
-    fail("quant_method", "is '" + str(q, "quant_method") + "': stemserve loads compressed-tensors FP8 checkpoints only");
+    fail("quant_method",
+         "is '" + str(q, "quant_method") + "': stemserve loads compressed-tensors FP8 checkpoints only");
   if (str(q, "format") != "float-quantized")
     fail("format", "is '" + str(q, "format") + "': stemserve loads the float-quantized (FP8) format only");
   if (q.contains("kv_cache_scheme") && !q["kv_cache_scheme"].is_null())

@@ -155,13 +155,11 @@ void load_part(const WeightStore& store, const WeightPart& part, const TensorVie
     if (dst.dtype == t.dtype) return put(copy, at, t.data, n * dtype_size(t.dtype));
     if (dst.dtype == DType::F32 && !copy) return convert_to_f32(t, reinterpret_cast<float*>(at));
   }
-  std::vector<float> f32(n), scales(static_cast<size_t>(rows));
+  std::vector<float> f32(n), scales = fp8_in ? fp8_scales(store, t, rows) : std::vector<float>(rows);
   std::vector<uint8_t> codes(fp8_in ? 0 : n);
   const TensorView values(f32.data(), DType::F32, {rows, cols}), row_scales(scales.data(), DType::F32, {rows});
   const TensorView q(fp8_in ? const_cast<void*>(t.data) : codes.data(), DType::F8E4M3, {rows, cols});
-  if (fp8_in) {
-    scales = fp8_scales(store, t, rows);
-  } else {
+  if (!fp8_in) {
     convert_to_f32(t, f32.data());
     if (fp8_out) cpu::quantize_rows_fp8(q, row_scales, values);
   }

@@ -2,7 +2,7 @@
 
 #include <array>
 #include <cmath>
-#include <cstring>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/matmul.h"
@@ -27,6 +27,14 @@ const std::array<float, 256>& table() {
     return a;
   }();
   return t;
+}
+
+// f32 rows (any row stride) and their E4M3 codes (packed), of the same shape.
+void check_codes(const TensorView& values, const TensorView& codes, const char* op) {
+  check_rows(values, (std::string(op) + " values").c_str(), DType::F32, 2);
+  check_packed(codes, (std::string(op) + " codes").c_str(), DType::F8E4M3, 2);
+  STEM_CHECK(codes.shape[0] == values.shape[0] && codes.shape[1] == values.shape[1], op, ": codes ", codes.str(),
+             " must match the values ", values.str());
 }
 
 void check_scales(const TensorView& s, const char* name, int64_t rows) {
@@ -55,11 +63,8 @@ uint8_t f32_to_fp8(float x) {
 }
 
 void quantize_rows_fp8(const TensorView& codes, const TensorView& scales, const TensorView& x) {
-  check_rows(x, "fp8 quantize x", DType::F32, 2);
-  check_packed(codes, "fp8 quantize codes", DType::F8E4M3, 2);
+  check_codes(x, codes, "fp8 quantize");
   const int64_t R = x.shape[0], K = x.shape[1];
-  STEM_CHECK(codes.shape[0] == R && codes.shape[1] == K, "fp8 quantize: codes ", codes.str(), " must match x ",
-             x.str());
   check_scales(scales, "fp8 quantize scales", R);
 #pragma omp parallel for if (R * K > (1 << 16))
   for (int64_t r = 0; r < R; ++r) {
@@ -75,11 +80,8 @@ void quantize_rows_fp8(const TensorView& codes, const TensorView& scales, const 
 }
 
 void dequantize_rows_fp8(const TensorView& out, const TensorView& codes, const TensorView& scales) {
-  check_rows(out, "fp8 dequantize out", DType::F32, 2);
-  check_packed(codes, "fp8 dequantize codes", DType::F8E4M3, 2);
+  check_codes(out, codes, "fp8 dequantize");
   const int64_t R = codes.shape[0], K = codes.shape[1];
-  STEM_CHECK(out.shape[0] == R && out.shape[1] == K, "fp8 dequantize: out ", out.str(), " must match codes ",
-             codes.str());
   if (!scales.empty()) check_scales(scales, "fp8 dequantize scales", R);
   const auto& t = table();
   for (int64_t r = 0; r < R; ++r) {
@@ -112,7 +114,8 @@ void fp8_matmul(const TensorView& out, const TensorView& a, const TensorView& a_
   check_packed(a, "fp8_matmul a", DType::F8E4M3, 2);
   check_packed(w, "fp8_matmul w", DType::F8E4M3, 2);
   std::vector<float> af(static_cast<size_t>(a.numel())), wf(static_cast<size_t>(w.numel()));
-  const TensorView av(af.data(), DType::F32, {a.shape[0], a.shape[1]}), wv(wf.data(), DType::F32, {w.shape[0], w.shape[1]});
+  const TensorView av(af.data(), DType::F32, {a.shape[0], a.shape[1]});
+  const TensorView wv(wf.data(), DType::F32, {w.shape[0], w.shape[1]});
   dequantize_rows_fp8(av, a, TensorView());
   dequantize_rows_fp8(wv, w, TensorView());
   scaled_matmul(out, av, a_scale, wv, w_scale, bias);

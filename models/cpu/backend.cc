@@ -126,7 +126,8 @@ class CpuBackend final : public ModelBackend {
     STEM_CHECK(o.num_pages > 0, "the KV cache needs at least one page");
     const std::vector<WeightSpec> table = llama_weight_table(c, lm_head_tied(c, &w), weights_);
     const std::optional<DType> fp8 = wants_fp8(c, o) ? std::optional(DType::F32) : std::nullopt;
-    arena_ = Tensor(DType::F32, {static_cast<int64_t>(place_weights(c, table, weights_, DType::F32, nullptr, fp8) / 4)});
+    const size_t bytes = place_weights(c, table, weights_, DType::F32, nullptr, fp8);
+    arena_ = Tensor(DType::F32, {static_cast<int64_t>(bytes / 4)});
     place_weights(c, table, weights_, DType::F32, static_cast<char*>(arena_.data()), fp8);
     load_weights(table, weights_, c, w, nullptr);
     ops_.set_fp8_scales(weights_);

@@ -181,3 +181,14 @@ TEST_CASE("fp8: the FP8 GEMM sums exact products in f32 and applies the scales a
       CHECK(std::abs(out[m * N + n] - (full + bias[n])) <= quant_bound + rounding);
     }
 }
+
+TEST_CASE("fp8: bad arguments are refused, naming them") {
+  std::vector<float> x(4 * 8, 1.f), s(4);
+  std::vector<uint8_t> q(4 * 8);
+  const TensorView xv(x.data(), DType::F32, {4, 8}), qv(q.data(), DType::F8E4M3, {4, 8}), sv(s.data(), DType::F32, {4});
+  STEM_CHECK_ERROR(quantize_rows_fp8(TensorView(q.data(), DType::BF16, {4, 4}), sv, xv), "fp8 quantize codes must be f8e4m3");
+  STEM_CHECK_ERROR(quantize_rows_fp8(TensorView(q.data(), DType::F8E4M3, {4, 4}), sv, xv), "must match the values");
+  STEM_CHECK_ERROR(quantize_rows_fp8(qv, TensorView(s.data(), DType::F32, {3}), xv), "one scale per row");
+  STEM_CHECK_ERROR(fp8_matmul(TensorView(x.data(), DType::F32, {4, 4}), xv, sv, qv, sv, TensorView()), "fp8_matmul a must be f8e4m3");
+  STEM_CHECK_ERROR(scaled_matmul(TensorView(x.data(), DType::F32, {4, 5}), xv, sv, xv, sv, TensorView()), "must be [4,4]");
+}

@@ -99,6 +99,32 @@ std::string load_error(Edit edit) {
 
 }  // namespace
 
+TEST_CASE("fp8: an FP8 checkpoint placed in bf16 (the CUDA backend today) is dequantized: code times scale") {
+  const fs::path dir = fixture("llama-gqa-fp8");
+  const ModelConfig c = load_model_config(dir);
+  const WeightStore store(dir);
+  LlamaWeights w;
+  const std::vector<WeightSpec> table = llama_weight_table(c, lm_head_tied(c, &store), w);
+  std::vector<char> buf(place_weights(c, table, w, DType::BF16, nullptr) + 256);
+  place_weights(c, table, w, DType::BF16, buf.data() + (256 - reinterpret_cast<uintptr_t>(buf.data()) % 256) % 256);
+  load_weights(table, w, c, store, nullptr);
+  const LlamaLayerWeights& l = w.layers[2];
+  CHECK(l.o_scale.empty());
+  const TensorInfo &codes = store.get("model.layers.2.self_attn.o_proj.weight", {64, 64}),
+                   &scales = *store.find("model.layers.2.self_attn.o_proj.weight_scale");
+  REQUIRE(l.o.dtype == DType::BF16);
+  int64_t differ = 0;
+  for (int64_t r = 0; r < 64; ++r)
+    for (int64_t k = 0; k < 64; ++k) {
+      const float want = cpu::fp8_to_f32(static_cast<const uint8_t*>(codes.data)[r * 64 + k]) *
+                         static_cast<const float*>(scales.data)[r];
+      differ += l.o.ptr<uint16_t>()[r * 64 + k] != f32_to_bf16(want);
+    }
+  CHECK(differ == 0);
+  // The norms and the embedding (bf16 in the checkpoint) are copied as they are.
+  CHECK(std::memcmp(w.embed.data, store.get("model.embed_tokens.weight", {256, 64}).data, 256 * 64 * 2) == 0);
+}
+
 TEST_CASE("fp8: the FP8-Dynamic fixture holds the codes and scales that quantizing at load gives") {
   CHECK(load_model_config(fixture("llama-gqa-fp8")).quantization == "fp8");
   const Fp8Weights from_checkpoint(fixture("llama-gqa-fp8")), at_load(fixture("llama-gqa"));
@@ -232,7 +258,7 @@ TEST_CASE("fp8: a malformed FP8 checkpoint fails at load, naming the tensor and 
   CHECK(load_error([&](auto& t) { t[ks] = {"F32", {1}, t[ks].bytes.substr(0, 4)}; }).empty());
 }
 
-TEST_CASE("fp8: a GPU below compute capability 8.9 refuses FP8; an unknown quantization is refused") {
+TEST_CASE("fp8: a GPU below compute capability 8.9 refuses FP8, and an unknown quantization is refused") {
   CHECK_THAT(error_of([] { check_fp8_gpu(8, 0, "NVIDIA A100-SXM4-80GB"); }),
              Contains("FP8 needs a GPU of compute capability 8.9 or newer") &&
                  Contains("NVIDIA A100-SXM4-80GB is 8.0"));

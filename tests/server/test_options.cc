@@ -121,7 +121,7 @@ TEST_CASE("generate flags land in the request's and the engine's options") {
   CHECK(parse_generate({"--model", "/nonexistent/m", "--prompt", "hi"}).engine.load_tokenizer);
 }
 
-TEST_CASE("--quantization fp8 lands in the engine's options, on serve and generate; nothing else is taken") {
+TEST_CASE("quantization: --quantization fp8 lands in the engine's options, on serve and generate, and nothing else is taken") {
   CHECK(parse_serve({"--model", "m", "--quantization", "fp8"}).engine.quantization == "fp8");
   CHECK(parse_generate({"--model", "m", "--prompt", "p", "--quantization", "fp8"}).engine.quantization == "fp8");
   CHECK(parse_serve({"--model", "m"}).engine.quantization.empty());
