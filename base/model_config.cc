@@ -93,6 +93,45 @@ void parse_rope(const json& j, const std::string& where, ModelConfig& c) {
   }
 }
 
+// quantization_config: what stemserve runs is the compressed-tensors "FP8-Dynamic" family (the
+// layout llm-compressor writes): 8-bit float weights per output channel (or per tensor), and
+// activations quantized at run time (dynamic) or not at all. Anything else is refused by name.
+std::string parse_quantization(const json& j, const std::string& where) {
+  if (!j.contains("quantization_config") || j["quantization_config"].is_null()) return "";
+  const json& q = j["quantization_config"];
+  auto fail = [&](const std::string& key, const std::string& why) -> void {
+    throw Error(where + ": \"quantization_config." + key + "\" " + why);
+  };
+  auto str = [](const json& o, const char* k) {
+    return o.contains(k) && o[k].is_string() ? o[k].get<std::string>() : std::string();
+  };
+  if (!q.is_object()) throw Error(where + ": \"quantization_config\" must be an object");
+  if (str(q, "quant_method") != "compressed-tensors")
+    fail("quant_method",
+         "is '" + str(q, "quant_method") + "': stemserve loads compressed-tensors FP8 checkpoints only");
+  if (str(q, "format") != "float-quantized")
+    fail("format", "is '" + str(q, "format") + "': stemserve loads the float-quantized (FP8) format only");
+  if (q.contains("kv_cache_scheme") && !q["kv_cache_scheme"].is_null())
+    fail("kv_cache_scheme", "is set: KV-cache scales from a checkpoint are not supported");
+  if (!q.contains("config_groups") || !q["config_groups"].is_object() || q["config_groups"].empty())
+    fail("config_groups", "must be an object of quantization groups");
+  for (const auto& [name, g] : q["config_groups"].items()) {
+    const std::string at = "config_groups." + name;
+    if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object()) fail(at + ".weights", "is missing");
+    const json& w = g["weights"];
+    if (str(w, "type") != "float" || !w.contains("num_bits") || w["num_bits"] != 8)
+      fail(at + ".weights", "must be 8-bit float (type \"float\", num_bits 8)");
+    if (str(w, "strategy") != "channel" && str(w, "strategy") != "tensor")
+      fail(at + ".weights.strategy", "is '" + str(w, "strategy") + "': stemserve takes channel or tensor scales");
+    if (g.contains("input_activations") && !g["input_activations"].is_null()) {
+      const json& a = g["input_activations"];
+      if (!a.is_object() || !a.contains("dynamic") || a["dynamic"] != true)
+        fail(at + ".input_activations.dynamic", "must be true: static activation scales are not supported");
+    }
+  }
+  return "fp8";
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const std::string& text, const std::string& where) {
@@ -158,6 +197,7 @@ ModelConfig parse_model_config(const std::string& text, const std::string& where
     c.mlp_bias = r.boolean_or("mlp_bias", false);
     if (c.model_type == "mistral") c.sliding_window = r.integer_or("sliding_window", 0, 0);
   }
+  c.quantization = parse_quantization(j, where);
   if (j.contains("hidden_act") && j["hidden_act"].is_string() && j["hidden_act"] != "silu")
     r.fail("hidden_act", "must be \"silu\", got \"" + j["hidden_act"].get<std::string>() + "\"");
   return c;

@@ -29,6 +29,9 @@ struct ModelConfig {
   bool mlp_bias = false;
   bool tie_word_embeddings = false;
   std::vector<int32_t> bos_token_ids, eos_token_ids;
+  // "fp8": a compressed-tensors FP8 checkpoint (quantization_config: float-quantized, E4M3 weights
+  // with a scale per output channel or tensor, activations dynamic); "": none.
+  std::string quantization;
 
   int64_t q_dim() const { return num_attention_heads * head_dim; }
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }

@@ -39,7 +39,8 @@ DType parse_safetensors_dtype(const std::string& s, const std::string& where) {
   if (s == "BF16") return DType::BF16;
   if (s == "I32") return DType::I32;
   if (s == "I64") return DType::I64;
-  throw Error(where + " has dtype '" + s + "', which stemserve does not load (F32, F16, BF16, I32, I64)");
+  if (s == "F8_E4M3") return DType::F8E4M3;
+  throw Error(where + " has dtype '" + s + "', which stemserve does not load (F32, F16, BF16, F8_E4M3, I32, I64)");
 }
 
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path) {

@@ -59,6 +59,11 @@ WeightStore::WeightStore(const fs::path& model_dir) {
 
 bool WeightStore::has(const std::string& name) const { return index_.count(name) != 0; }
 
+const TensorInfo* WeightStore::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : files_[it->second]->find(name);
+}
+
 fs::path WeightStore::file_of(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? fs::path() : files_[it->second]->path();
@@ -83,9 +88,9 @@ const TensorInfo& WeightStore::get(const std::string& name, const std::vector<in
     throw Error(files_[it->second]->path().string() + ": tensor '" + name + "' has shape " + t.shape_str() +
                 ", config says " + want.shape_str());
   }
-  if (t.dtype != DType::F32 && t.dtype != DType::BF16 && t.dtype != DType::F16)
+  if (t.dtype != DType::F32 && t.dtype != DType::BF16 && t.dtype != DType::F16 && t.dtype != DType::F8E4M3)
     throw Error(files_[it->second]->path().string() + ": tensor '" + name + "' has dtype " + dtype_name(t.dtype) +
-                ", weights must be f32, f16 or bf16");
+                ", weights must be f32, f16, bf16 or f8e4m3");
   return t;
 }
 

@@ -17,7 +17,10 @@ class WeightStore {
   explicit WeightStore(const std::filesystem::path& model_dir);
 
   bool has(const std::string& name) const;
-  // The tensor, after checking its shape; the error names the file, the tensor and both shapes.
+  // The tensor, unchecked; null when the checkpoint has none of that name.
+  const TensorInfo* find(const std::string& name) const;
+  // The tensor, after checking its shape and that it is a float (f32, f16, bf16, or E4M3, whose
+  // scale the caller reads); the error names the file, the tensor and both shapes.
   const TensorInfo& get(const std::string& name, const std::vector<int64_t>& shape) const;
   // The tensor converted to f32 in host memory (the CPU backend computes in f32).
   Tensor load_f32(const std::string& name, const std::vector<int64_t>& shape) const;

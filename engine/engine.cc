@@ -32,6 +32,7 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& given)
   BackendOptions bo;
   bo.device = options.device;
   bo.gpu_memory_fraction = options.gpu_memory_fraction;
+  bo.quantization = options.quantization;
   bo.page_size = options.page_size;
   bo.stem = options.stem;
   // On the GPU the pool fills the memory left after the weights unless a size is given.
@@ -45,7 +46,8 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& given)
   }
   kv_ = std::make_unique<PageAllocator>(backend_->num_pages(), backend_->page_size(), options.enable_prefix_caching);
   // Everything one engine's pages depend on besides their tokens: its model folder and backend.
-  model_identity_ = model_dir.string() + '\n' + backend_->name() + (options.dummy_weights ? "\ndummy" : "");
+  model_identity_ = model_dir.string() + '\n' + backend_->name() + (options.dummy_weights ? "\ndummy" : "") +
+                    (options.quantization.empty() ? "" : "\n" + options.quantization);
   stem_kv_kind_ = stem_kv_kind(options.stem);
   if (kv_capacity_tokens() < max_model_len_) {
     // A sequence that can never fit would stall the scheduler; shorten the context instead.

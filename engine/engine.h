@@ -35,6 +35,7 @@ struct EngineOptions {
   std::string device = "cpu";            // "cpu" or "cuda"
   bool dummy_weights = false;            // random weights for the config (--load-format dummy)
   double gpu_memory_fraction = 0.9;      // cuda: share of device memory for weights + KV cache
+  std::string quantization;              // "fp8" (--quantization): BackendOptions::quantization
   int32_t page_size = 16;
   int64_t max_model_len = 0;             // 0: the model's max_position_embeddings
   int64_t kv_cache_tokens = 0;           // 0: room for one sequence of max_model_len (cpu)

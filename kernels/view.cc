@@ -13,6 +13,7 @@ const char* dtype_name(DType t) {
     case DType::BF16: return "bf16";
     case DType::I32: return "i32";
     case DType::I64: return "i64";
+    case DType::F8E4M3: return "f8e4m3";
   }
   return "?";
 }

@@ -10,7 +10,8 @@
 
 namespace stem {
 
-enum class DType : uint8_t { F32, F16, BF16, I32, I64 };
+// F8E4M3: float8_e4m3fn (OCP FP8 E4M3: no infinities, NaN 0x7F/0xFF, largest 448); kernels/cpu/fp8.h.
+enum class DType : uint8_t { F32, F16, BF16, I32, I64, F8E4M3 };
 
 constexpr size_t dtype_size(DType t) {
   switch (t) {
@@ -19,6 +20,7 @@ constexpr size_t dtype_size(DType t) {
     case DType::BF16: return 2;
     case DType::I32: return 4;
     case DType::I64: return 8;
+    case DType::F8E4M3: return 1;
   }
   return 0;
 }

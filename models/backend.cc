@@ -152,6 +152,19 @@ void ModelBackend::set_op_decorator(ForwardingOps*) {
   throw Error("the " + name() + " backend takes no op decorator");
 }
 
+bool wants_fp8(const ModelConfig& config, const BackendOptions& options) {
+  if (!options.quantization.empty() && options.quantization != "fp8")
+    throw Error("quantization '" + options.quantization + "' is not supported (fp8)");
+  return options.quantization == "fp8" || config.quantization == "fp8";
+}
+
+void check_fp8_gpu(int major, int minor, const std::string& gpu_name) {
+  if (major * 10 + minor < 89)
+    throw Error("FP8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper); " + gpu_name + " is " +
+                std::to_string(major) + "." + std::to_string(minor) +
+                ": use a bf16 checkpoint without --quantization fp8, or --device cpu");
+}
+
 std::unique_ptr<ModelBackend> make_backend(const ModelConfig& config, const WeightStore* weights,
                                            const BackendOptions& options) {
   if (options.device == "cpu") {

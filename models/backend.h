@@ -146,7 +146,16 @@ struct BackendOptions {
   int32_t page_size = 16;
   double gpu_memory_fraction = 0.9;  // cuda: share of the device memory for weights + KV cache
   StemSettings stem;                 // for the sequences a ForwardBatch marks as Stem
+  // "fp8": FP8 (E4M3) weights and activations, a float checkpoint quantized at load; an FP8
+  // checkpoint (ModelConfig::quantization) runs in FP8 either way. "": as the checkpoint is.
+  std::string quantization;
 };
+
+// Whether the model runs in FP8: asked for, or an FP8 checkpoint. Refuses any other quantization.
+bool wants_fp8(const ModelConfig& config, const BackendOptions& options);
+// Refuses FP8 on a GPU of compute capability below 8.9 (FP8 tensor cores came with Ada and
+// Hopper), naming the GPU and its capability.
+void check_fp8_gpu(int major, int minor, const std::string& gpu_name);
 
 // The backend for options.device. `weights` null means random weights (--load-format dummy).
 std::unique_ptr<ModelBackend> make_backend(const ModelConfig& config, const WeightStore* weights,

@@ -6,6 +6,7 @@
 // checkpoint with load_weights.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,9 @@ struct LlamaLayerWeights {
   TensorView o, o_bias;              // [H, Q], [H]
   TensorView gate_up, gate_up_bias;  // [2I, H], [2I]
   TensorView down, down_bias;        // [H, I], [H]
+  // FP8 weights (place_weights' fp8_codes): the four matrices above hold E4M3 codes, and these
+  // f32 [rows] their scales, one per output channel (row). Empty otherwise.
+  TensorView qkv_scale, o_scale, gate_up_scale, down_scale;
 };
 
 struct LlamaWeights {
@@ -50,6 +54,7 @@ struct WeightSpec {
   std::vector<WeightPart> parts;
   WeightInit init = WeightInit::Normal;
   bool per_step = true;  // read whole by every decode step (all but the embedding table)
+  TensorView* scale = nullptr;  // the layers' matrices: where their FP8 scales go (placed only in FP8)
 };
 
 // Whether the LM head is the embedding table: tie_word_embeddings, unless the checkpoint stores
@@ -63,15 +68,21 @@ std::vector<WeightSpec> llama_weight_table(const ModelConfig& config, bool tied,
 // Places every tensor of the table, in `dtype`, and inv_freq (f32) in one buffer at `base`, each
 // on a 256-byte boundary (cuBLASLt's fastest kernels want it), and points lm_head at embed when
 // the table has no LM head. base null: only measures. Returns the bytes the buffer needs.
+// fp8_codes set: FP8 weights. The layers' matrices (specs with a scale) hold E4M3 codes in that
+// dtype (F8E4M3, or F32 for the codes widened, exactly, to f32) with an f32 scale per row.
 size_t place_weights(const ModelConfig& config, const std::vector<WeightSpec>& table, LlamaWeights& w, DType dtype,
-                     char* base);
+                     char* base, std::optional<DType> fp8_codes = std::nullopt);
 
 // Copies host bytes to where a weight lives (cudaMemcpy for device memory).
 using WeightCopy = void (*)(void* dst, const void* src, size_t bytes);
 
 // Fills every tensor of the table (placed, f32 or bf16) from the checkpoint, converting from its
 // f32/bf16/f16 (errors name the file and tensor), and inv_freq from rope_frequencies. copy null:
-// the weights are in host memory and are written in place.
+// the weights are in host memory and are written in place. A checkpoint's E4M3 tensor (a
+// compressed-tensors FP8 checkpoint) comes with `<name>_scale`, f32/bf16/f16 of [rows, 1] or
+// [rows] (per output channel) or [1] or [] (per tensor): into FP8 weights as its codes and scales,
+// into other weights dequantized (code · scale). A float tensor into FP8 weights is quantized per
+// row (kernels/cpu/fp8.h).
 void load_weights(const std::vector<WeightSpec>& table, const LlamaWeights& w, const ModelConfig& config,
                   const WeightStore& store, WeightCopy copy);
 

@@ -17,6 +17,10 @@ void add_load_flags(CLI::App* cmd, EngineOptions& e) {
       ->check(CLI::IsMember({"auto", "dummy"}))->envname("STEMSERVE_LOAD_FORMAT")->default_str("auto");
   cmd->add_option("--gpu-memory-fraction", e.gpu_memory_fraction, "Share of GPU memory for weights and KV cache")
       ->check(CLI::Range(0.05, 0.99))->envname("STEMSERVE_GPU_MEMORY_FRACTION")->capture_default_str();
+  cmd->add_option("--quantization", e.quantization,
+                  "fp8: E4M3 weights (a scale per output channel, quantized at load) and activations (per "
+                  "token); FP8 checkpoints (compressed-tensors) run in FP8 without it")
+      ->check(CLI::IsMember({"fp8"}))->envname("STEMSERVE_QUANTIZATION");
 }
 
 // Stem sparse prefill (docs/stem.md), the same flags on generate and serve, over the served

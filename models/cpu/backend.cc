@@ -1,11 +1,16 @@
 // The CPU backend: the model's weights (models/llama_weights.h) in f32 host memory, an f32 paged
 // KV cache, and the forward pass of models/llama.h on the CPU kernels (kernels/cpu: OpenBLAS,
-// OpenMP). The engine's reference backend, and the one CI runs.
+// OpenMP). The engine's reference backend, and the one CI runs. In FP8 (wants_fp8) the layers'
+// matrices hold E4M3 codes (widened to f32, exactly) with a scale per output channel, and their
+// GEMMs are the FP8 twin: activations quantized per token, exact products summed in f32, the
+// scales applied after (kernels/cpu/fp8.h), as the GPU is to compute them.
 #include <algorithm>
+#include <unordered_map>
 
 #include "base/weights.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/embedding.h"
+#include "kernels/cpu/fp8.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
@@ -54,8 +59,26 @@ class CpuOps final : public ModelOps {
                    float eps) override {
     cpu::add_rmsnorm(out, residual, x, weight, eps);
   }
+  // FP8 weights: each matrix's codes (by address) and its per-row scales.
+  void set_fp8_scales(const LlamaWeights& w) {
+    for (const LlamaLayerWeights& l : w.layers)
+      for (auto [m, s] : {std::pair{&l.qkv, &l.qkv_scale}, {&l.o, &l.o_scale}, {&l.gate_up, &l.gate_up_scale},
+                          {&l.down, &l.down_scale}})
+        if (!s->empty()) fp8_scales_[m->data] = *s;
+  }
+
   void matmul(const TensorView& out, const TensorView& a, const TensorView& w, const TensorView& bias) override {
-    cpu::matmul(out, a, w, bias);
+    const auto it = fp8_scales_.find(w.data);
+    if (it == fp8_scales_.end()) return cpu::matmul(out, a, w, bias);
+    const int64_t M = a.size(0), K = a.size(1);
+    codes_.resize(static_cast<size_t>(M * K));
+    widened_.resize(static_cast<size_t>(M * K));
+    a_scale_.resize(static_cast<size_t>(M));
+    const TensorView q(codes_.data(), DType::F8E4M3, {M, K}), sa(a_scale_.data(), DType::F32, {M});
+    const TensorView aw(widened_.data(), DType::F32, {M, K});
+    cpu::quantize_rows_fp8(q, sa, a);
+    cpu::dequantize_rows_fp8(aw, q, TensorView());
+    cpu::scaled_matmul(out, aw, sa, w, it->second, bias);
   }
   void rope_kv_write(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& positions,
                      const TensorView& inv_freq, const TensorView& k_cache, const TensorView& v_cache,
@@ -85,6 +108,9 @@ class CpuOps final : public ModelOps {
   TensorView prompt_lens_;
   const std::vector<StemQueryBlock>* blocks_ = nullptr;
   StemStepStats* stats_ = nullptr;
+  std::unordered_map<const void*, TensorView> fp8_scales_;
+  std::vector<uint8_t> codes_;  // the FP8 GEMM's activations: codes, widened, scales
+  std::vector<float> widened_, a_scale_;
 };
 
 TensorView i32(const std::vector<int32_t>& v, std::initializer_list<int64_t> shape) {
@@ -99,9 +125,12 @@ class CpuBackend final : public ModelBackend {
     STEM_CHECK(o.page_size > 0 && 128 % o.page_size == 0, "page size ", o.page_size, " must divide 128");
     STEM_CHECK(o.num_pages > 0, "the KV cache needs at least one page");
     const std::vector<WeightSpec> table = llama_weight_table(c, lm_head_tied(c, &w), weights_);
-    arena_ = Tensor(DType::F32, {static_cast<int64_t>(place_weights(c, table, weights_, DType::F32, nullptr) / 4)});
-    place_weights(c, table, weights_, DType::F32, static_cast<char*>(arena_.data()));
+    const std::optional<DType> fp8 = wants_fp8(c, o) ? std::optional(DType::F32) : std::nullopt;
+    const size_t bytes = place_weights(c, table, weights_, DType::F32, nullptr, fp8);
+    arena_ = Tensor(DType::F32, {static_cast<int64_t>(bytes / 4)});
+    place_weights(c, table, weights_, DType::F32, static_cast<char*>(arena_.data()), fp8);
     load_weights(table, weights_, c, w, nullptr);
+    ops_.set_fp8_scales(weights_);
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
       for (auto* pool : {&k_, &v_}) {
         pool->emplace_back(DType::F32, std::vector<int64_t>{o.num_pages, o.page_size, c.num_key_value_heads, c.head_dim});
@@ -169,7 +198,7 @@ class CpuBackend final : public ModelBackend {
   int32_t page_size_;
   StemSettings stem_;
   StemStepStats stem_stats_;
-  Tensor arena_;          // f32, every weight
+  Tensor arena_;          // f32, every weight (and FP8 scales)
   LlamaWeights weights_;  // views into arena_
   std::vector<Tensor> k_, v_;
   KvLayers kv_;

@@ -44,6 +44,18 @@ const ModelConfig& supported(const ModelConfig& c, const BackendOptions& o) {
   if (!(o.page_size > 0 && 128 % o.page_size == 0 && (o.page_size & (o.page_size - 1)) == 0))
     throw Error("CUDA backend: page size " + std::to_string(o.page_size) + " must be a power of two dividing 128");
   check_cuda_stem(c, o.stem);
+  if (wants_fp8(c, o)) {
+    int device = 0;
+    cudaDeviceProp p{};
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+    check_fp8_gpu(p.major, p.minor, p.name);
+    // Until the FP8 GEMMs land (issue 18), an FP8 checkpoint runs dequantized to bf16 at load.
+    if (c.quantization != "fp8")
+      throw Error("CUDA backend: --quantization fp8 of a float checkpoint is not implemented yet; an FP8 checkpoint "
+                  "runs (dequantized to bf16), or use --device cpu");
+    spdlog::warn("cuda backend: FP8 checkpoint dequantized to bf16 at load (FP8 GEMMs on CUDA are not there yet)");
+  }
   return c;
 }
 

@@ -75,3 +75,37 @@ TEST_CASE("unsupported or broken configs give a clear error") {
              Contains("rope scaling type 'yarn' is not supported"));
   CHECK_THAT(error_of([] { load_model_config("/nonexistent-model-dir"); }), Contains("config.json: cannot open"));
 }
+
+TEST_CASE("a compressed-tensors FP8 checkpoint's quantization_config, and the layouts it refuses") {
+  const std::string base = R"({"architectures":["LlamaForCausalLM"],"vocab_size":100,"hidden_size":64,
+    "intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"quantization_config":)";
+  const std::string weights = R"("weights":{"num_bits":8,"type":"float","strategy":"channel","dynamic":false})";
+  auto config = [&](const std::string& method, const std::string& format, const std::string& group,
+                    const std::string& extra = "") {
+    return base + R"({"quant_method":")" + method + R"(","format":")" + format + R"(",)" + extra +
+           R"("config_groups":{"group_0":{"targets":["Linear"],)" + group + "}}}}";
+  };
+  const std::string dynamic = weights + R"(,"input_activations":{"num_bits":8,"type":"float","strategy":"token","dynamic":true})";
+  CHECK(parse_model_config(kLlama3, "c").quantization.empty());
+  CHECK(parse_model_config(config("compressed-tensors", "float-quantized", dynamic), "c").quantization == "fp8");
+  CHECK(parse_model_config(config("compressed-tensors", "float-quantized", weights), "c").quantization == "fp8");
+  CHECK_THAT(error_of([&] { parse_model_config(config("fp8", "float-quantized", dynamic), "c"); }),
+             Contains("c: \"quantization_config.quant_method\" is 'fp8'") && Contains("compressed-tensors"));
+  CHECK_THAT(error_of([&] { parse_model_config(config("compressed-tensors", "int-quantized", dynamic), "c"); }),
+             Contains("quantization_config.format\" is 'int-quantized'"));
+  CHECK_THAT(error_of([&] {
+               parse_model_config(config("compressed-tensors", "float-quantized",
+                                         weights + R"(,"input_activations":{"dynamic":false,"strategy":"tensor"})"), "c");
+             }),
+             Contains("config_groups.group_0.input_activations.dynamic\" must be true"));
+  const std::string group = R"("weights":{"num_bits":8,"type":"float","strategy":"group","group_size":128})";
+  CHECK_THAT(error_of([&] { parse_model_config(config("compressed-tensors", "float-quantized", group), "c"); }),
+             Contains("config_groups.group_0.weights.strategy\" is 'group'"));
+  const std::string int8 = R"("weights":{"num_bits":8,"type":"int","strategy":"channel"})";
+  CHECK_THAT(error_of([&] { parse_model_config(config("compressed-tensors", "float-quantized", int8), "c"); }),
+             Contains("config_groups.group_0.weights\" must be 8-bit float"));
+  CHECK_THAT(error_of([&] {
+               parse_model_config(config("compressed-tensors", "float-quantized", dynamic, R"("kv_cache_scheme":{"num_bits":8},)"), "c");
+             }),
+             Contains("kv_cache_scheme\" is set"));
+}

@@ -70,8 +70,8 @@ TEST_CASE("corrupt safetensors files fail at open with the reason") {
   SECTION("header is not JSON") { CHECK_THAT(open_error(with_header("{not json", "")), Contains("not valid JSON")); }
   SECTION("header is not an object") { CHECK_THAT(open_error(with_header("[1,2]", "")), Contains("not a JSON object")); }
   SECTION("unknown dtype") {
-    h["w"] = {{"dtype", "F8_E4M3"}, {"shape", {2}}, {"data_offsets", {0, 2}}};
-    CHECK_THAT(open_error(with_header(h.dump(), "xx")), Contains("tensor 'w' has dtype 'F8_E4M3'"));
+    h["w"] = {{"dtype", "F8_E5M2"}, {"shape", {2}}, {"data_offsets", {0, 2}}};
+    CHECK_THAT(open_error(with_header(h.dump(), "xx")), Contains("tensor 'w' has dtype 'F8_E5M2'"));
   }
   SECTION("offsets past the data") {
     h["w"] = {{"dtype", "F32"}, {"shape", {4}}, {"data_offsets", {0, 16}}};
@@ -138,4 +138,18 @@ TEST_CASE("sharded checkpoints load through model.safetensors.index.json") {
     stem::test::write_file(dir / "model.safetensors.index.json", index.dump());
     CHECK_THAT(error_of([&] { WeightStore w2(dir.path()); }), Contains("not a plain file name"));
   }
+}
+
+TEST_CASE("an F8_E4M3 tensor loads as f8e4m3, one byte an element") {
+  nlohmann::json h;
+  h["w"] = {{"dtype", "F8_E4M3"}, {"shape", {2, 3}}, {"data_offsets", {0, 6}}};
+  TempDir dir;
+  stem::test::write_file(dir / "model.safetensors", with_header(h.dump(), std::string("\x38\xb8\x7e\x00\x01\x08", 6)));
+  WeightStore w(dir.path());
+  const TensorInfo& t = w.get("w", {2, 3});
+  CHECK(t.dtype == DType::F8E4M3);
+  CHECK(t.nbytes == 6);
+  CHECK(static_cast<const uint8_t*>(t.data)[2] == 0x7e);
+  CHECK(w.find("w") == &t);
+  CHECK(w.find("w_scale") == nullptr);
 }

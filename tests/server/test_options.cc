@@ -156,3 +156,10 @@ TEST_CASE("the Stem selector, threshold and schedule flags, checked as the engin
   CHECK_THROWS_WITH(parse_serve({"--model", "m", "--stem-stride", "7"}),
                     Catch::Matchers::StartsWith("Stem: the stride (7) must divide the block size (128)"));
 }
+
+TEST_CASE("quantization: --quantization fp8 lands in the engine's options, on serve and generate, and nothing else is taken") {
+  CHECK(parse_serve({"--model", "m", "--quantization", "fp8"}).engine.quantization == "fp8");
+  CHECK(parse_generate({"--model", "m", "--prompt", "p", "--quantization", "fp8"}).engine.quantization == "fp8");
+  CHECK(parse_serve({"--model", "m"}).engine.quantization.empty());
+  CHECK_THROWS(parse_serve({"--model", "m", "--quantization", "int8"}));
+}
