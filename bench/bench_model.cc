@@ -16,6 +16,9 @@
 //   bench_model [--config F] [--ttft 8192,32768,...] [--chunk N] [--sparse-prefill dense|stem|both]
 //               [--batches 1,8,64,256] [--contexts 1024,32768] [--steps N] [--gpu-memory-fraction F]
 //               [--json FILE] [--profile] [--runs N]   (an empty list, e.g. --batches '', skips that part)
+//               [--stem-selector topk|threshold|adaptive|none] [--stem-threshold X]
+// Stem runs the paper's method (StemSettings{}) unless the selector flags say otherwise (the served
+// default: --stem-selector threshold --stem-threshold 0.8738).
 // --runs N: TTFT runs per prompt and mode (the median is printed); default 3 up to 32K, 1 beyond.
 // --profile: after the TTFT table, one more run of the longest prompt per mode with every op timed
 // (models/cuda/profile.h), printed as a breakdown (the events perturb that run a little).
@@ -48,6 +51,7 @@ struct Args {
   std::string json;
   bool profile = false;
   int runs = 0;  // 0: 3 up to 32K, 1 beyond
+  StemSettings stem;  // the paper's method unless --stem-selector / --stem-threshold say otherwise
 };
 
 std::vector<int64_t> parse_list(const std::string& s) {
@@ -77,10 +81,13 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--json") a.json = value();
     else if (k == "--profile") a.profile = true;
     else if (k == "--runs") a.runs = std::stoi(value());
+    else if (k == "--stem-selector") a.stem.selector = parse_stem_selector(value());
+    else if (k == "--stem-threshold") a.stem.threshold = std::stod(value());
     else throw Error("unknown argument " + k);
   }
   if (a.sparse_prefill != "dense" && a.sparse_prefill != "stem" && a.sparse_prefill != "both")
     throw Error("--sparse-prefill takes dense, stem or both, got " + a.sparse_prefill);
+  check_stem_settings(a.stem);
   return a;
 }
 
@@ -251,6 +258,8 @@ int main(int argc, char** argv) try {
   BackendOptions o;
   o.device = "cuda";
   o.gpu_memory_fraction = a.fraction;
+  o.stem = a.stem;
+  std::printf("stem: %s\n", stem_selection_name(a.stem).c_str());
   CudaBackendOptions co;
   co.reserve_step_tokens = a.chunk;
   const double t_load = now_ms();
