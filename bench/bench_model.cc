@@ -33,10 +33,14 @@
 #include <vector>
 
 #include "base/model_config.h"
+#include "bench/bench_util.h"
 #include "kernels/cuda/cuda_check.cuh"
 #include "models/cuda/backend.h"
 
 using namespace stem;
+using bench::median;
+using bench::now_ms;
+using bench::parse_list;
 
 namespace {
 
@@ -54,50 +58,28 @@ struct Args {
   StemSettings stem;  // the paper's method unless --stem-selector / --stem-threshold say otherwise
 };
 
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(std::stoll(item));
-  return out;
-}
-
 Args parse_args(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw Error(k + " needs a value");
-      return argv[++i];
-    };
-    if (k == "--config") a.config = value();
-    else if (k == "--ttft") a.ttft = parse_list(value());
-    else if (k == "--chunk") a.chunk = std::stoll(value());
-    else if (k == "--sparse-prefill") a.sparse_prefill = value();
-    else if (k == "--batches") a.batches = parse_list(value());
-    else if (k == "--contexts") a.contexts = parse_list(value());
-    else if (k == "--steps") a.steps = std::stoi(value());
-    else if (k == "--gpu-memory-fraction") a.fraction = std::stod(value());
-    else if (k == "--json") a.json = value();
+  bench::parse_flags(argc, argv, {"--profile"}, [&a](const std::string& k, const std::string& v) {
+    if (k == "--config") a.config = v;
+    else if (k == "--ttft") a.ttft = parse_list(v);
+    else if (k == "--chunk") a.chunk = std::stoll(v);
+    else if (k == "--sparse-prefill") a.sparse_prefill = v;
+    else if (k == "--batches") a.batches = parse_list(v);
+    else if (k == "--contexts") a.contexts = parse_list(v);
+    else if (k == "--steps") a.steps = std::stoi(v);
+    else if (k == "--gpu-memory-fraction") a.fraction = std::stod(v);
+    else if (k == "--json") a.json = v;
     else if (k == "--profile") a.profile = true;
-    else if (k == "--runs") a.runs = std::stoi(value());
-    else if (k == "--stem-selector") a.stem.selector = parse_stem_selector(value());
-    else if (k == "--stem-threshold") a.stem.threshold = std::stod(value());
+    else if (k == "--runs") a.runs = std::stoi(v);
+    else if (k == "--stem-selector") a.stem.selector = parse_stem_selector(v);
+    else if (k == "--stem-threshold") a.stem.threshold = std::stod(v);
     else throw Error("unknown argument " + k);
-  }
+  });
   if (a.sparse_prefill != "dense" && a.sparse_prefill != "stem" && a.sparse_prefill != "both")
     throw Error("--sparse-prefill takes dense, stem or both, got " + a.sparse_prefill);
   check_stem_settings(a.stem);
   return a;
-}
-
-double now_ms() {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
 }
 
 // Device-to-device copy bandwidth (bytes read + written per second), the ceiling for decode.

@@ -12,22 +12,24 @@
 //   bench_prefix_cache [--config F] [--lengths 32768,131072] [--suffix 512] [--runs 4]
 //                      [--threshold 0.8738] [--json FILE]
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include <unistd.h>
 
+#include "bench/bench_util.h"
 #include "engine/engine.h"
 #include "kernels/check.h"
 
 using namespace stem;
+using bench::median;
+using bench::now_ms;
+using bench::parse_list;
 namespace fs = std::filesystem;
 
 namespace {
@@ -41,42 +43,20 @@ struct Args {
   std::string json;
 };
 
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(std::stoll(item));
-  return out;
-}
-
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw Error(k + " needs a value");
-      return argv[++i];
-    };
-    if (k == "--config") a.config = value();
-    else if (k == "--lengths") a.lengths = parse_list(value());
-    else if (k == "--suffix") a.suffix = std::stoll(value());
-    else if (k == "--runs") a.runs = std::stoi(value());
-    else if (k == "--threshold") a.threshold = std::stod(value());
-    else if (k == "--json") a.json = value();
-    else throw Error("bench_prefix_cache: unknown argument " + k);
-  }
+  bench::parse_flags(argc, argv, {}, [&a](const std::string& k, const std::string& v) {
+    if (k == "--config") a.config = v;
+    else if (k == "--lengths") a.lengths = parse_list(v);
+    else if (k == "--suffix") a.suffix = std::stoll(v);
+    else if (k == "--runs") a.runs = std::stoi(v);
+    else if (k == "--threshold") a.threshold = std::stod(v);
+    else if (k == "--json") a.json = v;
+    else throw Error("unknown argument " + k);
+  });
   STEM_CHECK(a.runs >= 2, "--runs must be at least 2 (the first computes the document)");
   STEM_CHECK(a.suffix > 0, "--suffix must be positive");
   return a;
-}
-
-double now_ms() {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
 }
 
 struct Mode {
