@@ -83,6 +83,24 @@ ojson hoisted(const ojson& schema, const std::string& prefix, ojson& defs) {
   return out;
 }
 
+bool starts_json_object(const std::string& text) {
+  const size_t b = text.find_first_not_of(" \n\t\r");
+  return b == std::string::npos || text[b] == '{';
+}
+
+// Qwen2.5-Coder writes its calls as bare JSON, without Hermes' tags: an answer that is only
+// {"name", "arguments"} objects naming offered functions counts as their calls.
+Answer bare_calls(const ToolRequest& r, const std::string& text) {
+  if (!starts_json_object(text)) return {};
+  Answer a = parse_tool_calls(Format::Llama3Json, text);
+  for (const ToolCall& c : a.calls) {
+    bool offered = false;
+    for (const Function& f : r.functions) offered |= f.name == c.name;
+    if (!offered) return {};
+  }
+  return a;
+}
+
 }  // namespace
 
 std::vector<Function> check_tools(const ojson& tools) {
@@ -175,6 +193,8 @@ Answer read_answer(const ToolRequest& r, const std::string& text) {
     }
     case Choice::Auto:
       a = parse_tool_calls(r.format, text);
+      if (a.calls.empty() && r.format == Format::Hermes)
+        if (Answer bare = bare_calls(r, text); !bare.calls.empty()) a = std::move(bare);
       if (!r.parallel && a.calls.size() > 1) a.calls.resize(1);
       return a;
   }
@@ -184,7 +204,10 @@ Answer read_answer(const ToolRequest& r, const std::string& text) {
 size_t streamable(const ToolRequest& r, const std::string& text) {
   switch (r.choice) {
     case Choice::None: return text.size();
-    case Choice::Auto: return call_start(r.format, text);
+    case Choice::Auto:
+      // A Hermes answer may be a bare call (above): hold it while it may be one.
+      if (r.format == Format::Hermes && starts_json_object(text)) return 0;
+      return call_start(r.format, text);
     default: return 0;
   }
 }

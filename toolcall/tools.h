@@ -54,7 +54,8 @@ ToolRequest check_tool_choice(const nlohmann::ordered_json& tool_choice, std::ve
 nlohmann::ordered_json forced_schema(const ToolRequest& request);
 
 // The answer read back: tool calls and the content around them. Choice::Auto parses the model's
-// own format; Named takes the whole text as the arguments; Required reads the list the schema
+// own format (for Hermes, also an answer of bare {"name", "arguments"} objects naming offered
+// functions, as Qwen2.5-Coder writes them); Named takes the whole text as the arguments; Required reads the list the schema
 // made. Text that does not parse stays content.
 Answer read_answer(const ToolRequest& request, const std::string& text);
 

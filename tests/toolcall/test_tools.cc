@@ -138,6 +138,18 @@ TEST_CASE("auto: the model's format is parsed; parallel_tool_calls false keeps t
   r.parallel = true;
   CHECK(read_answer(r, text).calls.size() == 2);
   CHECK(streamable(r, "Hi <tool_call>") == 3);
+  // Bare calls (Qwen2.5-Coder leaves out the tags) count when they name offered functions.
+  const std::string bare = "{\"name\": \"now\", \"arguments\": {\"tz\": \"UTC\"}}";
+  Answer a = read_answer(r, bare);
+  REQUIRE(a.calls.size() == 1);
+  CHECK(a.calls[0].arguments == R"({"tz":"UTC"})");
+  CHECK_FALSE(a.content);
+  CHECK(streamable(r, "  {\"na") == 0);
+  for (const std::string text : {"{\"name\": \"other\", \"arguments\": {}}", "{\"a\": 1}", "Hi {\"name\": \"now\"}"}) {
+    INFO(text);
+    CHECK(read_answer(r, text).calls.empty());
+    CHECK(read_answer(r, text).content == std::optional<std::string>(text));
+  }
   r.choice = Choice::None;
   CHECK(read_answer(r, text).content == std::optional<std::string>(text));
   CHECK(streamable(r, "Hi <tool_call>") == 14);
