@@ -114,6 +114,16 @@ for i, b in enumerate(bodies):
     write(d, f"body_{i}", json.dumps(b))
 write(d, "body_response_format", json.dumps({"messages": [{"role": "user", "content": "x"}], "response_format": {
     "type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}}}))
+weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+for name, extra in {"named": {"type": "function", "function": {"name": "get_weather"}}, "required": "required",
+                    "none": "none"}.items():
+    write(d, f"body_tools_{name}", json.dumps({"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "cold"}],
+        "tools": [weather], "tool_choice": extra, "parallel_tool_calls": False}))
 
 # fuzz_json_schema: a schema on the first line, then the bytes that steer a walk through its grammar.
 d = target("fuzz_json_schema")

@@ -120,3 +120,10 @@ TEST_CASE("generate flags land in the request's and the engine's options") {
   CHECK(g.engine.sparse_prefill == SparsePrefill::Dense);
   CHECK(parse_generate({"--model", "/nonexistent/m", "--prompt", "hi"}).engine.load_tokenizer);
 }
+
+TEST_CASE("the tool-call parser (--tool-call-parser) names one of the served formats") {
+  CHECK(parse_serve({"--model", "m"}).api.tool_call_parser.empty());  // from the chat template
+  for (const char* f : {"hermes", "llama3_json", "mistral"})
+    CHECK(parse_serve({"--model", "m", "--tool-call-parser", f}).api.tool_call_parser == f);
+  CHECK_THROWS(parse_serve({"--model", "m", "--tool-call-parser", "pythonic"}));
+}

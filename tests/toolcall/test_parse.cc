@@ -48,7 +48,7 @@ TEST_CASE("hermes: text that is not a well-formed call stays content") {
   }
 }
 
-TEST_CASE("llama3_json: a JSON call, the python tag, several joined by ';'") {
+TEST_CASE("llama3_json: a JSON call, the python tag, several joined by semicolons") {
   check_calls(parse_tool_calls(Format::Llama3Json, R"({"name": "get_weather", "parameters": {"city": "Oslo"}})"),
               {{"get_weather", R"({"city":"Oslo"})"}});
   check_calls(parse_tool_calls(Format::Llama3Json, "<|python_tag|>{\"name\": \"f\", \"parameters\": {}}"),

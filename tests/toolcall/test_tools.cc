@@ -130,7 +130,7 @@ TEST_CASE("forced calls: a function's $defs are kept apart from another's") {
   CHECK_FALSE(accepts(s, R"([{"name":"b","parameters":{"v":1}}])"));
 }
 
-TEST_CASE("auto: the model's format is parsed; parallel_tool_calls false keeps the first call") {
+TEST_CASE("auto: the model's format is parsed, and parallel_tool_calls false keeps the first call") {
   ToolRequest r = check_tool_choice(nullptr, check_tools(ojson::array({kTime})), false);
   r.format = Format::Hermes;
   const std::string text = "<tool_call>{\"name\": \"now\"}</tool_call><tool_call>{\"name\": \"now\"}</tool_call>";
