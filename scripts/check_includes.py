@@ -4,7 +4,8 @@
     server -> engine -> structured -> text; engine -> models -> base -> kernels
 
 (models and text are side by side: neither includes the other; structured, between engine and
-text, includes only text and kernels.) Inside models/, the forward pass
+text, includes only text and kernels; toolcall, tool calling's definitions and parsers, plain
+JSON, includes none of ours and only server includes it.) Inside models/, the forward pass
 written once (models/*) knows no device: it includes neither backend (models/cpu/, models/cuda/)
 nor the CUDA kernels, and the backends do not include each other; the CUDA kernels (kernels/cuda/)
 are reached only through the CUDA backend. A file belongs to the longest room its path starts
@@ -28,8 +29,9 @@ BELOW = {
     "models/cuda": {"models", "base", "kernels", "kernels/cuda"},
     "text": {"kernels"},
     "structured": {"text", "kernels"},
+    "toolcall": set(),
     "engine": {"structured", "models", "text", "base", "kernels"},
-    "server": {"engine", "structured", "models", "text", "base", "kernels", "proto"},
+    "server": {"engine", "structured", "toolcall", "models", "text", "base", "kernels", "proto"},
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+/[^"]+)"', re.M)
 

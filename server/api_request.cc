@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "structured/json_schema.h"
+#include "text/chat_template.h"
 #include "text/tokenizer.h"
 
 namespace stem {
@@ -46,9 +47,15 @@ std::vector<int32_t> token_ids(const std::vector<int64_t>& ids, const std::strin
 
 std::vector<int32_t> chat_ids(const ChatPrompt& chat, const std::string& field, const Engine& engine) {
   if (chat.messages.empty()) bad(field, quoted(field) + " must not be empty");
+  const ModelChatTemplate* chat_template = engine.chat_template();
+  if (!chat_template) bad(field, "the model has no chat template; use /v1/completions");
   std::string text;
   try {
-    text = engine.apply_chat_template(chat.messages, chat.add_generation_prompt);
+    ChatTemplateInputs in;
+    in.messages = chat.messages;
+    in.add_generation_prompt = chat.add_generation_prompt;
+    in.tools = chat.tools;
+    text = chat_template->render(in);
   } catch (const std::exception& e) {
     bad(field, std::string("the chat template could not render these messages: ") + e.what());
   }
@@ -56,8 +63,13 @@ std::vector<int32_t> chat_ids(const ChatPrompt& chat, const std::string& field, 
   return engine.tokenizer().encode(text, false);
 }
 
-std::vector<int32_t> prompt_ids(const GenerationFields& f, const Engine& engine) {
-  if (const auto* chat = std::get_if<ChatPrompt>(&f.prompt)) return chat_ids(*chat, f.prompt_field, engine);
+std::vector<int32_t> prompt_ids(const GenerationFields& f, const toolcall::ToolRequest& tools, const Engine& engine) {
+  if (const auto* chat = std::get_if<ChatPrompt>(&f.prompt)) {
+    if (tools.choice == toolcall::Choice::None) return chat_ids(*chat, f.prompt_field, engine);
+    ChatPrompt with_tools = *chat;  // the template sees the tools unless tool_choice is "none" (as vLLM)
+    with_tools.tools = f.tools;
+    return chat_ids(with_tools, f.prompt_field, engine);
+  }
   if (const auto* ids = std::get_if<std::vector<int64_t>>(&f.prompt)) {
     if (ids->empty()) bad(f.prompt_field, quoted(f.prompt_field) + " must not be empty");
     return token_ids(*ids, f.prompt_field, engine.config().vocab_size);
@@ -125,6 +137,54 @@ std::shared_ptr<structured::TokenGrammar> response_grammar(const ResponseFormat&
   return std::make_shared<structured::TokenGrammar>(std::move(g), model.token_vocab_ptr());
 }
 
+// How the model writes tool calls: --tool-call-parser, else what its chat template teaches it.
+toolcall::Format tool_format(const ServedModel& model) {
+  if (!model.tool_call_parser.empty()) {
+    if (auto f = toolcall::format_named(model.tool_call_parser)) return *f;
+  }
+  const ModelChatTemplate* t = model.engine->chat_template();
+  if (t)
+    if (auto f = toolcall::format_of_template(t->template_for_tools().source())) return *f;
+  bad("tools", "this model's chat template has no tool-call format that stemserve knows; start the server with "
+               "--tool-call-parser (hermes, llama3_json or mistral), or force the call with 'tool_choice' "
+               "\"required\" or a named function");
+}
+
+// tools, tool_choice and parallel_tool_calls, checked; a forced call's grammar in `grammar`.
+toolcall::ToolRequest tool_request(const GenerationFields& f, const ServedModel& model,
+                                   std::shared_ptr<structured::TokenGrammar>& grammar) {
+  toolcall::ToolRequest r;
+  try {
+    std::vector<toolcall::Function> functions;
+    if (!f.tools.is_null()) functions = toolcall::check_tools(f.tools);
+    r = toolcall::check_tool_choice(f.tool_choice, std::move(functions), f.parallel_tool_calls.value_or(true));
+  } catch (const toolcall::ToolError& e) {
+    bad(e.param(), e.what());
+  }
+  if (r.choice == toolcall::Choice::Auto) r.format = tool_format(model);
+  if (r.choice != toolcall::Choice::Required && r.choice != toolcall::Choice::Named) return r;
+  if (f.response_format.type != "text")
+    bad("tool_choice", "'tool_choice' \"required\" or a named function cannot be combined with 'response_format'");
+  // The forced call is generated under its JSON schema: each function's parameters must be in
+  // the subset structured/ enforces.
+  for (size_t i = 0; i < r.functions.size(); ++i) {
+    if (r.choice == toolcall::Choice::Named && r.functions[i].name != r.named) continue;
+    const std::string where = "tools[" + std::to_string(i) + "].function.parameters";
+    try {
+      (void)structured::compile_json_schema(r.functions[i].parameters);
+    } catch (const structured::SchemaError& e) {
+      bad(where, quoted(where) + " (enforced for tool_choice \"required\" or a named function): " + e.what());
+    }
+  }
+  try {
+    grammar = std::make_shared<structured::TokenGrammar>(structured::compile_json_schema(toolcall::forced_schema(r)),
+                                                         model.token_vocab_ptr());
+  } catch (const structured::SchemaError& e) {
+    bad("tools", std::string("'tools': the forced tool call's schema: ") + e.what());
+  }
+  return r;
+}
+
 }  // namespace
 
 void check_model(const std::optional<std::string>& name, const ServedModel& model) {
@@ -138,7 +198,9 @@ ParsedGeneration build_generation(const GenerationFields& f, const ServedModel& 
   ParsedGeneration p;
   p.kind = std::holds_alternative<ChatPrompt>(f.prompt) ? ApiKind::Chat : ApiKind::Completion;
   GenerateRequest& r = p.request;
-  r.prompt = prompt_ids(f, engine);
+  std::shared_ptr<structured::TokenGrammar> tool_grammar;
+  p.tools = tool_request(f, model, tool_grammar);
+  r.prompt = prompt_ids(f, p.tools, engine);
   const int64_t prompt_len = static_cast<int64_t>(r.prompt.size()), context = engine.max_model_len();
   if (prompt_len == 0) bad(f.prompt_field, "the prompt is empty after tokenization");
   if (prompt_len >= context)
@@ -174,7 +236,7 @@ ParsedGeneration build_generation(const GenerationFields& f, const ServedModel& 
     if (*f.top_logprobs > 0 && !f.logprobs) bad(name, quoted(name) + " needs 'logprobs': true");
     p.top_logprobs = static_cast<int32_t>(*f.top_logprobs);
   }
-  r.sampling.grammar = response_grammar(f.response_format, model);
+  r.sampling.grammar = tool_grammar ? tool_grammar : response_grammar(f.response_format, model);
   r.sampling.logprobs = p.logprobs;
   r.sampling.top_logprobs = p.top_logprobs;
 

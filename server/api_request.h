@@ -17,6 +17,7 @@
 #include "engine/engine.h"
 #include "server/api_error.h"
 #include "structured/token_mask.h"
+#include "toolcall/tools.h"
 
 namespace stem {
 
@@ -31,6 +32,7 @@ struct ServedModel {
     std::shared_ptr<const structured::TokenVocab> vocab;
   };
   std::shared_ptr<Vocab> vocab = std::make_shared<Vocab>();
+  std::string tool_call_parser{};  // --tool-call-parser; empty: the chat template's format
   const structured::TokenVocab& token_vocab() const;
   std::shared_ptr<const structured::TokenVocab> token_vocab_ptr() const;
   bool matches(const std::string& model) const { return model == name || model == path; }
@@ -43,6 +45,7 @@ enum class ApiKind { Completion, Chat };
 // Chat messages, to be rendered with the model's chat template.
 struct ChatPrompt {
   nlohmann::ordered_json messages = nlohmann::ordered_json::array();  // [{role, content: string}]
+  nlohmann::ordered_json tools = nullptr;  // the template's `tools`: null, or the request's tool list
   bool add_generation_prompt = true;
 };
 // Text (tokenized with the tokenizer's special tokens), token ids, or chat messages.
@@ -51,7 +54,7 @@ using Prompt = std::variant<std::string, std::vector<int64_t>, ChatPrompt>;
 // response_format: "text" (the default), "json_object" (any JSON object) or "json_schema".
 struct ResponseFormat {
   std::string type = "text";
-  nlohmann::json schema = true;  // json_schema.schema (absent: any JSON value)
+  nlohmann::ordered_json schema = true;  // json_schema.schema (absent: any JSON value), in the sender's order
   std::string field = "response_format";  // how the front end names it in errors
 };
 
@@ -75,6 +78,9 @@ struct GenerationFields {
   std::optional<std::string> sparse_prefill;     // "stem" or "dense"; unset: the server's default
   std::optional<std::string> cache_salt;         // prefix-cache pages are shared only under the same salt
   ResponseFormat response_format;                // structured output (structured/)
+  nlohmann::ordered_json tools = nullptr;        // chat: OpenAI's tool definitions, as sent
+  nlohmann::ordered_json tool_choice = nullptr;  // null: "auto" with tools
+  std::optional<bool> parallel_tool_calls;       // default true
   bool stream = false;
   bool include_usage = false;
 };
@@ -87,6 +93,7 @@ struct ParsedGeneration {
   bool include_usage = false;  // stream_options.include_usage
   bool logprobs = false;       // report each token's logprob (and top_logprobs alternatives)
   int32_t top_logprobs = 0;
+  toolcall::ToolRequest tools;  // chat: the tools' choice and the parser that reads the answer back
 };
 
 // The one place a generation request's fields are checked; what it returns the engine accepts.

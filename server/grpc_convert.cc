@@ -8,7 +8,7 @@
 namespace stem {
 
 namespace v1 = stemserve::v1;
-using nlohmann::json;
+using json = nlohmann::ordered_json;  // a schema keeps its properties' order
 
 namespace {
 

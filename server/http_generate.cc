@@ -139,12 +139,14 @@ void handle_generation(HttpContext& ctx, ApiKind kind, const httplib::Request& r
           for (int32_t i = 0; i < n; ++i)
             if (!write(sse(builder->role_chunk(i)))) return false;
         const bool all = follow_events(*x, *probe, builder->id(), n, [&](const TokenEvent& e) {
-          ojson chunk = builder->add(e);
+          const std::vector<ojson> chunks = builder->add(e);
           if (e.finished && e.finish == FinishReason::Abort) {
             const ApiError err = abort_error(e.error);
             return write(sse(error_body(err.what(), err.type(), "", err.status())));
           }
-          return chunk.is_null() || write(sse(chunk));
+          for (const ojson& chunk : chunks)
+            if (!write(sse(chunk))) return false;
+          return true;
         });
         if (!all) return false;
         if (include_usage && !write(sse(builder->usage_chunk()))) return false;

@@ -165,6 +165,7 @@ void HttpServer::attach(const Engine& engine, EngineLoop& loop, ServerMetrics& m
   c.loop = &loop;
   c.metrics = &metrics;
   c.model = ServedModel::of(engine, impl_->options.served_model_name);
+  c.model.tool_call_parser = impl_->options.tool_call_parser;
   c.ready.store(true);
 }
 

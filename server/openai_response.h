@@ -18,9 +18,10 @@ class ResponseBuilder {
   ResponseBuilder(const ParsedGeneration& request, std::string model_name, const Tokenizer& tokenizer);
 
   const std::string& id() const { return id_; }
-  // Takes one event into its choice. Returns the stream chunk for it, or null when it carries
-  // nothing to send (text still held back, no logprobs wanted, not finished).
-  nlohmann::ordered_json add(const TokenEvent& event);
+  // Takes one event into its choice. Returns the stream chunks for it: none when it carries
+  // nothing to send (text still held back, no logprobs wanted, not finished), one as a rule, and
+  // with tools, a chunk per tool call and per piece of its arguments when the choice finishes.
+  std::vector<nlohmann::ordered_json> add(const TokenEvent& event);
   // Chat streams open each choice with a chunk carrying the assistant role.
   nlohmann::ordered_json role_chunk(int32_t index) const;
   // The last chunk when stream_options.include_usage: no choices, the usage.
@@ -38,12 +39,20 @@ class ResponseBuilder {
     nlohmann::ordered_json logprobs;  // accumulated (non-streamed)
     std::string finish_reason;
     nlohmann::ordered_json stop_reason = nullptr;
+    size_t streamed = 0;          // with tools: bytes of text sent as content
+    bool call_opened = false;     // a named tool_choice: the call's first chunk is sent
+    mutable std::vector<std::string> call_ids;  // made on first use, by a stream or the response
   };
+  const std::string& call_id(const Choice& c, size_t i) const;
+  nlohmann::ordered_json chunk_of(int32_t index, nlohmann::ordered_json delta, nlohmann::ordered_json logprobs) const;
+  std::vector<nlohmann::ordered_json> add_with_tools(Choice& c, const TokenEvent& e, nlohmann::ordered_json lp);
+  std::string finish_reason(const Choice& c, const toolcall::Answer& answer) const;
   nlohmann::ordered_json logprobs_of(const TokenEvent& e, int64_t text_offset) const;
   void merge_logprobs(nlohmann::ordered_json& into, const nlohmann::ordered_json& part) const;
   nlohmann::ordered_json envelope(const char* object) const;
 
   ApiKind kind_;
+  toolcall::ToolRequest tools_;
   bool logprobs_;
   bool include_usage_;
   std::string id_, model_;

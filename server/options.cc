@@ -177,6 +177,9 @@ CLI::App* add_serve_command(CLI::App& app, ServeOptions& o) {
               "Keep the KV pages of computed prompts and reuse them for later prompts with the same prefix (on by "
               "default; docs/prefix_caching.md)")
       ->envname("STEMSERVE_ENABLE_PREFIX_CACHING");
+  s->add_option("--tool-call-parser", api.tool_call_parser,
+                "How the model writes tool calls: hermes, llama3_json or mistral (default: from its chat template)")
+      ->check(CLI::IsMember({"hermes", "llama3_json", "mistral"}))->envname("STEMSERVE_TOOL_CALL_PARSER");
   add_load_flags(s, e);
   add_prefill_flags(s, e);
   // Defaults that depend on other flags, once every flag is read.

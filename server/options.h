@@ -22,6 +22,7 @@ struct ApiOptions {
   std::string api_key;      // empty: no auth
   std::string served_model_name;        // empty: the model folder's name
   int64_t max_request_bytes = 8 << 20;  // larger HTTP bodies get 413, gRPC messages RESOURCE_EXHAUSTED
+  std::string tool_call_parser;         // hermes, llama3_json or mistral; empty: from the chat template
   int http_threads = 0;     // connections served at once (a stream holds one); 0: the serve
                             // command sets max-num-seqs + max-queue + 16 once its flags are read
 };

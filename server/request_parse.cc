@@ -5,7 +5,7 @@
 
 namespace stem {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 namespace {
 
@@ -77,6 +77,30 @@ Prompt completion_prompt(const json& body) {
   bad("prompt", "'prompt' must be a string or a list of token ids, got " + one->dump());
 }
 
+// An assistant message's tool calls as the templates want them: each {"id", "type": "function",
+// "function": {"name", "arguments"}}, its arguments (OpenAI's JSON text) parsed into an object, as
+// vLLM passes them (the Qwen2.5 and Llama 3.1 templates write `arguments | tojson`).
+json history_calls(const json& calls, const std::string& where) {
+  if (!calls.is_array()) bad(where, where + " must be a list of tool calls");
+  json out = json::array();
+  for (size_t j = 0; j < calls.size(); ++j) {
+    const std::string w = where + "[" + std::to_string(j) + "]";
+    const json& c = calls[j];
+    const json* fn = c.is_object() ? field(c, "function") : nullptr;
+    if (!fn || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string())
+      bad(w, w + " must be {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}}");
+    json copy(c);
+    if (const json* args = field(*fn, "arguments"); args && args->is_string()) {
+      json parsed = json::parse(args->get<std::string>(), nullptr, false);
+      if (parsed.is_discarded() || !parsed.is_object())
+        bad(w + ".function.arguments", w + ".function.arguments must be a JSON object in a string");
+      copy["function"]["arguments"] = std::move(parsed);
+    }
+    out.push_back(std::move(copy));
+  }
+  return out;
+}
+
 // Messages as the chat template wants them: content as one string (text parts joined).
 ChatPrompt chat_prompt(const json& body) {
   const json* m = field(body, "messages");
@@ -108,6 +132,12 @@ ChatPrompt chat_prompt(const json& body) {
       copy["content"] = text;
     } else if (!content->is_string()) {
       bad(where + ".content", where + ".content must be a string or a list of text parts");
+    }
+    if (*role == "tool" && (!msg.contains("tool_call_id") || !msg["tool_call_id"].is_string()))
+      bad(where + ".tool_call_id", where + ".tool_call_id (a string) is required for a 'tool' message");
+    if (auto calls = msg.find("tool_calls"); calls != msg.end() && !calls->is_null()) {
+      if (*role != "assistant") bad(where + ".tool_calls", where + ".tool_calls is only for 'assistant' messages");
+      copy["tool_calls"] = history_calls(*calls, where + ".tool_calls");
     }
     out.push_back(std::move(copy));
   }
@@ -226,7 +256,16 @@ GenerationFields generation_fields(ApiKind kind, const json& body) {
   f.sparse_prefill = get_string(body, "sparse_prefill");  // stemserve's own field
   f.cache_salt = get_string(body, "cache_salt");          // as vLLM's
   f.response_format = response_format(body);
-  // Structured-output and tool fields of other servers we do not serve (yet).
+  if (kind == ApiKind::Chat) {
+    if (const json* tools = field(body, "tools")) f.tools = *tools;  // checked in build_generation
+    if (const json* choice = field(body, "tool_choice")) f.tool_choice = *choice;
+    f.parallel_tool_calls = get_bool(body, "parallel_tool_calls");
+  }
+  for (const char* name : {"tools", "tool_choice", "parallel_tool_calls"})
+    if (kind != ApiKind::Chat && field(body, name)) bad(name, std::string("'") + name + "' is for /v1/chat/completions");
+  for (const char* name : {"functions", "function_call"})
+    if (field(body, name)) bad(name, std::string("'") + name + "' (deprecated by OpenAI) is not supported; use 'tools'");
+  // Structured-output fields of other servers we do not serve (yet).
   for (const char* name : {"structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar"})
     if (field(body, name)) bad(name, std::string("'") + name + "' is not supported; use 'response_format'");
   f.stream = get_bool(body, "stream").value_or(false);

@@ -14,18 +14,19 @@ namespace stem {
 // Deepest nesting of arrays and objects a request body may have.
 constexpr int kMaxJsonDepth = 100;
 
-// Parses the JSON text; throws ApiError (400) when it is not JSON, not an object, or nested
+// Parses the JSON text, keeping its objects' key order (a template renders tool arguments and
+// schemas in the caller's order, as transformers does); throws ApiError (400) when it is not JSON, not an object, or nested
 // deeper than kMaxJsonDepth.
-nlohmann::json parse_json_body(const std::string& body);
+nlohmann::ordered_json parse_json_body(const std::string& body);
 
 // POST /v1/completions and /v1/chat/completions: the body's fields (types checked; the fields we
 // do not serve refused), then build_generation.
-GenerationFields generation_fields(ApiKind kind, const nlohmann::json& body);
-ParsedGeneration parse_generation(ApiKind kind, const nlohmann::json& body, const ServedModel& model);
+GenerationFields generation_fields(ApiKind kind, const nlohmann::ordered_json& body);
+ParsedGeneration parse_generation(ApiKind kind, const nlohmann::ordered_json& body, const ServedModel& model);
 
 // POST /tokenize: {"prompt": str} or {"messages": [...]}, optional add_special_tokens.
-std::vector<int32_t> parse_tokenize(const nlohmann::json& body, const ServedModel& model);
+std::vector<int32_t> parse_tokenize(const nlohmann::ordered_json& body, const ServedModel& model);
 // POST /detokenize: {"tokens": [int]}.
-std::vector<int32_t> parse_detokenize(const nlohmann::json& body, const ServedModel& model);
+std::vector<int32_t> parse_detokenize(const nlohmann::ordered_json& body, const ServedModel& model);
 
 }  // namespace stem

@@ -5,7 +5,7 @@
 
 namespace stem::structured {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 namespace {
 

@@ -33,8 +33,10 @@ class SchemaError : public std::runtime_error {
   std::string keyword_;
 };
 
-// The grammar of the JSON texts the schema accepts. `true` and {} accept any JSON value.
-Grammar compile_json_schema(const nlohmann::json& schema);
+// The grammar of the JSON texts the schema accepts. `true` and {} accept any JSON value. An object's
+// properties are generated in the order the schema lists them (a plain nlohmann::json converts,
+// its keys sorted).
+Grammar compile_json_schema(const nlohmann::ordered_json& schema);
 // Any JSON object (response_format json_object).
 Grammar any_json_object();
 

@@ -77,6 +77,8 @@ class ModelChatTemplate {
   std::string render(const ChatTemplateInputs& inputs) const;
 
   const ChatTemplate& main_template() const { return main_; }
+  // The template render() uses when tools are given: "tool_use" when the model has one.
+  const ChatTemplate& template_for_tools() const { return tool_use_ ? *tool_use_ : main_; }
   const std::optional<std::string>& bos_token() const { return bos_token_; }
   const std::optional<std::string>& eos_token() const { return eos_token_; }
   void set_clock(const ChatTemplate::Clock& clock);

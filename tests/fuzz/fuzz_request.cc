@@ -30,7 +30,7 @@ const Fixture& fixture() {
   return f;
 }
 
-void check_generation(stem::ApiKind kind, const nlohmann::json& body) {
+void check_generation(stem::ApiKind kind, const nlohmann::ordered_json& body) {
   const Fixture& f = fixture();
   stem::fuzz::expect_ok_or_error([&] {
     const stem::ParsedGeneration p = stem::parse_generation(kind, body, f.model);
@@ -54,7 +54,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const Fixture& f = fixture();
-  nlohmann::json body;
+  nlohmann::ordered_json body;
   try {
     body = stem::parse_json_body(std::string(reinterpret_cast<const char*>(data), size));
   } catch (const stem::ApiError&) {

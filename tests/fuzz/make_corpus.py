@@ -114,6 +114,16 @@ for i, b in enumerate(bodies):
     write(d, f"body_{i}", json.dumps(b))
 write(d, "body_response_format", json.dumps({"messages": [{"role": "user", "content": "x"}], "response_format": {
     "type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}}}))
+weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+for name, extra in {"named": {"type": "function", "function": {"name": "get_weather"}}, "required": "required",
+                    "none": "none"}.items():
+    write(d, f"body_tools_{name}", json.dumps({"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "cold"}],
+        "tools": [weather], "tool_choice": extra, "parallel_tool_calls": False}))
 
 # fuzz_json_schema: a schema on the first line, then the bytes that steer a walk through its grammar.
 d = target("fuzz_json_schema")
@@ -133,4 +143,24 @@ schemas = {
 }
 for name, schema in schemas.items():
     write(d, name, json.dumps(schema).encode() + b"\n" + steer)
+
+# fuzz_tool_calls: a mode byte (0 Hermes, 1 Llama-3 JSON, 2 Mistral: a model's output follows; 3: a
+# tools list on the first line, then a "required" answer), as the models write their calls.
+d = target("fuzz_tool_calls")
+outputs = {
+    "hermes": (0, 'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+                  '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>'),
+    "hermes_open": (0, '<tool_call>\n{"name": "f", "arguments": "{\\"x\\": [1, {\\"y\\": null}]}"}'),
+    "hermes_text": (0, "Just words, a < b and <tool"),
+    "llama": (1, '{"name": "get_weather", "parameters": {"city": "Oslo"}}; {"name": "now", "parameters": {}}'),
+    "llama_tag": (1, 'Sure.<|python_tag|>{"name": "f", "parameters": {"q": "}{"}}'),
+    "mistral": (2, 'Sure. [TOOL_CALLS] [{"name": "f", "arguments": {"a": 1.5e3}}, {"name": "g", "arguments": {}}]'),
+}
+for name, (mode, text) in outputs.items():
+    write(d, name, bytes([mode]) + text.encode())
+tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+         {"type": "function", "function": {"name": "now"}}]
+write(d, "tools", bytes([3]) + json.dumps(tools).encode() + b'\n[{"name":"get_weather","parameters":{"city":"x"}}]')
+write(d, "tools_bad", bytes([3]) + b'[{"type": "function", "function": {"name": "a b"}}]\n[]')
 print("corpora written under", OUT)

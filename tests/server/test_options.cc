@@ -163,3 +163,10 @@ TEST_CASE("quantization: --quantization fp8 lands in the engine's options, on se
   CHECK(parse_serve({"--model", "m"}).engine.quantization.empty());
   CHECK_THROWS(parse_serve({"--model", "m", "--quantization", "int8"}));
 }
+
+TEST_CASE("the tool-call parser (--tool-call-parser) names one of the served formats") {
+  CHECK(parse_serve({"--model", "m"}).api.tool_call_parser.empty());  // from the chat template
+  for (const char* f : {"hermes", "llama3_json", "mistral"})
+    CHECK(parse_serve({"--model", "m", "--tool-call-parser", f}).api.tool_call_parser == f);
+  CHECK_THROWS(parse_serve({"--model", "m", "--tool-call-parser", "pythonic"}));
+}

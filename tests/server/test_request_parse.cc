@@ -141,7 +141,7 @@ TEST_CASE("response builder: events become choices, stream chunks and usage") {
     e.finished = finished;
     return e;
   };
-  json c0 = rb.add(token(0, 19556, "Hello", 1));
+  json c0 = rb.add(token(0, 19556, "Hello", 1)).at(0);
   CHECK(c0["object"] == "chat.completion.chunk");
   CHECK(c0["choices"][0]["delta"]["content"] == "Hello");
   CHECK(c0["choices"][0]["logprobs"]["content"][0]["token"] == "Hello");
@@ -149,7 +149,7 @@ TEST_CASE("response builder: events become choices, stream chunks and usage") {
   TokenEvent stop = token(0, 2, "", 2, true);
   stop.finish = FinishReason::Stop;
   stop.stop_reason = "2";
-  json c1 = rb.add(stop);
+  json c1 = rb.add(stop).at(0);
   CHECK(c1["choices"][0]["finish_reason"] == "stop");
   CHECK(c1["choices"][0]["stop_reason"] == 2);
   TokenEvent len = token(1, 905, " world", 1, true);
