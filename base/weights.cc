@@ -98,14 +98,17 @@ void convert_to_f32(const TensorInfo& t, float* out) {
   const int64_t n = t.numel();
   switch (t.dtype) {
     case DType::F32: std::memcpy(out, t.data, n * 4); break;
-    case DType::BF16: {
-      const auto* p = static_cast<const uint16_t*>(t.data);
-      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(p[i]);
-      break;
-    }
+    // A safetensors file packs its tensors back to back, so a 16-bit tensor after an odd-sized
+    // one (FP8 codes) starts at an odd address: read it bytewise, never through a uint16_t*.
+    case DType::BF16:
     case DType::F16: {
-      const auto* p = static_cast<const uint16_t*>(t.data);
-      for (int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(p[i]);
+      const auto* p = static_cast<const unsigned char*>(t.data);
+      const bool bf16 = t.dtype == DType::BF16;
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t v;
+        std::memcpy(&v, p + 2 * i, 2);
+        out[i] = bf16 ? bf16_to_f32(v) : f16_to_f32(v);
+      }
       break;
     }
     default: throw Error("tensor '" + t.name + "': cannot convert " + dtype_name(t.dtype) + " to f32");
