@@ -6,6 +6,13 @@
 
 namespace stem {
 
+StemSettings stem_served_settings() {
+  StemSettings s;
+  s.selector = StemSelector::Threshold;
+  s.threshold = kStemServedThreshold;
+  return s;
+}
+
 namespace {
 
 // How the model is loaded, the same flags on generate and serve.

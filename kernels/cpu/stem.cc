@@ -43,13 +43,6 @@ StemSelector parse_stem_selector(std::string_view name) {
   throw Error("Stem: unknown selector '" + std::string(name) + "' (topk, threshold, none, adaptive)");
 }
 
-StemSettings stem_served_settings() {
-  StemSettings s;
-  s.selector = StemSelector::Threshold;
-  s.threshold = kStemServedThreshold;
-  return s;
-}
-
 std::string stem_selection_name(const StemSettings& s) {
   auto num = [](double x) {
     std::string t = std::to_string(x);

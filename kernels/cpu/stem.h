@@ -48,16 +48,6 @@ struct StemSettings {
   double threshold = 0.9;      // Threshold, Adaptive: the softmax mass of a row's block scores to keep, (0, 1]
 };
 
-// The settings stemserve serves by default (server/options.cc), where StemSettings{} is the paper's
-// method, the reference the tests check against. Stem's estimate and value bonus with the threshold
-// selector at 0.8738 of the softmax mass: calibrated to 25% of the causal blocks at 32K on
-// Qwen2.5-Coder-1.5B-Instruct, it scored 55.5 on the RULER-style average against the paper
-// schedule's 41.6 (dense 59.1; 300 answers each) with 58.8 against 68.8 ms of attention on the H100
-// (bench/RESULTS.md, "Long-context accuracy"); and its selection is causal, so prefix caching shares
-// Stem's pages.
-constexpr double kStemServedThreshold = 0.8738;
-StemSettings stem_served_settings();
-
 // How the settings select, in words for logs: "threshold 0.8738", "topk (paper schedule, alpha 0.7,
 // budget rate 1)", "topk (causal schedule, budget rate 1)", "none".
 std::string stem_selection_name(const StemSettings& settings);

@@ -310,14 +310,11 @@ TEST_CASE("causal selections: a prompt's blocks select the same keys as in any l
     CHECK(alone == shared);
 }
 
-TEST_CASE("the served settings: Stem's score with the threshold selector, causal; named for the logs") {
-  const StemSettings served = stem_served_settings();
-  check_stem_settings(served);
-  CHECK(served.selector == StemSelector::Threshold);
-  CHECK(served.threshold == kStemServedThreshold);
-  CHECK(served.lambda == StemSettings{}.lambda);  // the value bonus kept
-  CHECK(stem_selection_causal(served));
-  CHECK(stem_selection_name(served) == "threshold 0.8738");
+TEST_CASE("the selection named for the logs") {
+  StemSettings threshold;
+  threshold.selector = StemSelector::Threshold;
+  threshold.threshold = 0.8738;
+  CHECK(stem_selection_name(threshold) == "threshold 0.8738");
   CHECK(stem_selection_name(StemSettings{}) == "topk (paper schedule, alpha 0.7, budget rate 1)");
   StemSettings causal;
   causal.causal = true;

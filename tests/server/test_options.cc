@@ -127,6 +127,10 @@ TEST_CASE("the Stem selector, threshold and schedule flags, checked as the engin
   CHECK(d.engine.stem.selector == StemSelector::Threshold);
   CHECK(d.engine.stem.threshold == e.threshold);
   CHECK(d.engine.stem.causal == e.causal);
+  CHECK(e.threshold == kStemServedThreshold);
+  CHECK(e.lambda == StemSettings{}.lambda);  // the value bonus kept
+  CHECK(stem_selection_causal(e));
+  check_stem_settings(e);
   CHECK(parse_generate({"--model", "m", "--prompt", "hi"}).engine.stem.selector == StemSelector::Threshold);
   // The paper's method, chosen by flag.
   const ServeOptions paper = parse_serve({"--model", "m", "--stem-selector", "topk"});
