@@ -72,6 +72,13 @@ Method make_method(const std::string& family, double target, double value, int64
     m.settings.selector = StemSelector::Threshold;
     if (family == "stem-mass-fine") m.settings.stride = 4;
     if (family == "stem-mass-deep") m.settings.dense_layers = 4;
+  } else if (family == "stem-mass-tail" || family == "stem-mass-tail4") {
+    // The threshold on Stem's score with the prompt's last query blocks dense (2 or 4 blocks:
+    // 256 or 512 tokens): the question and the template's turn end, whose rows make the first
+    // answer token, see every key block.
+    m.knob = Knob::Threshold;
+    m.settings.selector = StemSelector::Threshold;
+    m.settings.dense_tail_blocks = family == "stem-mass-tail4" ? 4 : 2;
   } else if (family == "stem-causal") {
     // The causal schedule (StemSettings::causal): row i keeps the start budget of a prompt of i + 1
     // blocks, whatever follows, so a cached prefix's K/V is a fresh prefill's (issue 17).
@@ -94,7 +101,7 @@ Method make_method(const std::string& family, double target, double value, int64
   } else {
     throw Error("unknown method family '" + family +
                 "' (dense, stem, stem-no-bonus, stem-no-decay, uniform-topk, sink-window, xattention, stem-mass, "
-                "stem-mass-fine, stem-mass-deep, stem-causal, stem-hpc, stem-adaptive)");
+                "stem-mass-fine, stem-mass-deep, stem-mass-tail, stem-mass-tail4, stem-causal, stem-hpc, stem-adaptive)");
   }
   if (small_always && m.sparse && target > 0 && target < kLowDensity) {
     m.settings.sink_blocks = 2;
@@ -127,7 +134,7 @@ std::vector<Method> long_methods(const std::vector<double>& targets, int64_t min
   for (double t : targets)
     for (const char* family :
          {"stem", "stem-no-bonus", "stem-no-decay", "uniform-topk", "xattention", "stem-mass", "stem-mass-fine",
-          "stem-mass-deep", "stem-causal", "sink-window", "stem-hpc", "stem-adaptive"})
+          "stem-mass-deep", "stem-mass-tail", "stem-mass-tail4", "stem-causal", "sink-window", "stem-hpc", "stem-adaptive"})
       methods.push_back(make_method(family, t, 0, min_prompt_len, false));
   return methods;
 }
@@ -152,7 +159,8 @@ nlohmann::json to_json(const Method& m) {
                      {"alpha", s.alpha}, {"lambda", s.lambda}, {"position_decay", s.position_decay},
                      {"causal", s.causal},
                      {"threshold", s.threshold}, {"sink_blocks", s.sink_blocks}, {"window_blocks", s.window_blocks},
-                     {"dense_layers", s.dense_layers}, {"min_prompt_len", s.min_prompt_len}};
+                     {"dense_layers", s.dense_layers}, {"min_prompt_len", s.min_prompt_len},
+                     {"dense_tail_blocks", s.dense_tail_blocks}};
   if (!m.calibration.is_null()) j["calibration"] = m.calibration;
   return j;
 }
@@ -177,6 +185,7 @@ Method method_from_json(const nlohmann::json& j) {
   st.window_blocks = s.at("window_blocks");
   st.dense_layers = s.at("dense_layers");
   st.min_prompt_len = s.at("min_prompt_len");
+  st.dense_tail_blocks = s.value("dense_tail_blocks", int64_t{0});  // records made before the tail have none
   check_stem_settings(st);
   return m;
 }

@@ -38,6 +38,8 @@ FAMILIES = {
     "stem-causal": "Stem, causal schedule (k(i) = k_s of i + 1 blocks)",
     "stem-mass-fine": "threshold on Stem's score, stride 4",
     "stem-mass-deep": "threshold on Stem's score, 4 dense layers",
+    "stem-mass-tail": "threshold on Stem's score, last 2 query blocks dense",
+    "stem-mass-tail4": "threshold on Stem's score, last 4 query blocks dense",
     "sink-window": "sink + window",
     "stem-adaptive": "Stem adaptive (threshold within the decay envelope)",
 }

@@ -25,6 +25,7 @@ void check_stem_settings(const StemSettings& s) {
              "Stem: unknown selector ", static_cast<int>(s.selector));
   STEM_CHECK(s.threshold > 0 && s.threshold <= 1, "Stem: the threshold (softmax mass to keep) must be in (0, 1], got ",
              s.threshold);
+  STEM_CHECK(s.dense_tail_blocks >= 0, "Stem: dense tail blocks must be >= 0, got ", s.dense_tail_blocks);
 }
 
 const char* stem_selector_name(StemSelector selector) {
@@ -52,11 +53,12 @@ std::string stem_selection_name(const StemSettings& s) {
   };
   const std::string budget = s.causal ? "causal schedule, budget rate " + num(s.budget_rate)
                                       : "paper schedule, alpha " + num(s.alpha) + ", budget rate " + num(s.budget_rate);
+  const std::string tail = s.dense_tail_blocks > 0 ? ", dense tail " + std::to_string(s.dense_tail_blocks) : "";
   switch (s.selector) {
-    case StemSelector::Threshold: return "threshold " + num(s.threshold);
-    case StemSelector::None: return "none";
-    case StemSelector::TopK: return "topk (" + budget + ")";
-    case StemSelector::Adaptive: return "adaptive " + num(s.threshold) + " (" + budget + ")";
+    case StemSelector::Threshold: return "threshold " + num(s.threshold) + tail;
+    case StemSelector::None: return "none" + tail;
+    case StemSelector::TopK: return "topk (" + budget + ")" + tail;
+    case StemSelector::Adaptive: return "adaptive " + num(s.threshold) + " (" + budget + ")" + tail;
   }
   return "?";
 }
@@ -114,6 +116,7 @@ int64_t stem_uniform_budget(int64_t nb, const StemSettings& settings) {
 }
 
 bool stem_selection_causal(const StemSettings& settings) {
+  if (settings.dense_tail_blocks > 0) return false;
   return settings.causal || settings.selector == StemSelector::Threshold || settings.selector == StemSelector::None;
 }
 
@@ -158,7 +161,7 @@ std::vector<StemQueryBlock> stem_query_blocks(std::span<const int32_t> kv_lens, 
                  : settings.position_decay ? decayed_row_budget(nb, i, settings)
                                            : uniform;
       const bool drops = top_k ? budget < i + 1 : i + 1 > always;
-      if (stem_sequence && whole && i < nb && drops) {
+      if (stem_sequence && whole && i < nb - settings.dense_tail_blocks && drops) {
         b.sparse = true;
         b.budget = top_k ? static_cast<int32_t>(budget) : 0;
         b.key_end = static_cast<int32_t>(end);

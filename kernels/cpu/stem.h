@@ -46,6 +46,11 @@ struct StemSettings {
   // the first 55 blocks stay dense; alpha and position_decay are unused.
   bool causal = false;
   double threshold = 0.9;      // Threshold, Adaptive: the softmax mass of a row's block scores to keep, (0, 1]
+  // The last tail_blocks query blocks of a prompt stay dense (0: none). They hold the end of the
+  // prompt (a question, the turn being answered), whose rows make the first token; a dense row costs
+  // about 1/nb of the causal blocks. The tail depends on the prompt's length, so a selection with a
+  // tail is not causal (stem_selection_causal).
+  int64_t dense_tail_blocks = 0;
 };
 
 // How the settings select, in words for logs: "threshold 0.8738", "topk (paper schedule, alpha 0.7,
@@ -67,7 +72,8 @@ constexpr double kStemBudgetBase = 30;
 constexpr double kStemValueEpsilon = 1e-6;
 
 // Whether a block's selection depends only on its own and earlier blocks (never on the prompt's
-// total length): the Threshold and None selectors, and TopK/Adaptive under the causal schedule.
+// total length): the Threshold and None selectors, and TopK/Adaptive under the causal schedule;
+// never with a dense tail.
 // Then a sparse prefill's K/V of a whole block is the same in every prompt that starts with it.
 bool stem_selection_causal(const StemSettings& settings);
 

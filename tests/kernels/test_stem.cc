@@ -166,6 +166,39 @@ TEST_CASE("stem step layout: which query blocks are sparse") {
   CHECK_FALSE(blocks[0].sparse);
 }
 
+TEST_CASE("stem dense tail: a prompt's last query blocks stay dense, whatever the chunking") {
+  StemSettings st;
+  st.min_prompt_len = 1000;
+  st.selector = StemSelector::Threshold;
+  st.dense_tail_blocks = 2;
+  CHECK_FALSE(stem_selection_causal(st));  // the tail moves with the prompt's length
+  CHECK(stem_selection_name(st) == "threshold 0.9, dense tail 2");
+  st.dense_tail_blocks = -1;
+  STEM_CHECK_ERROR(check_stem_settings(st), "dense tail");
+  st.dense_tail_blocks = 2;
+  // A 9000-token prompt (nb = 71): under the threshold blocks 8..68 are sparse, 69 and 70 dense.
+  std::vector<int32_t> lens = {9000}, starts = {0, 9000}, prompts = {9000};
+  std::vector<StemQueryBlock> blocks = stem_query_blocks(lens, starts, prompts, 0, st);
+  REQUIRE(blocks.size() == 71);
+  for (const StemQueryBlock& b : blocks) {
+    INFO("block " << b.block);
+    CHECK(b.sparse == (b.block >= 8 && b.block <= 68));
+    if (!b.sparse) CHECK(b.list_bound == b.block + 1);
+  }
+  // The last chunk [8000, 9000) of the same prompt: the tail is the whole prompt's, not the chunk's.
+  lens = {9000}, starts = {0, 1000};
+  blocks = stem_query_blocks(lens, starts, prompts, 0, st);
+  REQUIRE(blocks.size() == 9);
+  for (const StemQueryBlock& b : blocks) {
+    INFO("block " << b.block);
+    CHECK(b.sparse == (b.block >= 63 && b.block <= 68));
+  }
+  // A tail longer than the prompt leaves every block dense.
+  st.dense_tail_blocks = 100;
+  lens = {9000}, starts = {0, 9000};
+  for (const StemQueryBlock& b : stem_query_blocks(lens, starts, prompts, 0, st)) CHECK_FALSE(b.sparse);
+}
+
 TEST_CASE("stem pooled estimate equals the materialised antidiagonal estimate") {
   const uint64_t seed = ktest::test_seed();
   INFO("seed " << seed);
