@@ -16,7 +16,7 @@
 //   bench_model [--config F] [--ttft 8192,32768,...] [--chunk N] [--sparse-prefill dense|stem|both]
 //               [--batches 1,8,64,256] [--contexts 1024,32768] [--steps N] [--gpu-memory-fraction F]
 //               [--json FILE] [--profile] [--runs N]   (an empty list, e.g. --batches '', skips that part)
-//               [--stem-selector topk|threshold|adaptive|none] [--stem-threshold X]
+//               [--stem-selector topk|threshold|adaptive|none] [--stem-threshold X] [--stem-dense-tail N]
 // Stem runs the paper's method (StemSettings{}) unless the selector flags say otherwise (the served
 // default: --stem-selector threshold --stem-threshold 0.8738).
 // --runs N: TTFT runs per prompt and mode (the median is printed); default 3 up to 32K, 1 beyond.
@@ -74,6 +74,7 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--runs") a.runs = std::stoi(v);
     else if (k == "--stem-selector") a.stem.selector = parse_stem_selector(v);
     else if (k == "--stem-threshold") a.stem.threshold = std::stod(v);
+    else if (k == "--stem-dense-tail") a.stem.dense_tail_blocks = std::stoll(v);
     else throw Error("unknown argument " + k);
   });
   if (a.sparse_prefill != "dense" && a.sparse_prefill != "stem" && a.sparse_prefill != "both")

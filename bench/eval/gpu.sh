@@ -64,6 +64,7 @@ pack() {
   sha="$(sha256sum "$model/tokenizer.json" | cut -c1-16)"
   data="$root/build-eval-data/$sha"
   if [ ! -f "$data/index.json" ]; then
+    mkdir -p "$root/build-eval-data"
     echo "gpu.sh pack: making the prompts for $name's tokenizer into $data (about 10 minutes)"
     "$python" "$root/bench/eval/make_tasks.py" --model "$model" --out "$data.tmp" 2> "$data.log" ||
       { tail -n 20 "$data.log"; echo "gpu.sh pack: make_tasks.py failed"; exit 1; }

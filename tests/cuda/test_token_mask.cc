@@ -29,7 +29,8 @@ TEST_CASE("cuda token masks match the CPU twin") {
     masks[2 * words + w] = -1;
   }
   std::vector<int32_t> which(static_cast<size_t>(rows));
-  for (int64_t r = 0; r < rows; ++r) which[r] = static_cast<int32_t>(r % (n_masks + 1)) - 1;  // -1, 0, 1, 2, ...
+  // -1 (unmasked), 0, 1, 2, -1, ...; a single row takes the sparse mask, so that something is masked.
+  for (int64_t r = 0; r < rows; ++r) which[r] = rows == 1 ? 0 : static_cast<int32_t>(r % (n_masks + 1)) - 1;
 
   std::vector<float> want = logits;
   cpu::apply_token_mask(ktest::column_slice(want.data(), rows, width, 0, vocab),
