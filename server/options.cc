@@ -80,6 +80,10 @@ void add_prefill_flags(CLI::App* cmd, EngineOptions& e) {
          "start budget of a prompt that ends with it, so prefix caching shares Stem's pages)")
       ->check(CLI::IsMember({"paper", "causal"}))->envname("STEMSERVE_STEM_SCHEDULE")
       ->default_str(st.causal ? "causal" : "paper");
+  cmd->add_option("--stem-dense-tail", st.dense_tail_blocks, "The last query blocks of a prompt that stay dense "
+                  "(the question the answer comes from); a selection with a tail is not causal, so prefix caching "
+                  "keeps only the blocks Stem computes densely")
+      ->check(CLI::NonNegativeNumber)->envname("STEMSERVE_STEM_DENSE_TAIL")->capture_default_str();
   // Every flag read (environment included): the settings' own check, as the engine makes it.
   cmd->parse_complete_callback([&st] {
     try {

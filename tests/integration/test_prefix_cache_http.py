@@ -78,3 +78,42 @@ def test_prefix_caching_can_be_turned_off(make_server):
     m = server.metrics()
     assert m["stemserve_prefix_cache_hits_total"] == 0
     assert m["stemserve_prefix_cache_pages"] == 0
+
+
+# Stem through the real server (docs/prefix_caching.md, "Stem: what a cache hit does"): a ~390-token
+# prompt is 4 blocks of 128; with one sink and one window block, blocks 2 and 3 are selected
+# sparsely (--stem-min-prompt-len 256).
+STEM_FLAGS = ("--sparse-prefill", "stem", "--stem-min-prompt-len", "256", "--stem-sink-blocks", "1",
+              "--stem-window-blocks", "1", "--log-level", "debug", "--kv-cache-tokens", "4096")
+COUNTING = ", ".join(str(i) for i in range(1, 100))
+
+
+def test_a_causal_stem_prefill_is_cached_in_whole_blocks(make_server):
+    # The threshold selector is causal: a block's selection depends on the blocks before it only,
+    # so every whole prompt block (0..2) is cached and a hit restarts on a block boundary.
+    server = make_server(*STEM_FLAGS, "--stem-selector", "threshold", "--stem-threshold", "0.5")
+    body = {"prompt": COUNTING, "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    first = httpx.post(server.url + "/v1/completions", json=body, timeout=120).json()
+    prompt_tokens = first["usage"]["prompt_tokens"]
+    assert 384 < prompt_tokens < 512
+    sparse = server.log_text().count("stem: ")
+    assert sparse >= 1 and cached(first) == 0
+    again = httpx.post(server.url + "/v1/completions", json=body, timeout=120).json()
+    assert cached(again) == 384  # blocks 0..2; block 3, the partial last one, is computed again
+    assert again["choices"][0]["text"] == first["choices"][0]["text"]
+    assert first["choices"][0]["text"].startswith(", 100"), first
+    assert server.log_text().count("stem: ") > sparse  # block 3 again with Stem, on the cached blocks
+    server.wait_metric("stemserve_kv_cache_used_pages", lambda v: v == 0)
+
+
+def test_the_paper_schedule_shares_only_its_dense_leading_blocks(make_server):
+    # The paper's top-k schedule depends on the prompt's length: only the leading blocks it keeps
+    # dense (here block 0: k_s = 4 blocks · budget rate 0.25 = 1) are cached.
+    server = make_server(*STEM_FLAGS, "--stem-selector", "topk", "--stem-schedule", "paper",
+                         "--stem-budget-rate", "0.25")
+    body = {"prompt": COUNTING, "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    first = httpx.post(server.url + "/v1/completions", json=body, timeout=120).json()
+    again = httpx.post(server.url + "/v1/completions", json=body, timeout=120).json()
+    assert cached(first) == 0 and cached(again) == 128
+    assert again["choices"][0]["text"] == first["choices"][0]["text"]
+    server.wait_metric("stemserve_kv_cache_used_pages", lambda v: v == 0)
