@@ -6,6 +6,13 @@
 // B = a (K×M, not transposed, ldb = a's row stride), D = out (N×M, ldd = out's row stride), and
 // its m, n, k = our N, M, K. This "TN" form is the one cuBLAS runs fastest, and it makes the
 // bias (one value per row of D, i.e. per output feature N) exactly what the BIAS epilogue adds.
+//
+// FP8 (fp8_matmul): the same TN form, which cuBLASLt's FP8 kernels on Ada and Hopper require (A
+// transposed, B not), with A = w and B = a in CUDA_R_8F_E4M3. Their scales are vectors
+// (CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F: "each (i, j)-th element of product of A and B is
+// multiplied by i-th element of A scale and j-th element of B scale", A's having m and B's n
+// elements): A's scale is w_scale (our N, the output channels) and B's is a_scale (our M, the tokens).
+#include <cuda_bf16.h>
 #include <cublasLt.h>
 
 #include <algorithm>
@@ -41,6 +48,7 @@ struct PlanKey {
   DType out_dtype;
   bool has_bias;
   uint32_t align_a, align_w, align_out, align_bias;
+  bool fp8 = false;  // E4M3 operands with a scale vector each (fp8_matmul)
   auto operator<=>(const PlanKey&) const = default;
 };
 
@@ -106,7 +114,29 @@ struct Operands {
   const void* a;
   void* out;
   cudaStream_t stream;
+  const void* w_scale = nullptr;  // FP8: cuBLASLt's A scale (a vector of N)
+  const void* a_scale = nullptr;  // FP8: cuBLASLt's B scale (a vector of M)
 };
+
+// FP8: the two scale vectors of this call, set on the plan's descriptor (read by cublasLtMatmul
+// at launch, so each call sets its own, as the bias pointer).
+void set_scale_pointers(cublasLtMatmulDesc_t desc, const Operands& ops) {
+  STEM_CUBLASLT_CHECK(
+      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ops.w_scale, sizeof ops.w_scale));
+  STEM_CUBLASLT_CHECK(
+      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &ops.a_scale, sizeof ops.a_scale));
+}
+
+// out[m, n] += bias[n] (bf16, out row-strided): the FP8 GEMM's bias. Not cuBLASLt's BIAS epilogue:
+// whether its FP8 kernels with per-row/per-column scales take one, and whether they add it before
+// or after the scales, is not documented; a kernel of ours after the GEMM is certain (one more
+// bf16 rounding, and a launch for the models with biases, Qwen2's qkv).
+__global__ void add_bias_kernel(__nv_bfloat16* out, int64_t ld, const __nv_bfloat16* bias, int64_t m, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= m * n) return;
+  __nv_bfloat16* o = out + (i / n) * ld + i % n;
+  *o = __float2bfloat16_rn(__bfloat162float(*o) + __bfloat162float(bias[i % n]));
+}
 
 }  // namespace
 
@@ -148,12 +178,27 @@ struct GemmContext::Impl {
     if (plans.size() >= kMaxPlans) plans.clear();
     auto plan = std::make_unique<Plan>();
     const cudaDataType_t out_type = key.out_dtype == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
+    const cudaDataType_t in_type = key.fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
     STEM_CUBLASLT_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t trans_w = CUBLAS_OP_T, trans_a = CUBLAS_OP_N;
     STEM_CUBLASLT_CHECK(
         cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_w, sizeof trans_w));
     STEM_CUBLASLT_CHECK(
         cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_a, sizeof trans_a));
+    if (key.fp8) {
+      const int32_t outer_vec = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+      STEM_CUBLASLT_CHECK(
+          cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &outer_vec, sizeof outer_vec));
+      STEM_CUBLASLT_CHECK(
+          cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &outer_vec, sizeof outer_vec));
+      // Fast accumulation off (the default, set to say so): the tensor cores' partial sums are
+      // promoted to f32 as the CPU twin sums.
+      const int8_t fast_accum = 0;
+      STEM_CUBLASLT_CHECK(
+          cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast_accum, sizeof fast_accum));
+      set_scale_pointers(plan->desc, ops);
+    }
+    STEM_CHECK(!(key.fp8 && key.has_bias), "fp8_matmul: the bias is added after cuBLASLt, not in its epilogue");
     if (key.has_bias) {
       const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
       const auto bias_type = static_cast<int32_t>(out_type);
@@ -165,8 +210,8 @@ struct GemmContext::Impl {
       STEM_CUBLASLT_CHECK(
           cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     }
-    STEM_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan->w_layout, CUDA_R_16BF, key.k, key.n, key.ldw));
-    STEM_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan->a_layout, CUDA_R_16BF, key.k, key.m, key.lda));
+    STEM_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan->w_layout, in_type, key.k, key.n, key.ldw));
+    STEM_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan->a_layout, in_type, key.k, key.m, key.lda));
     STEM_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan->out_layout, out_type, key.n, key.m, key.ldo));
 
     cublasLtMatmulPreference_t pref = nullptr;
@@ -188,8 +233,12 @@ struct GemmContext::Impl {
                                        plan->out_layout, pref, kTuneCandidates, results, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     STEM_CHECK((status == CUBLAS_STATUS_SUCCESS || status == CUBLAS_STATUS_NOT_SUPPORTED) && found > 0,
-               "matmul: cuBLASLt found no algorithm for M=", key.m, " N=", key.n, " K=", key.k, " (lda ", key.lda,
-               ", ldw ", key.ldw, ", ldo ", key.ldo, ", out ", dtype_name(key.out_dtype), key.has_bias ? ", bias" : "",
+               key.fp8 ? "fp8_matmul" : "matmul", ": cuBLASLt found no algorithm for M=", key.m, " N=", key.n,
+               " K=", key.k, " (lda ", key.lda, ", ldw ", key.ldw, ", ldo ", key.ldo, ", out ",
+               dtype_name(key.out_dtype), key.has_bias ? ", bias" : "",
+               key.fp8 ? ", E4M3 operands with per-row/per-column f32 scales (OUTER_VEC_32F, cuBLAS 12.9+ on "
+                         "compute capability 9.0); run the model without --quantization fp8 (bf16)"
+                       : "",
                "): ", cublasLtGetStatusString(status));
     plan->algo = results[0].algo;
     if (tune && key.m <= kTuneMaxRows) {
@@ -311,6 +360,63 @@ void matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const 
     STEM_CUBLASLT_CHECK(
         cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias.data, sizeof bias.data));
   STEM_CUBLASLT_CHECK(impl.run(plan, plan.algo, ops));
+}
+
+void fp8_matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const TensorView& a_scale,
+                const TensorView& w, const TensorView& w_scale, const TensorView& bias, cudaStream_t stream) {
+  cpu::check_rows(out, "fp8_matmul out", DType::BF16, 2);
+  cpu::check_rows(a, "fp8_matmul a", DType::F8E4M3, 2);
+  cpu::check_rows(w, "fp8_matmul w", DType::F8E4M3, 2);
+  const int64_t m = a.shape[0], k = a.shape[1], n = w.shape[0];
+  STEM_CHECK(w.shape[1] == k, "fp8_matmul: w ", w.str(), " must be [N,K] with K = ", k, " as in a ", a.str());
+  STEM_CHECK(out.shape[0] == m && out.shape[1] == n, "fp8_matmul: out ", out.str(), " must be [", m, ",", n,
+             "] for a ", a.str(), " and w ", w.str());
+  cpu::check_packed(a_scale, "fp8_matmul a_scale", DType::F32, 1);
+  cpu::check_dim(a_scale, "fp8_matmul a_scale", 0, m, "one scale per row of a");
+  cpu::check_packed(w_scale, "fp8_matmul w_scale", DType::F32, 1);
+  cpu::check_dim(w_scale, "fp8_matmul w_scale", 0, n, "one scale per row of w");
+  if (!bias.empty()) {
+    cpu::check_packed(bias, "fp8_matmul bias", DType::BF16, 1);
+    cpu::check_dim(bias, "fp8_matmul bias", 0, n, "N, the rows of w");
+  }
+  if (m == 0 || n == 0) return;
+  STEM_CHECK(k > 0, "fp8_matmul: K must be positive, got a ", a.str());
+  // cuBLASLt's FP8 kernels want every operand 16-byte aligned (its documented FP8 requirements).
+  STEM_CHECK(k % 16 == 0 && n % 16 == 0, "fp8_matmul: cuBLASLt's FP8 GEMM needs K and N multiples of 16, got K=", k,
+             " N=", n);
+  STEM_CHECK(cpu::row_stride(a) % 16 == 0 && cpu::row_stride(w) % 16 == 0 && cpu::row_stride(out) % 8 == 0,
+             "fp8_matmul: row strides must be 16-byte multiples (a ", cpu::row_stride(a), ", w ", cpu::row_stride(w),
+             " E4M3 values; out ", cpu::row_stride(out), " bf16 values)");
+  for (const TensorView* v : {&a, &w, &out, &a_scale, &w_scale})
+    STEM_CHECK(alignment_of(v->data) >= 16, "fp8_matmul: every operand must be 16-byte aligned, got ", v->str(),
+               " at ", v->data);
+
+  GemmContext::Impl& impl = ctx.impl();
+  impl.ensure_ready();
+  const PlanKey key{m,
+                    n,
+                    k,
+                    cpu::row_stride(a),
+                    cpu::row_stride(w),
+                    cpu::row_stride(out),
+                    DType::BF16,
+                    false,  // the bias: add_bias_kernel, after
+                    alignment_of(a.data),
+                    alignment_of(w.data),
+                    alignment_of(out.data),
+                    0u,
+                    true};
+  const Operands ops{w.data, a.data, out.data, stream, w_scale.data, a_scale.data};
+  Plan& plan = impl.plan_for(key, nullptr, ops);
+  set_scale_pointers(plan.desc, ops);
+  STEM_CUBLASLT_CHECK(impl.run(plan, plan.algo, ops));
+  if (!bias.empty()) {
+    constexpr int kThreads = 256;
+    const int64_t blocks = (m * n + kThreads - 1) / kThreads;
+    add_bias_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        out.ptr<__nv_bfloat16>(), cpu::row_stride(out), bias.ptr<__nv_bfloat16>(), m, n);
+    STEM_CUDA_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace stem::cuda

@@ -47,4 +47,19 @@ class GemmContext {
 void matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const TensorView& w, const TensorView& bias,
             cudaStream_t stream = 0);
 
+// The FP8 GEMM (issue 18), the twin of cpu::fp8_matmul (kernels/cpu/fp8.h):
+//   out[m,n] = (Σ_k a[m,k]·w[n,k]) · a_scale[m] · w_scale[n] + bias[n]
+// a: F8E4M3 [M,K] (activations, a scale per token: cuda::quantize_rows_fp8), w: F8E4M3 [N,K] (a
+// weight, a scale per output channel), a_scale f32 [M], w_scale f32 [N] (device memory, packed),
+// bias bf16 [N] or empty, out bf16 [M,N] (row-strided views allowed for out, a and w).
+// Through cuBLASLt's FP8 kernels in the "TN" layout with both scale vectors applied in its
+// epilogue (CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F, cuBLAS 12.9+ on Hopper): products of E4M3
+// values (exact), summed by the tensor cores and promoted to f32 (fast accumulation off), scaled
+// in f32, rounded once to bf16. cuBLASLt's FP8 kernels need 16-byte aligned operands: K, N and the
+// row strides of a and w multiples of 16, out's a multiple of 8; refused here otherwise. The bias
+// is added by a kernel of ours after the bf16 rounding (not cuBLASLt's epilogue: gemm.cu says why).
+// Never goes to gemv (M ≤ 4 runs cuBLASLt too).
+void fp8_matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const TensorView& a_scale,
+                const TensorView& w, const TensorView& w_scale, const TensorView& bias, cudaStream_t stream = 0);
+
 }  // namespace stem::cuda

@@ -4,10 +4,13 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <unordered_map>
+
 #include "kernels/cpu/stem.h"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/stem.cuh"
 #include "models/cuda/profile.h"
+#include "models/llama_weights.h"
 #include "models/ops.h"
 
 namespace stem {
@@ -27,6 +30,18 @@ class CudaOps final : public ModelOps {
     stem_ = stem;
     settings_ = settings;
     skipped_ = skipped;
+  }
+
+  // FP8 weights: the layers' matrices (E4M3 codes) with their per-channel scales, found by the
+  // address of their codes as the CPU backend finds them; their matmuls quantize the activations
+  // per token (cuda::quantize_rows_fp8) into `codes` (room for rows × width E4M3 values) and
+  // `scales` (rows f32), then run cuda::fp8_matmul. Every other matmul (the LM head) stays bf16.
+  void set_fp8_weights(const LlamaWeights& w);
+  void set_fp8_buffers(void* codes, float* scales, int64_t rows, int64_t width) {
+    fp8_codes_ = codes;
+    fp8_scales_ = scales;
+    fp8_rows_ = rows;
+    fp8_width_ = width;
   }
 
   void embedding(const TensorView& out, const TensorView& ids, const TensorView& table) override;
@@ -54,6 +69,10 @@ class CudaOps final : public ModelOps {
   const cuda::StemStep* stem_ = nullptr;
   const StemSettings* settings_ = nullptr;
   long long* skipped_ = nullptr;
+  std::unordered_map<const void*, TensorView> fp8_weight_scales_;
+  void* fp8_codes_ = nullptr;
+  float* fp8_scales_ = nullptr;
+  int64_t fp8_rows_ = 0, fp8_width_ = 0;
 };
 
 }  // namespace stem
