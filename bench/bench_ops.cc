@@ -4,8 +4,10 @@
 // and an 8192³ bf16 GEMM through cuBLASLt. Inputs are random, never zeros.
 // FP8 (issue 18): the same projections in bf16 and in FP8 side by side (cuda::fp8_matmul, E4M3
 // with per-token and per-channel scales), alone and with the per-token quantization of the
-// activations the CUDA backend runs before each (the "fp8+q" rows); FP8 rows count against an
-// 8192³ FP8 GEMM ceiling measured in the same run.
+// activations the CUDA backend runs before each (the "fp8+q" rows), and with the scales applied by
+// our kernel after a unit-scaled cuBLASLt GEMM instead of in cuBLASLt's epilogue (the "fp8-ep"
+// rows, the fallback: gemm.cuh's Fp8Scales); FP8 rows count against an 8192³ FP8 GEMM ceiling
+// measured in the same run.
 // Usage: bench_ops [--json results.json] [--gemm-only] (only the ceilings and the GEMMs)
 #include <cuda_runtime_api.h>
 
@@ -237,6 +239,8 @@ void measure_fp8_ceiling(cuda::GemmContext& ctx) {
 void bench_fp8_gemms(cuda::GemmContext& ctx) {
   measure_fp8_ceiling(ctx);
   ctx.set_gemv(false);
+  cuda::GemmContext ep_ctx;
+  ep_ctx.set_fp8_scales(cuda::Fp8Scales::Epilogue);
   struct Proj {
     const char* name;
     int64_t n, k;
@@ -270,11 +274,12 @@ void bench_fp8_gemms(cuda::GemmContext& ctx) {
                      ws[static_cast<size_t>(i) % copies]->view(DType::BF16, {p.n, p.k}), {});
       });
       record(std::string("bf16 ") + p.name, shape, bf16_us, flops, 2.0 * (m * p.k + p.n * p.k + m * p.n));
-      auto fp8 = [&](int i) {
-        cuda::fp8_matmul(ctx, out.view(DType::BF16, {m, p.n}), a8.view(DType::F8E4M3, {m, p.k}),
+      auto fp8_in = [&](cuda::GemmContext& c, int i) {
+        cuda::fp8_matmul(c, out.view(DType::BF16, {m, p.n}), a8.view(DType::F8E4M3, {m, p.k}),
                          sa.view(DType::F32, {m}), ws8[static_cast<size_t>(i) % copies]->view(DType::F8E4M3, {p.n, p.k}),
                          sw.view(DType::F32, {p.n}), {});
       };
+      auto fp8 = [&](int i) { fp8_in(ctx, i); };
       const double fp8_bytes = 1.0 * (m * p.k + p.n * p.k) + 2.0 * m * p.n + 4.0 * (m + p.n);
       const double fp8_us = median_us(fp8);
       record(std::string("fp8 ") + p.name, shape, fp8_us, flops, fp8_bytes, fp8_ceiling_tflops);
@@ -284,11 +289,15 @@ void bench_fp8_gemms(cuda::GemmContext& ctx) {
         fp8(i);
       });
       record(std::string("fp8+q ") + p.name, shape, fp8q_us, flops, fp8_bytes + 3.0 * m * p.k, fp8_ceiling_tflops);
+      const double ep_us = median_us([&](int i) { fp8_in(ep_ctx, i); });
+      record(std::string("fp8-ep ") + p.name, shape, ep_us, flops, fp8_bytes + 4.0 * m * p.n, fp8_ceiling_tflops);
       std::printf("%-12s %-30s FP8 GEMM %.2fx bf16, with the quantization %.2fx\n", p.name, shape.c_str(),
                   bf16_us / fp8_us, bf16_us / fp8q_us);
     }
   }
   ctx.set_gemv(true);
+  std::printf("FP8 shapes that fell back to our scaling kernel (cuBLASLt without vector scales): %zu\n",
+              ctx.fp8_epilogue_plans());
 }
 
 // The memory-bound ops at a prefill step of 8192 tokens (several times the L2), plus decode-sized norms.

@@ -7,7 +7,9 @@
 //   2. an FP8-Dynamic checkpoint (compressed-tensors: F8_E4M3 weights + `weight_scale`, written
 //      here from the same weights by the same rule) against `--quantization fp8` of the bf16
 //      checkpoint: the same codes and scales on the device, so the same logits bit for bit;
-//   3. CUDA FP8 against CUDA bf16.
+//   3. CUDA FP8 against CUDA bf16;
+//   4. the activations' quantization fused into the RMSNorms and the SwiGLU against the separate
+//      quantize op (STEM_FP8_FUSE=0): the same codes, so the same logits bit for bit.
 //
 // Bounds (‖a − b‖ / ‖b‖ over a step's logit rows), from the arithmetic:
 //   - FP8 vs bf16: E4M3 keeps 4 significant bits, so each rounding of a weight or an activation
@@ -224,7 +226,8 @@ TEST_CASE("cuda FP8 against cuda bf16 on the same checkpoint") {
   CHECK(f.stats().weight_step_read_bytes < b.stats().weight_step_read_bytes);
 }
 
-TEST_CASE("cuda FP8-Dynamic checkpoint equals --quantization fp8 of its bf16 source, bit for bit") {
+TEST_CASE("cuda FP8-Dynamic checkpoint equals --quantization fp8 of its bf16 source, and fused quantization the "
+          "separate op, bit for bit") {
   STEM_REQUIRE_GPU();
   // The heuristic's first cuBLASLt algorithm in both backends (GemmContext times candidates
   // otherwise, and two contexts may keep different ones: another summation order).
@@ -236,16 +239,22 @@ TEST_CASE("cuda FP8-Dynamic checkpoint equals --quantization fp8 of its bf16 sou
   REQUIRE(load_model_config(ckpt).quantization == "fp8");
   auto from_ckpt = make(ckpt, "cuda", false, 128, 16);  // an FP8 checkpoint runs in FP8 without the flag
   auto quantized = make(src, "cuda", true, 128, 16);
+  setenv("STEM_FP8_FUSE", "0", 1);  // read when the backend's ops are made
+  auto unfused = make(src, "cuda", true, 128, 16);
+  unsetenv("STEM_FP8_FUSE");
   std::mt19937_64 rng(52);
   PagedSequences seqs(128, 16, 53);
   const int a = seqs.add(), b = seqs.add();
-  Tensor l1, l2;
+  Tensor l1, l2, l3;
   ForwardBatch batch = seqs.step({{a, random_tokens(rng, 70, c.vocab_size)}, {b, random_tokens(rng, 9, c.vocab_size)}});
   for (int it = 0; it < 6; ++it) {
     from_ckpt->forward(batch, l1);
     quantized->forward(batch, l2);
     REQUIRE(l1.shape() == l2.shape());
     CHECK(std::memcmp(l1.data(), l2.data(), static_cast<size_t>(l1.numel()) * 4) == 0);
+    unfused->forward(batch, l3);
+    REQUIRE(l3.shape() == l2.shape());
+    CHECK(std::memcmp(l3.data(), l2.data(), static_cast<size_t>(l3.numel()) * 4) == 0);
     batch = seqs.step({{a, {argmax_row(l2, 0)}}, {b, {argmax_row(l2, 1)}}});
   }
   // And the CPU backend on the checkpoint within the FP8-vs-FP8 bound.
