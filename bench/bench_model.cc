@@ -17,6 +17,7 @@
 //               [--batches 1,8,64,256] [--contexts 1024,32768] [--steps N] [--gpu-memory-fraction F]
 //               [--json FILE] [--profile] [--runs N]   (an empty list, e.g. --batches '', skips that part)
 //               [--stem-selector topk|threshold|adaptive|none] [--stem-threshold X] [--stem-dense-tail N]
+//               [--quantization fp8]   (FP8 weights and activations: random E4M3 weights, docs/api.md)
 // Stem runs the paper's method (StemSettings{}) unless the selector flags say otherwise (the served
 // default: --stem-selector threshold --stem-threshold 0.8738).
 // --runs N: TTFT runs per prompt and mode (the median is printed); default 3 up to 32K, 1 beyond.
@@ -56,6 +57,7 @@ struct Args {
   bool profile = false;
   int runs = 0;  // 0: 3 up to 32K, 1 beyond
   StemSettings stem;  // the paper's method unless --stem-selector / --stem-threshold say otherwise
+  std::string quantization;  // "" or "fp8" (BackendOptions::quantization)
 };
 
 Args parse_args(int argc, char** argv) {
@@ -75,6 +77,7 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--stem-selector") a.stem.selector = parse_stem_selector(v);
     else if (k == "--stem-threshold") a.stem.threshold = std::stod(v);
     else if (k == "--stem-dense-tail") a.stem.dense_tail_blocks = std::stoll(v);
+    else if (k == "--quantization") a.quantization = v;
     else throw Error("unknown argument " + k);
   });
   if (a.sparse_prefill != "dense" && a.sparse_prefill != "stem" && a.sparse_prefill != "both")
@@ -242,7 +245,9 @@ int main(int argc, char** argv) try {
   o.device = "cuda";
   o.gpu_memory_fraction = a.fraction;
   o.stem = a.stem;
-  std::printf("stem: %s\n", stem_selection_name(a.stem).c_str());
+  o.quantization = a.quantization;
+  std::printf("stem: %s; weights and activations: %s\n", stem_selection_name(a.stem).c_str(),
+              a.quantization.empty() ? "bf16" : a.quantization.c_str());
   CudaBackendOptions co;
   co.reserve_step_tokens = a.chunk;
   const double t_load = now_ms();
@@ -257,6 +262,7 @@ int main(int argc, char** argv) try {
   nlohmann::json out = {{"device", prop.name},
                         {"copy_gbs", copy_gbs},
                         {"config", a.config},
+                        {"quantization", a.quantization.empty() ? "bf16" : a.quantization},
                         {"weights_gb", st0.weight_bytes / 1e9},
                         {"kv_pool_tokens", m->num_pages() * m->page_size()},
                         {"chunk", a.chunk},

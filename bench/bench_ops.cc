@@ -2,7 +2,13 @@
 // events (median of 20 after 3 warm-ups), printed as TFLOP/s (GEMMs) or GB/s (the memory-bound
 // ops) beside two ceilings measured in the same run: a device-to-device copy (bytes read + written)
 // and an 8192³ bf16 GEMM through cuBLASLt. Inputs are random, never zeros.
-// Usage: bench_ops [--json results.json]
+// FP8 (issue 18): the same projections in bf16 and in FP8 side by side (cuda::fp8_matmul, E4M3
+// with per-token and per-channel scales), alone and with the per-token quantization of the
+// activations the CUDA backend runs before each (the "fp8+q" rows), and with the scales applied by
+// our kernel after a unit-scaled cuBLASLt GEMM instead of in cuBLASLt's epilogue (the "fp8-ep"
+// rows, the fallback: gemm.cuh's Fp8Scales); FP8 rows count against an 8192³ FP8 GEMM ceiling
+// measured in the same run.
+// Usage: bench_ops [--json results.json] [--gemm-only] (only the ceilings and the GEMMs)
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -17,7 +23,9 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cpu/fp8.h"
 #include "kernels/cuda/embedding.cuh"
+#include "kernels/cuda/fp8.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/kv_write.cuh"
@@ -101,12 +109,15 @@ struct Result {
   double us, tflops, gbps, percent;  // percent of the matching ceiling
 };
 std::vector<Result> results;
-double copy_ceiling_gbps = 0, gemm_ceiling_tflops = 0;
+double copy_ceiling_gbps = 0, gemm_ceiling_tflops = 0, fp8_ceiling_tflops = 0;
 
-void record(const std::string& op, const std::string& shape, double us, double flops, double bytes) {
+// ceiling: the GEMM ceiling this op counts against (0: the bf16 one).
+void record(const std::string& op, const std::string& shape, double us, double flops, double bytes,
+            double ceiling = 0) {
   const double tflops = flops / us * 1e-6, gbps = bytes / us * 1e-3;
-  const bool compute_bound = flops > 0 && tflops / gemm_ceiling_tflops > gbps / copy_ceiling_gbps;
-  const double percent = 100 * (compute_bound ? tflops / gemm_ceiling_tflops : gbps / copy_ceiling_gbps);
+  if (ceiling <= 0) ceiling = gemm_ceiling_tflops;
+  const bool compute_bound = flops > 0 && tflops / ceiling > gbps / copy_ceiling_gbps;
+  const double percent = 100 * (compute_bound ? tflops / ceiling : gbps / copy_ceiling_gbps);
   results.push_back({op, shape, us, tflops, gbps, percent});
   std::printf("%-12s %-30s %10.1f us %8.1f TFLOP/s %8.0f GB/s %5.0f%% of %s\n", op.c_str(), shape.c_str(), us, tflops,
               gbps, percent, compute_bound ? "gemm ceiling" : "copy ceiling");
@@ -186,6 +197,107 @@ void bench_gemms(cuda::GemmContext& ctx) {
     }
   }
   ctx.set_gemv(true);
+}
+
+// Valid E4M3 codes of N(0, 1) values (never NaN), tiled from one host block as fill_random does.
+void fill_random_fp8(const Buffer& buf) {
+  static std::vector<uint8_t> block;
+  if (block.empty()) {
+    std::mt19937_64 rng(43);
+    std::normal_distribution<float> normal;
+    block.resize(size_t{1} << 23);
+    for (uint8_t& c : block) c = cpu::f32_to_fp8(normal(rng));
+  }
+  for (size_t off = 0; off < buf.bytes(); off += block.size())
+    CUDA_CHECK(cudaMemcpy(static_cast<char*>(buf.get()) + off, block.data(), std::min(block.size(), buf.bytes() - off),
+                          cudaMemcpyHostToDevice));
+}
+
+void fill_scales(const Buffer& buf, float value) {
+  upload(buf, std::vector<float>(buf.bytes() / 4, value));
+}
+
+void measure_fp8_ceiling(cuda::GemmContext& ctx) {
+  const int64_t n = 8192;
+  Buffer a(n * n), w(n * n), out(n * n * 2), sa(n * 4), sw(n * 4);
+  fill_random_fp8(a);
+  fill_random_fp8(w);
+  fill_scales(sa, 1e-2f);
+  fill_scales(sw, 1e-2f);
+  const double us = median_us([&](int) {
+    cuda::fp8_matmul(ctx, out.view(DType::BF16, {n, n}), a.view(DType::F8E4M3, {n, n}), sa.view(DType::F32, {n}),
+                     w.view(DType::F8E4M3, {n, n}), sw.view(DType::F32, {n}), {});
+  });
+  fp8_ceiling_tflops = 2.0 * n * n * n / us * 1e-6;
+  std::printf("ceilings: FP8 GEMM 8192^3 (per-row and per-column scales) %.1f TFLOP/s (%.0f us), %.2fx bf16\n",
+              fp8_ceiling_tflops, us, fp8_ceiling_tflops / gemm_ceiling_tflops);
+}
+
+// Llama-3.1-8B's four layer projections in bf16 and FP8, at decode (M 1..256) and prefill
+// (M 4096, 8192) sizes; weights rotate over copies to stay out of L2, as in bench_gemms. cuBLASLt
+// only (gemv off) for bf16, so that the two columns compare the same library.
+void bench_fp8_gemms(cuda::GemmContext& ctx) {
+  measure_fp8_ceiling(ctx);
+  ctx.set_gemv(false);
+  cuda::GemmContext ep_ctx;
+  ep_ctx.set_fp8_scales(cuda::Fp8Scales::Epilogue);
+  struct Proj {
+    const char* name;
+    int64_t n, k;
+  };
+  const std::vector<Proj> projs = {{"qkv", 6144, 4096}, {"o_proj", 4096, 4096}, {"gate_up", 28672, 4096},
+                                   {"down", 4096, 14336}};
+  const std::vector<int64_t> ms = {1, 8, 32, 64, 128, 256, 4096, 8192};
+  for (const Proj& p : projs) {
+    const size_t w_bytes = static_cast<size_t>(p.n * p.k * 2);
+    const size_t copies = std::clamp<size_t>((size_t{200} << 20) / w_bytes + 1, 1, 8);
+    std::vector<std::unique_ptr<Buffer>> ws, ws8;
+    for (size_t c = 0; c < copies; ++c) {
+      ws.push_back(std::make_unique<Buffer>(w_bytes));
+      fill_random(*ws.back(), DType::BF16);
+      ws8.push_back(std::make_unique<Buffer>(w_bytes / 2));
+      fill_random_fp8(*ws8.back());
+    }
+    const int64_t max_m = ms.back();
+    Buffer a(static_cast<size_t>(max_m * p.k * 2)), a8(static_cast<size_t>(max_m * p.k));
+    Buffer sa(static_cast<size_t>(max_m * 4)), sw(static_cast<size_t>(p.n * 4));
+    Buffer out(static_cast<size_t>(max_m * p.n * 2));
+    fill_random(a, DType::BF16);
+    fill_random_fp8(a8);
+    fill_scales(sa, 1e-2f);
+    fill_scales(sw, 1e-2f);
+    for (const int64_t m : ms) {
+      const std::string shape = "M=" + std::to_string(m) + " N=" + std::to_string(p.n) + " K=" + std::to_string(p.k);
+      const double flops = 2.0 * m * p.n * p.k;
+      const double bf16_us = median_us([&](int i) {
+        cuda::matmul(ctx, out.view(DType::BF16, {m, p.n}), a.view(DType::BF16, {m, p.k}),
+                     ws[static_cast<size_t>(i) % copies]->view(DType::BF16, {p.n, p.k}), {});
+      });
+      record(std::string("bf16 ") + p.name, shape, bf16_us, flops, 2.0 * (m * p.k + p.n * p.k + m * p.n));
+      auto fp8_in = [&](cuda::GemmContext& c, int i) {
+        cuda::fp8_matmul(c, out.view(DType::BF16, {m, p.n}), a8.view(DType::F8E4M3, {m, p.k}),
+                         sa.view(DType::F32, {m}), ws8[static_cast<size_t>(i) % copies]->view(DType::F8E4M3, {p.n, p.k}),
+                         sw.view(DType::F32, {p.n}), {});
+      };
+      auto fp8 = [&](int i) { fp8_in(ctx, i); };
+      const double fp8_bytes = 1.0 * (m * p.k + p.n * p.k) + 2.0 * m * p.n + 4.0 * (m + p.n);
+      const double fp8_us = median_us(fp8);
+      record(std::string("fp8 ") + p.name, shape, fp8_us, flops, fp8_bytes, fp8_ceiling_tflops);
+      const double fp8q_us = median_us([&](int i) {
+        cuda::quantize_rows_fp8(a8.view(DType::F8E4M3, {m, p.k}), sa.view(DType::F32, {m}),
+                                a.view(DType::BF16, {m, p.k}));
+        fp8(i);
+      });
+      record(std::string("fp8+q ") + p.name, shape, fp8q_us, flops, fp8_bytes + 3.0 * m * p.k, fp8_ceiling_tflops);
+      const double ep_us = median_us([&](int i) { fp8_in(ep_ctx, i); });
+      record(std::string("fp8-ep ") + p.name, shape, ep_us, flops, fp8_bytes + 4.0 * m * p.n, fp8_ceiling_tflops);
+      std::printf("%-12s %-30s FP8 GEMM %.2fx bf16, with the quantization %.2fx\n", p.name, shape.c_str(),
+                  bf16_us / fp8_us, bf16_us / fp8q_us);
+    }
+  }
+  ctx.set_gemv(true);
+  std::printf("FP8 shapes that fell back to our scaling kernel (cuBLASLt without vector scales): %zu\n",
+              ctx.fp8_epilogue_plans());
 }
 
 // The memory-bound ops at a prefill step of 8192 tokens (several times the L2), plus decode-sized norms.
@@ -277,7 +389,7 @@ void bench_elementwise() {
 void write_json(const std::string& path) {
   std::ofstream f(path);
   f << "{\n  \"copy_ceiling_gbps\": " << copy_ceiling_gbps << ",\n  \"gemm_ceiling_tflops\": " << gemm_ceiling_tflops
-    << ",\n  \"results\": [\n";
+    << ",\n  \"fp8_gemm_ceiling_tflops\": " << fp8_ceiling_tflops << ",\n  \"results\": [\n";
   for (size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
     f << "    {\"op\": \"" << r.op << "\", \"shape\": \"" << r.shape << "\", \"us\": " << r.us
@@ -291,8 +403,13 @@ void write_json(const std::string& path) {
 
 int main(int argc, char** argv) {
   std::string json;
-  for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]) == "--json" && i + 1 < argc) json = argv[++i];
+  bool gemm_only = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--json" && i + 1 < argc)
+      json = argv[++i];
+    else if (std::string(argv[i]) == "--gemm-only")
+      gemm_only = true;
+  }
   try {
     cudaDeviceProp prop{};
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -300,7 +417,8 @@ int main(int argc, char** argv) {
     cuda::GemmContext ctx;
     measure_ceilings(ctx);
     bench_gemms(ctx);
-    bench_elementwise();
+    bench_fp8_gemms(ctx);
+    if (!gemm_only) bench_elementwise();
     CUDA_CHECK(cudaDeviceSynchronize());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_ops: %s\n", e.what());

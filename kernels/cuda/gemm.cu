@@ -6,6 +6,13 @@
 // B = a (K×M, not transposed, ldb = a's row stride), D = out (N×M, ldd = out's row stride), and
 // its m, n, k = our N, M, K. This "TN" form is the one cuBLAS runs fastest, and it makes the
 // bias (one value per row of D, i.e. per output feature N) exactly what the BIAS epilogue adds.
+//
+// FP8 (fp8_matmul): the same TN form, which cuBLASLt's FP8 kernels on Ada and Hopper require (A
+// transposed, B not), with A = w and B = a in CUDA_R_8F_E4M3. Their scales are vectors
+// (CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F: "each (i, j)-th element of product of A and B is
+// multiplied by i-th element of A scale and j-th element of B scale", A's having m and B's n
+// elements): A's scale is w_scale (our N, the output channels) and B's is a_scale (our M, the tokens).
+#include <cuda_bf16.h>
 #include <cublasLt.h>
 
 #include <algorithm>
@@ -14,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "kernels/cpu/rows.h"
@@ -41,6 +49,9 @@ struct PlanKey {
   DType out_dtype;
   bool has_bias;
   uint32_t align_a, align_w, align_out, align_bias;
+  bool fp8 = false;  // E4M3 operands with a scale vector each (fp8_matmul)
+  // FP8 with unit scales in cuBLASLt and both scale vectors applied by scale_kernel after it.
+  bool fp8_epilogue = false;
   auto operator<=>(const PlanKey&) const = default;
 };
 
@@ -95,6 +106,15 @@ constexpr int64_t kGemvDispatchMaxK = 16384;
 
 int64_t bucket_of(int64_t m) { return static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(m))); }
 
+// STEM_FP8_SCALES: "cublaslt" (vector scales only), "epilogue" (unit scales and our kernel),
+// anything else or unset: auto.
+Fp8Scales fp8_scales_from_env() {
+  const char* v = std::getenv("STEM_FP8_SCALES");
+  if (v && std::strcmp(v, "cublaslt") == 0) return Fp8Scales::CublasLt;
+  if (v && std::strcmp(v, "epilogue") == 0) return Fp8Scales::Epilogue;
+  return Fp8Scales::Auto;
+}
+
 bool env_enabled(const char* name) {
   const char* v = std::getenv(name);
   return v == nullptr || std::strcmp(v, "0") != 0;
@@ -106,7 +126,41 @@ struct Operands {
   const void* a;
   void* out;
   cudaStream_t stream;
+  const void* w_scale = nullptr;  // FP8: cuBLASLt's A scale (a vector of N)
+  const void* a_scale = nullptr;  // FP8: cuBLASLt's B scale (a vector of M)
 };
+
+// FP8: the two scale vectors of this call, set on the plan's descriptor (read by cublasLtMatmul
+// at launch, so each call sets its own, as the bias pointer).
+void set_scale_pointers(cublasLtMatmulDesc_t desc, const Operands& ops) {
+  STEM_CUBLASLT_CHECK(
+      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ops.w_scale, sizeof ops.w_scale));
+  STEM_CUBLASLT_CHECK(
+      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &ops.a_scale, sizeof ops.a_scale));
+}
+
+// out[m, n] = bf16(out[m, n] · (a_scale[m] · w_scale[n]) + bias[n]) (bias null: none), in f32:
+// the FP8 GEMM's scales where cuBLASLt ran it with unit scales (the fallback, fp8_matmul).
+__global__ void scale_kernel(__nv_bfloat16* out, int64_t ld, const float* a_scale, const float* w_scale,
+                             const __nv_bfloat16* bias, int64_t m, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= m * n) return;
+  const int64_t r = i / n, c = i % n;
+  __nv_bfloat16* o = out + r * ld + c;
+  const float b = bias ? __bfloat162float(bias[c]) : 0.f;
+  *o = __float2bfloat16_rn(__fmaf_rn(__bfloat162float(*o), a_scale[r] * w_scale[c], b));
+}
+
+// out[m, n] += bias[n] (bf16, out row-strided): the FP8 GEMM's bias. Not cuBLASLt's BIAS epilogue:
+// whether its FP8 kernels with per-row/per-column scales take one, and whether they add it before
+// or after the scales, is not documented; a kernel of ours after the GEMM is certain (one more
+// bf16 rounding, and a launch for the models with biases, Qwen2's qkv).
+__global__ void add_bias_kernel(__nv_bfloat16* out, int64_t ld, const __nv_bfloat16* bias, int64_t m, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= m * n) return;
+  __nv_bfloat16* o = out + (i / n) * ld + i % n;
+  *o = __float2bfloat16_rn(__bfloat162float(*o) + __bfloat162float(bias[i % n]));
+}
 
 }  // namespace
 
@@ -120,6 +174,8 @@ struct GemmContext::Impl {
   bool tune = env_enabled("STEM_GEMM_TUNE");
   bool gemv = env_enabled("STEM_GEMV");
   size_t tunings = 0;
+  Fp8Scales fp8_scales = fp8_scales_from_env();
+  std::set<PlanKey> fp8_outer_failed;  // FP8 shapes run with unit scales and scale_kernel
 
   explicit Impl(size_t bytes) : workspace_bytes(bytes) {}
   ~Impl() {
@@ -143,17 +199,35 @@ struct GemmContext::Impl {
     if (workspace_bytes > 0) CUDA_CHECK(cudaMalloc(&workspace, workspace_bytes));
   }
 
-  Plan& plan_for(const PlanKey& key, const void* bias, const Operands& ops) {
-    if (auto it = plans.find(key); it != plans.end()) return *it->second;
+  // may_fail: return null instead of throwing when cuBLASLt has no algorithm for the plan.
+  Plan* plan_for(const PlanKey& key, const void* bias, const Operands& ops, bool may_fail = false) {
+    if (auto it = plans.find(key); it != plans.end()) return it->second.get();
     if (plans.size() >= kMaxPlans) plans.clear();
     auto plan = std::make_unique<Plan>();
     const cudaDataType_t out_type = key.out_dtype == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
+    const cudaDataType_t in_type = key.fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
     STEM_CUBLASLT_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t trans_w = CUBLAS_OP_T, trans_a = CUBLAS_OP_N;
     STEM_CUBLASLT_CHECK(
         cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_w, sizeof trans_w));
     STEM_CUBLASLT_CHECK(
         cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_a, sizeof trans_a));
+    if (key.fp8) {
+      // Fast accumulation off (the default, set to say so): the tensor cores' partial sums are
+      // promoted to f32 as the CPU twin sums.
+      const int8_t fast_accum = 0;
+      STEM_CUBLASLT_CHECK(
+          cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast_accum, sizeof fast_accum));
+    }
+    if (key.fp8 && !key.fp8_epilogue) {
+      const int32_t outer_vec = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+      STEM_CUBLASLT_CHECK(
+          cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &outer_vec, sizeof outer_vec));
+      STEM_CUBLASLT_CHECK(
+          cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &outer_vec, sizeof outer_vec));
+      set_scale_pointers(plan->desc, ops);
+    }
+    STEM_CHECK(!(key.fp8 && key.has_bias), "fp8_matmul: the bias is added after cuBLASLt, not in its epilogue");
     if (key.has_bias) {
       const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
       const auto bias_type = static_cast<int32_t>(out_type);
@@ -165,8 +239,8 @@ struct GemmContext::Impl {
       STEM_CUBLASLT_CHECK(
           cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     }
-    STEM_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan->w_layout, CUDA_R_16BF, key.k, key.n, key.ldw));
-    STEM_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan->a_layout, CUDA_R_16BF, key.k, key.m, key.lda));
+    STEM_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan->w_layout, in_type, key.k, key.n, key.ldw));
+    STEM_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan->a_layout, in_type, key.k, key.m, key.lda));
     STEM_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan->out_layout, out_type, key.n, key.m, key.ldo));
 
     cublasLtMatmulPreference_t pref = nullptr;
@@ -187,9 +261,13 @@ struct GemmContext::Impl {
         cublasLtMatmulAlgoGetHeuristic(handle, plan->desc, plan->w_layout, plan->a_layout, plan->out_layout,
                                        plan->out_layout, pref, kTuneCandidates, results, &found);
     cublasLtMatmulPreferenceDestroy(pref);
+    if (may_fail && !((status == CUBLAS_STATUS_SUCCESS || status == CUBLAS_STATUS_NOT_SUPPORTED) && found > 0))
+      return nullptr;
     STEM_CHECK((status == CUBLAS_STATUS_SUCCESS || status == CUBLAS_STATUS_NOT_SUPPORTED) && found > 0,
-               "matmul: cuBLASLt found no algorithm for M=", key.m, " N=", key.n, " K=", key.k, " (lda ", key.lda,
-               ", ldw ", key.ldw, ", ldo ", key.ldo, ", out ", dtype_name(key.out_dtype), key.has_bias ? ", bias" : "",
+               key.fp8 ? "fp8_matmul" : "matmul", ": cuBLASLt found no algorithm for M=", key.m, " N=", key.n,
+               " K=", key.k, " (lda ", key.lda, ", ldw ", key.ldw, ", ldo ", key.ldo, ", out ",
+               dtype_name(key.out_dtype), key.has_bias ? ", bias" : "",
+               key.fp8 ? ", E4M3 operands; run the model without --quantization fp8 (bf16)" : "",
                "): ", cublasLtGetStatusString(status));
     plan->algo = results[0].algo;
     if (tune && key.m <= kTuneMaxRows) {
@@ -203,7 +281,7 @@ struct GemmContext::Impl {
         ++tunings;
       }
     }
-    return *plans.emplace(key, std::move(plan)).first->second;
+    return plans.emplace(key, std::move(plan)).first->second.get();
   }
 
   // Whether cuBLASLt can run `algo` for the plan's shapes (an algorithm tuned on another M).
@@ -265,6 +343,12 @@ struct GemmContext::Impl {
 };
 
 GemmContext::GemmContext(size_t workspace_bytes) : impl_(std::make_unique<Impl>(workspace_bytes)) {}
+void GemmContext::set_fp8_scales(Fp8Scales how) { impl_->fp8_scales = how; }
+size_t GemmContext::fp8_epilogue_plans() const {
+  size_t n = 0;
+  for (const auto& [key, plan] : impl_->plans) n += key.fp8_epilogue;
+  return n;
+}
 GemmContext::~GemmContext() = default;
 size_t GemmContext::cached_plans() const { return impl_->plans.size(); }
 size_t GemmContext::tunings() const { return impl_->tunings; }
@@ -306,11 +390,87 @@ void matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const 
                     alignment_of(out.data),
                     bias.empty() ? 0u : alignment_of(bias.data)};
   const Operands ops{w.data, a.data, out.data, stream};
-  Plan& plan = impl.plan_for(key, bias.data, ops);
+  Plan& plan = *impl.plan_for(key, bias.data, ops);
   if (!bias.empty())
     STEM_CUBLASLT_CHECK(
         cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias.data, sizeof bias.data));
   STEM_CUBLASLT_CHECK(impl.run(plan, plan.algo, ops));
+}
+
+void fp8_matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const TensorView& a_scale,
+                const TensorView& w, const TensorView& w_scale, const TensorView& bias, cudaStream_t stream) {
+  cpu::check_rows(out, "fp8_matmul out", DType::BF16, 2);
+  cpu::check_rows(a, "fp8_matmul a", DType::F8E4M3, 2);
+  cpu::check_rows(w, "fp8_matmul w", DType::F8E4M3, 2);
+  const int64_t m = a.shape[0], k = a.shape[1], n = w.shape[0];
+  STEM_CHECK(w.shape[1] == k, "fp8_matmul: w ", w.str(), " must be [N,K] with K = ", k, " as in a ", a.str());
+  STEM_CHECK(out.shape[0] == m && out.shape[1] == n, "fp8_matmul: out ", out.str(), " must be [", m, ",", n,
+             "] for a ", a.str(), " and w ", w.str());
+  cpu::check_packed(a_scale, "fp8_matmul a_scale", DType::F32, 1);
+  cpu::check_dim(a_scale, "fp8_matmul a_scale", 0, m, "one scale per row of a");
+  cpu::check_packed(w_scale, "fp8_matmul w_scale", DType::F32, 1);
+  cpu::check_dim(w_scale, "fp8_matmul w_scale", 0, n, "one scale per row of w");
+  if (!bias.empty()) {
+    cpu::check_packed(bias, "fp8_matmul bias", DType::BF16, 1);
+    cpu::check_dim(bias, "fp8_matmul bias", 0, n, "N, the rows of w");
+  }
+  if (m == 0 || n == 0) return;
+  STEM_CHECK(k > 0, "fp8_matmul: K must be positive, got a ", a.str());
+  // cuBLASLt's FP8 kernels want every operand 16-byte aligned (its documented FP8 requirements).
+  STEM_CHECK(k % 16 == 0 && n % 16 == 0, "fp8_matmul: cuBLASLt's FP8 GEMM needs K and N multiples of 16, got K=", k,
+             " N=", n);
+  STEM_CHECK(cpu::row_stride(a) % 16 == 0 && cpu::row_stride(w) % 16 == 0 && cpu::row_stride(out) % 8 == 0,
+             "fp8_matmul: row strides must be 16-byte multiples (a ", cpu::row_stride(a), ", w ", cpu::row_stride(w),
+             " E4M3 values; out ", cpu::row_stride(out), " bf16 values)");
+  for (const TensorView* v : {&a, &w, &out, &a_scale, &w_scale})
+    STEM_CHECK(alignment_of(v->data) >= 16, "fp8_matmul: every operand must be 16-byte aligned, got ", v->str(),
+               " at ", v->data);
+
+  GemmContext::Impl& impl = ctx.impl();
+  impl.ensure_ready();
+  PlanKey key{m,
+              n,
+              k,
+              cpu::row_stride(a),
+              cpu::row_stride(w),
+              cpu::row_stride(out),
+              DType::BF16,
+              false,  // the bias: add_bias_kernel, after
+              alignment_of(a.data),
+              alignment_of(w.data),
+              alignment_of(out.data),
+              0u,
+              true};
+  const Operands ops{w.data, a.data, out.data, stream, w_scale.data, a_scale.data};
+  constexpr int kThreads = 256;
+  const auto blocks = static_cast<unsigned>((m * n + kThreads - 1) / kThreads);
+  // cuBLASLt's vector scales first; where it has no algorithm for them (or they fail to run), unit
+  // scales and scale_kernel, for this shape from then on (counted: fp8_epilogue_plans).
+  if (impl.fp8_scales != Fp8Scales::Epilogue && !impl.fp8_outer_failed.contains(key)) {
+    if (Plan* plan = impl.plan_for(key, nullptr, ops, impl.fp8_scales == Fp8Scales::Auto)) {
+      set_scale_pointers(plan->desc, ops);
+      const cublasStatus_t status = impl.run(*plan, plan->algo, ops);
+      if (status == CUBLAS_STATUS_SUCCESS) {
+        if (!bias.empty()) {
+          add_bias_kernel<<<blocks, kThreads, 0, stream>>>(out.ptr<__nv_bfloat16>(), cpu::row_stride(out),
+                                                           bias.ptr<__nv_bfloat16>(), m, n);
+          STEM_CUDA_CHECK_LAUNCH();
+        }
+        return;
+      }
+      STEM_CHECK(impl.fp8_scales == Fp8Scales::Auto, "fp8_matmul M=", m, " N=", n, " K=", k,
+                 " with cuBLASLt's per-row/per-column scales: cuBLASLt ", cublasLtGetStatusName(status), ": ",
+                 cublasLtGetStatusString(status));
+    }
+    impl.fp8_outer_failed.insert(key);
+  }
+  key.fp8_epilogue = true;
+  Plan& plan = *impl.plan_for(key, nullptr, ops);
+  STEM_CUBLASLT_CHECK(impl.run(plan, plan.algo, ops));
+  scale_kernel<<<blocks, kThreads, 0, stream>>>(out.ptr<__nv_bfloat16>(), cpu::row_stride(out), a_scale.ptr<float>(),
+                                                w_scale.ptr<float>(),
+                                                bias.empty() ? nullptr : bias.ptr<__nv_bfloat16>(), m, n);
+  STEM_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace stem::cuda

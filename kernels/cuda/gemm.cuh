@@ -9,6 +9,14 @@
 
 namespace stem::cuda {
 
+// How fp8_matmul applies its two scale vectors: in cuBLASLt's epilogue
+// (CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F), or by running cuBLASLt with unit scales into bf16
+// and scaling after with a kernel of ours (one more bf16 rounding, one more pass over out).
+// Auto (the default): cuBLASLt's, falling back to ours for a shape where cuBLASLt has no algorithm
+// with vector scales or fails to run one. The environment variable STEM_FP8_SCALES=cublaslt or
+// =epilogue picks one for a process.
+enum class Fp8Scales { Auto, CublasLt, Epilogue };
+
 // What every cuBLASLt GEMM needs and is costly to make: the library handle, a workspace, and the
 // algorithm chosen for each shape (the fastest of cuBLASLt's heuristic candidates, timed on the
 // first matmul of each shape bucket of up to 256 rows: see gemm.cu; STEM_GEMM_TUNE=0 takes the
@@ -31,6 +39,9 @@ class GemmContext {
   size_t tunings() const;
   // Whether matmuls of a few rows go to cuda::gemv (default: yes, unless STEM_GEMV=0).
   void set_gemv(bool on);
+  void set_fp8_scales(Fp8Scales how);
+  // How many FP8 shapes run with unit scales and our scaling kernel (Fp8Scales).
+  size_t fp8_epilogue_plans() const;
 
   struct Impl;
   Impl& impl() { return *impl_; }
@@ -46,5 +57,22 @@ class GemmContext {
 // Unlike the CPU twin, K must be positive (no model has an empty projection).
 void matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const TensorView& w, const TensorView& bias,
             cudaStream_t stream = 0);
+
+// The FP8 GEMM (issue 18), the twin of cpu::fp8_matmul (kernels/cpu/fp8.h):
+//   out[m,n] = (Σ_k a[m,k]·w[n,k]) · a_scale[m] · w_scale[n] + bias[n]
+// a: F8E4M3 [M,K] (activations, a scale per token: cuda::quantize_rows_fp8), w: F8E4M3 [N,K] (a
+// weight, a scale per output channel), a_scale f32 [M], w_scale f32 [N] (device memory, packed),
+// bias bf16 [N] or empty, out bf16 [M,N] (row-strided views allowed for out, a and w).
+// Through cuBLASLt's FP8 kernels in the "TN" layout with both scale vectors applied in its
+// epilogue (CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F, cuBLAS 12.9+ on Hopper): products of E4M3
+// values (exact), summed by the tensor cores and promoted to f32 (fast accumulation off), scaled
+// in f32, rounded once to bf16 (or, where cuBLASLt cannot take the vector scales, the unscaled sum
+// rounded to bf16, then scaled and rounded again by a kernel of ours: Fp8Scales). cuBLASLt's FP8
+// kernels need 16-byte aligned operands: K, N and the row strides of a and w multiples of 16,
+// out's a multiple of 8; refused here otherwise. The bias
+// is added by a kernel of ours after the bf16 rounding (not cuBLASLt's epilogue: gemm.cu says why).
+// Never goes to gemv (M ≤ 4 runs cuBLASLt too).
+void fp8_matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const TensorView& a_scale,
+                const TensorView& w, const TensorView& w_scale, const TensorView& bias, cudaStream_t stream = 0);
 
 }  // namespace stem::cuda

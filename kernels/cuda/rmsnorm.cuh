@@ -21,4 +21,14 @@ void rmsnorm(const TensorView& out, const TensorView& x, const TensorView& weigh
 void add_rmsnorm(const TensorView& out, const TensorView& residual, const TensorView& x, const TensorView& weight,
                  float eps, cudaStream_t stream = 0);
 
+// FP8 (issue 18): the same, and out's rows quantized for the FP8 GEMM that reads them, in the same
+// pass: codes (F8E4M3 [T,H], packed) and scales (f32 [T]) equal what
+// cuda::quantize_rows_fp8(codes, scales, out) gives from the bf16 out, bit for bit (fp8_row.cuh).
+// out is written as before (the LM head reads the last norm's bf16 rows).
+void rmsnorm_fp8(const TensorView& out, const TensorView& codes, const TensorView& scales, const TensorView& x,
+                 const TensorView& weight, float eps, cudaStream_t stream = 0);
+void add_rmsnorm_fp8(const TensorView& out, const TensorView& codes, const TensorView& scales,
+                     const TensorView& residual, const TensorView& x, const TensorView& weight, float eps,
+                     cudaStream_t stream = 0);
+
 }  // namespace stem::cuda

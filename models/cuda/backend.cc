@@ -50,11 +50,17 @@ const ModelConfig& supported(const ModelConfig& c, const BackendOptions& o) {
     CUDA_CHECK(cudaGetDevice(&device));
     CUDA_CHECK(cudaGetDeviceProperties(&p, device));
     check_fp8_gpu(p.major, p.minor, p.name);
-    // Until the FP8 GEMMs land (issue 18), an FP8 checkpoint runs dequantized to bf16 at load.
-    if (c.quantization != "fp8")
-      throw Error("CUDA backend: --quantization fp8 of a float checkpoint is not implemented yet; an FP8 checkpoint "
-                  "runs (dequantized to bf16), or use --device cpu");
-    spdlog::warn("cuda backend: FP8 checkpoint dequantized to bf16 at load (FP8 GEMMs on CUDA are not there yet)");
+    // cuBLASLt's FP8 GEMM takes 16-byte aligned operands: every K and N of the four matrices.
+    const int64_t qkv = c.q_dim() + 2 * c.kv_dim();
+    for (const int64_t d : {c.hidden_size, c.q_dim(), c.intermediate_size, qkv})
+      if (d % 16 != 0)
+        throw Error("CUDA backend: FP8 needs the hidden size (" + std::to_string(c.hidden_size) + "), q_dim (" +
+                    std::to_string(c.q_dim()) + "), intermediate size (" + std::to_string(c.intermediate_size) +
+                    ") and q+k+v rows (" + std::to_string(qkv) +
+                    ") to be multiples of 16 (cuBLASLt's FP8 GEMM); run the model in bf16 or use --device cpu");
+    spdlog::info("cuda backend: FP8 ({}): E4M3 weights with a scale per output channel, activations quantized per "
+                 "token; the LM head and embeddings stay bf16",
+                 c.quantization == "fp8" ? "FP8 checkpoint" : "bf16 checkpoint quantized at load");
   }
   return c;
 }
@@ -62,7 +68,13 @@ const ModelConfig& supported(const ModelConfig& c, const BackendOptions& o) {
 class CudaBackend final : public CudaModelBackend {
  public:
   CudaBackend(const ModelConfig& c, const WeightStore* store, const BackendOptions& o, const CudaBackendOptions& co)
-      : config_(supported(c, o)), options_(co), page_size_(o.page_size), stem_(o.stem), weights_(c, store, co.seed) {
+      : config_(supported(c, o)),
+        options_(co),
+        page_size_(o.page_size),
+        stem_(o.stem),
+        weights_(c, store, co.seed, wants_fp8(c, o)) {
+    ws_.fp8 = weights_.fp8();
+    ops_.set_fp8_weights(weights_);
     std::sort(options_.graph_batch_sizes.begin(), options_.graph_batch_sizes.end());
     const int64_t max_graph = options_.graph_batch_sizes.empty() ? 1 : options_.graph_batch_sizes.back();
     ensure_workspace(std::max(co.reserve_step_tokens, max_graph), max_graph,
@@ -71,6 +83,7 @@ class CudaBackend final : public CudaModelBackend {
     cuda::matmul(gemm_, ws_.logit_rows(1, c.vocab_size),
                  TensorView(ws_.x.get(), DType::BF16, {1, c.hidden_size}), weights_.lm_head, TensorView(),
                  stream_.get());
+    if (weights_.fp8()) check_fp8_gemm();
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
 
     kv_bytes_per_token_ = static_cast<size_t>(c.num_hidden_layers) * 2 * c.kv_dim() * 2;
@@ -186,6 +199,24 @@ class CudaBackend final : public CudaModelBackend {
   }
 
  private:
+  // Runs one FP8 projection (layer 0's qkv on one row of whatever the buffers hold) at load, so
+  // that a GPU or cuBLAS without the FP8 GEMM this backend needs fails here, clearly, and not at
+  // the first request. It also takes the FP8 plan's workspace before the KV pool is sized.
+  void check_fp8_gemm() {
+    const TensorView x(ws_.x.get(), DType::BF16, {1, config_.hidden_size});
+    CUDA_CHECK(cudaMemsetAsync(ws_.x.get(), 0, static_cast<size_t>(config_.hidden_size) * 2, stream_.get()));
+    const LlamaLayerWeights& l0 = weights_.layers.at(0);
+    try {
+      ops_.set_fp8_buffers(ws_.fp8_codes.get(), static_cast<float*>(ws_.fp8_scales.get()), ws_.tokens,
+                           CudaWorkspace::fp8_width(config_));
+      ops_.matmul(TensorView(ws_.qkv.get(), DType::BF16, {1, l0.qkv.shape[0]}), x, l0.qkv, l0.qkv_bias);
+      CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    } catch (const Error& e) {
+      throw Error(std::string("CUDA backend: the FP8 GEMM does not run here (") + e.what() +
+                  "); serve a bf16 checkpoint without --quantization fp8, or use --device cpu");
+    }
+  }
+
   // Queues one step's upload and forward pass on the stream (logits left in ws_.logits).
   void launch_step(const ForwardBatch& batch) {
     batch.validate(config_.vocab_size, num_pages_, page_size_);
@@ -278,6 +309,8 @@ class CudaBackend final : public CudaModelBackend {
     step.gather = gather;
     step.stem = stem != nullptr;
     ops_.begin_step(decode_only, stem, &stem_, static_cast<long long*>(stem_skipped_.get()));
+    ops_.set_fp8_buffers(ws_.fp8_codes.get(), static_cast<float*>(ws_.fp8_scales.get()), ws_.tokens,
+                         CudaWorkspace::fp8_width(config_));
     llama_forward(config_, weights_, kv_layers_, stem_, step, ops_);
   }
 

@@ -4,18 +4,20 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <unordered_map>
+
 #include "kernels/cpu/stem.h"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/stem.cuh"
 #include "models/cuda/profile.h"
+#include "models/llama_weights.h"
 #include "models/ops.h"
 
 namespace stem {
 
 class CudaOps final : public ModelOps {
  public:
-  CudaOps(cuda::GemmContext& gemm, cudaStream_t stream, StepProfile& profile)
-      : gemm_(gemm), stream_(stream), profile_(profile) {}
+  CudaOps(cuda::GemmContext& gemm, cudaStream_t stream, StepProfile& profile);
 
   // The next step's routing. decode_only: every sequence has one row (a graph step), so attention
   // goes straight to the decode kernel (the router would also launch its prefill path, which finds
@@ -27,6 +29,22 @@ class CudaOps final : public ModelOps {
     stem_ = stem;
     settings_ = settings;
     skipped_ = skipped;
+  }
+
+  // FP8 weights: the layers' matrices (E4M3 codes) with their per-channel scales, found by the
+  // address of their codes as the CPU backend finds them; their matmuls run cuda::fp8_matmul on
+  // the activations quantized per token into `codes` (room for rows × width E4M3 values) and
+  // `scales` (rows f32). Every other matmul (the LM head) stays bf16. The RMSNorms and the SwiGLU
+  // quantize their output in the same kernel (rmsnorm_fp8, add_rmsnorm_fp8, swiglu_fp8) and note
+  // which view the buffers hold; a matmul reading that very view skips cuda::quantize_rows_fp8,
+  // any other runs it (STEM_FP8_FUSE=0: always, for A/B timing).
+  void set_fp8_weights(const LlamaWeights& w);
+  void set_fp8_buffers(void* codes, float* scales, int64_t rows, int64_t width) {
+    fp8_codes_ = codes;
+    fp8_scales_ = scales;
+    fp8_rows_ = rows;
+    fp8_width_ = width;
+    fp8_holds_ = TensorView();
   }
 
   void embedding(const TensorView& out, const TensorView& ids, const TensorView& table) override;
@@ -54,6 +72,19 @@ class CudaOps final : public ModelOps {
   const cuda::StemStep* stem_ = nullptr;
   const StemSettings* settings_ = nullptr;
   long long* skipped_ = nullptr;
+  // Whether the FP8 buffers can take `out`'s rows in place of a separate quantization.
+  bool fuse_fp8(const TensorView& out) const;
+  // The FP8 buffers as codes [rows, cols] and scales [rows].
+  TensorView fp8_codes(int64_t rows, int64_t cols) const;
+  TensorView fp8_scales(int64_t rows) const;
+
+  std::unordered_map<const void*, TensorView> fp8_weight_scales_;
+  void* fp8_codes_ = nullptr;
+  float* fp8_scales_ = nullptr;
+  int64_t fp8_rows_ = 0, fp8_width_ = 0;
+  bool fp8_fuse_ = true;
+  // What the FP8 buffers hold: the codes of this view's rows (data null: nothing usable).
+  TensorView fp8_holds_;
 };
 
 }  // namespace stem

@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "base/weights.h"
+#include "kernels/cpu/fp8.h"
 #include "models/llama_weights.h"
 
 namespace stem {
@@ -54,6 +56,33 @@ class RandomFiller {
     }
   }
 
+  // FP8 weights (codes F8E4M3 [rows, cols], scales f32 [rows]): codes of N(0, 1) values from a
+  // pool made once, like the bf16 one, and every scale 0.02, so the values are N(0, 0.02) again.
+  void normal_fp8(const TensorView& codes, const TensorView& scales) {
+    if (!fp8_pool_.get()) {
+      std::vector<uint8_t> host(kPool);
+      for (size_t i = 0; i < kPool; i += 2) {
+        const double u1 = (static_cast<double>(splitmix64(state_) >> 11) + 1.0) * 0x1.0p-53;
+        const double u2 = static_cast<double>(splitmix64(state_) >> 11) * 0x1.0p-53;
+        const double r = std::sqrt(-2.0 * std::log(u1)), a = 6.283185307179586 * u2;
+        host[i] = cpu::f32_to_fp8(static_cast<float>(r * std::cos(a)));
+        host[i + 1] = cpu::f32_to_fp8(static_cast<float>(r * std::sin(a)));
+      }
+      fp8_pool_ = cudabk::DeviceMemory(kPool, "the random FP8 weight pool");
+      CUDA_CHECK(cudaMemcpy(fp8_pool_.get(), host.data(), kPool, cudaMemcpyHostToDevice));
+    }
+    const size_t n = static_cast<size_t>(codes.numel());
+    for (size_t done = 0; done < n;) {
+      const size_t len = std::min(kChunk, n - done);
+      const size_t start = (splitmix64(state_) % (kPool - kChunk)) & ~size_t{15};
+      CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(codes.data) + done, fp8_pool_.bytes_ptr(start), len,
+                                 cudaMemcpyDeviceToDevice, nullptr));
+      done += len;
+    }
+    const std::vector<float> host(static_cast<size_t>(scales.numel()), 0.02f);
+    CUDA_CHECK(cudaMemcpy(scales.data, host.data(), host.size() * 4, cudaMemcpyHostToDevice));
+  }
+
   static void ones(const TensorView& dst) {
     const std::vector<uint16_t> host(static_cast<size_t>(dst.numel()), f32_to_bf16(1.f));
     CUDA_CHECK(cudaMemcpy(dst.data, host.data(), host.size() * 2, cudaMemcpyHostToDevice));
@@ -62,7 +91,7 @@ class RandomFiller {
  private:
   static constexpr size_t kPool = size_t{16} << 20, kChunk = size_t{1} << 20;
   uint64_t state_;
-  cudabk::DeviceMemory pool_;
+  cudabk::DeviceMemory pool_, fp8_pool_;
 };
 
 }  // namespace
@@ -73,12 +102,13 @@ void fill_random_bf16(void* dst, size_t count, uint64_t seed) {
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 
-CudaWeights::CudaWeights(const ModelConfig& c, const WeightStore* store, uint64_t seed) {
+CudaWeights::CudaWeights(const ModelConfig& c, const WeightStore* store, uint64_t seed, bool fp8) : fp8_(fp8) {
   STEM_CHECK(c.head_dim % 2 == 0 && c.hidden_size > 0 && c.vocab_size > 0, "CUDA backend: bad model shape");
   const bool tied = lm_head_tied(c, store);
   const std::vector<WeightSpec> table = llama_weight_table(c, tied, *this);
-  arena_ = cudabk::DeviceMemory(place_weights(c, table, *this, DType::BF16, nullptr), "the model weights");
-  place_weights(c, table, *this, DType::BF16, arena_.bytes_ptr());
+  const std::optional<DType> codes = fp8 ? std::optional(DType::F8E4M3) : std::nullopt;
+  arena_ = cudabk::DeviceMemory(place_weights(c, table, *this, DType::BF16, nullptr, codes), "the model weights");
+  place_weights(c, table, *this, DType::BF16, arena_.bytes_ptr(), codes);
 
   if (store) {
     load_weights(table, *this, c, *store, copy_to_device);
@@ -87,6 +117,8 @@ CudaWeights::CudaWeights(const ModelConfig& c, const WeightStore* store, uint64_
     for (const WeightSpec& s : table) {
       if (s.init == WeightInit::Ones)
         RandomFiller::ones(*s.dst);
+      else if (s.scale && !s.scale->empty())
+        fill.normal_fp8(*s.dst, *s.scale);
       else
         fill.normal(*s.dst);
     }
@@ -97,7 +129,7 @@ CudaWeights::CudaWeights(const ModelConfig& c, const WeightStore* store, uint64_
 
   step_read_bytes_ = tied ? view_bytes(lm_head) : 0;
   for (const WeightSpec& s : table)
-    if (s.per_step) step_read_bytes_ += view_bytes(*s.dst);
+    if (s.per_step) step_read_bytes_ += view_bytes(*s.dst) + (s.scale ? view_bytes(*s.scale) : 0);
 }
 
 }  // namespace stem

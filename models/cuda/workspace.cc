@@ -11,7 +11,7 @@ bool CudaWorkspace::grow(const ModelConfig& c, int64_t want_tokens, int64_t want
   const int64_t H = c.hidden_size, QKV = c.q_dim() + 2 * c.kv_dim();
   if (want_tokens > tokens) {
     want_tokens = std::max(want_tokens, tokens * 5 / 4);  // step sizes creep up: do not regrow for each
-    for (cudabk::DeviceMemory* m : {&residual, &x, &qkv, &attn, &proj, &gate_up}) m->reset();
+    for (cudabk::DeviceMemory* m : {&residual, &x, &qkv, &attn, &proj, &gate_up, &fp8_codes, &fp8_scales}) m->reset();
     const size_t T = static_cast<size_t>(want_tokens);
     residual = cudabk::DeviceMemory(T * H * 4, "activations (residual stream)");
     x = cudabk::DeviceMemory(T * H * 2, "activations (normed)");
@@ -19,6 +19,10 @@ bool CudaWorkspace::grow(const ModelConfig& c, int64_t want_tokens, int64_t want
     attn = cudabk::DeviceMemory(T * c.q_dim() * 2, "activations (attention)");
     proj = cudabk::DeviceMemory(T * H * 2, "activations (projections)");
     gate_up = cudabk::DeviceMemory(T * 2 * c.intermediate_size * 2, "activations (MLP)");
+    if (fp8) {
+      fp8_codes = cudabk::DeviceMemory(T * static_cast<size_t>(fp8_width(c)), "activations (FP8 codes)");
+      fp8_scales = cudabk::DeviceMemory(T * 4, "activations (FP8 scales)");
+    }
     tokens = want_tokens;
   }
   if (want_rows > rows) {
@@ -40,9 +44,14 @@ bool CudaWorkspace::grow(const ModelConfig& c, int64_t want_tokens, int64_t want
 
 size_t CudaWorkspace::bytes() const {
   size_t n = 0;
-  for (const cudabk::DeviceMemory* m : {&residual, &x, &qkv, &attn, &proj, &gate_up, &gathered, &logits, &meta})
+  for (const cudabk::DeviceMemory* m :
+       {&residual, &x, &qkv, &attn, &proj, &gate_up, &gathered, &logits, &meta, &fp8_codes, &fp8_scales})
     n += m->bytes();
   return n;
+}
+
+int64_t CudaWorkspace::fp8_width(const ModelConfig& c) {
+  return std::max({c.hidden_size, c.q_dim(), c.intermediate_size});
 }
 
 LlamaStep CudaWorkspace::step(const ModelConfig& c, const StepLayout& l) const {

@@ -15,7 +15,10 @@ namespace stem {
 
 struct CudaWorkspace {
   int64_t tokens = 0, rows = 0, meta_ints = 0;
-  cudabk::DeviceMemory residual, x, qkv, attn, proj, gate_up, gathered, logits, meta;
+  // FP8 weights (set before the first grow): the FP8 GEMMs' activations, quantized per token,
+  // in fp8_codes (E4M3 [tokens, the widest K of the four GEMMs]) and fp8_scales (f32 [tokens]).
+  bool fp8 = false;
+  cudabk::DeviceMemory residual, x, qkv, attn, proj, gate_up, gathered, logits, meta, fp8_codes, fp8_scales;
   cudabk::PinnedMemory meta_host;
 
   // Grows the buffers a step of this shape needs (waiting for `stream` first, whose work may still
@@ -27,6 +30,8 @@ struct CudaWorkspace {
   LlamaStep step(const ModelConfig& config, const StepLayout& l) const;
   // The step's logits, f32 [rows, vocab].
   TensorView logit_rows(int64_t rows, int64_t vocab) const { return TensorView(logits.get(), DType::F32, {rows, vocab}); }
+  // The widest K of the model's FP8 GEMMs (hidden, q_dim, intermediate): fp8_codes' row size.
+  static int64_t fp8_width(const ModelConfig& config);
 };
 
 }  // namespace stem
