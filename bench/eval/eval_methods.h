@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/stem.h"
+#include "models/stem_policy.h"
 
 namespace stem::eval {
 

@@ -4,7 +4,7 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
-#include "kernels/cpu/stem.h"
+#include "models/stem_policy.h"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/stem.cuh"
 #include "models/cuda/profile.h"
