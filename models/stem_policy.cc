@@ -80,7 +80,7 @@ int64_t decayed_row_budget(int64_t nb, int64_t block, const StemSettings& settin
   // start + step·n in the first half (n < steps/2), end − step·(steps − 1 − n) in the second, and nvcc
   // fuses each into one fma (one rounding). The paper's expression k_s + (i − k_s)/(nb − k_s − 1)·(α − 1)·k_s,
   // evaluated in double, floors to one block less or more on 52 (nb, i) pairs for nb ≤ 1100 at α = 0.7
-  // (tests/kernels/test_stem.cc lists them), where the exact value is an integer or lands within an ulp of one.
+  // (tests/models/test_stem_policy.cc lists them), where the exact value is an integer or lands within an ulp of one.
   const int64_t steps = nb - ks, n = block - ks;
   const double start = static_cast<double>(ks), end = static_cast<double>(ks) * settings.alpha;
   double k = start;
