@@ -19,12 +19,12 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/stem.h"
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/attention_prefill.cuh"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/stem.cuh"
 #include "kernels/view.h"
+#include "models/stem_policy.h"
 
 using namespace stem;
 
@@ -81,13 +81,15 @@ void bench(int64_t len, std::mt19937_64& rng) {
                              h_prompts = h_lens;
   lens.upload(h_lens);
   starts.upload(h_starts);
-  const cuda::StemBatch batch{h_lens, h_starts, h_prompts};
+  const StemSettings st;
+  // The policy classifies the query blocks once, as the model runner does once per step.
+  const std::vector<StemQueryBlock> blocks = stem_query_blocks(h_lens, h_starts, h_prompts, 0, st);
+  const cuda::StemBatch batch{h_lens, h_starts, blocks};
   const TensorView q_v = q.view(DType::BF16, {len, kHq, kD}), out_v = out.view(DType::BF16, {len, kHq, kD});
   const TensorView k_v = k.view(DType::BF16, {pages, kPage, kHkv, kD}), v_v = v.view(DType::BF16, {pages, kPage, kHkv, kD});
   const TensorView table_v = table.view(DType::I32, {1, pages}), lens_v = lens.view(DType::I32, {1}),
                    starts_v = starts.view(DType::I32, {2});
   const float scale = 1.f / std::sqrt(float(kD));
-  const StemSettings st;
 
   // The listed blocks' FLOPs, from one plan's lists.
   double listed_flops = 0;

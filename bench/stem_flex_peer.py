@@ -22,7 +22,7 @@ SINK, WINDOW, ALPHA = 4, 4, 0.7
 
 
 def start_budget(nb):
-    """k_s, as kernels/cpu/stem.cc computes it (Python's int() of a double)."""
+    """k_s, as models/stem_policy.cc computes it (Python's int() of a double)."""
     if nb < 56:
         ks = nb
     elif nb < 160:

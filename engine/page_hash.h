@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-#include "kernels/cpu/stem.h"
+#include "models/stem_policy.h"
 
 namespace stem {
 

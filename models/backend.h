@@ -10,7 +10,7 @@
 #include "base/model_config.h"
 #include "base/tensor.h"
 #include "kernels/cpu/sampling.h"
-#include "kernels/cpu/stem.h"
+#include "models/stem_policy.h"
 
 namespace stem {
 

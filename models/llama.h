@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "base/model_config.h"
-#include "kernels/cpu/stem.h"
+#include "models/stem_policy.h"
 #include "kernels/view.h"
 #include "models/llama_weights.h"
 #include "models/ops.h"

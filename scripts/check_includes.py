@@ -13,6 +13,11 @@ with. This lists every `#include "x/..."` of our sources whose room is not below
 file's room, and exits 1 if there is one. tests/ and bench/ may include anything; proto/ is
 generated. Standard library only.
 
+Stem's policy (which prompts and layers use Stem, the budget schedules, the classification of a
+step's query blocks: models/stem_policy.h) lives with the model; the kernels know only the
+mechanism (kernels/cpu/stem.h). Every file under kernels/ that names one of the policy's
+identifiers (POLICY, as a whole word, code or comment) is listed too, and fails the check.
+
     scripts/check_includes.py [ROOT]
 """
 import re
@@ -34,6 +39,15 @@ BELOW = {
     "server": {"engine", "structured", "toolcall", "models", "text", "base", "kernels", "proto"},
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+/[^"]+)"', re.M)
+# Stem's policy (models/stem_policy.h), which no file under kernels/ may name.
+POLICY = [
+    "StemSettings", "check_stem_settings", "stem_selection_name", "stem_selector_name", "parse_stem_selector",
+    "stem_selection_causal", "stem_layer_sparse", "stem_num_blocks", "stem_start_budget", "stem_row_budget",
+    "stem_uniform_budget", "stem_query_blocks", "kStemSmallPromptBlocks", "kStemMediumPromptBlocks",
+    "kStemMediumRate", "kStemLongRate", "kStemBudgetBase", "min_prompt_len", "dense_layers", "budget_rate",
+    "position_decay", "dense_tail_blocks",
+]
+POLICY_WORD = re.compile(r"\b(" + "|".join(POLICY) + r")\b")
 
 
 def room_of(path):
@@ -48,7 +62,7 @@ def room_of(path):
 
 def main():
     root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[1])
-    bad = []
+    bad, policy = [], []
     checked = 0
     for top in sorted({r.split("/")[0] for r in BELOW}):
         for path in sorted((root / top).rglob("*")):
@@ -63,11 +77,15 @@ def main():
                 if target is not None and target != room and target not in BELOW[room]:
                     line = text.count("\n", 0, m.start()) + 1
                     bad.append(f"{rel}:{line}: {room}/ includes {target}/ ({m.group(0).strip()})")
-    for b in bad:
+            if room.split("/")[0] == "kernels":
+                for m in POLICY_WORD.finditer(text):
+                    line = text.count("\n", 0, m.start()) + 1
+                    policy.append(f"{rel}:{line}: kernels/ names Stem's policy ({m.group(1)}: models/stem_policy.h)")
+    for b in bad + policy:
         print(b)
-    print(f"check_includes: {checked} files, {len(bad)} upward include(s)"
-          f"{'' if bad else ': every arrow points down (server -> engine -> structured, models -> text, base -> kernels)'}")
-    return 1 if bad else 0
+    print(f"check_includes: {checked} files, {len(bad)} upward include(s), {len(policy)} policy name(s) in kernels/"
+          f"{'' if bad or policy else ': every arrow points down (server -> engine -> structured, models -> text, base -> kernels)'}")
+    return 1 if bad or policy else 0
 
 
 if __name__ == "__main__":

@@ -96,9 +96,10 @@ Capture capture_qkv(EvalModel& model, const std::vector<int32_t>& ids, int64_t f
 }
 
 cpu::StemPlan plan_layer(const Capture& c, const CapturedLayer& layer, const StemSettings& settings) {
+  const std::vector<StemQueryBlock> blocks = stem_query_blocks(c.kv_lens, c.query_start, c.prompt_lens, 0, settings);
   return cpu::stem_plan(cf32(layer.q, {c.tokens, c.q_heads, c.dim}), cf32(layer.k, {c.pages, c.page_size, c.kv_heads, c.dim}),
                         cf32(layer.v, {c.pages, c.page_size, c.kv_heads, c.dim}), ci32(c.page_table, {1, c.pages}),
-                        ci32(c.kv_lens, {1}), ci32(c.query_start, {2}), ci32(c.prompt_lens, {1}), c.scale, 0, settings);
+                        ci32(c.kv_lens, {1}), ci32(c.query_start, {2}), blocks, c.scale, settings);
 }
 
 Density measure_density(const Capture& c, const Method& m, size_t stride) {

@@ -1,12 +1,12 @@
 // The methods the Stem accuracy evaluation compares (issue 7): dense attention, Stem with its
 // defaults, and Stem, its ablations and the baselines at matched block densities. Each is a
-// StemSettings (kernels/cpu/stem.h) plus the one knob that sets its density.
+// StemSettings (models/stem_policy.h) plus the one knob that sets its density.
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/stem.h"
+#include "models/stem_policy.h"
 
 namespace stem::eval {
 

@@ -81,9 +81,9 @@ void block_sparse_attention(const TensorView& out, const TensorView& q, const Te
 
 void stem_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                   const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
-                  const TensorView& prompt_lens, float scale, int64_t sliding_window, const StemSettings& settings) {
-  const StemPlan plan =
-      stem_plan(q, k_cache, v_cache, page_table, kv_lens, query_start, prompt_lens, scale, sliding_window, settings);
+                  std::span<const StemQueryBlock> blocks, float scale, int64_t sliding_window,
+                  const StemKernelParams& params) {
+  const StemPlan plan = stem_plan(q, k_cache, v_cache, page_table, kv_lens, query_start, blocks, scale, params);
   block_sparse_attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, plan, scale, sliding_window);
 }
 

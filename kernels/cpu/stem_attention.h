@@ -2,6 +2,7 @@
 // is checked against on Stem's selections, and the CPU backend's Stem prefill.
 #pragma once
 #include <cstdint>
+#include <span>
 
 #include "kernels/cpu/stem_plan.h"
 #include "kernels/view.h"
@@ -17,10 +18,11 @@ void block_sparse_attention(const TensorView& out, const TensorView& q, const Te
                             const TensorView& v_cache, const TensorView& page_table, const TensorView& kv_lens,
                             const TensorView& query_start, const StemPlan& plan, float scale, int64_t sliding_window);
 
-// Stem prefill on the CPU: stem_plan, then block_sparse_attention. prompt_lens: i32 [S], each
-// sequence's whole prompt length. Layers below settings.dense_layers should call paged_attention.
+// Stem prefill on the CPU: stem_plan over the step's classified query blocks, then
+// block_sparse_attention. Which layers call it is the model's policy (models/stem_policy.h).
 void stem_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                   const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
-                  const TensorView& prompt_lens, float scale, int64_t sliding_window, const StemSettings& settings);
+                  std::span<const StemQueryBlock> blocks, float scale, int64_t sliding_window,
+                  const StemKernelParams& params);
 
 }  // namespace stem::cpu

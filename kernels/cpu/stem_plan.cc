@@ -28,7 +28,7 @@ struct PooledKeys {
   std::vector<double> kp, u;
 };
 
-PooledKeys pool_keys(const Cache& c, int64_t s, int64_t kv_len, int64_t n_key_blocks, const StemSettings& st) {
+PooledKeys pool_keys(const Cache& c, int64_t s, int64_t kv_len, int64_t n_key_blocks, const StemKernelParams& st) {
   const int64_t bs = st.block_size, stride = st.stride, d = c.head_dim, width = stride * d;
   PooledKeys pk;
   pk.n_key_blocks = n_key_blocks;
@@ -63,7 +63,7 @@ PooledKeys pool_keys(const Cache& c, int64_t s, int64_t kv_len, int64_t n_key_bl
 // vb[j] for j ≤ block of one query block and KV head: z-scores of u over the groups the block can
 // see (n < ceil(key_end / S)), mean with the unbiased std as torch's .std(), then λ·max(0, z)
 // averaged over each key block's visible groups.
-void value_bonus(const PooledKeys& pk, int64_t g, const StemQueryBlock& b, const StemSettings& st, float* bonus) {
+void value_bonus(const PooledKeys& pk, int64_t g, const StemQueryBlock& b, const StemKernelParams& st, float* bonus) {
   const int64_t groups = (b.key_end + st.stride - 1) / st.stride, per_block = st.block_size / st.stride;
   const double* u = &pk.u[static_cast<size_t>(g * pk.n_groups)];
   double mean = 0;
@@ -115,7 +115,7 @@ std::vector<int32_t> stem_threshold_select(std::span<const float> scores, double
 
 StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                    const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
-                   const TensorView& prompt_lens, float scale, int64_t sliding_window, const StemSettings& settings,
+                   std::span<const StemQueryBlock> blocks, float scale, const StemKernelParams& params,
                    StemScores* scores) {
   check_rows(q, "stem_plan q", DType::F32, 3);
   check_packed(k_cache, "stem_plan k_cache", DType::F32, 4);
@@ -123,18 +123,15 @@ StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorV
   check_packed(page_table, "stem_plan page_table", DType::I32, 2);
   check_packed(kv_lens, "stem_plan kv_lens", DType::I32, 1);
   check_packed(query_start, "stem_plan query_start", DType::I32, 1);
-  check_packed(prompt_lens, "stem_plan prompt_lens", DType::I32, 1);
   const int64_t q_heads = q.shape[1], d = q.shape[2], kv_heads = k_cache.shape[2], seqs = page_table.shape[0];
   check_dim(k_cache, "stem_plan k_cache", 3, d, "head_dim, as in q");
   STEM_CHECK(kv_heads > 0 && q_heads % kv_heads == 0, "stem_plan: ", q_heads, " q heads over ", kv_heads, " KV heads");
   check_dim(kv_lens, "stem_plan kv_lens", 0, seqs, "sequences");
   check_dim(query_start, "stem_plan query_start", 0, seqs + 1, "sequences + 1");
-  check_dim(prompt_lens, "stem_plan prompt_lens", 0, seqs, "sequences");
   const Cache cache{k_cache.ptr<float>(), v_cache.ptr<float>(), page_table.ptr<int32_t>(), page_table.shape[1],
                     k_cache.shape[1], kv_heads, d};
   const std::span<const int32_t> lens(kv_lens.ptr<int32_t>(), static_cast<size_t>(seqs)),
-      starts(query_start.ptr<int32_t>(), static_cast<size_t>(seqs + 1)),
-      prompts(prompt_lens.ptr<int32_t>(), static_cast<size_t>(seqs));
+      starts(query_start.ptr<int32_t>(), static_cast<size_t>(seqs + 1));
   STEM_CHECK(starts[seqs] == q.shape[0], "stem_plan: query_start ends at ", starts[seqs], ", q has ", q.shape[0], " rows");
   for (int64_t s = 0; s < seqs; ++s) {
     STEM_CHECK(lens[s] <= cache.max_pages * cache.page_size, "stem_plan: sequence ", s, " has kv_len ", lens[s],
@@ -144,9 +141,10 @@ StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorV
       STEM_CHECK(page >= 0 && page < k_cache.shape[0], "stem_plan: page_table[", s, "][", i, "] = ", page);
     }
   }
-  const std::vector<StemQueryBlock> blocks = stem_query_blocks(lens, starts, prompts, sliding_window, settings);
+  check_stem_kernel_params(params);
+  check_stem_query_blocks(blocks, lens, starts, params);
 
-  const int64_t bs = settings.block_size, stride = settings.stride, per_block = bs / stride, width = stride * d;
+  const int64_t bs = params.block_size, stride = params.stride, per_block = bs / stride, width = stride * d;
   const int64_t group = q_heads / kv_heads;
   const double factor = double{scale} / static_cast<double>(stride * per_block * per_block);
   std::vector<size_t> sparse;
@@ -163,12 +161,12 @@ StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorV
 
   // Sparse blocks of a sequence are consecutive: pool its keys once for all of them. Sink and
   // window alone (None) need no scores: they stay zeros.
-  const bool scored = settings.selector != StemSelector::None;
+  const bool scored = params.selector != StemSelector::None;
   for (int64_t r0 = 0; scored && r0 < rows;) {
     const int32_t s = blocks[sparse[r0]].seq;
     int64_t r1 = r0;
     while (r1 < rows && blocks[sparse[r1]].seq == s) ++r1;
-    const PooledKeys pk = pool_keys(cache, s, lens[s], blocks[sparse[r1 - 1]].block + 1, settings);
+    const PooledKeys pk = pool_keys(cache, s, lens[s], blocks[sparse[r1 - 1]].block + 1, params);
     const int64_t first_pos = lens[s] - (starts[s + 1] - starts[s]);
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int64_t r = r0; r < r1; ++r)
@@ -192,7 +190,7 @@ StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorV
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t g = 0; g < kv_heads; ++g)
-        value_bonus(pk, g, blocks[sparse[r]], settings, &bonus[static_cast<size_t>((r * kv_heads + g) * cols)]);
+        value_bonus(pk, g, blocks[sparse[r]], params, &bonus[static_cast<size_t>((r * kv_heads + g) * cols)]);
     r0 = r1;
   }
 
@@ -204,18 +202,18 @@ StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorV
       for (int64_t j = 0; j <= b.block; ++j)
         score[j] = logit[(r * q_heads + h) * cols + j] + bonus[(r * kv_heads + h / group) * cols + j];
       std::vector<char> keep(score.size(), 0);
-      if (settings.selector == StemSelector::TopK)
+      if (params.selector == StemSelector::TopK)
         for (int32_t j : stem_top_k(score, b.budget)) keep[j] = 1;
-      else if (settings.selector == StemSelector::Threshold)
-        for (int32_t j : stem_threshold_select(score, settings.threshold)) keep[j] = 1;
-      else if (settings.selector == StemSelector::Adaptive) {
+      else if (params.selector == StemSelector::Threshold)
+        for (int32_t j : stem_threshold_select(score, params.threshold)) keep[j] = 1;
+      else if (params.selector == StemSelector::Adaptive) {
         // Both are prefixes of the ranking by (score desc, j asc): the shorter one.
-        std::vector<int32_t> kept = stem_threshold_select(score, settings.threshold);
+        std::vector<int32_t> kept = stem_threshold_select(score, params.threshold);
         if (static_cast<int64_t>(kept.size()) > b.budget) kept = stem_top_k(score, b.budget);
         for (int32_t j : kept) keep[j] = 1;
       }
-      for (int64_t j = 0; j < std::min<int64_t>(settings.sink_blocks, b.block + 1); ++j) keep[j] = 1;
-      for (int64_t j = std::max<int64_t>(0, b.block - settings.window_blocks + 1); j <= b.block; ++j) keep[j] = 1;
+      for (int64_t j = 0; j < std::min<int64_t>(params.sink_blocks, b.block + 1); ++j) keep[j] = 1;
+      for (int64_t j = std::max<int64_t>(0, b.block - params.window_blocks + 1); j <= b.block; ++j) keep[j] = 1;
       std::vector<int32_t>& list = chosen[static_cast<size_t>(r * q_heads + h)];
       for (int64_t j = 0; j <= b.block; ++j)
         if (keep[j]) list.push_back(static_cast<int32_t>(j));

@@ -14,7 +14,7 @@
 namespace stem::cpu {
 
 // Block lists in CSR, as cuda::BlockSparsePlan (blocks of settings.block_size positions):
-//   qblocks        [n_qblocks·2]: (sequence s, query block i), in stem_query_blocks' order
+//   qblocks        [n_qblocks·2]: (sequence s, query block i), in the order of the blocks given
 //   block_offsets  [n_qblocks·Hq + 1]: the key blocks of query block b, head h are
 //   block_indices  [block_offsets[b·Hq + h] .. block_offsets[b·Hq + h + 1]), ascending j.
 struct StemPlan {
@@ -42,13 +42,14 @@ struct StemScores {
 };
 
 // q: f32 [T,Hq,D]; k_cache, v_cache: f32 [P,page_size,Hkv,D]; page_table, kv_lens, query_start:
-// as in kernels/cpu/attention.h (host memory). prompt_lens: i32 [S], each sequence's whole prompt
-// length (nb counts it, so the selection does not depend on chunking). scale: the attention's
-// (1/√D), which the estimate's 1/(√d·S·R²) uses too. Blocks are settings.block_size positions.
-// Fills *scores when given.
+// as in kernels/cpu/attention.h (host memory). blocks: the step's query blocks as the policy
+// classified them (models/stem_policy.h; checked by check_stem_query_blocks):
+// the sparse ones are scored and selected with their budgets, the dense ones list every causal
+// block from first_key. scale: the attention's (1/√D), which the estimate's 1/(√d·S·R²) uses too.
+// Blocks are params.block_size positions. Fills *scores when given.
 StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                    const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
-                   const TensorView& prompt_lens, float scale, int64_t sliding_window, const StemSettings& settings,
+                   std::span<const StemQueryBlock> blocks, float scale, const StemKernelParams& params,
                    StemScores* scores = nullptr);
 
 // Top-k of one row: the `k` largest of scores[0..n) (ties: lower index first), ascending index.

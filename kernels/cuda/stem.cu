@@ -46,7 +46,7 @@ void put(std::vector<unsigned char>& meta, size_t at, const std::vector<T>& v) {
 }
 
 Layout make_layout(std::vector<StemQueryBlock> all, const StemBatch& host, int64_t q_heads, int64_t kv_heads,
-                   int64_t head_dim, const StemSettings& st) {
+                   int64_t head_dim, const StemKernelParams& st) {
   Layout l;
   const int64_t bs = st.block_size, stride = st.stride;
   // Estimate rows: the sparse blocks, already grouped by sequence in ascending i.
@@ -151,8 +151,8 @@ Layout make_layout(std::vector<StemQueryBlock> all, const StemBatch& host, int64
   return l;
 }
 
-void check_stem_cuda(const StemSettings& st, int64_t head_dim) {
-  check_stem_settings(st);
+void check_stem_cuda(const StemKernelParams& st, int64_t head_dim) {
+  check_stem_kernel_params(st);
   STEM_CHECK(st.block_size == kAttentionBlock, "stem (CUDA): block size must be ", kAttentionBlock,
              " (the attention kernel's), got ", st.block_size);
   const int64_t threads = st.stride * head_dim / 8;
@@ -182,7 +182,7 @@ struct StemPlanner {
   // The step's part: the layout of the query blocks' records, their upload and the memory that the
   // layers' launches fill.
   static StemPlan prepare(std::vector<StemQueryBlock> blocks, const StemBatch& host, int64_t hq, int64_t hkv,
-                          int64_t d, const StemSettings& st, cudaStream_t stream) {
+                          int64_t d, const StemKernelParams& st, cudaStream_t stream) {
     Layout l = make_layout(std::move(blocks), host, hq, hkv, d, st);
     std::vector<unsigned char> meta(l.meta_end);
     put(meta, l.qblocks_at, l.qblocks);
@@ -240,7 +240,7 @@ struct StemPlanner {
   // One layer's part: the estimate, the selection and the lists, written into the plan's memory.
   static void launch(const StemPlan& plan, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                      const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
-                     const attn::AttentionShape& shape, float scale, const StemSettings& st, cudaStream_t stream,
+                     const attn::AttentionShape& shape, float scale, const StemKernelParams& st, cudaStream_t stream,
                      cudaEvent_t estimated) {
     const int64_t hq = shape.q_heads, hkv = shape.kv_heads, d = shape.head_dim;
     const StemPlan::Sections& at = plan.at_;
@@ -379,38 +379,36 @@ TensorView StemPlan::estimate() const {
 
 namespace {
 
-void check_host(const StemBatch& host, int64_t seqs) {
-  STEM_CHECK(static_cast<int64_t>(host.kv_lens.size()) == seqs && static_cast<int64_t>(host.query_start.size()) == seqs + 1 &&
-                 static_cast<int64_t>(host.prompt_lens.size()) == seqs,
-             "stem: the host copies hold ", host.kv_lens.size(), " kv_lens, ", host.query_start.size(),
-             " query_start and ", host.prompt_lens.size(), " prompt_lens for ", seqs, " sequences");
+void check_host(const StemBatch& host, int64_t seqs, const StemKernelParams& params) {
+  STEM_CHECK(static_cast<int64_t>(host.kv_lens.size()) == seqs && static_cast<int64_t>(host.query_start.size()) == seqs + 1,
+             "stem: the host copies hold ", host.kv_lens.size(), " kv_lens and ", host.query_start.size(),
+             " query_start for ", seqs, " sequences");
+  check_stem_query_blocks(host.blocks, host.kv_lens, host.query_start, params);
 }
 
 }  // namespace
 
 StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                    const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
-                   const StemBatch& host, float scale, int64_t sliding_window, const StemSettings& settings,
+                   const StemBatch& host, float scale, int64_t sliding_window, const StemKernelParams& settings,
                    cudaStream_t stream, cudaEvent_t estimated) {
   const attn::AttentionShape shape =
       attn::check_attention("stem_plan", q, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window);
   check_stem_cuda(settings, shape.head_dim);
-  check_host(host, shape.seqs);
-  StemPlan plan = StemPlanner::prepare(
-      stem_query_blocks(host.kv_lens, host.query_start, host.prompt_lens, sliding_window, settings), host,
-      shape.q_heads, shape.kv_heads, shape.head_dim, settings, stream);
+  check_host(host, shape.seqs, settings);
+  StemPlan plan = StemPlanner::prepare({host.blocks.begin(), host.blocks.end()}, host, shape.q_heads, shape.kv_heads,
+                                       shape.head_dim, settings, stream);
   StemPlanner::launch(plan, q, k_cache, v_cache, page_table, kv_lens, query_start, shape, scale, settings, stream,
                       estimated);
   return plan;
 }
 
-StemStep stem_step(const StemBatch& host, int64_t q_heads, int64_t kv_heads, int64_t head_dim, int64_t sliding_window,
-                   const StemSettings& settings, cudaStream_t stream) {
+StemStep stem_step(const StemBatch& host, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
+                   const StemKernelParams& settings, cudaStream_t stream) {
   check_stem_cuda(settings, head_dim);
   const int64_t seqs = static_cast<int64_t>(host.kv_lens.size());
-  check_host(host, seqs);
-  std::vector<StemQueryBlock> blocks =
-      stem_query_blocks(host.kv_lens, host.query_start, host.prompt_lens, sliding_window, settings);
+  check_host(host, seqs, settings);
+  std::vector<StemQueryBlock> blocks(host.blocks.begin(), host.blocks.end());
   std::vector<char> has_sparse(static_cast<size_t>(seqs), 0);
   for (const StemQueryBlock& b : blocks) has_sparse[b.seq] |= b.sparse ? 1 : 0;
   StemStep step;
@@ -442,7 +440,7 @@ StemStep stem_step(const StemBatch& host, int64_t q_heads, int64_t kv_heads, int
 
 void stem_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                   const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
-                  const StemStep& step, float scale, int64_t sliding_window, const StemSettings& settings,
+                  const StemStep& step, float scale, int64_t sliding_window, const StemKernelParams& settings,
                   cudaStream_t stream, long long* skipped) {
   const attn::AttentionShape shape =
       attn::check_attention("stem_prefill", out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale,
@@ -469,14 +467,13 @@ void stem_prefill(const TensorView& out, const TensorView& q, const TensorView& 
 
 void stem_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                   const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
-                  const StemBatch& host, float scale, int64_t sliding_window, const StemSettings& settings,
+                  const StemBatch& host, float scale, int64_t sliding_window, const StemKernelParams& settings,
                   cudaStream_t stream, long long* skipped) {
   const attn::AttentionShape shape =
       attn::check_attention("stem_prefill", out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale,
                             sliding_window);
-  check_host(host, shape.seqs);
-  const StemStep step =
-      stem_step(host, shape.q_heads, shape.kv_heads, shape.head_dim, sliding_window, settings, stream);
+  check_host(host, shape.seqs, settings);
+  const StemStep step = stem_step(host, shape.q_heads, shape.kv_heads, shape.head_dim, settings, stream);
   stem_prefill(out, q, k_cache, v_cache, page_table, kv_lens, query_start, step, scale, sliding_window, settings,
                stream, skipped);
 }

@@ -1,8 +1,9 @@
 // Stem sparse prefill on the GPU (DESIGN.md §3, docs/stem.md): plan the step's block lists on the
 // device (pooled estimate, value bonus, position-decay top-k, sinks and window), then run the
 // block-sparse flash-attention prefill (attention_prefill.cuh) over them. The CPU reference is
-// kernels/cpu/stem_plan.h; both classify query blocks with stem_query_blocks (kernels/cpu/stem.h).
-// Host declarations only, so plain C++ (the engine, the tests) can include it.
+// kernels/cpu/stem_plan.h; both take the step's query blocks as the policy classified them
+// (models/stem_policy.h) and the kernels' parameters (kernels/cpu/stem.h).
+// Host declarations only, so plain C++ (the model runner, the tests) can include it.
 //
 // The plan is a host part and a device part, FlashInfer's plan/run split. The host part is pure
 // bookkeeping on host copies of the step's metadata, which the engine has before it uploads them
@@ -37,10 +38,12 @@
 namespace stem::cuda {
 
 // Host copies of a step's metadata: kv_lens [S], query_start [S+1] (the values of the device views
-// passed beside them) and each sequence's whole prompt length [S], which fixes nb however the
-// prompt is chunked.
+// passed beside them), and the step's query blocks as the policy classified them (models/
+// stem_policy.h; checked by check_stem_query_blocks): which are sparse, their
+// budgets and list bounds.
 struct StemBatch {
-  std::span<const int32_t> kv_lens, query_start, prompt_lens;
+  std::span<const int32_t> kv_lens, query_start;
+  std::span<const StemQueryBlock> blocks;
 };
 
 // One step's plan on the device, in the layout block_sparse_prefill takes: the step's host part
@@ -64,7 +67,7 @@ class StemPlan {
   TensorView qblocks() const;        // i32 [n_qblocks, 2]: (sequence, query block), longest lists first
   TensorView block_offsets() const;  // i32 [n_qblocks·Hq + 1]
   TensorView block_indices() const;  // i32 [capacity]: the first block_offsets[n_qblocks·Hq] are used
-  // The query blocks in qblocks' order, as stem_query_blocks classified them.
+  // The query blocks in qblocks' order, as the policy classified them.
   const std::vector<StemQueryBlock>& blocks() const { return blocks_; }
   // For tests: the sparse query blocks (each sequence's, ascending i) and their pooled estimate M
   // without the value bonus, f32 [sparse blocks, Hq, estimate_cols()] (entries j ≤ i are M[i,j]).
@@ -103,39 +106,39 @@ struct StemStep {
 
 // q: bf16 [T,Hq,D] (D = 64 or 128); k_cache, v_cache: bf16 [P,page_size,Hkv,D]; page_table,
 // kv_lens, query_start: i32 on the device, as paged_attention takes them (kernels/cuda/attention.cuh).
-// host: their host copies and the prompt lengths. scale: the attention's (1/√D). settings:
-// block_size must be 128 (the attention kernel's block) and S·D/8 ≥ 32. Plans every query block of
-// every sequence with rows this step. When `estimated` is given it is recorded on the stream after
-// the estimate (launches 1–4), for timing. Errors (shapes, settings) are stem::Error, before any launch.
+// host: their host copies and the step's classified query blocks. scale: the attention's (1/√D).
+// params: block_size must be 128 (the attention kernel's block) and S·D/8 ≥ 32. Plans every query
+// block of host.blocks. When `estimated` is given it is recorded on the stream after the estimate
+// (launches 1–4), for timing. Errors (shapes, parameters, blocks) are stem::Error, before any launch.
 StemPlan stem_plan(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                    const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
-                   const StemBatch& host, float scale, int64_t sliding_window, const StemSettings& settings,
+                   const StemBatch& host, float scale, int64_t sliding_window, const StemKernelParams& params,
                    cudaStream_t stream, cudaEvent_t estimated = nullptr);
 
-// The step's part of stem_prefill, once per step: classifies its query blocks, lays out and
-// uploads the plan's records, and routes the sequences (no device value is read). host and the
-// heads as stem_prefill's arguments describe them.
-StemStep stem_step(const StemBatch& host, int64_t q_heads, int64_t kv_heads, int64_t head_dim, int64_t sliding_window,
-                   const StemSettings& settings, cudaStream_t stream);
+// The step's part of stem_prefill, once per step: over its classified query blocks (host.blocks),
+// lays out and uploads the plan's records and routes the sequences (no device value is read). host
+// and the heads as stem_prefill's arguments describe them.
+StemStep stem_step(const StemBatch& host, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
+                   const StemKernelParams& params, cudaStream_t stream);
 
 // One layer's prefill attention with Stem: arguments as paged_attention plus the step (stem_step,
-// made with the same host metadata and heads), the settings and the stream. Steps with no sparse
-// query block (short prompts, decode rows, sliding windows) go to paged_attention unchanged;
+// made with the same host metadata and heads), the kernel parameters and the stream. Steps with no
+// sparse query block (short prompts, decode rows, sliding windows) go to paged_attention unchanged;
 // otherwise sequences with few rows and no sparse block go to the decode kernel and the rest
-// through the plan's launches + block_sparse_prefill. The caller keeps layers below
-// settings.dense_layers on paged_attention (stem_layer_sparse).
+// through the plan's launches + block_sparse_prefill. Which layers call it is the model's policy
+// (models/stem_policy.h).
 // skipped (optional, device memory): the causal (query block, head, key block) triples the lists
 // leave out are added to *skipped, stream-ordered, so that a caller can count the step's block
 // density without reading the lists back (the CPU backend's StemStepStats::skipped_key_blocks).
 void stem_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                   const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
-                  const StemStep& step, float scale, int64_t sliding_window, const StemSettings& settings,
+                  const StemStep& step, float scale, int64_t sliding_window, const StemKernelParams& params,
                   cudaStream_t stream, long long* skipped = nullptr);
 
 // The same for one layer alone: stem_step, then stem_prefill over it.
 void stem_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                   const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
-                  const StemBatch& host, float scale, int64_t sliding_window, const StemSettings& settings,
+                  const StemBatch& host, float scale, int64_t sliding_window, const StemKernelParams& params,
                   cudaStream_t stream, long long* skipped = nullptr);
 
 }  // namespace stem::cuda

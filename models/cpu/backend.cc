@@ -18,6 +18,7 @@
 #include "kernels/cpu/swiglu.h"
 #include "models/backend.h"
 #include "models/llama.h"
+#include "models/stem_policy.h"
 
 namespace stem {
 
@@ -37,14 +38,13 @@ void count_stem(const cpu::StemPlan& plan, const std::vector<StemQueryBlock>& bl
   }
 }
 
-// The op interface on the CPU kernels. Stem's plan needs the step's prompt lengths and query
-// blocks, and counts into the step's figures: begin_step hands them over.
+// The op interface on the CPU kernels. Stem's plan needs the step's query blocks (classified once
+// by the backend, models/stem_policy.h), and counts into the step's figures: begin_step hands
+// them over.
 class CpuOps final : public ModelOps {
  public:
-  void begin_step(const StemSettings& settings, const TensorView& prompt_lens,
-                  const std::vector<StemQueryBlock>& blocks, StemStepStats& stats) {
+  void begin_step(const StemSettings& settings, const std::vector<StemQueryBlock>& blocks, StemStepStats& stats) {
     settings_ = &settings;
-    prompt_lens_ = prompt_lens;
     blocks_ = &blocks;
     stats_ = &stats;
   }
@@ -93,8 +93,8 @@ class CpuOps final : public ModelOps {
   void stem_attention(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                       const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
                       float scale, int64_t sliding_window) override {
-    const cpu::StemPlan plan = cpu::stem_plan(q, k_cache, v_cache, page_table, kv_lens, query_start, prompt_lens_,
-                                              scale, sliding_window, *settings_);
+    const cpu::StemPlan plan =
+        cpu::stem_plan(q, k_cache, v_cache, page_table, kv_lens, query_start, *blocks_, scale, *settings_);
     count_stem(plan, *blocks_, *stats_);
     cpu::block_sparse_attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, plan, scale,
                                 sliding_window);
@@ -105,7 +105,6 @@ class CpuOps final : public ModelOps {
 
  private:
   const StemSettings* settings_ = nullptr;
-  TensorView prompt_lens_;
   const std::vector<StemQueryBlock>* blocks_ = nullptr;
   StemStepStats* stats_ = nullptr;
   std::unordered_map<const void*, TensorView> fp8_scales_;
@@ -173,7 +172,7 @@ class CpuBackend final : public ModelBackend {
     if (b.any_stem()) blocks = stem_query_blocks(b.kv_lens, b.query_start, stem_lens, c.sliding_window, stem_);
     s.stem = std::any_of(blocks.begin(), blocks.end(), [](const StemQueryBlock& q) { return q.sparse; });
     stem_stats_ = {};
-    ops_.begin_step(stem_, i32(stem_lens, {S}), blocks, stem_stats_);
+    ops_.begin_step(stem_, blocks, stem_stats_);
 
     const Tensor residual = Tensor::f32({T, H}), x = Tensor::f32({T, H});
     const Tensor qkv = Tensor::f32({T, c.q_dim() + 2 * c.kv_dim()}), proj = Tensor::f32({T, H});

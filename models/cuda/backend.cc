@@ -17,6 +17,7 @@
 #include "models/cuda/weights.h"
 #include "models/cuda/workspace.h"
 #include "models/llama.h"
+#include "models/stem_policy.h"
 
 namespace stem {
 
@@ -276,13 +277,17 @@ class CudaBackend final : public CudaModelBackend {
   }
 
   // The step's Stem plan when it has a sparse query block (then the layers stem_layer_sparse names
-  // go through cuda::stem_prefill with it); counts its blocks for last_stem_stats.
+  // go through cuda::stem_prefill with it): the policy classifies the step's query blocks once
+  // (models/stem_policy.h), the planner lays them out and uploads them once. Counts its blocks for
+  // last_stem_stats.
   std::optional<cuda::StemStep> plan_stem(const ForwardBatch& b) {
     if (!b.any_stem()) return std::nullopt;
     const ModelConfig& c = config_;
     const std::vector<int32_t> stem_lens = b.stem_prompt_lens();
-    cuda::StemStep step = cuda::stem_step({b.kv_lens, b.query_start, stem_lens}, c.num_attention_heads,
-                                          c.num_key_value_heads, c.head_dim, c.sliding_window, stem_, stream_.get());
+    const std::vector<StemQueryBlock> blocks =
+        stem_query_blocks(b.kv_lens, b.query_start, stem_lens, c.sliding_window, stem_);
+    cuda::StemStep step = cuda::stem_step({b.kv_lens, b.query_start, blocks}, c.num_attention_heads,
+                                          c.num_key_value_heads, c.head_dim, stem_, stream_.get());
     if (step.dense) return std::nullopt;
     int64_t sparse = 0, causal = 0;
     for (const StemQueryBlock& q : step.plan.blocks())

@@ -6,7 +6,7 @@
 
 #include <unordered_map>
 
-#include "kernels/cpu/stem.h"
+#include "models/stem_policy.h"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/stem.cuh"
 #include "models/cuda/profile.h"

@@ -56,7 +56,7 @@ TEST_CASE("cuda stem estimate, selection and attention match the CPU reference")
 
   cpu::StemScores scores;
   const cpu::StemPlan ref_plan = cpu::stem_plan(cpu.q_view, cpu.k_view, cpu.v_view, cpu.table_view, cpu.lens_view,
-                                                cpu.starts_view, cpu.prompts_view, scale, 0, st, &scores);
+                                                cpu.starts_view, cpu.blocks(st), scale, st, &scores);
   const cuda::StemPlan plan = plan_on_device(step, cpu, st);
   REQUIRE(plan.sparse_blocks().size() == scores.blocks.size());
   REQUIRE(!scores.blocks.empty());
@@ -117,7 +117,7 @@ TEST_CASE("cuda stem estimate, selection and attention match the CPU reference")
   // Attention: stem_prefill against the CPU attention over the device's own lists.
   step.d_out->poison();
   cuda::stem_prefill(step.out_view(), step.q_view(), step.k_view(), step.v_view(), step.table_view(), step.lens_view(),
-                     step.start_view(), cpu.batch(), scale, 0, st, nullptr);
+                     step.start_view(), cpu.batch(st), scale, 0, st, nullptr);
   std::vector<float> ref(static_cast<size_t>(step.out_size()), NAN);
   cpu::block_sparse_attention(TensorView(ref.data(), DType::F32, {step.tokens, c.hq, c.d}), cpu.q_view, cpu.k_view,
                               cpu.v_view, cpu.table_view, cpu.lens_view, cpu.starts_view, lists.plan, scale, 0);
@@ -143,9 +143,10 @@ TEST_CASE("cuda stem chunked and unchunked prefill choose the same blocks") {
     const int32_t end = std::min(len, begin + chunk);
     const std::vector<int32_t> lens = {end}, starts = {0, end - begin}, prompts = {len};
     const auto d_lens = gpu_test::upload(lens), d_starts = gpu_test::upload(starts);
+    const std::vector<StemQueryBlock> blocks = stem_query_blocks(lens, starts, prompts, 0, st);
     const cuda::StemPlan plan = cuda::stem_plan(
         step.q_view().rows(begin, end), step.k_view(), step.v_view(), step.table_view(),
-        d_lens->view(DType::I32, {1}), d_starts->view(DType::I32, {2}), cuda::StemBatch{lens, starts, prompts},
+        d_lens->view(DType::I32, {1}), d_starts->view(DType::I32, {2}), cuda::StemBatch{lens, starts, blocks},
         attn_test::default_scale(128), 0, st, nullptr);
     const HostLists part = download(plan);
     for (const auto& [key, list] : part.by_key) {
@@ -193,7 +194,7 @@ TEST_CASE("cuda stem with every block selected equals dense prefill") {
   // And stem_prefill takes the dense path for it, matching the CPU twin.
   step.d_out->poison();
   cuda::stem_prefill(step.out_view(), step.q_view(), step.k_view(), step.v_view(), step.table_view(), step.lens_view(),
-                     step.start_view(), cpu.batch(), scale, 0, st, nullptr);
+                     step.start_view(), cpu.batch(st), scale, 0, st, nullptr);
   STEM_CHECK_CLOSE("stem_prefill_all_blocks", step.download_out(), step.reference(scale, 0), gpu_test::kBf16Tolerance);
 }
 
@@ -202,8 +203,9 @@ TEST_CASE("cuda stem rejects settings the kernels cannot run") {
   alignas(16) static uint16_t fake[16];
   const TensorView q(fake, DType::BF16, {1, 8, 128}), cache(fake, DType::BF16, {1, 16, 2, 128});
   const TensorView table(fake, DType::I32, {1, 1}), lens(fake, DType::I32, {1}), starts(fake, DType::I32, {2});
-  const std::vector<int32_t> h_lens = {1}, h_starts = {0, 1}, h_prompts = {1};
-  const cuda::StemBatch batch{h_lens, h_starts, h_prompts};
+  const std::vector<int32_t> h_lens = {1}, h_starts = {0, 1};
+  const std::vector<StemQueryBlock> h_blocks = {{.seq = 0, .block = 0, .list_bound = 1}};
+  const cuda::StemBatch batch{h_lens, h_starts, h_blocks};
   StemSettings st;
   st.block_size = 64;
   st.stride = 8;
@@ -212,8 +214,15 @@ TEST_CASE("cuda stem rejects settings the kernels cannot run") {
   st.stride = 1;
   STEM_CHECK_ERROR(cuda::stem_plan(q, cache, cache, table, lens, starts, batch, 0.1f, 0, st, nullptr), "pooling threads");
   st = StemSettings{};
-  const std::vector<int32_t> short_prompts;
-  STEM_CHECK_ERROR(cuda::stem_plan(q, cache, cache, table, lens, starts, {h_lens, h_starts, short_prompts}, 0.1f, 0, st,
+  // Host copies that do not match the step, and query blocks the planner cannot take (the policy's
+  // own inputs, the prompt lengths: tests/models/test_stem_policy.cc).
+  const std::vector<int32_t> short_starts = {0};
+  STEM_CHECK_ERROR(cuda::stem_plan(q, cache, cache, table, lens, starts, {h_lens, short_starts, h_blocks}, 0.1f, 0, st,
                                    nullptr),
-                   "prompt_lens");
+                   "query_start");
+  const std::vector<StemQueryBlock> other_seq = {{.seq = 1, .block = 0, .list_bound = 1}};
+  STEM_CHECK_ERROR(cuda::stem_plan(q, cache, cache, table, lens, starts, {h_lens, h_starts, other_seq}, 0.1f, 0, st,
+                                   nullptr),
+                   "names sequence 1 of 1");
+  STEM_CHECK_ERROR(cuda::stem_step({h_lens, h_starts, other_seq}, 8, 2, 128, st, nullptr), "names sequence 1 of 1");
 }

@@ -1,5 +1,6 @@
 // Shared by the CUDA Stem tests (tests/cuda/test_stem*.cc): device plans brought back to the host,
-// a step's inputs as the CPU reference takes them, and the planner called on a PagedStep.
+// a step's inputs as the CPU reference takes them, and the planner called on a PagedStep. The query
+// blocks are classified by the policy (models/stem_policy.h), as the backends do.
 #pragma once
 #include <algorithm>
 #include <map>
@@ -8,6 +9,7 @@
 
 #include "kernels/cpu/stem_plan.h"
 #include "kernels/cuda/stem.cuh"
+#include "models/stem_policy.h"
 #include "tests/cuda/test_attention_common.h"
 
 namespace stem::stem_test {
@@ -51,7 +53,7 @@ struct CpuViews {
   std::vector<float> q;  // heads only, [T, Hq, D]
   std::vector<float> k, v;
   std::vector<int32_t> table, lens, starts, prompts;
-  TensorView q_view, k_view, v_view, table_view, lens_view, starts_view, prompts_view;
+  TensorView q_view, k_view, v_view, table_view, lens_view, starts_view;
   CpuViews(const PagedStep& step, std::vector<int32_t> prompt_lens)
       : k(step.k_cache), v(step.v_cache), table(step.page_table), lens(step.kv_lens), starts(step.query_start),
         prompts(std::move(prompt_lens)) {
@@ -65,14 +67,24 @@ struct CpuViews {
     table_view = TensorView(table.data(), DType::I32, {s, step.max_pages});
     lens_view = TensorView(lens.data(), DType::I32, {s});
     starts_view = TensorView(starts.data(), DType::I32, {s + 1});
-    prompts_view = TensorView(prompts.data(), DType::I32, {s});
   }
-  cuda::StemBatch batch() const { return {lens, starts, prompts}; }
+  // The step's query blocks as the policy classifies them.
+  std::vector<StemQueryBlock> blocks(const StemSettings& st) const {
+    return stem_query_blocks(lens, starts, prompts, 0, st);
+  }
+  // The host half of the device planner's input, over blocks(st) (valid until the next call).
+  cuda::StemBatch batch(const StemSettings& st) const {
+    classified_ = blocks(st);
+    return {lens, starts, classified_};
+  }
+
+ private:
+  mutable std::vector<StemQueryBlock> classified_;
 };
 
 inline cuda::StemPlan plan_on_device(const PagedStep& step, const CpuViews& cpu, const StemSettings& st) {
   return cuda::stem_plan(step.q_view(), step.k_view(), step.v_view(), step.table_view(), step.lens_view(),
-                         step.start_view(), cpu.batch(), attn_test::default_scale(step.d), 0, st, nullptr);
+                         step.start_view(), cpu.batch(st), attn_test::default_scale(step.d), 0, st, nullptr);
 }
 
 }  // namespace stem::stem_test

@@ -103,7 +103,7 @@ TEST_CASE("cuda stem selection variants match the CPU reference") {
     const StemSettings& st = v.settings;
     cpu::StemScores scores;
     const cpu::StemPlan ref = cpu::stem_plan(cpu.q_view, cpu.k_view, cpu.v_view, cpu.table_view, cpu.lens_view,
-                                             cpu.starts_view, cpu.prompts_view, scale, 0, st, &scores);
+                                             cpu.starts_view, cpu.blocks(st), scale, st, &scores);
     const cuda::StemPlan plan = stem_test::plan_on_device(step, cpu, st);
     REQUIRE(plan.sparse_blocks().size() == scores.blocks.size());
     REQUIRE(scores.blocks.size() > 60);
@@ -149,7 +149,7 @@ TEST_CASE("cuda stem selection variants match the CPU reference") {
       // Attention over the device's threshold lists, against the CPU over the same lists.
       step.d_out->poison();
       cuda::stem_prefill(step.out_view(), step.q_view(), step.k_view(), step.v_view(), step.table_view(),
-                         step.lens_view(), step.start_view(), cpu.batch(), scale, 0, st, nullptr);
+                         step.lens_view(), step.start_view(), cpu.batch(st), scale, 0, st, nullptr);
       std::vector<float> out(static_cast<size_t>(step.out_size()), NAN);
       cpu::block_sparse_attention(TensorView(out.data(), DType::F32, {step.tokens, step.hq, step.d}), cpu.q_view,
                                   cpu.k_view, cpu.v_view, cpu.table_view, cpu.lens_view, cpu.starts_view, lists.plan,

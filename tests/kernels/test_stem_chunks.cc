@@ -81,7 +81,7 @@ TEST_CASE("stem plans a batched sequence as it would plan it alone") {
     const TensorView table(step.page_table.data() + s * step.max_pages, DType::I32, {1, step.max_pages});
     const cpu::StemPlan alone = cpu::stem_plan(
         q, step.cache_view(step.k_cache), step.cache_view(step.v_cache), table, TensorView(lens.data(), DType::I32, {1}),
-        TensorView(starts.data(), DType::I32, {2}), TensorView(prompts.data(), DType::I32, {1}), 0.25f, 0, st);
+        TensorView(starts.data(), DType::I32, {2}), stem_query_blocks(lens, starts, prompts, 0, st), 0.25f, st);
     for (int64_t a = 0; a < alone.n_qblocks(); ++a, ++b) {
       REQUIRE(batched.qblocks[2 * b] == s);
       CHECK(batched.qblocks[2 * b + 1] == alone.qblocks[2 * a + 1]);

@@ -1,6 +1,7 @@
 // Shared by the Stem CPU tests: a step of paged attention inputs in f32 (random values, shuffled
 // pages, NaN in every cache slot no sequence owns) with each sequence's whole prompt length, and
-// the calls and references the tests make on it.
+// the calls and references the tests make on it. The query blocks are classified by the policy
+// (models/stem_policy.h), as the backends do, and handed to the planner.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -12,6 +13,7 @@
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/stem_attention.h"
+#include "models/stem_policy.h"
 #include "tests/catch.h"
 #include "tests/kernels/kernel_test_util.h"
 
@@ -69,16 +71,20 @@ struct Step {
   TensorView table_view() { return TensorView(page_table.data(), DType::I32, {n_seqs(), max_pages}); }
   TensorView lens_view() { return TensorView(kv_lens.data(), DType::I32, {n_seqs()}); }
   TensorView starts_view() { return TensorView(query_start.data(), DType::I32, {n_seqs() + 1}); }
-  TensorView prompts_view() { return TensorView(prompt_lens.data(), DType::I32, {n_seqs()}); }
+  // The step's query blocks as the policy classifies them.
+  std::vector<StemQueryBlock> blocks(const StemSettings& st, int64_t window = 0) const {
+    return stem_query_blocks(kv_lens, query_start, prompt_lens, window, st);
+  }
 
   cpu::StemPlan plan(float scale, const StemSettings& st, cpu::StemScores* scores = nullptr, int64_t window = 0) {
     return cpu::stem_plan(view(q, {tokens, q_heads, dim}), cache_view(k_cache), cache_view(v_cache), table_view(),
-                          lens_view(), starts_view(), prompts_view(), scale, window, st, scores);
+                          lens_view(), starts_view(), blocks(st, window), scale, st, scores);
   }
   std::vector<float> stem(float scale, const StemSettings& st, int64_t window) {
     std::vector<float> out = ktest::poisoned(tokens * q_heads * dim);
     cpu::stem_prefill(view(out, {tokens, q_heads, dim}), view(q, {tokens, q_heads, dim}), cache_view(k_cache),
-                      cache_view(v_cache), table_view(), lens_view(), starts_view(), prompts_view(), scale, window, st);
+                      cache_view(v_cache), table_view(), lens_view(), starts_view(), blocks(st, window), scale, window,
+                      st);
     return out;
   }
   std::vector<float> dense(float scale, int64_t window) {
@@ -137,7 +143,7 @@ inline Lists plan_chunk(Step& step, int32_t begin, int32_t end, float scale, con
   cpu::StemScores scores;
   const cpu::StemPlan plan = cpu::stem_plan(
       q, step.cache_view(step.k_cache), step.cache_view(step.v_cache), table, TensorView(lens.data(), DType::I32, {1}),
-      TensorView(starts.data(), DType::I32, {2}), TensorView(prompts.data(), DType::I32, {1}), scale, 0, st, &scores);
+      TensorView(starts.data(), DType::I32, {2}), stem_query_blocks(lens, starts, prompts, 0, st), scale, st, &scores);
   Lists lists;
   for (int64_t b = 0; b < plan.n_qblocks(); ++b)
     for (int64_t h = 0; h < step.q_heads; ++h) {

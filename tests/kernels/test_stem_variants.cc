@@ -1,6 +1,7 @@
 // Stem's selection variants (StemSettings::selector, position_decay, lambda = 0; docs/stem.md
-// "Variants"), the baselines of the accuracy evaluation (bench/eval/): budgets and selections
-// against hand arithmetic and their definitions, and chunked = unchunked for each.
+// "Variants"), the baselines of the accuracy evaluation (bench/eval/): selections against their
+// definitions, and chunked = unchunked for each. Their budgets, names and checks (the policy):
+// tests/models/test_stem_policy.cc.
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -32,51 +33,6 @@ StemSettings small_blocks() {
 }
 
 }  // namespace
-
-TEST_CASE("stem selectors: names, parsing and checks") {
-  for (StemSelector s : {StemSelector::TopK, StemSelector::Threshold, StemSelector::None, StemSelector::Adaptive})
-    CHECK(parse_stem_selector(stem_selector_name(s)) == s);
-  CHECK(std::string(stem_selector_name(StemSelector::Threshold)) == "threshold");
-  CHECK(std::string(stem_selector_name(StemSelector::Adaptive)) == "adaptive");
-  STEM_CHECK_ERROR(parse_stem_selector("xattention"), "topk, threshold, none, adaptive");
-  StemSettings st;
-  CHECK(st.selector == StemSelector::TopK);  // the defaults are Stem
-  CHECK(st.position_decay);
-  st.threshold = 0;
-  STEM_CHECK_ERROR(check_stem_settings(st), "threshold");
-  st.threshold = 1.5;
-  STEM_CHECK_ERROR(check_stem_settings(st), "threshold");
-  st.threshold = 1;
-  check_stem_settings(st);
-}
-
-TEST_CASE("stem without position decay spreads the decayed total budget evenly") {
-  StemSettings st;
-  st.position_decay = false;
-  // 8K (nb 64): the decayed rows keep min(k(i), i + 1): rows 0..41 keep 1..42 (903 blocks), rows
-  // 42..63 keep 42, 41, 40, 40, 39, 39, 38, 37, 37, 36, 36, 35, 34, 34, 33, 33, 32, 31, 31, 30, 30,
-  // 29 (777): E = 1680. f(k) = 64k − k(k − 1)/2: f(36) = 2304 − 630 = 1674, f(37) = 2368 − 666 = 1702.
-  CHECK(stem_uniform_budget(64, st) == 36);
-  for (int64_t i : {0, 35, 36, 63}) CHECK(stem_row_budget(64, i, st) == 36);
-  // nb 16 at budget rate 0.5: k_s = 8; k(8..15) = 8, 7, 7, 6, 6, 6, 5, 5 (8 − 2.4·(i − 8)/7, floored):
-  // E = (1 + .. + 8) + 50 = 86; f(6) = 96 − 15 = 81 and f(7) = 112 − 21 = 91 tie at 5: the smaller.
-  st.budget_rate = 0.5;
-  CHECK(stem_uniform_budget(16, st) == 6);
-  st.budget_rate = 1;
-
-  // In a step: every block from k = 36 on is sparse with budget 36; the ones before keep everything.
-  st.min_prompt_len = 0;
-  const std::vector<int32_t> lens = {8192}, starts = {0, 8192}, prompts = {8192};
-  const std::vector<StemQueryBlock> blocks = stem_query_blocks(lens, starts, prompts, 0, st);
-  REQUIRE(blocks.size() == 64);
-  for (const StemQueryBlock& b : blocks) {
-    INFO("block " << b.block);
-    CHECK(b.sparse == (b.block >= 36));
-    if (b.sparse) CHECK(b.budget == 36);
-  }
-  // The decayed schedule is untouched by the setting's default.
-  CHECK(stem_row_budget(64, 63, StemSettings{}) == 29);
-}
 
 TEST_CASE("stem without the value bonus (lambda 0) ranks by the plain pooled estimate") {
   const uint64_t seed = ktest::test_seed();
@@ -264,25 +220,6 @@ TEST_CASE("stem variants choose the same blocks chunked and unchunked") {
   CHECK(chunked == whole);
 }
 
-TEST_CASE("the causal schedule: a block's budget is the start budget of a prompt that ends with it") {
-  StemSettings st;
-  st.causal = true;
-  CHECK(stem_selection_causal(st));
-  CHECK_FALSE(stem_selection_causal(StemSettings{}));  // the paper's schedule depends on nb
-  for (int64_t nb : {64, 256, 1024})
-    for (int64_t i : {0, 54, 55, 100, 159, 160, 255}) {
-      if (i >= nb) continue;
-      INFO("nb " << nb << ", block " << i);
-      CHECK(stem_row_budget(nb, i, st) == stem_start_budget(i + 1, st));
-    }
-  CHECK(stem_row_budget(256, 54, st) == 55);    // 55 blocks: all of them (dense)
-  CHECK(stem_row_budget(256, 55, st) == 41);    // int(0.2·56 + 30)
-  CHECK(stem_row_budget(256, 255, st) == 55);   // int(0.1·256) + 30
-  CHECK(stem_row_budget(1024, 1023, st) == 132);
-  st.budget_rate = 0.5;
-  CHECK(stem_row_budget(1024, 1023, st) == 66);  // floor(132 · 0.5)
-}
-
 TEST_CASE("causal selections: a prompt's blocks select the same keys as in any longer prompt") {
   const uint64_t seed = ktest::test_seed();
   INFO("seed " << seed);
@@ -310,14 +247,3 @@ TEST_CASE("causal selections: a prompt's blocks select the same keys as in any l
     CHECK(alone == shared);
 }
 
-TEST_CASE("the selection named for the logs") {
-  StemSettings threshold;
-  threshold.selector = StemSelector::Threshold;
-  threshold.threshold = 0.8738;
-  CHECK(stem_selection_name(threshold) == "threshold 0.8738");
-  CHECK(stem_selection_name(StemSettings{}) == "topk (paper schedule, alpha 0.7, budget rate 1)");
-  StemSettings causal;
-  causal.causal = true;
-  causal.budget_rate = 0.5;
-  CHECK(stem_selection_name(causal) == "topk (causal schedule, budget rate 0.5)");
-}
