@@ -307,11 +307,12 @@ class Parser {
         ++i_;
         if (i_ < p_.size() && p_[i_] == '?') {
           const std::string_view rest = p_.substr(i_);
+          i_ = open;  // where a refused group starts
           if (rest.rfind("?:", 0) == 0) {
-            i_ += 2;
+            i_ = open + 3;
           } else if (rest.rfind("?P<", 0) == 0 || (rest.rfind("?<", 0) == 0 && rest.size() > 2 && rest[2] != '=' &&
                                                      rest[2] != '!')) {
-            const size_t close = p_.find('>', i_);
+            const size_t close = p_.find('>', open);
             if (close == std::string_view::npos) fail("an unterminated group name", "a group name needs its '>'");
             i_ = close + 1;
           } else if (rest.rfind("?=", 0) == 0) {
