@@ -139,10 +139,29 @@ schemas = {
     "string": {"type": "string"},
     "types": {"type": ["integer", "boolean", "null"], "title": "t"},
     "array": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 4},
-    "refused": {"type": "string", "pattern": "a+"},
+    "pattern": {"type": "object", "required": ["code"], "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}(x|\"|\\\\)?$"},
+        "nick": {"type": "string", "minLength": 1, "maxLength": 4}}},
+    "refused": {"type": "string", "pattern": "a(?=b)"},
 }
 for name, schema in schemas.items():
     write(d, name, json.dumps(schema).encode() + b"\n" + steer)
+
+# fuzz_regex: a pattern on the first line, then the bytes that steer a walk through its grammar.
+d = target("fuzz_regex")
+patterns = {
+    "phone": r"\(\d{3}\) \d{3}-\d{4}",
+    "classes": r"[A-Za-z_][\w.-]{0,8}@[^\s@]+\.(com|org)",
+    "groups": r"^(?:ab|c(?P<x>d|e)*){1,3}f?$",
+    "escapes": r"\x41\u00e9\t\n\\\.\[\]\{\}\/\"",
+    "unicode": "[\u0100-\uffffé-ÿ]+.{2}",
+    "negated": r"[^a-z\d]{2,}[^\x00-\x7f]",
+    "quantifiers": r"a*?b+c??d{2}e{1,}f{,2}g{0,3}",
+    "alternation": r"|x|(y|)z",
+    "refused": r"(a)\1(?=b)\bc",
+}
+for name, pattern in patterns.items():
+    write(d, name, pattern.encode() + b"\n" + steer)
 
 # fuzz_tool_calls: a mode byte (0 Hermes, 1 Llama-3 JSON, 2 Mistral: a model's output follows; 3: a
 # tools list on the first line, then a "required" answer), as the models write their calls.
