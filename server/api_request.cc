@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "structured/ebnf.h"
 #include "structured/json_schema.h"
 #include "structured/regex.h"
 #include "text/chat_template.h"
@@ -136,6 +137,12 @@ std::shared_ptr<structured::TokenGrammar> response_grammar(const ResponseFormat&
     try {
       g = structured::compile_regex(rf.pattern);
     } catch (const structured::RegexError& e) {
+      bad(field, quoted(rf.value_field) + ": " + e.what());
+    }
+  } else if (rf.type == "grammar") {
+    try {
+      g = structured::compile_gbnf(rf.pattern);
+    } catch (const structured::EbnfError& e) {
       bad(field, quoted(rf.value_field) + ": " + e.what());
     }
   } else if (rf.type == "choice") {

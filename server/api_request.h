@@ -52,12 +52,12 @@ struct ChatPrompt {
 using Prompt = std::variant<std::string, std::vector<int64_t>, ChatPrompt>;
 
 // Structured output, from response_format, structured_outputs or guided_*: "text" (the default),
-// "json_object" (any JSON object), "json_schema", "regex" (the whole text matches `pattern`) or
-// "choice" (the text is one of `choices`).
+// "json_object" (any JSON object), "json_schema", "regex" (the whole text matches `pattern`),
+// "choice" (the text is one of `choices`) or "grammar" (a GBNF grammar, in `pattern`).
 struct ResponseFormat {
   std::string type = "text";
   nlohmann::ordered_json schema = true;  // json_schema (absent: any JSON value), in the sender's order
-  std::string pattern;                   // regex
+  std::string pattern;                   // regex, or the grammar's text
   std::vector<std::string> choices;      // choice
   std::string field = "response_format";  // the request field it came from: an error's param
   // How errors name the schema, pattern or choices ("response_format.json_schema.schema",

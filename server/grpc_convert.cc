@@ -81,7 +81,7 @@ json tools_json(const google::protobuf::RepeatedPtrField<v1::Tool>& tools) {
   return out;
 }
 
-// structured_outputs: one of json, regex, choice, json_object (grammar refused).
+// structured_outputs: one of json, regex, choice, grammar, json_object.
 ResponseFormat structured_outputs(const v1::StructuredOutputs& so) {
   ResponseFormat rf;
   rf.field = "structured_outputs";
@@ -108,9 +108,12 @@ ResponseFormat structured_outputs(const v1::StructuredOutputs& so) {
       rf.value_field = "structured_outputs.json_object";
       break;
     case v1::StructuredOutputs::kGrammar:
-      bad(rf.field, "'structured_outputs.grammar' is not supported; use 'json', 'regex' or 'choice'");
+      rf.type = "grammar";
+      rf.value_field = "structured_outputs.grammar";
+      rf.pattern = so.grammar();
+      break;
     default:
-      bad(rf.field, "'structured_outputs' must set one of 'json', 'regex', 'choice' or 'json_object'");
+      bad(rf.field, "'structured_outputs' must set one of 'json', 'regex', 'choice', 'grammar' or 'json_object'");
   }
   return rf;
 }

@@ -226,9 +226,9 @@ std::string regex_value(const json& v, const std::string& param, const std::stri
 }
 
 // vLLM's structured_outputs: {"json": schema} | {"regex": "..."} | {"choice": [...]} |
-// {"json_object": true}, exactly one of them. Its flags that change nothing here (our JSON has no
-// whitespace and no properties beyond the schema's; there is no fallback backend) are accepted as
-// booleans; `grammar`, `structural_tag` and `whitespace_pattern` are refused by name.
+// {"grammar": "GBNF"} | {"json_object": true}, exactly one of them. Its flags that change nothing
+// here (our JSON has no whitespace and no properties beyond the schema's; there is no fallback
+// backend) are accepted as booleans; `structural_tag` and `whitespace_pattern` are refused by name.
 std::optional<ResponseFormat> structured_outputs(const json& body) {
   const json* so = field(body, "structured_outputs");
   if (!so) return std::nullopt;
@@ -250,6 +250,10 @@ std::optional<ResponseFormat> structured_outputs(const json& body) {
     } else if (k == "choice") {
       rf.type = "choice";
       rf.choices = choice_list(*it, param, name);
+    } else if (k == "grammar") {
+      if (!it->is_string()) bad(param, quoted_name(name) + " must be a string (a GBNF grammar)");
+      rf.type = "grammar";
+      rf.pattern = it->get<std::string>();
     } else if (k == "json_object") {
       if (!it->is_boolean()) bad(param, quoted_name(name) + " must be true or false");
       if (!it->get<bool>()) continue;
@@ -257,27 +261,29 @@ std::optional<ResponseFormat> structured_outputs(const json& body) {
     } else if (k == "disable_any_whitespace" || k == "disable_additional_properties" || k == "disable_fallback") {
       if (!it->is_boolean()) bad(param, quoted_name(name) + " must be true or false");
       continue;
-    } else if (k == "grammar" || k == "structural_tag" || k == "whitespace_pattern") {
-      bad(param, quoted_name(name) + " is not supported; use 'json', 'regex' or 'choice'");
+    } else if (k == "structural_tag" || k == "whitespace_pattern") {
+      bad(param, quoted_name(name) + " is not supported; use 'json', 'regex', 'choice' or 'grammar'");
     } else {
-      bad(param, quoted_name(name) + " is not a field of 'structured_outputs' (it takes 'json', 'regex', 'choice' "
-                                     "or 'json_object')");
+      bad(param, quoted_name(name) + " is not a field of 'structured_outputs' (it takes 'json', 'regex', 'choice', "
+                                     "'grammar' or 'json_object')");
     }
     rf.value_field = name;
     ++kinds;
   }
-  if (kinds == 0) bad(param, "'structured_outputs' must set one of 'json', 'regex', 'choice' or 'json_object'");
-  if (kinds > 1) bad(param, "'structured_outputs' must set only one of 'json', 'regex', 'choice' and 'json_object'");
+  if (kinds == 0) bad(param, "'structured_outputs' must set one of 'json', 'regex', 'choice', 'grammar' or 'json_object'");
+  if (kinds > 1)
+    bad(param, "'structured_outputs' must set only one of 'json', 'regex', 'choice', 'grammar' and 'json_object'");
   return rf;
 }
 
 // vLLM's older top-level fields, each one kind of structured_outputs.
 std::optional<ResponseFormat> guided(const json& body) {
-  for (const char* name : {"guided_grammar", "guided_decoding_backend", "guided_whitespace_pattern"})
+  for (const char* name : {"guided_decoding_backend", "guided_whitespace_pattern"})
     if (field(body, name))
-      bad(name, std::string("'") + name + "' is not supported; use 'guided_json', 'guided_regex' or 'guided_choice'");
+      bad(name, std::string("'") + name + "' is not supported; use 'guided_json', 'guided_regex', 'guided_choice' "
+                                          "or 'guided_grammar'");
   std::optional<ResponseFormat> out;
-  for (const char* name : {"guided_json", "guided_regex", "guided_choice"}) {
+  for (const char* name : {"guided_json", "guided_regex", "guided_choice", "guided_grammar"}) {
     const json* v = field(body, name);
     if (!v) continue;
     if (out) bad(name, "'" + out->field + "' and '" + name + "' cannot be combined: send one");
@@ -289,6 +295,10 @@ std::optional<ResponseFormat> guided(const json& body) {
     } else if (std::string(name) == "guided_regex") {
       rf.type = "regex";
       rf.pattern = regex_value(*v, name, name);
+    } else if (std::string(name) == "guided_grammar") {
+      if (!v->is_string()) bad(name, "'guided_grammar' must be a string (a GBNF grammar)");
+      rf.type = "grammar";
+      rf.pattern = v->get<std::string>();
     } else {
       rf.type = "choice";
       rf.choices = choice_list(*v, name, name);

@@ -330,7 +330,7 @@ def test_generate_with_structured_outputs(stub):
         timeout=120))
     jsonschema.validate(json.loads(seqs[0]["text"]), schema)
     for so, text in [(pb.StructuredOutputs(regex="a(?=b)"), "lookahead"),
-                     (pb.StructuredOutputs(grammar='root ::= "a"'), "structured_outputs.grammar"),
+                     (pb.StructuredOutputs(grammar='root ::= "a" | x'), "'x' is used but not defined"),
                      (pb.StructuredOutputs(choice=pb.Choices()), "at least one"),
                      (pb.StructuredOutputs(), "one of")]:
         code, details = code_of(lambda: list(stub.Generate(pb.GenerateRequest(chat=chat, max_tokens=4,

@@ -103,8 +103,9 @@ def test_unsupported_schema_keywords_are_400(client, model_name, schema, keyword
     ({"response_format": {"type": "json_schema"}}, "response_format", "json_schema"),
     ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format", "name"),
     ({"response_format": "json"}, "response_format", "object"),
-    ({"guided_grammar": "root ::= \"a\""}, "guided_grammar", "not supported"),
-    ({"structured_outputs": {"grammar": "root ::= \"a\""}}, "structured_outputs", "structured_outputs.grammar"),
+    ({"guided_grammar": "root ::= other"}, "guided_grammar", "'other' is used but not defined"),
+    ({"structured_outputs": {"grammar": "root ::= root \"a\""}}, "structured_outputs", "left recursion"),
+    ({"structured_outputs": {"structural_tag": "{}"}}, "structured_outputs", "structured_outputs.structural_tag"),
     ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs", "only one"),
     ({"structured_outputs": {}}, "structured_outputs", "one of"),
     ({"structured_outputs": {"regex": "(a)\\1"}}, "structured_outputs", "backreference '\\1'"),
@@ -189,3 +190,51 @@ def test_structured_outputs_json_and_string_keywords(client, model_name):
                                   extra_body={"guided_json": json.dumps(schema)})
     assert c.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(c.choices[0].text), schema)
+
+
+ARITH = r'''
+root ::= expr
+expr ::= term (" " [+*-] " " term){0,3}
+term ::= [1-9] [0-9]? | "(" expr ")"
+'''
+
+
+def arith_ok(text):
+    """Whether `text` is in the ARITH language: a recursive-descent reading of its three rules."""
+    def term(i):
+        if text.startswith("(", i):
+            j = expr(i + 1)
+            if j is None or not text.startswith(")", j):
+                return None
+            return j + 1
+        m = re.compile(r"[1-9][0-9]?").match(text, i)
+        return m.end() if m else None
+
+    def expr(i):
+        i = term(i)
+        for _ in range(3):
+            if i is None or not re.compile(r" [+*-] ").match(text, i):
+                break
+            i = term(i + 3)
+        return i
+
+    return expr(0) == len(text)
+
+
+def test_structured_outputs_grammar(client, model_name):
+    for seed in range(3):
+        r = client.chat.completions.create(
+            model=model_name, messages=[{"role": "user", "content": "Write a sum."}],
+            extra_body={"structured_outputs": {"grammar": ARITH}}, temperature=1.0, seed=seed, max_tokens=64)
+        choice = r.choices[0]
+        if choice.finish_reason == "length":
+            continue  # nested parentheses can outgrow max_tokens; the greedy answer below must end
+        assert arith_ok(choice.message.content), choice.message.content
+    c = client.completions.create(model=model_name, prompt="2 + 2 =", max_tokens=48, temperature=0,
+                                  extra_body={"guided_grammar": ARITH})
+    assert c.choices[0].finish_reason == "stop", c.choices[0].text
+    assert arith_ok(c.choices[0].text), c.choices[0].text
+    yesno = 'root ::= answer "."\nanswer ::= "yes" | "no"'
+    r = client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "Is it?"}],
+                                       extra_body={"structured_outputs": {"grammar": yesno}}, max_tokens=8)
+    assert r.choices[0].message.content in ("yes.", "no.")

@@ -298,7 +298,7 @@ TEST_CASE("grpc: response_format gives the request a grammar; a bad schema names
   CHECK(failure(r).error_message().find("deeper") != std::string::npos);
 }
 
-TEST_CASE("grpc: structured_outputs (json, regex, choice, json_object) give the request a grammar") {
+TEST_CASE("grpc: structured_outputs (json, regex, choice, grammar, json_object) give the request a grammar") {
   if (!have_model()) SKIP("default model not prepared at " << test::default_model_dir());
   auto accepts = [](const v1::GenerateRequest& r, const std::string& text) {
     const ParsedGeneration p = parse_grpc_generate(r, served());
@@ -334,8 +334,11 @@ TEST_CASE("grpc: structured_outputs (json, regex, choice, json_object) give the 
   r.mutable_structured_outputs()->set_regex("a(?=b)c");
   CHECK(refused(r) == "structured_outputs: 'structured_outputs.regex': regex: the lookahead '(?=' is not supported "
                       "(at offset 1 of the pattern; docs/api.md lists the subset)");
-  r.mutable_structured_outputs()->set_grammar("root ::= \"a\"");
-  CHECK(refused(r) == "structured_outputs: 'structured_outputs.grammar' is not supported; use 'json', 'regex' or 'choice'");
+  r.mutable_structured_outputs()->set_grammar("root ::= \"a\" root | \"b\"");
+  CHECK(accepts(r, "aab"));
+  CHECK_FALSE(accepts(r, "aa"));
+  r.mutable_structured_outputs()->set_grammar("root ::= root \"a\"");
+  CHECK(refused(r).rfind("structured_outputs: 'structured_outputs.grammar': grammar: the rule 'root' can reach itself", 0) == 0);
   r.mutable_structured_outputs()->mutable_choice()->clear_values();
   CHECK(names(refused(r), "structured_outputs"));
   r.mutable_structured_outputs()->set_json("{");

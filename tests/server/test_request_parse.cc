@@ -263,8 +263,12 @@ TEST_CASE("request parse: structured_outputs and guided_* become the request's g
     CHECK(accepts(grammar_of(kind, head + R"("guided_regex": "a+"})"), "aaa"));
     CHECK(accepts(grammar_of(kind, head + R"("guided_choice": ["red", "green"]})"), "green"));
     CHECK(accepts(grammar_of(kind, head + R"("guided_json": {"enum": [1, 2]}})"), "2"));
+    auto gbnf = grammar_of(kind, head + R"("structured_outputs": {"grammar": "root ::= \"(\" root \")\" | [a-z]"}})");
+    CHECK(accepts(gbnf, "((x))"));
+    CHECK_FALSE(accepts(gbnf, "((x)"));
+    CHECK(accepts(grammar_of(kind, head + R"("guided_grammar": "root ::= (\"ab\")+"})"), "abab"));
   }
-  for (const char* so : {R"("x")", R"({})", R"({"regex": "a", "choice": ["a"]})", R"({"grammar": "root ::= x"})",
+  for (const char* so : {R"("x")", R"({})", R"({"regex": "a", "choice": ["a"]})", R"({"grammar": "root ::= x"})", R"({"grammar": 5})",
                          R"({"structural_tag": "x"})", R"({"whitespace_pattern": " "})", R"({"unknown": 1})",
                          R"({"regex": 5})", R"({"regex": "a(?=b)c"})", R"({"regex": "(a"})", R"({"choice": []})",
                          R"({"choice": ["a", 1]})", R"({"json": 5})", R"({"json": "{"})", R"({"json_object": false})",
@@ -274,7 +278,8 @@ TEST_CASE("request parse: structured_outputs and guided_* become the request's g
     CHECK(failure(ApiKind::Completion, completion + R"("structured_outputs": )" + so + "}") ==
           P{400, "structured_outputs"});
   }
-  CHECK(failure(ApiKind::Chat, chat + R"("guided_grammar": "root ::= x"})") == P{400, "guided_grammar"});
+  CHECK(failure(ApiKind::Chat, chat + R"("guided_grammar": "root ::= x"})") == P{400, "guided_grammar"});  // undefined x
+  CHECK(failure(ApiKind::Chat, chat + R"("guided_grammar": ["root"]})") == P{400, "guided_grammar"});
   CHECK(failure(ApiKind::Chat, chat + R"("guided_decoding_backend": "xgrammar"})") == P{400, "guided_decoding_backend"});
   CHECK(failure(ApiKind::Chat, chat + R"("guided_whitespace_pattern": " "})") == P{400, "guided_whitespace_pattern"});
   CHECK(failure(ApiKind::Chat, chat + R"("guided_regex": "a", "guided_choice": ["a"]})") == P{400, "guided_choice"});
@@ -295,5 +300,8 @@ TEST_CASE("request parse: structured_outputs and guided_* become the request's g
                "pattern; docs/api.md lists the subset)");
   CHECK(test::error_of([&] {
           parse_generation(ApiKind::Chat, parse_json_body(chat + R"("structured_outputs": {"grammar": "x"}})"), served());
-        }) == "'structured_outputs.grammar' is not supported; use 'json', 'regex' or 'choice'");
+        }) == "'structured_outputs.grammar': grammar: expected '::=' after the rule name 'x' (at line 1, column 2)");
+  CHECK(test::error_of([&] {
+          parse_generation(ApiKind::Chat, parse_json_body(chat + R"("structured_outputs": {"structural_tag": "x"}})"), served());
+        }) == "'structured_outputs.structural_tag' is not supported; use 'json', 'regex', 'choice' or 'grammar'");
 }
