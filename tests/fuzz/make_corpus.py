@@ -163,6 +163,25 @@ patterns = {
 for name, pattern in patterns.items():
     write(d, name, pattern.encode() + b"\n" + steer)
 
+# fuzz_gbnf: a GBNF grammar, a NUL byte, then the bytes that steer a walk through it.
+d = target("fuzz_gbnf")
+grammars = {
+    "json": r"""
+root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null")
+object ::= "{" ( string ":" value ("," string ":" value)* )? "}"
+array  ::= "[" ( value ("," value)* )? "]"
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) )* "\""
+number ::= "-"? ("0" | [1-9] [0-9]*) ("." [0-9]+)? ([eE] [-+]? [0-9]+)?
+""",
+    "parens": 'root ::= "(" root ")" root | ""  # balanced',
+    "arith": 'root ::= expr\nexpr ::= term (" " [+*-] " " term){0,3}\nterm ::= [1-9] [0-9]? | "(" expr ")"',
+    "unicode": 'root ::= [\\u00e0-\\u00ff]+ . "\\U0001F600"? [^a-z]{1,2}',
+    "left": 'root ::= x "a"\nx ::= y?\ny ::= root',
+}
+for name, grammar in grammars.items():
+    write(d, name, grammar.encode() + b"\0" + steer)
+
 # fuzz_tool_calls: a mode byte (0 Hermes, 1 Llama-3 JSON, 2 Mistral: a model's output follows; 3: a
 # tools list on the first line, then a "required" answer), as the models write their calls.
 d = target("fuzz_tool_calls")

@@ -94,6 +94,12 @@ TEST_CASE("gbnf: what is refused, by name and place") {
   } catch (const EbnfError& e) {
     CHECK(std::string(e.what()) == "grammar: the rule 'other' is used but not defined (at line 2, column 16)");
   }
+  try {  // docs/api.md's example
+    compile_gbnf("root ::= x\nx ::= item");
+    FAIL("compiled");
+  } catch (const EbnfError& e) {
+    CHECK(std::string(e.what()) == "grammar: the rule 'item' is used but not defined (at line 2, column 7)");
+  }
 }
 
 std::shared_ptr<const TokenVocab> vocab() {
