@@ -290,7 +290,11 @@ class Compiler {
     }
     if (min < 0 && max < 0) return string_rule();
     if (max >= 0 && min > max) throw SchemaError("minLength", where, "'minLength' is above 'maxLength'");
-    return add_json_string_length(g_, std::max<int64_t>(min, 0), max);
+    try {
+      return add_json_string_length(g_, std::max<int64_t>(min, 0), max);
+    } catch (const RegexError& e) {
+      throw SchemaError(max >= 0 ? "maxLength" : "minLength", where, e.what());
+    }
   }
 
   // A JSON string: UTF-8 checked (no overlongs, no surrogates), escapes, no control characters;

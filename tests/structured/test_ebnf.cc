@@ -110,6 +110,30 @@ std::shared_ptr<const TokenVocab> vocab() {
   return v;
 }
 
+TEST_CASE("gbnf: an ambiguous grammar stays bounded: its texts are in the language, masks come quickly") {
+  // Each way to split a run of '(' into levels is a derivation (2^(n-1) after n of them); and
+  // x+ over .+ splits any text every way. The matcher keeps a bounded number of them.
+  const Grammar parens = compile_gbnf("root ::= \"(\"+ root \")\" | \"x\"");
+  GrammarMatcher m(parens);
+  REQUIRE(m.advance(std::string(40, '(')));
+  CHECK(m.advance(std::string("x")));
+  const Grammar splits = compile_gbnf("root ::= x+\nx ::= .+");
+  GrammarMatcher s(splits);
+  REQUIRE(s.advance(std::string("abcdefghijklmnopqrstuvwxyz0123456789")));
+  CHECK(s.can_end());
+  auto tg = std::make_shared<TokenGrammar>(compile_gbnf("root ::= x+\nx ::= .+"), vocab());
+  TokenMatcher tm(tg);
+  for (const char* piece : {"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}) {
+    const uint32_t* mask = tm.mask();
+    int32_t id = -1;
+    for (size_t t = 0; t < vocab()->num_tokens(); ++t)
+      if (vocab()->bytes(static_cast<int32_t>(t)) == piece) id = static_cast<int32_t>(t);
+    REQUIRE(id >= 0);
+    CHECK(mask_allows(mask, id));
+    REQUIRE(tm.accept(id));
+  }
+}
+
 TEST_CASE("gbnf token masks: sampled texts are in the language") {
   const std::string g = "root ::= \"[\" item (\", \" item){0,3} \"]\"\nitem ::= [a-z]{1,6} | [0-9]{1,3}";
   auto tg = std::make_shared<TokenGrammar>(compile_gbnf(g), vocab());
