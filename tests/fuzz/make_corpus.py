@@ -114,6 +114,15 @@ for i, b in enumerate(bodies):
     write(d, f"body_{i}", json.dumps(b))
 write(d, "body_response_format", json.dumps({"messages": [{"role": "user", "content": "x"}], "response_format": {
     "type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}}}))
+for name, extra in {"regex": {"structured_outputs": {"regex": "\\d{3}-[a-z]+"}},
+                    "choice": {"structured_outputs": {"choice": ["yes", "no"]}},
+                    "json": {"structured_outputs": {"json": {"type": "string", "pattern": "^a+$", "maxLength": 4}}},
+                    "grammar": {"guided_grammar": 'root ::= "(" root ")" | [a-z]'},
+                    "guided": {"prompt": "x", "guided_regex": "[0-9]+", "guided_choice": ["a"]}}.items():
+    body = {"messages": [{"role": "user", "content": "x"}], **extra}
+    if "prompt" in extra:
+        del body["messages"]
+    write(d, f"body_structured_{name}", json.dumps(body))
 weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 for name, extra in {"named": {"type": "function", "function": {"name": "get_weather"}}, "required": "required",
