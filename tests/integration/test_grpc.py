@@ -1,8 +1,9 @@
 """The gRPC API against the real server, with a grpcio client generated from our proto at test
 time: Generate streams the same greedy text as the HTTP API, Tokenize/Detokenize/ModelInfo,
 health and reflection, a cancelled call or an expired deadline frees the request's KV pages,
-a full queue is RESOURCE_EXHAUSTED, bad requests get their status code, the API key, and
-response_format's JSON schema enforced."""
+a full queue is RESOURCE_EXHAUSTED, bad requests get their status code, the API key,
+response_format's JSON schema and structured_outputs (regex, choice, json) enforced, and tools
+(named, required, auto with --tool-call-parser, results fed back) with calls in tool_calls."""
 import concurrent.futures
 import signal
 
