@@ -1,5 +1,5 @@
-// Structured output's costs on the CPU: building the vocabulary's trie, compiling a schema, and
-// the per-step token masks for a batch of sequences that all follow the schema.
+// Structured output's costs on the CPU: building the vocabulary's trie, compiling a schema or a
+// regex, and the per-step token masks for a batch of sequences that all follow it.
 //
 //   build-test/bench_structured [MODEL_DIR] [BATCH] [STEPS]
 // MODEL_DIR: a folder with the tokenizer (default models/cache/SmolLM2-135M-Instruct).
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "structured/json_schema.h"
+#include "structured/regex.h"
 #include "structured/token_mask.h"
 #include "text/tokenizer.h"
 
@@ -40,6 +41,13 @@ const char* kSchema = R"({"type": "object", "additionalProperties": false,
     "address": {"type": "object", "additionalProperties": false, "required": ["city", "country"],
       "properties": {"street": {"type": "string"}, "city": {"type": "string"}, "zip": {"type": "string"},
         "country": {"type": "string"}}}}})";
+
+// A typical structured_outputs regex: names, an e-mail address, a phone number.
+const char* kRegex = R"(([A-Z][a-z]{1,12} ){1,3}<[a-z0-9._%+-]{1,20}@[a-z0-9-]{1,20}\.(com|org|net)>, \(\d{3}\) \d{3}-\d{4})";
+// A schema whose strings have a pattern and length bounds.
+const char* kStringSchema = R"({"type": "object", "additionalProperties": false, "required": ["id", "code", "note"],
+  "properties": {"id": {"type": "string", "pattern": "^[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}$"},
+    "code": {"type": "string", "pattern": "^[A-Z]{2,3}-\\d{3,5}$"}, "note": {"type": "string", "maxLength": 200}}})";
 
 void run(const char* label, const std::function<Grammar()>& compile, std::shared_ptr<const TokenVocab> vocab,
          int batch, int steps) {
@@ -122,4 +130,7 @@ int main(int argc, char** argv) {
   const nlohmann::json schema = nlohmann::json::parse(kSchema);
   run("schema", [&] { return compile_json_schema(schema); }, vocab, batch, steps);
   run("json_object", [] { return any_json_object(); }, vocab, batch, steps);
+  run("regex", [] { return compile_regex(kRegex); }, vocab, batch, steps);
+  const nlohmann::json strings = nlohmann::json::parse(kStringSchema);
+  run("schema with pattern / maxLength", [&] { return compile_json_schema(strings); }, vocab, batch, steps);
 }

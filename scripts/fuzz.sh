@@ -13,7 +13,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 ((${#targets[@]})) || targets=(fuzz_safetensors fuzz_config fuzz_request fuzz_tokenizer fuzz_chat_template fuzz_json_schema
-  fuzz_tool_calls)
+  fuzz_regex fuzz_gbnf fuzz_tool_calls)
 build="${STEM_FUZZ_BUILD_DIR:-$root/build-fuzz}"
 
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTEM_CUDA=OFF \

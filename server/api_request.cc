@@ -3,7 +3,9 @@
 #include <cmath>
 #include <filesystem>
 
+#include "structured/ebnf.h"
 #include "structured/json_schema.h"
+#include "structured/regex.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
 
@@ -129,8 +131,23 @@ std::shared_ptr<structured::TokenGrammar> response_grammar(const ResponseFormat&
     try {
       g = structured::compile_json_schema(rf.schema);
     } catch (const structured::SchemaError& e) {
-      bad(field, quoted(field + ".json_schema.schema") + ": " + e.what());
+      bad(field, quoted(rf.value_field) + ": " + e.what());
     }
+  } else if (rf.type == "regex") {
+    try {
+      g = structured::compile_regex(rf.pattern);
+    } catch (const structured::RegexError& e) {
+      bad(field, quoted(rf.value_field) + ": " + e.what());
+    }
+  } else if (rf.type == "grammar") {
+    try {
+      g = structured::compile_gbnf(rf.pattern);
+    } catch (const structured::EbnfError& e) {
+      bad(field, quoted(rf.value_field) + ": " + e.what());
+    }
+  } else if (rf.type == "choice") {
+    if (rf.choices.empty()) bad(field, quoted(rf.value_field) + " must be a non-empty list of strings");
+    g = structured::compile_choice(rf.choices);
   } else {
     bad(field, quoted(field + ".type") + " must be \"text\", \"json_object\" or \"json_schema\", got \"" + rf.type + "\"");
   }
@@ -164,7 +181,8 @@ toolcall::ToolRequest tool_request(const GenerationFields& f, const ServedModel&
   if (r.choice == toolcall::Choice::Auto) r.format = tool_format(model);
   if (r.choice != toolcall::Choice::Required && r.choice != toolcall::Choice::Named) return r;
   if (f.response_format.type != "text")
-    bad("tool_choice", "'tool_choice' \"required\" or a named function cannot be combined with 'response_format'");
+    bad("tool_choice", "'tool_choice' \"required\" or a named function cannot be combined with " +
+                           quoted(f.response_format.field));
   // The forced call is generated under its JSON schema: each function's parameters must be in
   // the subset structured/ enforces.
   for (size_t i = 0; i < r.functions.size(); ++i) {

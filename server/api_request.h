@@ -51,11 +51,18 @@ struct ChatPrompt {
 // Text (tokenized with the tokenizer's special tokens), token ids, or chat messages.
 using Prompt = std::variant<std::string, std::vector<int64_t>, ChatPrompt>;
 
-// response_format: "text" (the default), "json_object" (any JSON object) or "json_schema".
+// Structured output, from response_format, structured_outputs or guided_*: "text" (the default),
+// "json_object" (any JSON object), "json_schema", "regex" (the whole text matches `pattern`),
+// "choice" (the text is one of `choices`) or "grammar" (a GBNF grammar, in `pattern`).
 struct ResponseFormat {
   std::string type = "text";
-  nlohmann::ordered_json schema = true;  // json_schema.schema (absent: any JSON value), in the sender's order
-  std::string field = "response_format";  // how the front end names it in errors
+  nlohmann::ordered_json schema = true;  // json_schema (absent: any JSON value), in the sender's order
+  std::string pattern;                   // regex, or the grammar's text
+  std::vector<std::string> choices;      // choice
+  std::string field = "response_format";  // the request field it came from: an error's param
+  // How errors name the schema, pattern or choices ("response_format.json_schema.schema",
+  // "structured_outputs.regex", "guided_choice").
+  std::string value_field = "response_format.json_schema.schema";
 };
 
 // A generation request's fields, typed but not yet checked; unset optionals take the defaults.

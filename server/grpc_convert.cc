@@ -2,6 +2,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+
+#include "server/openai_response.h"
 #include "server/request_parse.h"
 #include "text/tokenizer.h"
 
@@ -14,11 +17,105 @@ namespace {
 
 [[noreturn]] void bad(const std::string& param, const std::string& message) { throw ApiError(400, message, param); }
 
+// JSON text of a request field, its nesting limited as a request body's is.
+json parse_json_field(const std::string& text, const std::string& field) {
+  const json::parser_callback_t limit_depth = [&](int depth, json::parse_event_t, json&) {
+    if (depth > kMaxJsonDepth)
+      bad(field, "'" + field + "' is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    return true;
+  };
+  try {
+    return json::parse(text, limit_depth);
+  } catch (const json::exception& e) {
+    bad(field, "'" + field + "' is not JSON: " + e.what());
+  }
+}
+
+// Messages as the HTTP API gives them to the chat template: a tool message's tool_call_id, an
+// assistant message's tool calls with their arguments as objects.
 ChatPrompt chat_prompt(const v1::ChatMessages& chat) {
   ChatPrompt out;
-  for (const v1::ChatMessage& m : chat.messages()) out.messages.push_back({{"role", m.role()}, {"content", m.content()}});
+  for (int i = 0; i < chat.messages_size(); ++i) {
+    const v1::ChatMessage& m = chat.messages(i);
+    const std::string where = "chat.messages[" + std::to_string(i) + "]";
+    json msg = {{"role", m.role()}, {"content", m.content()}};
+    if (m.role() == "tool") {
+      if (m.tool_call_id().empty())
+        bad(where + ".tool_call_id", "'" + where + ".tool_call_id' is required for a 'tool' message");
+      msg["tool_call_id"] = m.tool_call_id();
+    } else if (!m.tool_call_id().empty()) {
+      bad(where + ".tool_call_id", "'" + where + ".tool_call_id' is only for 'tool' messages");
+    }
+    if (m.tool_calls_size() > 0) {
+      if (m.role() != "assistant") bad(where + ".tool_calls", "'" + where + ".tool_calls' is only for 'assistant' messages");
+      json calls = json::array();
+      for (int j = 0; j < m.tool_calls_size(); ++j) {
+        const v1::ToolCall& c = m.tool_calls(j);
+        const std::string w = where + ".tool_calls[" + std::to_string(j) + "]";
+        if (c.name().empty()) bad(w + ".name", "'" + w + ".name' is required");
+        json args = c.arguments().empty() ? json::object() : json::parse(c.arguments(), nullptr, false);
+        if (args.is_discarded() || !args.is_object())
+          bad(w + ".arguments", "'" + w + ".arguments' must be a JSON object in a string");
+        calls.push_back({{"id", c.id()}, {"type", "function"}, {"function", {{"name", c.name()}, {"arguments", args}}}});
+      }
+      msg["tool_calls"] = std::move(calls);
+    }
+    out.messages.push_back(std::move(msg));
+  }
   if (chat.has_add_generation_prompt()) out.add_generation_prompt = chat.add_generation_prompt();
   return out;
+}
+
+// The proto's tools as OpenAI's JSON, for toolcall::check_tools.
+json tools_json(const google::protobuf::RepeatedPtrField<v1::Tool>& tools) {
+  json out = json::array();
+  for (int i = 0; i < tools.size(); ++i) {
+    const v1::Tool& t = tools[i];
+    json fn = {{"name", t.name()}};
+    if (!t.description().empty()) fn["description"] = t.description();
+    if (!t.parameters().empty())
+      fn["parameters"] = parse_json_field(t.parameters(), "tools[" + std::to_string(i) + "].parameters");
+    if (t.has_strict()) fn["strict"] = t.strict();
+    out.push_back({{"type", "function"}, {"function", std::move(fn)}});
+  }
+  return out;
+}
+
+// structured_outputs: one of json, regex, choice, grammar, json_object.
+ResponseFormat structured_outputs(const v1::StructuredOutputs& so) {
+  ResponseFormat rf;
+  rf.field = "structured_outputs";
+  switch (so.kind_case()) {
+    case v1::StructuredOutputs::kJson:
+      rf.type = "json_schema";
+      rf.value_field = "structured_outputs.json";
+      rf.schema = parse_json_field(so.json(), rf.value_field);
+      break;
+    case v1::StructuredOutputs::kRegex:
+      rf.type = "regex";
+      rf.value_field = "structured_outputs.regex";
+      rf.pattern = so.regex();
+      break;
+    case v1::StructuredOutputs::kChoice:
+      rf.type = "choice";
+      rf.value_field = "structured_outputs.choice";
+      rf.choices.assign(so.choice().values().begin(), so.choice().values().end());
+      if (rf.choices.empty()) bad(rf.field, "'structured_outputs.choice' must list at least one string");
+      break;
+    case v1::StructuredOutputs::kJsonObject:
+      if (!so.json_object()) bad(rf.field, "'structured_outputs.json_object' must be true when set");
+      rf.type = "json_object";
+      rf.value_field = "structured_outputs.json_object";
+      break;
+    case v1::StructuredOutputs::kGrammar:
+      rf.type = "grammar";
+      rf.value_field = "structured_outputs.grammar";
+      rf.pattern = so.grammar();
+      break;
+    default:
+      bad(rf.field, "'structured_outputs' must set one of 'json', 'regex', 'choice', 'grammar' or 'json_object'");
+  }
+  return rf;
 }
 
 std::vector<int64_t> ids_of(const google::protobuf::RepeatedField<int32_t>& ids) { return {ids.begin(), ids.end()}; }
@@ -76,6 +173,9 @@ GenerationFields generation_fields(const v1::GenerateRequest& in) {
   if (in.has_response_format()) {
     const v1::ResponseFormat& rf = in.response_format();
     if (!rf.type().empty()) f.response_format.type = rf.type();
+    if (rf.type() != "" && rf.type() != "text" && rf.type() != "json_object" && rf.type() != "json_schema")
+      bad("response_format", "'response_format.type' must be \"text\", \"json_object\" or \"json_schema\", got \"" +
+                                 rf.type() + "\"");
     if (!rf.json_schema().empty()) {
       if (f.response_format.type != "json_schema")
         bad("response_format", "'response_format.json_schema' needs 'response_format.type' \"json_schema\"");
@@ -91,12 +191,49 @@ GenerationFields generation_fields(const v1::GenerateRequest& in) {
         bad("response_format", std::string("'response_format.json_schema' is not JSON: ") + e.what());
       }
     }
+    f.response_format.value_field = "response_format.json_schema";
+  }
+  if (in.has_structured_outputs()) {
+    if (f.response_format.type != "text")
+      bad("structured_outputs", "'structured_outputs' cannot be combined with 'response_format'");
+    f.response_format = structured_outputs(in.structured_outputs());
+  }
+  const bool chat = in.prompt_case() == v1::GenerateRequest::kChat;
+  if (in.tools_size() > 0) {
+    if (!chat) bad("tools", "'tools' needs a 'chat' prompt");
+    f.tools = tools_json(in.tools());
+  }
+  if (in.has_tool_choice()) {
+    if (!chat) bad("tool_choice", "'tool_choice' needs a 'chat' prompt");
+    const v1::ToolChoice& c = in.tool_choice();
+    if (c.choice_case() == v1::ToolChoice::kMode) {
+      f.tool_choice = c.mode();
+    } else if (c.choice_case() == v1::ToolChoice::kFunction) {
+      f.tool_choice = {{"type", "function"}, {"function", {{"name", c.function()}}}};
+    } else {
+      bad("tool_choice", "'tool_choice' must set 'mode' or 'function'");
+    }
+  }
+  if (in.has_parallel_tool_calls()) {
+    if (!chat) bad("parallel_tool_calls", "'parallel_tool_calls' needs a 'chat' prompt");
+    f.parallel_tool_calls = in.parallel_tool_calls();
   }
   return f;
 }
 
 ParsedGeneration parse_grpc_generate(const v1::GenerateRequest& in, const ServedModel& model) {
-  return build_generation(generation_fields(in), model);
+  try {
+    return build_generation(generation_fields(in), model);
+  } catch (const ApiError& e) {
+    // The tool checks name fields as OpenAI's JSON has them ("tools[1].function.name"); the
+    // proto's Tool has no "function" level ("tools[1].name").
+    auto proto_names = [](std::string s) {
+      for (size_t at; (at = s.find("].function.")) != std::string::npos;) s.replace(at, 11, "].");
+      return s;
+    };
+    if (e.param().rfind("tools", 0) != 0) throw;
+    throw ApiError(e.status(), proto_names(e.what()), proto_names(e.param()), e.type());
+  }
 }
 
 std::vector<int32_t> parse_grpc_tokenize(const v1::TokenizeRequest& in, const ServedModel& model) {
@@ -133,9 +270,33 @@ v1::ModelInfoResponse model_info(const ServedModel& model) {
   return out;
 }
 
-void add_event(const TokenEvent& e, bool logprobs, const Tokenizer& tokenizer, v1::GenerateResponse& into) {
+void add_event(const TokenEvent& e, bool logprobs, const Tokenizer& tokenizer, v1::GenerateResponse& into,
+               const toolcall::ToolRequest* tools, ToolText* held) {
   into.set_index(static_cast<uint32_t>(e.index));
-  into.mutable_text()->append(e.text);
+  toolcall::Answer answer;
+  if (!tools || tools->choice == toolcall::Choice::None || !held) {
+    into.mutable_text()->append(e.text);
+  } else {
+    // As the HTTP API streams a chat answer under tools: text up to where a call may start, the
+    // rest of the content and the calls when the sequence ends.
+    held->text += e.text;
+    if (!e.finished) {
+      const size_t upto = std::max(held->streamed, toolcall::streamable(*tools, held->text));
+      into.mutable_text()->append(held->text, held->streamed, upto - held->streamed);
+      held->streamed = upto;
+    } else {
+      answer = toolcall::read_answer(*tools, held->text);
+      const std::string content = answer.calls.empty() ? held->text : answer.content.value_or("");
+      if (content.size() > held->streamed) into.mutable_text()->append(content, held->streamed);
+      held->streamed = held->text.size();
+      for (const toolcall::ToolCall& c : answer.calls) {
+        v1::ToolCall* call = into.add_tool_calls();
+        call->set_id(new_tool_call_id(*tools));
+        call->set_name(c.name);
+        call->set_arguments(c.arguments);
+      }
+    }
+  }
   if (e.token >= 0) {
     into.add_token_ids(e.token);
     if (logprobs) {
@@ -152,7 +313,12 @@ void add_event(const TokenEvent& e, bool logprobs, const Tokenizer& tokenizer, v
     }
   }
   if (e.finished) {
-    into.set_finish_reason(e.finish == FinishReason::Stop ? v1::FINISH_REASON_STOP : v1::FINISH_REASON_LENGTH);
+    // As OpenAI: tool_calls when the model called tools of its own accord or as "required"; a
+    // named function's call finishes with stop.
+    const bool called = !answer.calls.empty() && tools && tools->choice != toolcall::Choice::Named;
+    into.set_finish_reason(e.finish != FinishReason::Stop ? v1::FINISH_REASON_LENGTH
+                           : called                       ? v1::FINISH_REASON_TOOL_CALLS
+                                                          : v1::FINISH_REASON_STOP);
     into.set_stop_reason(e.stop_reason);
     into.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(e.prompt_tokens));
     into.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(e.completion_tokens));

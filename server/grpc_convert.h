@@ -22,9 +22,19 @@ std::vector<int32_t> parse_grpc_tokenize(const stemserve::v1::TokenizeRequest& r
 std::vector<int32_t> parse_grpc_detokenize(const stemserve::v1::DetokenizeRequest& request, const ServedModel& model);
 stemserve::v1::ModelInfoResponse model_info(const ServedModel& model);
 
+// A chat sequence's text under tools: all of it, and how much was sent.
+struct ToolText {
+  std::string text;
+  size_t streamed = 0;
+};
+
 // Adds one engine event of a sequence to `into` (a message of that sequence not yet sent):
-// its token, text and logprobs, and when it is the last, the finish reason and usage.
+// its token, text and logprobs, and when it is the last, the finish reason and usage. With
+// tools (a chat request whose tool_choice is not "none"; `held` is the sequence's text so far),
+// the text that may start a tool call is held back and the calls are read from the whole text at
+// the end, as the HTTP API does: the last message has the rest of the content and `tool_calls`.
 void add_event(const TokenEvent& event, bool logprobs, const Tokenizer& tokenizer,
-               stemserve::v1::GenerateResponse& into);
+               stemserve::v1::GenerateResponse& into, const toolcall::ToolRequest* tools = nullptr,
+               ToolText* held = nullptr);
 
 }  // namespace stem

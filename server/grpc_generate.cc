@@ -27,6 +27,8 @@ struct GenerateStream {
   std::shared_ptr<std::atomic<bool>> cancel_flag = std::make_shared<std::atomic<bool>>(false);
   bool logprobs = false;
   const Tokenizer* tokenizer = nullptr;
+  toolcall::ToolRequest tools;   // chat with tools: calls are read back from each sequence's text
+  std::vector<ToolText> held;    // per sequence, under tools
 
   std::mutex mu;
   std::deque<v1::GenerateResponse> queue;  // messages not yet written
@@ -58,7 +60,8 @@ struct GenerateStream {
         const bool merge = !queue.empty() && queue.back().index() == static_cast<uint32_t>(e.index) &&
                            queue.back().finish_reason() == v1::FINISH_REASON_UNSPECIFIED;
         if (!merge) queue.emplace_back();
-        add_event(e, logprobs, *tokenizer, queue.back());
+        add_event(e, logprobs, *tokenizer, queue.back(), &tools,
+                  static_cast<size_t>(e.index) < held.size() ? &held[static_cast<size_t>(e.index)] : nullptr);
       }
     }
     pump();
@@ -144,6 +147,9 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* start_generate(GrpcContext& ctx, grp
     stream->open = n;
     stream->timer.start(ctx.metrics, n);
     stream->logprobs = parsed.logprobs;
+    stream->tools = parsed.tools;
+    if (parsed.kind == ApiKind::Chat && parsed.tools.choice != toolcall::Choice::None)
+      stream->held.resize(static_cast<size_t>(n));
     stream->tokenizer = &ctx.model.engine->tokenizer();
     parsed.request.cancelled = stream->cancel_flag;
     ctx.loop->submit(std::move(parsed.request), [stream](const TokenEvent& e) { stream->push(e); });

@@ -187,6 +187,7 @@ void GrpcServer::attach(const Engine& engine, EngineLoop& loop, ServerMetrics& m
   c.loop = &loop;
   c.metrics = &metrics;
   c.model = ServedModel::of(engine, impl_->options.served_model_name);
+  c.model.tool_call_parser = impl_->options.tool_call_parser;
   c.ready.store(true);
   if (impl_->server && !c.draining.load()) {
     impl_->server->GetHealthCheckService()->SetServingStatus("", true);

@@ -113,12 +113,14 @@ void ResponseBuilder::merge_logprobs(ojson& into, const ojson& part) const {
     for (const auto& x : value) into[key].push_back(x);
 }
 
-const std::string& ResponseBuilder::call_id(const Choice& c, size_t i) const {
+std::string new_tool_call_id(const toolcall::ToolRequest& tools) {
   // Mistral's templates take only ids of 9 letters and digits.
-  while (c.call_ids.size() <= i)
-    c.call_ids.push_back(tools_.choice == toolcall::Choice::Auto && tools_.format == toolcall::Format::Mistral
-                             ? random_alnum(9)
-                             : "call_" + random_alnum(24));
+  return tools.choice == toolcall::Choice::Auto && tools.format == toolcall::Format::Mistral ? random_alnum(9)
+                                                                                            : "call_" + random_alnum(24);
+}
+
+const std::string& ResponseBuilder::call_id(const Choice& c, size_t i) const {
+  while (c.call_ids.size() <= i) c.call_ids.push_back(new_tool_call_id(tools_));
   return c.call_ids[i];
 }
 

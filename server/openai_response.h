@@ -63,6 +63,9 @@ class ResponseBuilder {
   std::vector<Choice> choices_;
 };
 
+// A tool call's id, as the model's format wants it ("call_" and 24 letters and digits; 9 for Mistral's).
+std::string new_tool_call_id(const toolcall::ToolRequest& tools);
+
 // {"error": {"message", "type", "param", "code"}}
 nlohmann::ordered_json error_body(const std::string& message, const std::string& type, const std::string& param = {},
                                   int code = 0);

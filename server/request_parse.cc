@@ -11,6 +11,8 @@ namespace {
 
 [[noreturn]] void bad(const std::string& param, const std::string& message) { throw ApiError(400, message, param); }
 
+std::string quoted_name(const std::string& name) { return "'" + name + "'"; }
+
 // A field that is absent or null counts as not given, as in OpenAI's API.
 const json* field(const json& body, const char* name) {
   auto it = body.find(name);
@@ -166,6 +168,9 @@ ResponseFormat response_format(const json& body) {
   if (!r->is_object() || !r->contains("type") || !(*r)["type"].is_string())
     bad("response_format", "'response_format' must be an object with a string 'type'");
   rf.type = (*r)["type"].get<std::string>();
+  if (rf.type != "text" && rf.type != "json_object" && rf.type != "json_schema")
+    bad("response_format",
+        "'response_format.type' must be \"text\", \"json_object\" or \"json_schema\", got \"" + rf.type + "\"");
   for (auto it = r->begin(); it != r->end(); ++it)
     if (it.key() != "type" && !(it.key() == "json_schema" && rf.type == "json_schema"))
       bad("response_format", "'response_format." + it.key() + "' is not supported with type \"" + rf.type + "\"");
@@ -183,6 +188,135 @@ ResponseFormat response_format(const json& body) {
     bad("response_format", "'response_format.json_schema.name' must be a string of 1 to 64 characters");
   get_bool(*js, "strict");  // checked for its type; the schema is always enforced
   if (const json* schema = field(*js, "schema")) rf.schema = *schema;
+  return rf;
+}
+
+// A schema given as an object or boolean, or as JSON text (vLLM takes both).
+json schema_value(const json& v, const std::string& param, const std::string& name) {
+  if (v.is_object() || v.is_boolean()) return v;
+  if (!v.is_string()) bad(param, quoted_name(name) + " must be a JSON schema (an object, or JSON text)");
+  const json::parser_callback_t limit_depth = [&](int depth, json::parse_event_t, json&) {
+    if (depth > kMaxJsonDepth)
+      bad(param, quoted_name(name) + " is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    return true;
+  };
+  json schema;
+  try {
+    schema = json::parse(v.get<std::string>(), limit_depth);
+  } catch (const json::exception& e) {
+    bad(param, quoted_name(name) + " is not JSON: " + e.what());
+  }
+  if (!schema.is_object() && !schema.is_boolean()) bad(param, quoted_name(name) + " must be a JSON schema object");
+  return schema;
+}
+
+std::vector<std::string> choice_list(const json& v, const std::string& param, const std::string& name) {
+  if (!v.is_array() || v.empty()) bad(param, quoted_name(name) + " must be a non-empty list of strings");
+  std::vector<std::string> out;
+  for (const json& c : v) {
+    if (!c.is_string()) bad(param, quoted_name(name) + " must be a non-empty list of strings, got " + c.dump());
+    out.push_back(c.get<std::string>());
+  }
+  return out;
+}
+
+std::string regex_value(const json& v, const std::string& param, const std::string& name) {
+  if (!v.is_string()) bad(param, quoted_name(name) + " must be a string (a regular expression)");
+  return v.get<std::string>();
+}
+
+// vLLM's structured_outputs: {"json": schema} | {"regex": "..."} | {"choice": [...]} |
+// {"grammar": "GBNF"} | {"json_object": true}, exactly one of them. Its flags that change nothing
+// here (our JSON has no whitespace and no properties beyond the schema's; there is no fallback
+// backend) are accepted as booleans; `structural_tag` and `whitespace_pattern` are refused by name.
+std::optional<ResponseFormat> structured_outputs(const json& body) {
+  const json* so = field(body, "structured_outputs");
+  if (!so) return std::nullopt;
+  const std::string param = "structured_outputs";
+  if (!so->is_object()) bad(param, "'structured_outputs' must be an object with one of 'json', 'regex', 'choice'");
+  ResponseFormat rf;
+  rf.field = param;
+  int kinds = 0;
+  for (auto it = so->begin(); it != so->end(); ++it) {
+    const std::string& k = it.key();
+    const std::string name = param + "." + k;
+    if (it->is_null()) continue;
+    if (k == "json") {
+      rf.type = "json_schema";
+      rf.schema = schema_value(*it, param, name);
+    } else if (k == "regex") {
+      rf.type = "regex";
+      rf.pattern = regex_value(*it, param, name);
+    } else if (k == "choice") {
+      rf.type = "choice";
+      rf.choices = choice_list(*it, param, name);
+    } else if (k == "grammar") {
+      if (!it->is_string()) bad(param, quoted_name(name) + " must be a string (a GBNF grammar)");
+      rf.type = "grammar";
+      rf.pattern = it->get<std::string>();
+    } else if (k == "json_object") {
+      if (!it->is_boolean()) bad(param, quoted_name(name) + " must be true or false");
+      if (!it->get<bool>()) continue;
+      rf.type = "json_object";
+    } else if (k == "disable_any_whitespace" || k == "disable_additional_properties" || k == "disable_fallback") {
+      if (!it->is_boolean()) bad(param, quoted_name(name) + " must be true or false");
+      continue;
+    } else if (k == "structural_tag" || k == "whitespace_pattern") {
+      bad(param, quoted_name(name) + " is not supported; use 'json', 'regex', 'choice' or 'grammar'");
+    } else {
+      bad(param, quoted_name(name) + " is not a field of 'structured_outputs' (it takes 'json', 'regex', 'choice', "
+                                     "'grammar' or 'json_object')");
+    }
+    rf.value_field = name;
+    ++kinds;
+  }
+  if (kinds == 0) bad(param, "'structured_outputs' must set one of 'json', 'regex', 'choice', 'grammar' or 'json_object'");
+  if (kinds > 1)
+    bad(param, "'structured_outputs' must set only one of 'json', 'regex', 'choice', 'grammar' and 'json_object'");
+  return rf;
+}
+
+// vLLM's older top-level fields, each one kind of structured_outputs.
+std::optional<ResponseFormat> guided(const json& body) {
+  for (const char* name : {"guided_decoding_backend", "guided_whitespace_pattern"})
+    if (field(body, name))
+      bad(name, std::string("'") + name + "' is not supported; use 'guided_json', 'guided_regex', 'guided_choice' "
+                                          "or 'guided_grammar'");
+  std::optional<ResponseFormat> out;
+  for (const char* name : {"guided_json", "guided_regex", "guided_choice", "guided_grammar"}) {
+    const json* v = field(body, name);
+    if (!v) continue;
+    if (out) bad(name, "'" + out->field + "' and '" + name + "' cannot be combined: send one");
+    ResponseFormat rf;
+    rf.field = rf.value_field = name;
+    if (std::string(name) == "guided_json") {
+      rf.type = "json_schema";
+      rf.schema = schema_value(*v, name, name);
+    } else if (std::string(name) == "guided_regex") {
+      rf.type = "regex";
+      rf.pattern = regex_value(*v, name, name);
+    } else if (std::string(name) == "guided_grammar") {
+      if (!v->is_string()) bad(name, "'guided_grammar' must be a string (a GBNF grammar)");
+      rf.type = "grammar";
+      rf.pattern = v->get<std::string>();
+    } else {
+      rf.type = "choice";
+      rf.choices = choice_list(*v, name, name);
+    }
+    out = std::move(rf);
+  }
+  return out;
+}
+
+// response_format, structured_outputs or guided_*: at most one of them.
+ResponseFormat structured_output(const json& body) {
+  ResponseFormat rf = response_format(body);
+  for (std::optional<ResponseFormat> other : {structured_outputs(body), guided(body)}) {
+    if (!other) continue;
+    if (rf.type != "text" || rf.field != "response_format")
+      bad(other->field, quoted_name(other->field) + " cannot be combined with " + quoted_name(rf.field));
+    rf = std::move(*other);
+  }
   return rf;
 }
 
@@ -255,7 +389,7 @@ GenerationFields generation_fields(ApiKind kind, const json& body) {
   }
   f.sparse_prefill = get_string(body, "sparse_prefill");  // stemserve's own field
   f.cache_salt = get_string(body, "cache_salt");          // as vLLM's
-  f.response_format = response_format(body);
+  f.response_format = structured_output(body);
   if (kind == ApiKind::Chat) {
     if (const json* tools = field(body, "tools")) f.tools = *tools;  // checked in build_generation
     if (const json* choice = field(body, "tool_choice")) f.tool_choice = *choice;
@@ -265,9 +399,6 @@ GenerationFields generation_fields(ApiKind kind, const json& body) {
     if (kind != ApiKind::Chat && field(body, name)) bad(name, std::string("'") + name + "' is for /v1/chat/completions");
   for (const char* name : {"functions", "function_call"})
     if (field(body, name)) bad(name, std::string("'") + name + "' (deprecated by OpenAI) is not supported; use 'tools'");
-  // Structured-output fields of other servers we do not serve (yet).
-  for (const char* name : {"structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar"})
-    if (field(body, name)) bad(name, std::string("'") + name + "' is not supported; use 'response_format'");
   f.stream = get_bool(body, "stream").value_or(false);
   if (const json* so = field(body, "stream_options")) {
     if (!so->is_object()) bad("stream_options", "'stream_options' must be an object");

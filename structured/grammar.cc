@@ -10,6 +10,12 @@ namespace stem::structured {
 namespace {
 // Calls nested deeper than this are dropped (a JSON value nested this deep cannot go on).
 constexpr size_t kMaxStack = 128;
+// An ambiguous grammar can keep exponentially many derivations alive ("("+ expr with expr itself
+// starting with "(": every way to split a run of '(' into levels is a stack): past these bounds
+// further stacks and expansions are dropped. Every text still accepted is in the language (only
+// derivations are dropped, never invented); the JSON-schema grammars stay far below them.
+constexpr size_t kMaxStacks = 64;
+constexpr int kMaxExpandSteps = 4096;
 }  // namespace
 
 int32_t Grammar::add_state(bool accept) {
@@ -48,10 +54,12 @@ std::vector<int32_t> Grammar::literals(int32_t from, const std::vector<std::stri
 GrammarMatcher::GrammarMatcher(const Grammar& g) : g_(&g) {
   if (g.root() < 0) throw std::logic_error("grammar without a root rule");
   scratch_.assign(1, g.root());
+  steps_ = 0;
   expand(scratch_, 0);
 }
 
 void GrammarMatcher::add_stack(const std::vector<int32_t>& stack) {
+  if (offsets_.size() >= kMaxStacks) return;
   for (size_t i = 0; i < offsets_.size(); ++i) {  // few stacks: a linear search dedupes them
     const size_t begin = offsets_[i], end = i + 1 < offsets_.size() ? offsets_[i + 1] : data_.size();
     if (end - begin == stack.size() && std::equal(stack.begin(), stack.end(), data_.begin() + begin)) return;
@@ -62,6 +70,7 @@ void GrammarMatcher::add_stack(const std::vector<int32_t>& stack) {
 
 // Follows calls and returns from the stack's top until every stack waits for a byte.
 void GrammarMatcher::expand(std::vector<int32_t>& stack, int depth) {
+  if (++steps_ > kMaxExpandSteps) return;
   const int32_t top = stack.back();
   const GrammarState& s = g_->state(top);
   if (!s.edges.empty()) add_stack(stack);
@@ -90,6 +99,7 @@ bool GrammarMatcher::advance_into(uint8_t byte, GrammarMatcher& into) const {
   into.data_.clear();
   into.offsets_.clear();
   into.done_ = false;
+  into.steps_ = 0;
   for (size_t i = 0; i < offsets_.size(); ++i) {
     const size_t begin = offsets_[i], end = i + 1 < offsets_.size() ? offsets_[i + 1] : data_.size();
     const GrammarState& s = g_->state(data_[end - 1]);

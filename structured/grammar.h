@@ -75,6 +75,7 @@ class GrammarMatcher {
   std::vector<int32_t> data_;      // the stacks, one after another
   std::vector<uint32_t> offsets_;  // start of each stack in data_ (its end: the next one's start)
   bool done_ = false;
+  int steps_ = 0;  // expansions in the current step (bounded: grammar.cc)
   std::vector<int32_t> scratch_;
 };
 

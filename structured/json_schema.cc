@@ -3,6 +3,8 @@
 #include <map>
 #include <set>
 
+#include "structured/regex.h"
+
 namespace stem::structured {
 
 using json = nlohmann::ordered_json;
@@ -18,7 +20,7 @@ const std::set<std::string>& annotations() {
 const std::set<std::string>& served_keywords() {
   static const std::set<std::string> k = {"type",     "properties", "required", "additionalProperties", "items",
                                           "minItems", "maxItems",   "enum",     "const",                "anyOf",
-                                          "$ref"};
+                                          "$ref",     "pattern",    "minLength", "maxLength"};
   return k;
 }
 
@@ -54,6 +56,7 @@ class Compiler {
       if (s.contains("properties") || s.contains("required") || s.contains("additionalProperties"))
         return object(s, where);
       if (s.contains("items") || s.contains("minItems") || s.contains("maxItems")) return array(s, where);
+      if (s.contains("pattern") || s.contains("minLength") || s.contains("maxLength")) return string_schema(s, where);
       return any_value();
     }
     const json& type = s["type"];
@@ -71,7 +74,7 @@ class Compiler {
     const std::string t = type.get<std::string>();
     if (t == "object") return object(s, where);
     if (t == "array") return array(s, where);
-    if (t == "string") return string_rule();
+    if (t == "string") return string_schema(s, where);
     if (t == "integer") return number_rule(false);
     if (t == "number") return number_rule(true);
     if (t == "boolean") return literal_rule({"true", "false"});
@@ -256,6 +259,42 @@ class Compiler {
       g_.call(comma, item, k == unroll ? h : have[static_cast<size_t>(k) + 1]);
     }
     return start;
+  }
+
+  // A string schema: any string, or one whose characters match `pattern` in full, or whose
+  // length is within minLength / maxLength (characters: code points).
+  int32_t string_schema(const json& s, const std::string& where) {
+    auto bound = [&](const char* name) -> int64_t {
+      if (!s.contains(name)) return -1;
+      const json& v = s[name];
+      if (!v.is_number_integer() || v.get<int64_t>() < 0)
+        throw SchemaError(name, where, std::string("'") + name + "' must be a non-negative integer");
+      if (v.get<int64_t>() > kMaxRegexRepeat)
+        throw SchemaError(name, where, std::string("'") + name + "' above " + std::to_string(kMaxRegexRepeat) +
+                                           " is not supported");
+      return v.get<int64_t>();
+    };
+    const int64_t min = bound("minLength"), max = bound("maxLength");
+    if (s.contains("pattern")) {
+      const json& p = s["pattern"];
+      if (!p.is_string()) throw SchemaError("pattern", where, "'pattern' must be a string");
+      if (min >= 0 || max >= 0)
+        throw SchemaError(min >= 0 ? "minLength" : "maxLength", where,
+                          std::string("'") + (min >= 0 ? "minLength" : "maxLength") +
+                              "' beside 'pattern' is not supported (write the length into the pattern)");
+      try {
+        return add_json_string_regex(g_, p.get<std::string>());
+      } catch (const RegexError& e) {
+        throw SchemaError("pattern", where, std::string("'pattern': ") + e.what());
+      }
+    }
+    if (min < 0 && max < 0) return string_rule();
+    if (max >= 0 && min > max) throw SchemaError("minLength", where, "'minLength' is above 'maxLength'");
+    try {
+      return add_json_string_length(g_, std::max<int64_t>(min, 0), max);
+    } catch (const RegexError& e) {
+      throw SchemaError(max >= 0 ? "maxLength" : "minLength", where, e.what());
+    }
   }
 
   // A JSON string: UTF-8 checked (no overlongs, no surrogates), escapes, no control characters;

@@ -6,6 +6,8 @@
 //     properties are generated, in the schema's order; no properties listed and no
 //     additionalProperties: false means any object)
 //   array: items, minItems, maxItems (at most kMaxItemsBound)
+//   string: pattern (structured/regex.h's subset, matched against the whole string), or
+//     minLength / maxLength (characters, at most kMaxRegexRepeat); not both
 //   enum, const (any JSON values), anyOf, $ref to "#/$defs/..." or "#/definitions/..."
 //   annotations, ignored: title, description, default, examples, $schema, $id, $comment,
 //     deprecated, readOnly, writeOnly, $defs, definitions

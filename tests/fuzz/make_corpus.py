@@ -114,6 +114,15 @@ for i, b in enumerate(bodies):
     write(d, f"body_{i}", json.dumps(b))
 write(d, "body_response_format", json.dumps({"messages": [{"role": "user", "content": "x"}], "response_format": {
     "type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}}}))
+for name, extra in {"regex": {"structured_outputs": {"regex": "\\d{3}-[a-z]+"}},
+                    "choice": {"structured_outputs": {"choice": ["yes", "no"]}},
+                    "json": {"structured_outputs": {"json": {"type": "string", "pattern": "^a+$", "maxLength": 4}}},
+                    "grammar": {"guided_grammar": 'root ::= "(" root ")" | [a-z]'},
+                    "guided": {"prompt": "x", "guided_regex": "[0-9]+", "guided_choice": ["a"]}}.items():
+    body = {"messages": [{"role": "user", "content": "x"}], **extra}
+    if "prompt" in extra:
+        del body["messages"]
+    write(d, f"body_structured_{name}", json.dumps(body))
 weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 for name, extra in {"named": {"type": "function", "function": {"name": "get_weather"}}, "required": "required",
@@ -139,10 +148,48 @@ schemas = {
     "string": {"type": "string"},
     "types": {"type": ["integer", "boolean", "null"], "title": "t"},
     "array": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 4},
-    "refused": {"type": "string", "pattern": "a+"},
+    "pattern": {"type": "object", "required": ["code"], "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}(x|\"|\\\\)?$"},
+        "nick": {"type": "string", "minLength": 1, "maxLength": 4}}},
+    "refused": {"type": "string", "pattern": "a(?=b)"},
 }
 for name, schema in schemas.items():
     write(d, name, json.dumps(schema).encode() + b"\n" + steer)
+
+# fuzz_regex: a pattern on the first line, then the bytes that steer a walk through its grammar.
+d = target("fuzz_regex")
+patterns = {
+    "phone": r"\(\d{3}\) \d{3}-\d{4}",
+    "classes": r"[A-Za-z_][\w.-]{0,8}@[^\s@]+\.(com|org)",
+    "groups": r"^(?:ab|c(?P<x>d|e)*){1,3}f?$",
+    "escapes": r"\x41\u00e9\t\n\\\.\[\]\{\}\/\"",
+    "unicode": "[\u0100-\uffffé-ÿ]+.{2}",
+    "negated": r"[^a-z\d]{2,}[^\x00-\x7f]",
+    "quantifiers": r"a*?b+c??d{2}e{1,}f{,2}g{0,3}",
+    "alternation": r"|x|(y|)z",
+    "refused": r"(a)\1(?=b)\bc",
+}
+for name, pattern in patterns.items():
+    write(d, name, pattern.encode() + b"\n" + steer)
+
+# fuzz_gbnf: a GBNF grammar, a NUL byte, then the bytes that steer a walk through it.
+d = target("fuzz_gbnf")
+grammars = {
+    "json": r"""
+root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null")
+object ::= "{" ( string ":" value ("," string ":" value)* )? "}"
+array  ::= "[" ( value ("," value)* )? "]"
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) )* "\""
+number ::= "-"? ("0" | [1-9] [0-9]*) ("." [0-9]+)? ([eE] [-+]? [0-9]+)?
+""",
+    "parens": 'root ::= "(" root ")" root | ""  # balanced',
+    "arith": 'root ::= expr\nexpr ::= term (" " [+*-] " " term){0,3}\nterm ::= [1-9] [0-9]? | "(" expr ")"',
+    "unicode": 'root ::= [\\u00e0-\\u00ff]+ . "\\U0001F600"? [^a-z]{1,2}',
+    "left": 'root ::= x "a"\nx ::= y?\ny ::= root',
+}
+for name, grammar in grammars.items():
+    write(d, name, grammar.encode() + b"\0" + steer)
 
 # fuzz_tool_calls: a mode byte (0 Hermes, 1 Llama-3 JSON, 2 Mistral: a model's output follows; 3: a
 # tools list on the first line, then a "required" answer), as the models write their calls.

@@ -1,8 +1,9 @@
 """The gRPC API against the real server, with a grpcio client generated from our proto at test
 time: Generate streams the same greedy text as the HTTP API, Tokenize/Detokenize/ModelInfo,
 health and reflection, a cancelled call or an expired deadline frees the request's KV pages,
-a full queue is RESOURCE_EXHAUSTED, bad requests get their status code, the API key, and
-response_format's JSON schema enforced."""
+a full queue is RESOURCE_EXHAUSTED, bad requests get their status code, the API key,
+response_format's JSON schema and structured_outputs (regex, choice, json) enforced, and tools
+(named, required, auto with --tool-call-parser, results fed back) with calls in tool_calls."""
 import concurrent.futures
 import signal
 
@@ -298,8 +299,110 @@ def test_generate_with_a_json_schema(stub):
                                  timeout=120))
     assert seqs[0]["last"].finish_reason == pb.FINISH_REASON_STOP
     jsonschema.validate(json.loads(seqs[0]["text"]), schema)
-    bad = pb.ResponseFormat(type="json_schema", json_schema='{"type": "string", "maxLength": 3}')
+    bad = pb.ResponseFormat(type="json_schema", json_schema='{"type": "string", "format": "date"}')
     with pytest.raises(grpc.RpcError) as e:
         collect(stub.Generate(pb.GenerateRequest(chat=chat, max_tokens=4, response_format=bad), timeout=30))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "maxLength" in e.value.details() and e.value.details().startswith("response_format")
+    assert "format" in e.value.details() and e.value.details().startswith("response_format")
+
+
+def test_generate_with_structured_outputs(stub):
+    import json
+    import re
+
+    import jsonschema
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="Give me a phone number.")])
+    phone = r"\(\d{3}\) \d{3}-\d{4}"
+    for seed in range(3):
+        seqs = collect(stub.Generate(pb.GenerateRequest(
+            chat=chat, max_tokens=32, sampling=pb.SamplingParams(temperature=1.0, seed=seed),
+            structured_outputs=pb.StructuredOutputs(regex=phone)), timeout=120))
+        assert seqs[0]["last"].finish_reason == pb.FINISH_REASON_STOP
+        assert re.fullmatch(phone, seqs[0]["text"]), seqs[0]["text"]
+    options = ["red", "green", "blue"]
+    seqs = collect(stub.Generate(pb.GenerateRequest(
+        text="My favourite colour is", max_tokens=8, n=2, sampling=pb.SamplingParams(temperature=1.0, seed=1),
+        structured_outputs=pb.StructuredOutputs(choice=pb.Choices(values=options))), timeout=120))
+    assert all(seqs[i]["text"] in options for i in range(2))
+    schema = {"type": "object", "required": ["id"], "additionalProperties": False,
+              "properties": {"id": {"type": "string", "pattern": "^[a-f0-9]{8}$"}}}
+    seqs = collect(stub.Generate(pb.GenerateRequest(
+        chat=chat, max_tokens=32, sampling=GREEDY, structured_outputs=pb.StructuredOutputs(json=json.dumps(schema))),
+        timeout=120))
+    jsonschema.validate(json.loads(seqs[0]["text"]), schema)
+    for so, text in [(pb.StructuredOutputs(regex="a(?=b)"), "lookahead"),
+                     (pb.StructuredOutputs(grammar='root ::= "a" | x'), "'x' is used but not defined"),
+                     (pb.StructuredOutputs(choice=pb.Choices()), "at least one"),
+                     (pb.StructuredOutputs(), "one of")]:
+        code, details = code_of(lambda: list(stub.Generate(pb.GenerateRequest(chat=chat, max_tokens=4,
+                                                                              structured_outputs=so), timeout=30)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.lstrip("'").startswith("structured_outputs") and text in details, details
+
+
+WEATHER = pb.Tool(name="get_weather", description="The current weather in a city", parameters=(
+    '{"type": "object", "additionalProperties": false, "required": ["city"], '
+    '"properties": {"city": {"type": "string"}}}'))
+NOW = pb.Tool(name="now", parameters='{"type": "object", "properties": {}, "additionalProperties": false}')
+
+
+def test_generate_with_tools(stub):
+    import json
+
+    import jsonschema
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="What is the weather in Paris?")])
+    # A named function: its arguments, finish reason stop (as OpenAI's).
+    seqs = collect(stub.Generate(pb.GenerateRequest(chat=chat, max_tokens=64, sampling=GREEDY, tools=[WEATHER, NOW],
+                                                    tool_choice=pb.ToolChoice(function="get_weather")), timeout=120))
+    last = seqs[0]["last"]
+    assert last.finish_reason == pb.FINISH_REASON_STOP
+    assert seqs[0]["text"] == ""
+    assert len(last.tool_calls) == 1 and last.tool_calls[0].name == "get_weather"
+    assert last.tool_calls[0].id.startswith("call_")
+    jsonschema.validate(json.loads(last.tool_calls[0].arguments), json.loads(WEATHER.parameters))
+    # required: one call or more, finish reason tool_calls; parallel_tool_calls false: exactly one.
+    seqs = collect(stub.Generate(pb.GenerateRequest(chat=chat, max_tokens=128, sampling=GREEDY, tools=[WEATHER, NOW],
+                                                    tool_choice=pb.ToolChoice(mode="required"),
+                                                    parallel_tool_calls=False), timeout=120))
+    last = seqs[0]["last"]
+    assert last.finish_reason == pb.FINISH_REASON_TOOL_CALLS
+    assert len(last.tool_calls) == 1 and last.tool_calls[0].name in ("get_weather", "now")
+    # The call and its result fed back: the model answers in text.
+    call = last.tool_calls[0]
+    history = pb.ChatMessages(messages=[
+        *chat.messages, pb.ChatMessage(role="assistant", tool_calls=[call]),
+        pb.ChatMessage(role="tool", tool_call_id=call.id, content="22 C and sunny")])
+    seqs = collect(stub.Generate(pb.GenerateRequest(chat=history, max_tokens=8, sampling=GREEDY, tools=[WEATHER, NOW],
+                                                    tool_choice=pb.ToolChoice(mode="none")), timeout=120))
+    assert seqs[0]["last"].finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+    assert not seqs[0]["last"].tool_calls
+    # Bad definitions: INVALID_ARGUMENT naming the proto's field.
+    for req, field in [
+        (pb.GenerateRequest(chat=chat, tools=[pb.Tool(name="bad name")], tool_choice=pb.ToolChoice(mode="required")),
+         "tools[0].name"),
+        (pb.GenerateRequest(chat=chat, tools=[pb.Tool(name="f", parameters="{")]), "tools[0].parameters"),
+        (pb.GenerateRequest(chat=chat, tools=[WEATHER], tool_choice=pb.ToolChoice(function="nope")), "tool_choice"),
+        (pb.GenerateRequest(text="Hi", tools=[WEATHER]), "tools"),
+        (pb.GenerateRequest(chat=chat, tools=[WEATHER]), "tools"),  # auto: SmolLM2's template has no call format
+        (pb.GenerateRequest(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="tool", content="x")])),
+         "chat.messages[0].tool_call_id"),
+    ]:
+        code, details = code_of(lambda: list(stub.Generate(req, timeout=30)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith(field) or details.startswith("'" + field), details
+
+
+def test_generate_with_tools_auto(make_server):
+    """tool_choice auto with a parser: the plumbing (SmolLM2 does not call tools of its own accord; reading
+    calls from text is tested in C++)."""
+    s = make_server("--tool-call-parser", "hermes")
+    ch = channel(s.grpc_target)
+    st = pb_grpc.StemserveStub(ch)
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="What is the weather in Paris?")])
+    seqs = collect(st.Generate(pb.GenerateRequest(chat=chat, max_tokens=16, sampling=GREEDY, tools=[WEATHER]),
+                               timeout=120))
+    last = seqs[0]["last"]
+    assert last.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_TOOL_CALLS)
+    assert (last.finish_reason == pb.FINISH_REASON_TOOL_CALLS) == bool(last.tool_calls)
+    assert seqs[0]["text"] or last.tool_calls
+    ch.close()

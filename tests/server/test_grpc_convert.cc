@@ -4,6 +4,7 @@
 #include "text/tokenizer.h"
 #include "server/grpc_context.h"
 #include "server/grpc_convert.h"
+#include "server/request_parse.h"
 #include <functional>
 
 #include "tests/test_util.h"
@@ -27,6 +28,11 @@ const Engine& engine() {
 bool have_model() { return fs::exists(test::default_model_dir() / "model.safetensors"); }
 
 ServedModel served() { return ServedModel{"smol", test::default_model_dir().string(), &engine()}; }
+
+// The message starts with the field's name, as status_of() makes it: "field: ..." or "'field' ...".
+bool names(const std::string& message, const std::string& field) {
+  return message.rfind(field + ": ", 0) == 0 || message.rfind("'" + field, 0) == 0 || message.rfind(field + " ", 0) == 0;
+}
 
 // The status code and message a request fails with (OK when it parses).
 grpc::Status failure(const v1::GenerateRequest& r) {
@@ -276,7 +282,7 @@ TEST_CASE("grpc: response_format gives the request a grammar; a bad schema names
   structured::GrammarMatcher m(p.request.sampling.grammar->grammar());
   CHECK((m.advance(std::string("[true,false]")) && m.can_end()));
 
-  for (const char* schema : {R"({"type": "string", "minLength": 2})", "{not json", R"({"type": "array", "maxItems": 9999})"}) {
+  for (const char* schema : {R"({"type": "string", "format": "date"})", "{not json", R"({"type": "array", "maxItems": 9999})"}) {
     INFO(schema);
     r.mutable_response_format()->set_json_schema(schema);
     const grpc::Status s = failure(r);
@@ -290,4 +296,235 @@ TEST_CASE("grpc: response_format gives the request a grammar; a bad schema names
   r.mutable_response_format()->set_type("json_schema");
   r.mutable_response_format()->set_json_schema(deep);
   CHECK(failure(r).error_message().find("deeper") != std::string::npos);
+}
+
+TEST_CASE("grpc: structured_outputs (json, regex, choice, grammar, json_object) give the request a grammar") {
+  if (!have_model()) SKIP("default model not prepared at " << test::default_model_dir());
+  auto accepts = [](const v1::GenerateRequest& r, const std::string& text) {
+    const ParsedGeneration p = parse_grpc_generate(r, served());
+    REQUIRE(p.request.sampling.grammar);
+    structured::GrammarMatcher m(p.request.sampling.grammar->grammar());
+    return m.advance(text) && m.can_end();
+  };
+  v1::GenerateRequest r;
+  r.set_text("A code:");
+  r.mutable_structured_outputs()->set_regex("[A-Z]{2}-\\d{3}");
+  CHECK(accepts(r, "AB-123"));
+  CHECK_FALSE(accepts(r, "AB-12"));
+  r.mutable_structured_outputs()->mutable_choice()->add_values("left");
+  r.mutable_structured_outputs()->mutable_choice()->add_values("right");
+  CHECK(accepts(r, "right"));
+  CHECK_FALSE(accepts(r, "up"));
+  r.mutable_structured_outputs()->set_json(R"({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})");
+  CHECK(accepts(r, R"({"n":3})"));
+  r.mutable_structured_outputs()->set_json_object(true);
+  CHECK(accepts(r, R"({"x":[]})"));
+  // Chat prompts take them too.
+  v1::GenerateRequest chat;
+  chat.mutable_chat()->add_messages()->set_content("Pick one");
+  chat.mutable_chat()->mutable_messages(0)->set_role("user");
+  chat.mutable_structured_outputs()->set_regex("(yes|no)");
+  CHECK(accepts(chat, "no"));
+
+  auto refused = [](const v1::GenerateRequest& req) {
+    const grpc::Status s = failure(req);
+    CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    return s.error_message();
+  };
+  r.mutable_structured_outputs()->set_regex("a(?=b)c");
+  CHECK(refused(r) == "structured_outputs: 'structured_outputs.regex': regex: the lookahead '(?=' is not supported "
+                      "(at offset 1 of the pattern; docs/api.md lists the subset)");
+  r.mutable_structured_outputs()->set_grammar("root ::= \"a\" root | \"b\"");
+  CHECK(accepts(r, "aab"));
+  CHECK_FALSE(accepts(r, "aa"));
+  r.mutable_structured_outputs()->set_grammar("root ::= root \"a\"");
+  CHECK(refused(r).rfind("structured_outputs: 'structured_outputs.grammar': grammar: the rule 'root' can reach itself", 0) == 0);
+  r.mutable_structured_outputs()->mutable_choice()->clear_values();
+  CHECK(names(refused(r), "structured_outputs"));
+  r.mutable_structured_outputs()->set_json("{");
+  CHECK(names(refused(r), "structured_outputs"));
+  r.mutable_structured_outputs()->set_json(R"({"type": "string", "pattern": "(a)\\1"})");
+  CHECK(refused(r).find("backreference") != std::string::npos);
+  r.mutable_structured_outputs()->set_json_object(false);
+  CHECK(names(refused(r), "structured_outputs"));
+  r.mutable_structured_outputs()->Clear();
+  CHECK(names(refused(r), "structured_outputs"));
+  r.mutable_structured_outputs()->set_regex("a");
+  r.mutable_response_format()->set_type("json_object");
+  CHECK(refused(r) == "'structured_outputs' cannot be combined with 'response_format'");
+  r.clear_structured_outputs();
+  r.mutable_response_format()->set_type("regex");
+  CHECK(names(refused(r), "response_format"));
+}
+
+TEST_CASE("grpc: tools, tool_choice and tool history land as the HTTP API's; bad ones name the proto's field") {
+  if (!have_model()) SKIP("default model not prepared at " << test::default_model_dir());
+  ServedModel hermes = served();
+  hermes.tool_call_parser = "hermes";
+  v1::GenerateRequest r;
+  auto* user = r.mutable_chat()->add_messages();
+  user->set_role("user");
+  user->set_content("Weather in Paris?");
+  v1::Tool* t = r.add_tools();
+  t->set_name("get_weather");
+  t->set_description("The weather in a city");
+  t->set_parameters(R"({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})");
+  ParsedGeneration p = parse_grpc_generate(r, hermes);
+  CHECK(p.tools.choice == toolcall::Choice::Auto);
+  CHECK(p.tools.format == toolcall::Format::Hermes);
+  CHECK_FALSE(p.request.sampling.grammar);
+
+  r.mutable_tool_choice()->set_function("get_weather");
+  p = parse_grpc_generate(r, hermes);
+  CHECK(p.tools.choice == toolcall::Choice::Named);
+  REQUIRE(p.request.sampling.grammar);
+  structured::GrammarMatcher m(p.request.sampling.grammar->grammar());
+  CHECK((m.advance(std::string(R"({"city":"Paris"})")) && m.can_end()));
+  r.mutable_tool_choice()->set_mode("required");
+  CHECK(parse_grpc_generate(r, hermes).tools.choice == toolcall::Choice::Required);
+  r.mutable_tool_choice()->set_mode("none");
+  CHECK(parse_grpc_generate(r, hermes).tools.choice == toolcall::Choice::None);
+  r.set_parallel_tool_calls(false);
+  r.mutable_tool_choice()->set_mode("auto");
+  CHECK_FALSE(parse_grpc_generate(r, hermes).tools.parallel);
+
+  // History: an assistant's call and the tool's answer.
+  auto* assistant = r.mutable_chat()->add_messages();
+  assistant->set_role("assistant");
+  v1::ToolCall* call = assistant->add_tool_calls();
+  call->set_id("call_1");
+  call->set_name("get_weather");
+  call->set_arguments(R"({"city": "Paris"})");
+  auto* tool = r.mutable_chat()->add_messages();
+  tool->set_role("tool");
+  tool->set_tool_call_id("call_1");
+  tool->set_content("22 C");
+  // The same prompt as the HTTP API's for the same conversation.
+  const std::string http = R"({"messages": [{"role": "user", "content": "Weather in Paris?"},
+      {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function", "function":
+        {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+      {"role": "tool", "tool_call_id": "call_1", "content": "22 C"}],
+      "tools": [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+      "parallel_tool_calls": false})";
+  CHECK(parse_grpc_generate(r, hermes).request.prompt ==
+        parse_generation(ApiKind::Chat, parse_json_body(http), hermes).request.prompt);
+
+  auto refused = [&](const v1::GenerateRequest& req) {
+    try {
+      parse_grpc_generate(req, hermes);
+    } catch (const ApiError& e) {
+      const grpc::Status s = status_of(e);
+      CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+      return s.error_message();
+    }
+    return std::string("(accepted)");
+  };
+  v1::GenerateRequest bad = r;
+  bad.mutable_chat()->mutable_messages(2)->clear_tool_call_id();
+  CHECK(names(refused(bad), "chat.messages[2].tool_call_id"));
+  bad = r;
+  bad.mutable_chat()->mutable_messages(1)->mutable_tool_calls(0)->set_arguments("[1]");
+  CHECK(names(refused(bad), "chat.messages[1].tool_calls[0].arguments"));
+  bad = r;
+  bad.mutable_chat()->mutable_messages(0)->add_tool_calls()->set_name("x");
+  CHECK(names(refused(bad), "chat.messages[0].tool_calls"));
+  bad = r;
+  bad.mutable_tools(0)->set_name("bad name!");
+  CHECK(names(refused(bad), "tools[0].name"));
+  bad = r;
+  bad.mutable_tools(0)->set_parameters("{");
+  CHECK(names(refused(bad), "tools[0].parameters"));
+  bad = r;
+  bad.mutable_tools(0)->set_parameters(R"({"type": "object", "properties": {"a": {"type": "string", "format": "x"}}})");
+  bad.mutable_tool_choice()->set_function("get_weather");
+  CHECK(names(refused(bad), "tools[0].parameters"));
+  bad = r;
+  bad.mutable_tool_choice()->set_function("nope");
+  CHECK(names(refused(bad), "tool_choice"));
+  bad = r;
+  bad.mutable_tool_choice()->set_mode("sometimes");
+  CHECK(names(refused(bad), "tool_choice"));
+  bad = r;
+  bad.mutable_tool_choice()->Clear();
+  CHECK(names(refused(bad), "tool_choice"));
+  bad = r;
+  bad.mutable_tool_choice()->set_mode("required");
+  bad.mutable_response_format()->set_type("json_object");
+  CHECK(names(refused(bad), "tool_choice"));
+  v1::GenerateRequest text;
+  text.set_text("Hi");
+  *text.mutable_tools() = r.tools();
+  CHECK(refused(text) == "'tools' needs a 'chat' prompt");
+  v1::GenerateRequest smol = r;  // SmolLM2's template teaches no tool format: auto needs --tool-call-parser
+  try {
+    parse_grpc_generate(smol, served());
+    FAIL("accepted");
+  } catch (const ApiError& e) {
+    CHECK(e.param() == "tools");
+  }
+}
+
+TEST_CASE("grpc: under tools, a sequence's calls come back as tool_calls with finish reason tool_calls") {
+  if (!have_model()) SKIP("default model not prepared at " << test::default_model_dir());
+  const Tokenizer& tok = engine().tokenizer();
+  toolcall::ToolRequest tools;
+  tools.choice = toolcall::Choice::Auto;
+  tools.format = toolcall::Format::Hermes;
+  tools.functions = {{"get_weather", {{"type", "object"}}}, {"now", {{"type", "object"}}}};
+  ToolText held;
+  std::string text;
+  std::vector<v1::GenerateResponse> msgs;
+  const std::vector<std::string> pieces = {"Let me check.", " <tool", "_call>{\"name\": \"get_weather\", ",
+                                           "\"arguments\": {\"city\": \"Paris\"}}</tool_call>\n<tool_call>",
+                                           "{\"name\": \"now\", \"arguments\": {}}</tool_call>"};
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    TokenEvent e;
+    e.text = pieces[i];
+    e.finished = i + 1 == pieces.size();
+    e.finish = FinishReason::Stop;
+    msgs.emplace_back();
+    add_event(e, false, tok, msgs.back(), &tools, &held);
+    text += msgs.back().text();
+    if (!e.finished) CHECK(msgs.back().tool_calls_size() == 0);
+  }
+  CHECK(msgs[0].text() == "Let me check.");
+  CHECK(msgs[1].text() == " ");  // "<tool" is held back: it may start a call
+  CHECK(text == "Let me check. ");
+  const v1::GenerateResponse& last = msgs.back();
+  CHECK(last.finish_reason() == v1::FINISH_REASON_TOOL_CALLS);
+  REQUIRE(last.tool_calls_size() == 2);
+  CHECK(last.tool_calls(0).name() == "get_weather");
+  CHECK(last.tool_calls(0).arguments() == R"({"city":"Paris"})");
+  CHECK(last.tool_calls(0).id().rfind("call_", 0) == 0);
+  CHECK(last.tool_calls(0).id() != last.tool_calls(1).id());
+  CHECK(last.tool_calls(1).name() == "now");
+
+  // No call: the held text comes at the end, finish reason stop.
+  ToolText none;
+  v1::GenerateResponse a, b;
+  TokenEvent e;
+  e.text = "It is <tool";
+  add_event(e, false, tok, a, &tools, &none);
+  e.text = " maybe>";
+  e.finished = true;
+  e.finish = FinishReason::Stop;
+  add_event(e, false, tok, b, &tools, &none);
+  CHECK(a.text() + b.text() == "It is <tool maybe>");
+  CHECK(b.tool_calls_size() == 0);
+  CHECK(b.finish_reason() == v1::FINISH_REASON_STOP);
+
+  // A named function: the text is its arguments; it finishes with stop, as OpenAI's does.
+  toolcall::ToolRequest named = tools;
+  named.choice = toolcall::Choice::Named;
+  named.named = "get_weather";
+  ToolText args;
+  v1::GenerateResponse c;
+  e.text = R"({"city":"Oslo"})";
+  add_event(e, false, tok, c, &named, &args);
+  CHECK(c.text().empty());
+  REQUIRE(c.tool_calls_size() == 1);
+  CHECK(c.tool_calls(0).name() == "get_weather");
+  CHECK(c.tool_calls(0).arguments() == R"({"city":"Oslo"})");
+  CHECK(c.finish_reason() == v1::FINISH_REASON_STOP);
 }

@@ -217,7 +217,8 @@ TEST_CASE("request parse: response_format becomes the request's grammar, or a 40
   for (const char* rf : {R"("json")", R"({"type": "yaml"})", R"({"type": "json_schema"})",
                          R"({"type": "json_schema", "json_schema": {"schema": {}}})",
                          R"({"type": "json_object", "schema": {}})",
-                         R"({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "string", "pattern": "a"}}})",
+                         R"({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "string", "pattern": "(?=a)b"}}})",
+                         R"({"type": "regex"})", R"({"type": "choice"})",
                          R"({"type": "json_schema", "json_schema": {"name": "n", "extra": 1}})"}) {
     INFO(rf);
     CHECK(failure(ApiKind::Chat, chat + R"("response_format": )" + rf + "}") == P{400, "response_format"});
@@ -227,7 +228,80 @@ TEST_CASE("request parse: response_format becomes the request's grammar, or a 40
         {"type": "object", "properties": {"d": {"type": "string", "format": "date"}}}}}})");
   });
   CHECK(msg.find("'format' is not supported (at /properties/d)") != std::string::npos);
-  CHECK(failure(ApiKind::Chat, chat + R"("guided_json": {}})") == P{400, "guided_json"});
-  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "structured_outputs": {"json": {}}})") ==
-        P{400, "structured_outputs"});
+}
+
+TEST_CASE("request parse: structured_outputs and guided_* become the request's grammar, or a 400 naming them") {
+  if (!fs::exists(test::default_model_dir() / "model.safetensors")) SKIP("default model not prepared");
+  using P = std::pair<int, std::string>;
+  auto grammar_of = [](ApiKind kind, const std::string& body) {
+    auto g = parse_generation(kind, parse_json_body(body), served()).request.sampling.grammar;
+    REQUIRE(g);
+    return g;
+  };
+  auto accepts = [](const std::shared_ptr<structured::TokenGrammar>& g, const std::string& text) {
+    structured::GrammarMatcher m(g->grammar());
+    return m.advance(text) && m.can_end();
+  };
+  const std::string chat = R"({"messages": [{"role": "user", "content": "x"}], )";
+  const std::string completion = R"({"prompt": "Hi", )";
+  for (ApiKind kind : {ApiKind::Chat, ApiKind::Completion}) {
+    const std::string& head = kind == ApiKind::Chat ? chat : completion;
+    auto regex = grammar_of(kind, head + R"("structured_outputs": {"regex": "\\d{3}-[a-z]+"}})");
+    CHECK(accepts(regex, "123-abc"));
+    CHECK_FALSE(accepts(regex, "12-abc"));
+    auto choice = grammar_of(kind, head + R"("structured_outputs": {"choice": ["yes", "no"]}})");
+    CHECK(accepts(choice, "yes"));
+    CHECK_FALSE(accepts(choice, "ye"));
+    auto schema = grammar_of(kind, head + R"("structured_outputs": {"json": {"type": "object", "properties":
+        {"a": {"type": "string", "maxLength": 2}}, "required": ["a"]}, "disable_any_whitespace": true}})");
+    CHECK(accepts(schema, R"({"a":"xy"})"));
+    CHECK_FALSE(accepts(schema, R"({"a":"xyz"})"));
+    auto text_schema = grammar_of(kind, head + R"("structured_outputs": {"json": "{\"type\": \"integer\"}"}})");
+    CHECK(accepts(text_schema, "42"));
+    auto object = grammar_of(kind, head + R"("structured_outputs": {"json_object": true}})");
+    CHECK(accepts(object, "{}"));
+    CHECK(accepts(grammar_of(kind, head + R"("guided_regex": "a+"})"), "aaa"));
+    CHECK(accepts(grammar_of(kind, head + R"("guided_choice": ["red", "green"]})"), "green"));
+    CHECK(accepts(grammar_of(kind, head + R"("guided_json": {"enum": [1, 2]}})"), "2"));
+    auto gbnf = grammar_of(kind, head + R"("structured_outputs": {"grammar": "root ::= \"(\" root \")\" | [a-z]"}})");
+    CHECK(accepts(gbnf, "((x))"));
+    CHECK_FALSE(accepts(gbnf, "((x)"));
+    CHECK(accepts(grammar_of(kind, head + R"("guided_grammar": "root ::= (\"ab\")+"})"), "abab"));
+  }
+  for (const char* so : {R"("x")", R"({})", R"({"regex": "a", "choice": ["a"]})", R"({"grammar": "root ::= x"})", R"({"grammar": 5})",
+                         R"({"structural_tag": "x"})", R"({"whitespace_pattern": " "})", R"({"unknown": 1})",
+                         R"({"regex": 5})", R"({"regex": "a(?=b)c"})", R"({"regex": "(a"})", R"({"choice": []})",
+                         R"({"choice": ["a", 1]})", R"({"json": 5})", R"({"json": "{"})", R"({"json_object": false})",
+                         R"({"json": {"type": "string", "format": "email"}})", R"({"disable_fallback": 1, "regex": "a"})"}) {
+    INFO(so);
+    CHECK(failure(ApiKind::Chat, chat + R"("structured_outputs": )" + so + "}") == P{400, "structured_outputs"});
+    CHECK(failure(ApiKind::Completion, completion + R"("structured_outputs": )" + so + "}") ==
+          P{400, "structured_outputs"});
+  }
+  CHECK(failure(ApiKind::Chat, chat + R"("guided_grammar": "root ::= x"})") == P{400, "guided_grammar"});  // undefined x
+  CHECK(failure(ApiKind::Chat, chat + R"("guided_grammar": ["root"]})") == P{400, "guided_grammar"});
+  CHECK(failure(ApiKind::Chat, chat + R"("guided_decoding_backend": "xgrammar"})") == P{400, "guided_decoding_backend"});
+  CHECK(failure(ApiKind::Chat, chat + R"("guided_whitespace_pattern": " "})") == P{400, "guided_whitespace_pattern"});
+  CHECK(failure(ApiKind::Chat, chat + R"("guided_regex": "a", "guided_choice": ["a"]})") == P{400, "guided_choice"});
+  CHECK(failure(ApiKind::Chat, chat + R"("guided_regex": "\\1"})") == P{400, "guided_regex"});
+  CHECK(failure(ApiKind::Chat, chat + R"("guided_choice": "a"})") == P{400, "guided_choice"});
+  CHECK(failure(ApiKind::Chat, chat + R"("guided_json": []})") == P{400, "guided_json"});
+  CHECK(failure(ApiKind::Chat, chat + R"("response_format": {"type": "json_object"}, "structured_outputs":
+      {"regex": "a"}})") == P{400, "structured_outputs"});
+  CHECK(failure(ApiKind::Chat, chat + R"("structured_outputs": {"regex": "a"}, "guided_regex": "a"})") ==
+        P{400, "guided_regex"});
+  // response_format "text" beside them is no conflict.
+  CHECK(parse_generation(ApiKind::Chat, parse_json_body(chat + R"("response_format": {"type": "text"},
+      "structured_outputs": {"regex": "a"}})"), served()).request.sampling.grammar);
+  const std::string msg = test::error_of([&] {
+    parse_generation(ApiKind::Chat, parse_json_body(chat + R"("structured_outputs": {"regex": "(a)\\1"}})"), served());
+  });
+  CHECK(msg == "'structured_outputs.regex': regex: the backreference '\\1' is not supported (at offset 4 of the "
+               "pattern; docs/api.md lists the subset)");
+  CHECK(test::error_of([&] {
+          parse_generation(ApiKind::Chat, parse_json_body(chat + R"("structured_outputs": {"grammar": "x"}})"), served());
+        }) == "'structured_outputs.grammar': grammar: expected '::=' after the rule name 'x' (at line 1, column 2)");
+  CHECK(test::error_of([&] {
+          parse_generation(ApiKind::Chat, parse_json_body(chat + R"("structured_outputs": {"structural_tag": "x"}})"), served());
+        }) == "'structured_outputs.structural_tag' is not supported; use 'json', 'regex', 'choice' or 'grammar'");
 }

@@ -107,7 +107,12 @@ std::string refused_keyword(const json& schema) {
 }
 
 TEST_CASE("schemas outside the subset are refused, naming the keyword and where") {
-  CHECK(refused_keyword(json::parse(R"({"type": "string", "pattern": "a+"})")) == "pattern");
+  CHECK(refused_keyword(json::parse(R"({"type": "string", "pattern": "(?=a)b"})")) == "pattern");
+  CHECK(refused_keyword(json::parse(R"({"type": "string", "pattern": 5})")) == "pattern");
+  CHECK(refused_keyword(json::parse(R"({"type": "string", "pattern": "a", "maxLength": 3})")) == "maxLength");
+  CHECK(refused_keyword(json::parse(R"({"type": "string", "minLength": 4, "maxLength": 3})")) == "minLength");
+  CHECK(refused_keyword(json::parse(R"({"type": "string", "maxLength": 100000})")) == "maxLength");
+  CHECK(refused_keyword(json::parse(R"({"type": "string", "minLength": -1})")) == "minLength");
   CHECK(refused_keyword(json::parse(R"({"type": "object", "properties": {"x": {"type": "string", "format": "date"}}})")) ==
         "format");
   CHECK(refused_keyword(json::parse(R"({"type": "integer", "minimum": 0})")) == "minimum");
