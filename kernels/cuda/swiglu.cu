@@ -58,9 +58,8 @@ __global__ void swiglu_fp8_kernel(bf16* out, int64_t out_stride, const bf16* gat
   }
 }
 
-}  // namespace
-
-void swiglu(const TensorView& out, const TensorView& gate, const TensorView& up, cudaStream_t stream) {
+// The arguments both launches check: bf16 rows of the same shape, in whole vectors.
+void check_swiglu_args(const TensorView& out, const TensorView& gate, const TensorView& up) {
   cpu::check_rows(out, "swiglu out", DType::BF16, 2);
   cpu::check_rows(gate, "swiglu gate", DType::BF16, 2);
   cpu::check_rows(up, "swiglu up", DType::BF16, 2);
@@ -71,6 +70,12 @@ void swiglu(const TensorView& out, const TensorView& gate, const TensorView& up,
   check_vector_rows(out, "swiglu out");
   check_vector_rows(gate, "swiglu gate");
   check_vector_rows(up, "swiglu up");
+}
+
+}  // namespace
+
+void swiglu(const TensorView& out, const TensorView& gate, const TensorView& up, cudaStream_t stream) {
+  check_swiglu_args(out, gate, up);
   const int64_t vecs_per_row = out.shape[1] / kVec, total = out.shape[0] * vecs_per_row;
   if (total == 0) return;
 
@@ -84,16 +89,7 @@ void swiglu(const TensorView& out, const TensorView& gate, const TensorView& up,
 
 void swiglu_fp8(const TensorView& out, const TensorView& codes, const TensorView& scales, const TensorView& gate,
                 const TensorView& up, cudaStream_t stream) {
-  cpu::check_rows(out, "swiglu out", DType::BF16, 2);
-  cpu::check_rows(gate, "swiglu gate", DType::BF16, 2);
-  cpu::check_rows(up, "swiglu up", DType::BF16, 2);
-  STEM_CHECK(gate.shape[0] == out.shape[0] && gate.shape[1] == out.shape[1], "swiglu: gate ", gate.str(), " and out ",
-             out.str(), " must have the same shape");
-  STEM_CHECK(up.shape[0] == out.shape[0] && up.shape[1] == out.shape[1], "swiglu: up ", up.str(), " and out ",
-             out.str(), " must have the same shape");
-  check_vector_rows(out, "swiglu out");
-  check_vector_rows(gate, "swiglu gate");
-  check_vector_rows(up, "swiglu up");
+  check_swiglu_args(out, gate, up);
   cpu::check_packed(codes, "swiglu codes", DType::F8E4M3, 2);
   STEM_CHECK(codes.shape[0] == out.shape[0] && codes.shape[1] == out.shape[1], "swiglu: codes ", codes.str(),
              " must match out ", out.str());

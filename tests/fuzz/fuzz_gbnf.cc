@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "structured/ebnf.h"
-#include "tests/fuzz/fuzz_util.h"
+#include "tests/fuzz/fuzz_grammar.h"
 
 using namespace stem::structured;
 
@@ -23,18 +23,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   GrammarMatcher m(g);
-  std::string out;
-  for (unsigned char b : steer) {
-    if (m.can_end() && b % 7 == 0) break;
-    std::vector<uint8_t> next;
-    GrammarMatcher probe;
-    for (int c = 0; c < 256; ++c)
-      if (m.advance_into(static_cast<uint8_t>(c), probe)) next.push_back(static_cast<uint8_t>(c));
-    if (next.empty()) break;
-    const uint8_t c = next[b % next.size()];
-    FUZZ_CHECK(m.advance(c));
-    out.push_back(static_cast<char>(c));
-  }
+  const std::string out = stem::fuzz::steered_walk(m, steer, 7);
   if (!m.can_end()) return 0;
   GrammarMatcher again(g);
   FUZZ_CHECK(again.advance(out) && again.can_end());

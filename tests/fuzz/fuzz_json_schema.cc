@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "structured/json_schema.h"
-#include "tests/fuzz/fuzz_util.h"
+#include "tests/fuzz/fuzz_grammar.h"
 #include "tests/structured/schema_check.h"
 
 using namespace stem::structured;
@@ -33,18 +33,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   GrammarMatcher m(g);
-  std::string text;
-  for (unsigned char b : steer) {
-    if (m.can_end() && b % 5 == 0) break;
-    std::vector<uint8_t> next;
-    GrammarMatcher probe;
-    for (int c = 0; c < 256; ++c)
-      if (m.advance_into(static_cast<uint8_t>(c), probe)) next.push_back(static_cast<uint8_t>(c));
-    if (next.empty()) break;
-    const uint8_t c = next[b % next.size()];
-    FUZZ_CHECK(m.advance(c));
-    text.push_back(static_cast<char>(c));
-  }
+  const std::string text = stem::fuzz::steered_walk(m, steer, 5);
   if (!m.can_end()) return 0;
   nlohmann::json value;
   try {

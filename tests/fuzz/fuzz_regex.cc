@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "structured/regex.h"
-#include "tests/fuzz/fuzz_util.h"
+#include "tests/fuzz/fuzz_grammar.h"
 
 using namespace stem::structured;
 
@@ -48,18 +48,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   check_regex(pattern);  // what compiles passes the check
   GrammarMatcher m(g);
-  std::string text;
-  for (unsigned char b : steer) {
-    if (m.can_end() && b % 7 == 0) break;
-    std::vector<uint8_t> next;
-    GrammarMatcher probe;
-    for (int c = 0; c < 256; ++c)
-      if (m.advance_into(static_cast<uint8_t>(c), probe)) next.push_back(static_cast<uint8_t>(c));
-    if (next.empty()) break;
-    const uint8_t c = next[b % next.size()];
-    FUZZ_CHECK(m.advance(c));
-    text.push_back(static_cast<char>(c));
-  }
+  const std::string text = stem::fuzz::steered_walk(m, steer, 7);
   if (!m.can_end()) {
     // Not a complete match: as a JSON string it must be refused too (when it is whole UTF-8).
     if (!valid_utf8(text)) return 0;
