@@ -7,10 +7,15 @@
 // Each row: a document of L − suffix random tokens, then `runs` prompts that each append their own
 // suffix of `suffix` random tokens (a new question about the same document). The first prompt
 // computes the document (cold); the others find it cached (when caching is on). TTFT is the wall
-// time of a request for one token, median over the runs after the first.
+// time of a request for one token, median over the runs after the first (the JSON lists each).
+//
+// --chat: a multi-turn chat instead, growing to L tokens: each turn adds `suffix` user tokens to
+// the conversation, and the model's answer of --answer tokens (generated, so a cache hit covers it
+// only where the engine caches decoded tokens) joins the next turn's prompt. Each turn's time to
+// first token is printed, caching off (the peer) and on.
 //
 //   bench_prefix_cache [--config F] [--lengths 32768,131072] [--suffix 512] [--runs 4]
-//                      [--threshold 0.8738] [--json FILE]
+//                      [--threshold 0.8738] [--chat] [--answer 100] [--json FILE]
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -40,22 +45,27 @@ struct Args {
   int64_t suffix = 512;
   int runs = 4;
   double threshold = 0.8738;  // the threshold selector's default (docs/stem.md)
+  bool chat = false;
+  int64_t answer = 100;
   std::string json;
 };
 
 Args parse(int argc, char** argv) {
   Args a;
-  bench::parse_flags(argc, argv, {}, [&a](const std::string& k, const std::string& v) {
+  bench::parse_flags(argc, argv, {"--chat"}, [&a](const std::string& k, const std::string& v) {
     if (k == "--config") a.config = v;
     else if (k == "--lengths") a.lengths = parse_list(v);
     else if (k == "--suffix") a.suffix = std::stoll(v);
     else if (k == "--runs") a.runs = std::stoi(v);
     else if (k == "--threshold") a.threshold = std::stod(v);
     else if (k == "--json") a.json = v;
+    else if (k == "--chat") a.chat = true;
+    else if (k == "--answer") a.answer = std::stoll(v);
     else throw Error("unknown argument " + k);
   });
   STEM_CHECK(a.runs >= 2, "--runs must be at least 2 (the first computes the document)");
   STEM_CHECK(a.suffix > 0, "--suffix must be positive");
+  STEM_CHECK(a.answer > 0, "--answer must be positive");
   return a;
 }
 
@@ -71,10 +81,12 @@ struct Row {
   bool caching = false;
   double cold_ms = 0, warm_ms = 0;
   int64_t cached_tokens = 0;
+  std::vector<double> each_ms;          // every request's TTFT, in order (the first is cold)
+  std::vector<int64_t> each_prompt;     // --chat: each turn's prompt length
+  std::vector<int64_t> each_cached;     // and its cached tokens
 };
 
-// One engine (one mode, caching on or off): the document's first prompt, then runs − 1 more.
-Row measure(const fs::path& dir, const Mode& mode, bool caching, int64_t L, const Args& a, uint64_t seed) {
+Engine make_engine(const fs::path& dir, const Mode& mode, bool caching) {
   EngineOptions o;
   o.device = "cuda";
   o.dummy_weights = true;
@@ -82,39 +94,79 @@ Row measure(const fs::path& dir, const Mode& mode, bool caching, int64_t L, cons
   o.sparse_prefill = mode.prefill;
   o.stem = mode.stem;
   o.enable_prefix_caching = caching;
-  Engine engine(dir, o);
-  const int64_t vocab = engine.config().vocab_size;
+  return Engine(dir, o);
+}
+
+// One request: its time to first token and the tokens it generated.
+struct Timed {
+  double ttft_ms = 0;
+  int64_t cached = 0;
+  std::vector<int32_t> tokens;
+};
+
+Timed timed_generate(Engine& engine, std::vector<int32_t> prompt, int64_t max_tokens) {
+  GenerateRequest req;
+  req.prompt = std::move(prompt);
+  req.sampling.temperature = 0;
+  req.stop.max_tokens = max_tokens;
+  req.stop.ignore_eos = true;
+  Timed t;
+  const double t0 = now_ms();
+  const GenerateResult res = engine.generate(req, [&](const TokenEvent& e) {
+    if (t.ttft_ms == 0) t.ttft_ms = now_ms() - t0;
+    if (e.finished) t.cached = e.cached_tokens;
+  });
+  STEM_CHECK(res.error.empty(), "request failed: ", res.error);
+  t.tokens = res.tokens;
+  return t;
+}
+
+// One engine (one mode, caching on or off): the document's first prompt, then runs − 1 more.
+Row measure(const fs::path& dir, const Mode& mode, bool caching, int64_t L, const Args& a, uint64_t seed) {
+  Engine engine = make_engine(dir, mode, caching);
   std::mt19937_64 rng(seed);
+  const auto vocab = static_cast<uint64_t>(engine.config().vocab_size);
   auto tokens = [&](int64_t n) {
     std::vector<int32_t> t(static_cast<size_t>(n));
-    for (int32_t& x : t) x = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+    for (int32_t& x : t) x = static_cast<int32_t>(rng() % vocab);
     return t;
   };
+  Row row;
+  row.length = L;
+  row.mode = mode.name;
+  row.caching = caching;
+  if (a.chat) {
+    // Turns until the next would pass L: the conversation so far, then this turn's user tokens.
+    std::vector<int32_t> conversation;
+    while (static_cast<int64_t>(conversation.size()) + a.suffix + a.answer <= L) {
+      const std::vector<int32_t> user = tokens(a.suffix);
+      conversation.insert(conversation.end(), user.begin(), user.end());
+      const Timed t = timed_generate(engine, conversation, a.answer);
+      row.each_ms.push_back(t.ttft_ms);
+      row.each_prompt.push_back(static_cast<int64_t>(conversation.size()));
+      row.each_cached.push_back(t.cached);
+      conversation.insert(conversation.end(), t.tokens.begin(), t.tokens.end());
+    }
+    STEM_CHECK(!row.each_ms.empty(), "--chat: no turn of ", a.suffix, " + ", a.answer, " tokens fits in ", L);
+    row.cold_ms = row.each_ms.front();
+    row.warm_ms = row.each_ms.back();  // the last turn, the longest conversation
+    row.cached_tokens = row.each_cached.back();
+    return row;
+  }
   const std::vector<int32_t> doc = tokens(L - a.suffix);
-  Row row{L, mode.name, caching};
   std::vector<double> warm;
   for (int r = 0; r < a.runs; ++r) {
-    GenerateRequest req;
-    req.prompt = doc;
+    std::vector<int32_t> prompt = doc;
     const std::vector<int32_t> question = tokens(a.suffix);
-    req.prompt.insert(req.prompt.end(), question.begin(), question.end());
-    req.sampling.temperature = 0;
-    req.stop.max_tokens = 1;
-    req.stop.ignore_eos = true;
-    int64_t cached = 0;
-    const double t0 = now_ms();
-    const GenerateResult res = engine.generate(req, [&](const TokenEvent& e) {
-      if (e.finished) cached = e.cached_tokens;
-    });
-    const double ms = now_ms() - t0;
-    STEM_CHECK(res.error.empty(), "request failed: ", res.error);
-    if (r == 0) {
-      row.cold_ms = ms;
-    } else {
-      warm.push_back(ms);
-      row.cached_tokens = cached;
+    prompt.insert(prompt.end(), question.begin(), question.end());
+    const Timed t = timed_generate(engine, std::move(prompt), 1);
+    row.each_ms.push_back(t.ttft_ms);
+    if (r > 0) {
+      warm.push_back(t.ttft_ms);
+      row.cached_tokens = t.cached;
     }
   }
+  row.cold_ms = row.each_ms.front();
   row.warm_ms = median(warm);
   return row;
 }
@@ -137,8 +189,8 @@ int main(int argc, char** argv) {
                                      {"stem (threshold " + std::to_string(a.threshold).substr(0, 6) + ")",
                                       SparsePrefill::Stem, causal}};
     std::vector<Row> rows;
-    std::printf("%-8s %-28s %-8s %12s %12s %14s\n", "prompt", "mode", "caching", "cold TTFT ms", "next TTFT ms",
-                "cached tokens");
+    std::printf("%-8s %-28s %-8s %12s %12s %14s\n", "prompt", "mode", "caching",
+                a.chat ? "turn 1 ms" : "cold TTFT ms", a.chat ? "last turn ms" : "next TTFT ms", "cached tokens");
     uint64_t seed = 1;
     for (int64_t L : a.lengths)
       for (const Mode& m : modes)
@@ -146,6 +198,11 @@ int main(int argc, char** argv) {
           const Row r = measure(dir, m, caching, L, a, seed++);
           std::printf("%-8lld %-28s %-8s %12.1f %12.1f %14lld\n", static_cast<long long>(L), m.name.c_str(),
                       caching ? "on" : "off", r.cold_ms, r.warm_ms, static_cast<long long>(r.cached_tokens));
+          if (a.chat)
+            for (size_t t = 0; t < r.each_ms.size(); ++t)
+              std::printf("    turn %2zu: prompt %6lld, TTFT %8.1f ms, cached %6lld\n", t + 1,
+                          static_cast<long long>(r.each_prompt[t]), r.each_ms[t],
+                          static_cast<long long>(r.each_cached[t]));
           std::fflush(stdout);
           rows.push_back(r);
         }
@@ -155,7 +212,8 @@ int main(int argc, char** argv) {
       for (const Row& r : rows)
         out.push_back({{"prompt", r.length}, {"mode", r.mode}, {"caching", r.caching}, {"cold_ms", r.cold_ms},
                        {"next_ms", r.warm_ms}, {"cached_tokens", r.cached_tokens}, {"suffix", a.suffix},
-                       {"runs", a.runs}});
+                       {"runs", a.runs}, {"each_ms", r.each_ms}, {"chat", a.chat}, {"each_prompt", r.each_prompt},
+                       {"each_cached", r.each_cached}});
       std::ofstream(a.json) << out.dump(1) << "\n";
     }
     return 0;
