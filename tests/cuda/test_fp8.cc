@@ -12,6 +12,27 @@
 using namespace stem;
 using gpu_test::DeviceBuffer;
 
+namespace {
+
+// Checks codes/scales (device) against cpu::quantize_rows_fp8 of the f32 values `x` (host) holds,
+// bit for bit.
+void check_quantized(const TensorView& x, const DeviceBuffer& d_codes, const DeviceBuffer& d_scales) {
+  const int64_t rows = x.shape[0], cols = x.shape[1];
+  std::vector<uint8_t> want(static_cast<size_t>(rows * cols));
+  std::vector<float> want_scales(static_cast<size_t>(rows));
+  cpu::quantize_rows_fp8(TensorView(want.data(), DType::F8E4M3, {rows, cols}),
+                         TensorView(want_scales.data(), DType::F32, {rows}), x);
+  const std::vector<uint8_t> codes = d_codes.download<uint8_t>(want.size());
+  const std::vector<float> scales = d_scales.download<float>(want_scales.size());
+  int64_t scale_diff = 0, code_diff = 0;
+  for (size_t r = 0; r < scales.size(); ++r) scale_diff += std::memcmp(&scales[r], &want_scales[r], 4) != 0;
+  for (size_t i = 0; i < codes.size(); ++i) code_diff += codes[i] != want[i];
+  CHECK(scale_diff == 0);
+  CHECK(code_diff == 0);
+}
+
+}  // namespace
+
 TEST_CASE("cuda FP8 per-token quantization matches the CPU twin bit for bit") {
   STEM_REQUIRE_GPU();
   const uint64_t seed = ktest::test_seed();
@@ -29,12 +50,8 @@ TEST_CASE("cuda FP8 per-token quantization matches the CPU twin bit for bit") {
   }
   x = gpu_test::round_to_bf16(x);
 
-  std::vector<uint8_t> want(static_cast<size_t>(rows * cols));
-  std::vector<float> want_scales(static_cast<size_t>(rows));
   TensorView host_x(x.data(), DType::F32, {rows, cols});
   host_x.stride[0] = stride;
-  cpu::quantize_rows_fp8(TensorView(want.data(), DType::F8E4M3, {rows, cols}),
-                         TensorView(want_scales.data(), DType::F32, {rows}), host_x);
 
   auto d_x = gpu_test::upload_bf16(x);
   DeviceBuffer d_codes(static_cast<size_t>(rows * cols)), d_scales(static_cast<size_t>(rows) * 4);
@@ -43,13 +60,7 @@ TEST_CASE("cuda FP8 per-token quantization matches the CPU twin bit for bit") {
   TensorView dev_x = d_x->view(DType::BF16, {rows, cols});
   dev_x.stride[0] = stride;
   cuda::quantize_rows_fp8(d_codes.view(DType::F8E4M3, {rows, cols}), d_scales.view(DType::F32, {rows}), dev_x);
-  const std::vector<uint8_t> codes = d_codes.download<uint8_t>(want.size());
-  const std::vector<float> scales = d_scales.download<float>(want_scales.size());
-  int64_t scale_diff = 0, code_diff = 0;
-  for (size_t r = 0; r < scales.size(); ++r) scale_diff += std::memcmp(&scales[r], &want_scales[r], 4) != 0;
-  for (size_t i = 0; i < codes.size(); ++i) code_diff += codes[i] != want[i];
-  CHECK(scale_diff == 0);
-  CHECK(code_diff == 0);
+  check_quantized(host_x, d_codes, d_scales);
 }
 
 // Argument checks run before any CUDA call, so these run (and must pass) without a GPU too.
@@ -66,27 +77,7 @@ TEST_CASE("cuda FP8 quantization rejects bad arguments") {
 
 // The fused quantization (rmsnorm_fp8, add_rmsnorm_fp8, swiglu_fp8): the bf16 output is the
 // unfused op's, bit for bit, and the codes and scales are the CPU twin's quantization of that
-// bf16 output, bit for bit (the same arithmetic: kernels/cuda/fp8_row.cuh).
-namespace {
-
-// Checks codes/scales (device) against cpu::quantize_rows_fp8 of the bf16 values `out` holds.
-void check_quantized(const std::vector<float>& out, int64_t rows, int64_t cols, const DeviceBuffer& d_codes,
-                     const DeviceBuffer& d_scales) {
-  std::vector<uint8_t> want(static_cast<size_t>(rows * cols));
-  std::vector<float> want_scales(static_cast<size_t>(rows));
-  cpu::quantize_rows_fp8(TensorView(want.data(), DType::F8E4M3, {rows, cols}),
-                         TensorView(want_scales.data(), DType::F32, {rows}),
-                         TensorView(const_cast<float*>(out.data()), DType::F32, {rows, cols}));
-  const std::vector<uint8_t> codes = d_codes.download<uint8_t>(want.size());
-  const std::vector<float> scales = d_scales.download<float>(want_scales.size());
-  int64_t scale_diff = 0, code_diff = 0;
-  for (size_t r = 0; r < scales.size(); ++r) scale_diff += std::memcmp(&scales[r], &want_scales[r], 4) != 0;
-  for (size_t i = 0; i < codes.size(); ++i) code_diff += codes[i] != want[i];
-  CHECK(scale_diff == 0);
-  CHECK(code_diff == 0);
-}
-
-}  // namespace
+// bf16 output, bit for bit (the same arithmetic: kernels/cuda/fp8_row.cuh); check_quantized, above.
 
 TEST_CASE("cuda rmsnorm_fp8 and add_rmsnorm_fp8: the unfused output, quantized as the CPU twin does") {
   STEM_REQUIRE_GPU();
@@ -128,7 +119,8 @@ TEST_CASE("cuda rmsnorm_fp8 and add_rmsnorm_fp8: the unfused output, quantized a
   const std::vector<uint16_t> want = d_want.download<uint16_t>(static_cast<size_t>(rows * hidden));
   const std::vector<uint16_t> got = d_out.download<uint16_t>(want.size());
   CHECK(got == want);
-  check_quantized(gpu_test::from_bf16(got), rows, hidden, d_codes, d_scales);
+  std::vector<float> got_f32 = gpu_test::from_bf16(got);
+  check_quantized(TensorView(got_f32.data(), DType::F32, {rows, hidden}), d_codes, d_scales);
 }
 
 TEST_CASE("cuda swiglu_fp8: the unfused output, quantized as the CPU twin does") {
@@ -160,7 +152,7 @@ TEST_CASE("cuda swiglu_fp8: the unfused output, quantized as the CPU twin does")
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < inter; ++c)
       out[r * inter + c] = bf16_to_f32(got[static_cast<size_t>(r * 2 * inter + c)]);
-  check_quantized(out, rows, inter, d_codes, d_scales);
+  check_quantized(TensorView(out.data(), DType::F32, {rows, inter}), d_codes, d_scales);
 }
 
 TEST_CASE("cuda fused FP8 quantization rejects bad outputs") {

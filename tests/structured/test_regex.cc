@@ -10,6 +10,7 @@
 #include "structured/regex.h"
 #include "structured/token_mask.h"
 #include "tests/catch.h"
+#include "tests/structured/brute_force_mask.h"
 #include "tests/structured/schema_check.h"
 #include "tests/test_util.h"
 #include "text/tokenizer.h"
@@ -248,18 +249,6 @@ std::shared_ptr<const TokenVocab> vocab(const std::string& name) {
     v = TokenVocab::from_tokenizer(*tok, tok->vocab_size());
   }
   return v;
-}
-
-std::vector<uint32_t> brute_force_mask(const TokenVocab& v, const GrammarMatcher& m) {
-  std::vector<uint32_t> mask(v.mask_words(), 0);
-  for (size_t id = 0; id < v.num_tokens(); ++id) {
-    GrammarMatcher copy = m;
-    if (!v.bytes(static_cast<int32_t>(id)).empty() && copy.advance(v.bytes(static_cast<int32_t>(id))))
-      mask[id >> 5] |= 1u << (id & 31);
-  }
-  if (m.can_end())
-    for (int32_t id : v.eos_ids()) mask[static_cast<size_t>(id) >> 5] |= 1u << (id & 31);
-  return mask;
 }
 
 TEST_CASE("regex token masks: the trie walk equals trying every token, and sampled texts match") {

@@ -9,6 +9,7 @@
 #include "structured/json_schema.h"
 #include "structured/token_mask.h"
 #include "tests/catch.h"
+#include "tests/structured/brute_force_mask.h"
 #include "tests/structured/schema_check.h"
 #include "tests/test_util.h"
 #include "text/tokenizer.h"
@@ -26,19 +27,6 @@ std::shared_ptr<const TokenVocab> vocab(const std::string& name) {
     v = TokenVocab::from_tokenizer(*tok, tok->vocab_size() + 5);  // a model vocabulary larger than the tokenizer's
   }
   return v;
-}
-
-// Trying each token's bytes on a copy of the matcher: what the trie walk must equal.
-std::vector<uint32_t> brute_force_mask(const TokenVocab& v, const GrammarMatcher& m) {
-  std::vector<uint32_t> mask(v.mask_words(), 0);
-  for (size_t id = 0; id < v.num_tokens(); ++id) {
-    GrammarMatcher copy = m;
-    if (!v.bytes(static_cast<int32_t>(id)).empty() && copy.advance(v.bytes(static_cast<int32_t>(id))))
-      mask[id >> 5] |= 1u << (id & 31);
-  }
-  if (m.can_end())
-    for (int32_t id : v.eos_ids()) mask[static_cast<size_t>(id) >> 5] |= 1u << (id & 31);
-  return mask;
 }
 
 int32_t id_of(const TokenVocab& v, const std::string& bytes) {
