@@ -7,7 +7,8 @@
 // Each row: a document of L − suffix random tokens, then `runs` prompts that each append their own
 // suffix of `suffix` random tokens (a new question about the same document). The first prompt
 // computes the document (cold); the others find it cached (when caching is on). TTFT is the wall
-// time of a request for one token, median over the runs after the first (the JSON lists each).
+// time of a request for one token, median over the runs after the first (the JSON lists each,
+// with the forward passes' wall and device time in it: each question's line shows the split).
 //
 // --chat: a multi-turn chat instead, growing to L tokens: each turn adds `suffix` user tokens to
 // the conversation, and the model's answer of --answer tokens (generated, so a cache hit covers it
@@ -82,6 +83,8 @@ struct Row {
   double cold_ms = 0, warm_ms = 0;
   int64_t cached_tokens = 0;
   std::vector<double> each_ms;          // every request's TTFT, in order (the first is cold)
+  std::vector<double> each_forward_ms;  // of each TTFT, the forward passes (wall) ...
+  std::vector<double> each_device_ms;   // ... and their device time
   std::vector<int64_t> each_prompt;     // --chat: each turn's prompt length
   std::vector<int64_t> each_cached;     // and its cached tokens
 };
@@ -97,13 +100,18 @@ Engine make_engine(const fs::path& dir, const Mode& mode, bool caching) {
   return Engine(dir, o);
 }
 
-// One request: its time to first token and the tokens it generated.
+// One request: its time to first token, where that time went, and the tokens it generated.
 struct Timed {
   double ttft_ms = 0;
+  double forward_ms = 0;  // of the TTFT: the backend's forward passes (wall, host work included)
+  double device_ms = 0;   // of those: their time on the device
   int64_t cached = 0;
   std::vector<int32_t> tokens;
 };
 
+// The engine driven step by step (as Engine::generate does), so that the steps up to the first
+// token can be split into the engine's own host work (scheduling, the prefix-cache lookup, page
+// tables), the forward passes' host work (launches, GEMM plans, uploads) and their device time.
 Timed timed_generate(Engine& engine, std::vector<int32_t> prompt, int64_t max_tokens) {
   GenerateRequest req;
   req.prompt = std::move(prompt);
@@ -111,13 +119,31 @@ Timed timed_generate(Engine& engine, std::vector<int32_t> prompt, int64_t max_to
   req.stop.max_tokens = max_tokens;
   req.stop.ignore_eos = true;
   Timed t;
+  bool first = false, done = false;
+  std::string error;
   const double t0 = now_ms();
-  const GenerateResult res = engine.generate(req, [&](const TokenEvent& e) {
-    if (t.ttft_ms == 0) t.ttft_ms = now_ms() - t0;
-    if (e.finished) t.cached = e.cached_tokens;
+  engine.add_request(std::move(req), [&](const TokenEvent& e) {
+    if (e.token >= 0) {
+      if (!first) t.ttft_ms = now_ms() - t0;
+      first = true;
+      t.tokens.push_back(e.token);
+    }
+    if (e.finished) {
+      done = true;
+      t.cached = e.cached_tokens;
+      error = e.error;
+    }
   });
-  STEM_CHECK(res.error.empty(), "request failed: ", res.error);
-  t.tokens = res.tokens;
+  while (!done) {
+    const bool before_first = !first;
+    const StepStats s = engine.step();
+    if (before_first) {
+      t.forward_ms += s.forward_seconds * 1e3;
+      t.device_ms += std::max(0.0, s.device_ms);
+    }
+  }
+  STEM_CHECK(error.empty(), "request failed: ", error);
+  STEM_CHECK(first, "request finished without a token");
   return t;
 }
 
@@ -143,6 +169,8 @@ Row measure(const fs::path& dir, const Mode& mode, bool caching, int64_t L, cons
       conversation.insert(conversation.end(), user.begin(), user.end());
       const Timed t = timed_generate(engine, conversation, a.answer);
       row.each_ms.push_back(t.ttft_ms);
+      row.each_forward_ms.push_back(t.forward_ms);
+      row.each_device_ms.push_back(t.device_ms);
       row.each_prompt.push_back(static_cast<int64_t>(conversation.size()));
       row.each_cached.push_back(t.cached);
       conversation.insert(conversation.end(), t.tokens.begin(), t.tokens.end());
@@ -161,6 +189,8 @@ Row measure(const fs::path& dir, const Mode& mode, bool caching, int64_t L, cons
     prompt.insert(prompt.end(), question.begin(), question.end());
     const Timed t = timed_generate(engine, std::move(prompt), 1);
     row.each_ms.push_back(t.ttft_ms);
+    row.each_forward_ms.push_back(t.forward_ms);
+    row.each_device_ms.push_back(t.device_ms);
     if (r > 0) {
       warm.push_back(t.ttft_ms);
       row.cached_tokens = t.cached;
@@ -200,9 +230,16 @@ int main(int argc, char** argv) {
                       caching ? "on" : "off", r.cold_ms, r.warm_ms, static_cast<long long>(r.cached_tokens));
           if (a.chat)
             for (size_t t = 0; t < r.each_ms.size(); ++t)
-              std::printf("    turn %2zu: prompt %6lld, TTFT %8.1f ms, cached %6lld\n", t + 1,
-                          static_cast<long long>(r.each_prompt[t]), r.each_ms[t],
-                          static_cast<long long>(r.each_cached[t]));
+              std::printf("    turn %2zu: prompt %6lld, TTFT %8.1f ms (forward %8.1f, device %8.1f), cached %6lld\n",
+                          t + 1, static_cast<long long>(r.each_prompt[t]), r.each_ms[t], r.each_forward_ms[t],
+                          r.each_device_ms[t], static_cast<long long>(r.each_cached[t]));
+          else
+            // Where each question's TTFT went: the forward passes' wall time and device time (the
+            // rest is the engine's host work); the first after the document apart from the others.
+            for (size_t q = 1; q < r.each_ms.size(); ++q)
+              std::printf("    question %2zu: TTFT %8.1f ms = forward %8.1f (device %8.1f) + engine %6.1f\n", q,
+                          r.each_ms[q], r.each_forward_ms[q], r.each_device_ms[q],
+                          r.each_ms[q] - r.each_forward_ms[q]);
           std::fflush(stdout);
           rows.push_back(r);
         }
@@ -213,7 +250,8 @@ int main(int argc, char** argv) {
         out.push_back({{"prompt", r.length}, {"mode", r.mode}, {"caching", r.caching}, {"cold_ms", r.cold_ms},
                        {"next_ms", r.warm_ms}, {"cached_tokens", r.cached_tokens}, {"suffix", a.suffix},
                        {"runs", a.runs}, {"each_ms", r.each_ms}, {"chat", a.chat}, {"each_prompt", r.each_prompt},
-                       {"each_cached", r.each_cached}});
+                       {"each_cached", r.each_cached}, {"each_forward_ms", r.each_forward_ms},
+                       {"each_device_ms", r.each_device_ms}});
       std::ofstream(a.json) << out.dump(1) << "\n";
     }
     return 0;

@@ -59,7 +59,8 @@ struct StepStats {
   int64_t num_decode = 0;      // of the sequences, those that decoded one token
   int64_t num_sampled = 0;     // tokens generated
   int64_t num_preempted = 0;
-  double forward_seconds = 0;
+  double forward_seconds = 0;  // wall time of the backend's forward pass (host work included)
+  double device_ms = -1;       // its time on the device (ModelBackend::last_step_device_ms)
   int64_t stem_seqs = 0;  // of the sequences, those prefilling with Stem
   StemStepStats stem;     // what Stem did in the forward pass (the backend's figures)
 };

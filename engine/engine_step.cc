@@ -277,6 +277,7 @@ StepStats Engine::step() {
     return stats;
   }
   stats.forward_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  stats.device_ms = backend_->last_step_device_ms();
   scheduler_->cache_computed(plan);
   stats.stem = backend_->last_stem_stats();
   stem_sparse_blocks_total_ += stats.stem.sparse_blocks;

@@ -123,6 +123,9 @@ class ModelBackend {
   // a row.
   virtual void forward_token_logprobs(const ForwardBatch& batch, const std::vector<int32_t>& targets, TokenScores& out);
   virtual StemStepStats last_stem_stats() const { return {}; }
+  // The last step's time on the device in milliseconds (the CUDA backend's events: from the
+  // metadata upload to the logits or the sampled tokens); −1 where the backend does not measure it.
+  virtual double last_step_device_ms() const { return -1; }
   // The Stem settings of the following steps (bench/eval/ switches methods without reloading the
   // weights). Checked as at construction; the default refuses.
   virtual void set_stem_settings(const StemSettings& settings);

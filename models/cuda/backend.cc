@@ -124,6 +124,7 @@ class CudaBackend final : public CudaModelBackend {
   int32_t page_size() const override { return page_size_; }
 
   StemStepStats last_stem_stats() const override { return stem_stats_; }
+  double last_step_device_ms() const override { return stats_.last_step_device_ms; }
   void set_stem_settings(const StemSettings& settings) override {
     check_cuda_stem(config_, settings);
     stem_ = settings;

@@ -71,6 +71,7 @@ Run run(Engine& e, const GenerateRequest& r) {
   });
   while (!done) {
     const StepStats s = e.step();
+    CHECK(s.device_ms == -1);  // the CPU backend measures no device time
     out.stem.sparse_blocks += s.stem.sparse_blocks;
     out.stem.causal_key_blocks += s.stem.causal_key_blocks;
     out.stem.skipped_key_blocks += s.stem.skipped_key_blocks;

@@ -43,7 +43,11 @@ Run run(Engine& e, const std::vector<int32_t>& prompt, SparsePrefill mode) {
     }
     if (ev.finished) out.cached_tokens = ev.cached_tokens, done = true;
   });
-  while (!done) e.step();
+  while (!done) {
+    const StepStats s = e.step();
+    // Every step that ran a forward pass reports its device time (bench_prefix_cache's split).
+    if (s.num_tokens > 0) CHECK(s.device_ms > 0);
+  }
   return out;
 }
 
