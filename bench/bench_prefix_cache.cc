@@ -15,7 +15,10 @@
 // only where the engine caches decoded tokens) joins the next turn's prompt. Each turn's time to
 // first token is printed, caching off (the peer) and on.
 //
-//   bench_prefix_cache [--config F] [--lengths 32768,131072] [--suffix 512] [--runs 4]
+// --vary: question r is `suffix` − r tokens long instead (each question a step of a new size, as
+// real questions are: the costs a new shape pays once, GEMM plans among them, show in every TTFT).
+//
+//   bench_prefix_cache [--config F] [--lengths 32768,131072] [--suffix 512] [--runs 4] [--vary]
 //                      [--threshold 0.8738] [--chat] [--answer 100] [--json FILE]
 #include <algorithm>
 #include <cstdio>
@@ -44,6 +47,7 @@ struct Args {
   std::string config = "bench/configs/llama-3.1-8b.json";
   std::vector<int64_t> lengths = {32768, 131072};
   int64_t suffix = 512;
+  bool vary = false;
   int runs = 4;
   double threshold = 0.8738;  // the threshold selector's default (docs/stem.md)
   bool chat = false;
@@ -53,7 +57,7 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  bench::parse_flags(argc, argv, {"--chat"}, [&a](const std::string& k, const std::string& v) {
+  bench::parse_flags(argc, argv, {"--chat", "--vary"}, [&a](const std::string& k, const std::string& v) {
     if (k == "--config") a.config = v;
     else if (k == "--lengths") a.lengths = parse_list(v);
     else if (k == "--suffix") a.suffix = std::stoll(v);
@@ -61,11 +65,12 @@ Args parse(int argc, char** argv) {
     else if (k == "--threshold") a.threshold = std::stod(v);
     else if (k == "--json") a.json = v;
     else if (k == "--chat") a.chat = true;
+    else if (k == "--vary") a.vary = true;
     else if (k == "--answer") a.answer = std::stoll(v);
     else throw Error("unknown argument " + k);
   });
   STEM_CHECK(a.runs >= 2, "--runs must be at least 2 (the first computes the document)");
-  STEM_CHECK(a.suffix > 0, "--suffix must be positive");
+  STEM_CHECK(a.suffix > (a.vary ? a.runs : 0), "--suffix must be positive (with --vary: more than --runs)");
   STEM_CHECK(a.answer > 0, "--answer must be positive");
   return a;
 }
@@ -185,7 +190,7 @@ Row measure(const fs::path& dir, const Mode& mode, bool caching, int64_t L, cons
   std::vector<double> warm;
   for (int r = 0; r < a.runs; ++r) {
     std::vector<int32_t> prompt = doc;
-    const std::vector<int32_t> question = tokens(a.suffix);
+    const std::vector<int32_t> question = tokens(a.vary ? a.suffix - r : a.suffix);
     prompt.insert(prompt.end(), question.begin(), question.end());
     const Timed t = timed_generate(engine, std::move(prompt), 1);
     row.each_ms.push_back(t.ttft_ms);
@@ -248,7 +253,7 @@ int main(int argc, char** argv) {
       nlohmann::json out = nlohmann::json::array();
       for (const Row& r : rows)
         out.push_back({{"prompt", r.length}, {"mode", r.mode}, {"caching", r.caching}, {"cold_ms", r.cold_ms},
-                       {"next_ms", r.warm_ms}, {"cached_tokens", r.cached_tokens}, {"suffix", a.suffix},
+                       {"next_ms", r.warm_ms}, {"cached_tokens", r.cached_tokens}, {"suffix", a.suffix}, {"vary", a.vary},
                        {"runs", a.runs}, {"each_ms", r.each_ms}, {"chat", a.chat}, {"each_prompt", r.each_prompt},
                        {"each_cached", r.each_cached}, {"each_forward_ms", r.each_forward_ms},
                        {"each_device_ms", r.each_device_ms}});
