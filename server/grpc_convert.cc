@@ -17,17 +17,19 @@ namespace {
 
 [[noreturn]] void bad(const std::string& param, const std::string& message) { throw ApiError(400, message, param); }
 
-// JSON text of a request field, its nesting limited as a request body's is.
-json parse_json_field(const std::string& text, const std::string& field) {
+// JSON text of a request field, its nesting limited as a request body's is; an error names
+// `param` (the field itself unless given).
+json parse_json_field(const std::string& text, const std::string& field, const std::string& param = "") {
+  const std::string& p = param.empty() ? field : param;
   const json::parser_callback_t limit_depth = [&](int depth, json::parse_event_t, json&) {
     if (depth > kMaxJsonDepth)
-      bad(field, "'" + field + "' is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+      bad(p, "'" + field + "' is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
     return true;
   };
   try {
     return json::parse(text, limit_depth);
   } catch (const json::exception& e) {
-    bad(field, "'" + field + "' is not JSON: " + e.what());
+    bad(p, "'" + field + "' is not JSON: " + e.what());
   }
 }
 
@@ -53,9 +55,9 @@ ChatPrompt chat_prompt(const v1::ChatMessages& chat) {
         const v1::ToolCall& c = m.tool_calls(j);
         const std::string w = where + ".tool_calls[" + std::to_string(j) + "]";
         if (c.name().empty()) bad(w + ".name", "'" + w + ".name' is required");
-        json args = c.arguments().empty() ? json::object() : json::parse(c.arguments(), nullptr, false);
-        if (args.is_discarded() || !args.is_object())
-          bad(w + ".arguments", "'" + w + ".arguments' must be a JSON object in a string");
+        // Nesting limited as everywhere else a client's JSON text is parsed.
+        const json args = c.arguments().empty() ? json::object() : parse_json_field(c.arguments(), w + ".arguments");
+        if (!args.is_object()) bad(w + ".arguments", "'" + w + ".arguments' must be a JSON object in a string");
         calls.push_back({{"id", c.id()}, {"type", "function"}, {"function", {{"name", c.name()}, {"arguments", args}}}});
       }
       msg["tool_calls"] = std::move(calls);
@@ -179,17 +181,7 @@ GenerationFields generation_fields(const v1::GenerateRequest& in) {
     if (!rf.json_schema().empty()) {
       if (f.response_format.type != "json_schema")
         bad("response_format", "'response_format.json_schema' needs 'response_format.type' \"json_schema\"");
-      try {
-        const json::parser_callback_t limit_depth = [](int depth, json::parse_event_t, json&) {
-          if (depth > kMaxJsonDepth)
-            bad("response_format", "'response_format.json_schema' is nested deeper than " +
-                                       std::to_string(kMaxJsonDepth) + " levels");
-          return true;
-        };
-        f.response_format.schema = json::parse(rf.json_schema(), limit_depth);
-      } catch (const json::exception& e) {
-        bad("response_format", std::string("'response_format.json_schema' is not JSON: ") + e.what());
-      }
+      f.response_format.schema = parse_json_field(rf.json_schema(), "response_format.json_schema", "response_format");
     }
     f.response_format.value_field = "response_format.json_schema";
   }

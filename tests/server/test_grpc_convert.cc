@@ -426,6 +426,10 @@ TEST_CASE("grpc: tools, tool_choice and tool history land as the HTTP API's; bad
   bad = r;
   bad.mutable_chat()->mutable_messages(1)->mutable_tool_calls(0)->set_arguments("[1]");
   CHECK(names(refused(bad), "chat.messages[1].tool_calls[0].arguments"));
+  // Arguments nested past the request limit are refused by name, as a body that deep is.
+  bad.mutable_chat()->mutable_messages(1)->mutable_tool_calls(0)->set_arguments(std::string(200, '[') + std::string(200, ']'));
+  CHECK(names(refused(bad), "chat.messages[1].tool_calls[0].arguments"));
+  CHECK(refused(bad).find("nested deeper") != std::string::npos);
   bad = r;
   bad.mutable_chat()->mutable_messages(0)->add_tool_calls()->set_name("x");
   CHECK(names(refused(bad), "chat.messages[0].tool_calls"));
