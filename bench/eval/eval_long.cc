@@ -281,13 +281,23 @@ int run_long(const LongOptions& o) {
                {"min_prompt_len", o.min_prompt_len}};
   Results results(o.json_out, head);
   if (!earlier.is_null()) results.merge(earlier);
-  for (Method& m : methods)
-    if (const json* e = results.earlier_method(m.name); e && e->contains("calibration")) {
+  auto take_calibration = [&](Method& m, const std::string& name) {
+    if (const json* e = results.earlier_method(name); e && e->contains("calibration")) {
       Method earlier = method_from_json(*e);
       if (earlier.calibration.value("tokens", int64_t{0}) == calib_len) m = earlier;
     }
+  };
+  for (Method& m : methods) take_calibration(m, m.name);
+  STEM_CHECK(o.quantization.empty() || o.quantization == "fp8", "--quantization: \"fp8\" or none, got \"",
+             o.quantization, "\"");
+  if (!o.quantization.empty())
+    for (Method& m : methods) {
+      // The bf16 method's knob (taken above), unless the FP8 one was calibrated itself.
+      m.name += "+" + o.quantization;
+      take_calibration(m, m.name);
+    }
 
-  EvalModel model(o.model, o.device, longest, o.batch);
+  EvalModel model(o.model, o.device, longest, o.batch, o.quantization);
   STEM_CHECK(index.value("vocab_size", int64_t{0}) <= model.config().vocab_size, "the data's tokenizer has ",
              index.value("vocab_size", 0), " ids, the model ", model.config().vocab_size,
              ": the prompts were made for another model");

@@ -41,6 +41,11 @@ struct LongOptions {
   bool quick = false;  // dense and one uncalibrated Stem setting sparse at ~1K tokens (the CTest)
   std::string command;  // recorded with the session
   std::string gpu;      // the card's name, recorded with the session and every timing record
+  // "fp8": the model in FP8 (BackendOptions::quantization: E4M3 weights and activations). Every
+  // method is then named "<name>+fp8" (its own records beside the bf16 ones) and keeps the bf16
+  // method's calibrated knob unless it has one of its own, so a row differs from its bf16 twin
+  // only by FP8.
+  std::string quantization;
 };
 
 // Runs what the options select; returns the process's exit code.

@@ -38,7 +38,7 @@ class Decorated {
 }  // namespace
 
 EvalModel::EvalModel(const std::filesystem::path& dir, const std::string& device, int64_t max_tokens,
-                     int64_t max_batch)
+                     int64_t max_batch, const std::string& quantization)
     : device_(device), config_(load_model_config(dir)), weights_(dir), tokenizer_(load_tokenizer(dir)),
       max_tokens_(max_tokens), max_batch_(max_batch) {
   STEM_CHECK(max_tokens > 0 && max_tokens <= config_.max_position_embeddings, dir.string(), ": the evaluation needs ",
@@ -51,6 +51,7 @@ EvalModel::EvalModel(const std::filesystem::path& dir, const std::string& device
   o.device = device_;
   o.page_size = page_size_;
   o.num_pages = pages_per_seq_ * max_batch_;
+  o.quantization = quantization;
 #ifdef STEM_HAVE_CUDA
   if (device_ == "cuda") {
     CudaBackendOptions co;

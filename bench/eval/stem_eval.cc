@@ -103,6 +103,9 @@ int main(int argc, char** argv) {
   app.add_option("--time-budget", L.time_budget, "long: stop before a unit of work that would end past this many seconds");
   app.add_flag("--redo", L.redo, "long: run records again that the results already hold");
   app.add_option("--gpu-name", L.gpu, "long: the card's name, recorded with the timings (gpu.sh passes nvidia-smi's)");
+  app.add_option("--quantization", L.quantization,
+                 "long: fp8: the model in FP8 (weights and activations); methods named <name>+fp8, with the bf16 "
+                 "method's calibrated knob")->check(CLI::IsMember({"fp8"}));
   auto* targets_opt = app.get_option("--targets");
   auto* tasks_opt = app.get_option("--tasks");
   auto* min_len_opt = app.get_option("--min-prompt-len");
