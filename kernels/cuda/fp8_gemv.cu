@@ -14,7 +14,10 @@ namespace {
 constexpr int kThreads = 256;
 // Output features per warp: each `a` vector widened serves all of them. Four, not gemv's two: an
 // E4M3 weight vector holds 16 values to widen and multiply for the bytes of gemv's 8, and `a` is
-// widened too, so the widening of `a` is spread over more rows here.
+// widened too, so the widening of `a` is spread over more rows here. Not yet measured: per 16
+// weight bytes a lane issues about 24 widening instructions, 24·M/4 for `a` and 16·M FMAs, so at
+// M = 4 the SM's issue rate may bound the kernel before the memory does (then the cutoff in
+// gemm.cuh, kFp8GemvRows, comes down, or the widening gets cheaper).
 constexpr int kRowsPerWarp = 4;
 constexpr int kRowsPerBlock = kThreads / 32 * kRowsPerWarp;
 constexpr int kSteps = 2;  // weight loads in flight per row and lane (16 bytes each): 8 a lane, as gemv's

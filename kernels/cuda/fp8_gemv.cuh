@@ -1,8 +1,9 @@
 // Decode-sized FP8 projections (issue 18): out = bf16((a · wᵀ) · a_scale · w_scale + bias) for a
 // few rows of E4M3 activations (M ≤ kFp8GemvMaxRows), streaming the E4M3 weights once. cuBLASLt's
-// FP8 GEMM with vector scales read the 8B qkv weights at M=1 at 38% of copy bandwidth on the H100
-// (22.0 us against the bf16 gemv's 22.8 us for twice the bytes), so cuda::fp8_matmul sends a few
-// rows here (gemm.cuh's kFp8GemvRows; STEM_FP8_GEMV=0 keeps them all on cuBLASLt).
+// FP8 GEMM with vector scales ran the 8B qkv at M=1 in 22.0 us on the H100 (38% of copy bandwidth
+// on the bytes it reads; bf16, twice the bytes, took 22.8 us), and a decode step at batch 1 was no
+// faster in FP8 than in bf16, so cuda::fp8_matmul sends a few rows here (gemm.cuh's kFp8GemvRows;
+// STEM_FP8_GEMV=0 keeps them all on cuBLASLt).
 // The CPU twin is cpu::fp8_matmul (kernels/cpu/fp8.h), as for cuda::fp8_matmul.
 #pragma once
 #include <cuda_runtime_api.h>
