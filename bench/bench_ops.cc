@@ -7,7 +7,9 @@
 // activations the CUDA backend runs before each (the "fp8+q" rows), and with the scales applied by
 // our kernel after a unit-scaled cuBLASLt GEMM instead of in cuBLASLt's epilogue (the "fp8-ep"
 // rows, the fallback: gemm.cuh's Fp8Scales); FP8 rows count against an 8192³ FP8 GEMM ceiling
-// measured in the same run.
+// measured in the same run. At M ≤ 8 the decode kernels too: "bf16-gemv" (cuda::gemv) and
+// "fp8-gemv" (cuda::fp8_gemv, which fp8_matmul runs at M ≤ kFp8GemvRows; the "fp8" rows stay
+// cuBLASLt), on the same operands.
 // Usage: bench_ops [--json results.json] [--gemm-only] (only the ceilings and the GEMMs)
 #include <cuda_runtime_api.h>
 
@@ -26,6 +28,7 @@
 #include "kernels/cpu/fp8.h"
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/fp8.cuh"
+#include "kernels/cuda/fp8_gemv.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/kv_write.cuh"
@@ -234,20 +237,23 @@ void measure_fp8_ceiling(cuda::GemmContext& ctx) {
 }
 
 // Llama-3.1-8B's four layer projections in bf16 and FP8, at decode (M 1..256) and prefill
-// (M 4096, 8192) sizes; weights rotate over copies to stay out of L2, as in bench_gemms. cuBLASLt
-// only (gemv off) for bf16, so that the two columns compare the same library.
+// (M 4096, 8192) sizes; weights rotate over copies to stay out of L2, as in bench_gemms. The
+// "bf16" and "fp8" rows are cuBLASLt only (gemv and fp8_gemv off), so that the two columns compare
+// the same library; at M ≤ 8 the "bf16-gemv" and "fp8-gemv" rows time our decode kernels.
 void bench_fp8_gemms(cuda::GemmContext& ctx) {
   measure_fp8_ceiling(ctx);
   ctx.set_gemv(false);
+  ctx.set_fp8_gemv(false);
   cuda::GemmContext ep_ctx;
   ep_ctx.set_fp8_scales(cuda::Fp8Scales::Epilogue);
+  ep_ctx.set_fp8_gemv(false);
   struct Proj {
     const char* name;
     int64_t n, k;
   };
   const std::vector<Proj> projs = {{"qkv", 6144, 4096}, {"o_proj", 4096, 4096}, {"gate_up", 28672, 4096},
                                    {"down", 4096, 14336}};
-  const std::vector<int64_t> ms = {1, 8, 32, 64, 128, 256, 4096, 8192};
+  const std::vector<int64_t> ms = {1, 2, 4, 8, 32, 64, 128, 256, 4096, 8192};
   for (const Proj& p : projs) {
     const size_t w_bytes = static_cast<size_t>(p.n * p.k * 2);
     const size_t copies = std::clamp<size_t>((size_t{200} << 20) / w_bytes + 1, 1, 8);
@@ -293,9 +299,25 @@ void bench_fp8_gemms(cuda::GemmContext& ctx) {
       record(std::string("fp8-ep ") + p.name, shape, ep_us, flops, fp8_bytes + 4.0 * m * p.n, fp8_ceiling_tflops);
       std::printf("%-12s %-30s FP8 GEMM %.2fx bf16, with the quantization %.2fx\n", p.name, shape.c_str(),
                   bf16_us / fp8_us, bf16_us / fp8q_us);
+      if (m <= cuda::kFp8GemvMaxRows) {
+        const double gemv_us = median_us([&](int i) {
+          cuda::gemv(out.view(DType::BF16, {m, p.n}), a.view(DType::BF16, {m, p.k}),
+                     ws[static_cast<size_t>(i) % copies]->view(DType::BF16, {p.n, p.k}), {});
+        });
+        record(std::string("bf16-gemv ") + p.name, shape, gemv_us, flops, 2.0 * (m * p.k + p.n * p.k + m * p.n));
+        const double fp8_gemv_us = median_us([&](int i) {
+          cuda::fp8_gemv(out.view(DType::BF16, {m, p.n}), a8.view(DType::F8E4M3, {m, p.k}), sa.view(DType::F32, {m}),
+                         ws8[static_cast<size_t>(i) % copies]->view(DType::F8E4M3, {p.n, p.k}),
+                         sw.view(DType::F32, {p.n}), {});
+        });
+        record(std::string("fp8-gemv ") + p.name, shape, fp8_gemv_us, flops, fp8_bytes, fp8_ceiling_tflops);
+        std::printf("%-12s %-30s fp8-gemv %.2fx fp8 (cuBLASLt), %.2fx bf16-gemv\n", p.name, shape.c_str(),
+                    fp8_us / fp8_gemv_us, gemv_us / fp8_gemv_us);
+      }
     }
   }
   ctx.set_gemv(true);
+  ctx.set_fp8_gemv(true);
   std::printf("FP8 shapes that fell back to our scaling kernel (cuBLASLt without vector scales): %zu\n",
               ctx.fp8_epilogue_plans());
 }

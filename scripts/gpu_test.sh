@@ -44,16 +44,17 @@ if grep -q "SKIPPED: " "$logs/ctest.log" || grep -qE "\*\*\*Skipped|Not Run" "$l
   test_rc=1
 fi
 
-# STEM_SANITIZE=1: the elementwise ops', gemv's and FP8 quantization's (the fused norms and SwiGLU
-# included) tests again under compute-sanitizer (out-of-bounds and misaligned accesses;
+# STEM_SANITIZE=1: the elementwise ops', gemv's, fp8_gemv's and FP8 quantization's (the fused norms
+# and SwiGLU included) tests again under compute-sanitizer (out-of-bounds and misaligned accesses;
 # shared-memory races in the kernels that use it). The GEMM test is left
-# out: cuBLASLt is not ours, and its large shapes are slow under the tool.
+# out: cuBLASLt is not ours, and its large shapes are slow under the tool (fp8_gemv's test calls
+# cuBLASLt too, at M ≤ 8 only).
 sanitizer="$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")"
 if [ "${STEM_SANITIZE:-0}" = 1 ] && [ -x "$sanitizer" ]; then
   echo "== compute-sanitizer"
   report="$STEM_TEST_REPORT"
   unset STEM_TEST_REPORT  # the errors table counts the ctest run only
-  for t in embedding rmsnorm rope swiglu kv_write gemv fp8; do
+  for t in embedding rmsnorm rope swiglu kv_write gemv fp8 fp8_gemv; do
     for tool in memcheck racecheck; do
       [ "$tool" = racecheck ] && [ "$t" != rmsnorm ] && [ "$t" != rope ] && [ "$t" != fp8 ] && continue
       one="$(mktemp)"

@@ -26,6 +26,7 @@
 
 #include "kernels/cpu/rows.h"
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/fp8_gemv.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/gemv.cuh"
 
@@ -173,6 +174,7 @@ struct GemmContext::Impl {
   std::map<PlanKey, cublasLtMatmulAlgo_t> tuned;  // by bucket (PlanKey with m = bucket_of(m))
   bool tune = env_enabled("STEM_GEMM_TUNE");
   bool gemv = env_enabled("STEM_GEMV");
+  bool fp8_gemv = env_enabled("STEM_FP8_GEMV");
   size_t tunings = 0;
   Fp8Scales fp8_scales = fp8_scales_from_env();
   std::set<PlanKey> fp8_outer_failed;  // FP8 shapes run with unit scales and scale_kernel
@@ -353,6 +355,7 @@ GemmContext::~GemmContext() = default;
 size_t GemmContext::cached_plans() const { return impl_->plans.size(); }
 size_t GemmContext::tunings() const { return impl_->tunings; }
 void GemmContext::set_gemv(bool on) { impl_->gemv = on; }
+void GemmContext::set_fp8_gemv(bool on) { impl_->fp8_gemv = on; }
 
 void matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const TensorView& w, const TensorView& bias,
             cudaStream_t stream) {
@@ -427,6 +430,10 @@ void fp8_matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, co
                " at ", v->data);
 
   GemmContext::Impl& impl = ctx.impl();
+  if (impl.fp8_gemv && m <= kFp8GemvRows && fp8_gemv_accepts(out, a, w)) {
+    fp8_gemv(out, a, a_scale, w, w_scale, bias, stream);
+    return;
+  }
   impl.ensure_ready();
   PlanKey key{m,
               n,

@@ -39,6 +39,8 @@ class GemmContext {
   size_t tunings() const;
   // Whether matmuls of a few rows go to cuda::gemv (default: yes, unless STEM_GEMV=0).
   void set_gemv(bool on);
+  // Whether fp8_matmuls of a few rows go to cuda::fp8_gemv (default: yes, unless STEM_FP8_GEMV=0).
+  void set_fp8_gemv(bool on);
   void set_fp8_scales(Fp8Scales how);
   // How many FP8 shapes run with unit scales and our scaling kernel (Fp8Scales).
   size_t fp8_epilogue_plans() const;
@@ -58,6 +60,12 @@ class GemmContext {
 void matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const TensorView& w, const TensorView& bias,
             cudaStream_t stream = 0);
 
+// The rows fp8_matmul sends to cuda::fp8_gemv. A first guess, to be measured on the H100 (bench_ops
+// --gemm-only: its "fp8-gemv" rows against "fp8", and bench_model's decode steps with
+// STEM_FP8_GEMV=0 and =1), as kGemvDispatchRows was for bf16 (gemm.cu): the bf16 gemv is ahead of
+// cuBLASLt at 1-4 rows.
+constexpr int64_t kFp8GemvRows = 4;
+
 // The FP8 GEMM (issue 18), the twin of cpu::fp8_matmul (kernels/cpu/fp8.h):
 //   out[m,n] = (Σ_k a[m,k]·w[n,k]) · a_scale[m] · w_scale[n] + bias[n]
 // a: F8E4M3 [M,K] (activations, a scale per token: cuda::quantize_rows_fp8), w: F8E4M3 [N,K] (a
@@ -71,7 +79,9 @@ void matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const 
 // kernels need 16-byte aligned operands: K, N and the row strides of a and w multiples of 16,
 // out's a multiple of 8; refused here otherwise. The bias
 // is added by a kernel of ours after the bf16 rounding (not cuBLASLt's epilogue: gemm.cu says why).
-// Never goes to gemv (M ≤ 4 runs cuBLASLt too).
+// M ≤ kFp8GemvRows goes to cuda::fp8_gemv instead (kernels/cuda/fp8_gemv.cuh: the same math with
+// every sum in f32 on the CUDA cores, and the bias added before the one bf16 rounding), unless
+// STEM_FP8_GEMV=0 or set_fp8_gemv(false); the alignment checks above hold for both paths.
 void fp8_matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const TensorView& a_scale,
                 const TensorView& w, const TensorView& w_scale, const TensorView& bias, cudaStream_t stream = 0);
 
