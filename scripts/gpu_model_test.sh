@@ -10,6 +10,12 @@
 #                                                  # folder carried: tests, then benchmarks (default
 #                                                  # quick; stem: TTFT Stem beside dense at 32K-128K,
 #                                                  # no decode, no peer)
+#   scripts/gpu_model_test.sh constrained [ARGS]   # there, with that folder carried: structured
+#                                                  # outputs' cost at batch 1/16/64 through the whole
+#                                                  # engine (bench/bench_constrained.cc), random
+#                                                  # weights with Qwen2.5-Coder-1.5B's config and
+#                                                  # tokenizer (pack takes them from models/cache/ or
+#                                                  # $STEM_CONSTRAINED_MODEL); ARGS go to the bench
 #   scripts/gpu_model_test.sh pack real            # here: only what `real` runs, into
 #                                                  # build-gpumodel-real/ (8 MiB)
 #   scripts/gpu_model_test.sh real MODEL_DIR       # there: a converted real model (Qwen2.5-Coder,
@@ -35,7 +41,7 @@ pack() {  # $1: "real" packs only the real-model check
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTEM_CUDA=ON > /dev/null || exit 1
   local tests targets
   tests=$(cd "$root/tests" && ls gpu_model/test_*.cc | sed -E 's|/|_|; s|\.cc$||')
-  targets="stemserve bench_model bench_prefix_cache bench_ops bench_stem stem_eval $tests"
+  targets="stemserve bench_model bench_prefix_cache bench_ops bench_stem bench_constrained stem_eval $tests"
   if [ "${1:-}" = real ]; then
     tests=gpu_model_test_cuda_hf_reference
     targets=$tests
@@ -46,7 +52,16 @@ pack() {  # $1: "real" packs only the real-model check
   mkdir -p "$carry/bin" "$carry/lib"
   if [ "${1:-}" != real ]; then
     cp "$build/server/stemserve" "$build/bench/bench_model" "$build/bench/bench_prefix_cache" "$build/bench/bench_ops" "$build/bench/bench_stem" \
-      "$build/bench/stem_eval" "$carry/bin/"
+      "$build/bench/stem_eval" "$build/bench_constrained" "$carry/bin/"
+    # bench_constrained's model: the config and tokenizer only (7 MB; random weights there).
+    local model="${STEM_CONSTRAINED_MODEL:-$root/models/cache/Qwen2.5-Coder-1.5B-Instruct}"
+    if [ -f "$model/tokenizer.json" ]; then
+      mkdir -p "$carry/qwen-coder-1.5b"
+      cp "$model"/config.json "$model"/tokenizer.json "$model"/tokenizer_config.json "$carry/qwen-coder-1.5b/"
+      [ -f "$model/generation_config.json" ] && cp "$model/generation_config.json" "$carry/qwen-coder-1.5b/"
+    else
+      echo "no $model/tokenizer.json: bench_constrained goes without its model (models/prepare/prepare_model.sh qwen2.5-coder-1.5b)"
+    fi
   fi
   for t in $tests; do cp "$build/tests/$t" "$carry/bin/"; done
   # Libraries the GPU machine has itself (or newer): the C/C++ runtimes, CUDA, OpenBLAS and its
@@ -191,9 +206,21 @@ json.dump(c, open('$tmp/llama8b-dummy/config.json', 'w'))"
   return $failed
 }
 
+constrained() {  # bench_constrained on the carried Qwen2.5-Coder-1.5B config and tokenizer; "$@": more flags
+  local logs="${OUT:-$carry/logs}"
+  mkdir -p "$logs"
+  carried_env "$logs"
+  [ -f "$carry/qwen-coder-1.5b/tokenizer.json" ] || { echo "no $carry/qwen-coder-1.5b: pack it with the model in models/cache/"; return 1; }
+  echo "== bench_constrained (structured outputs' cost in a batch, issue 19)"
+  "$carry/bin/bench_constrained" --model "$carry/qwen-coder-1.5b" --device cuda --batches 1,16,64 --tokens 256 \
+    --json "$logs/constrained.json" "$@" 2>&1 | grep -v '\[info\]' | tee "$logs/constrained.txt"
+  return "${PIPESTATUS[0]}"
+}
+
 case "$mode" in
   pack) pack "${2:-}" ;;
+  constrained) shift; constrained "$@" ;;
   run) run "${2:-quick}" ;;
   real) real "${2:-}" ;;
-  *) echo "usage: $0 pack [real] | run [quick|full|none] | real MODEL_DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 pack [real] | run [quick|full|none] | real MODEL_DIR | constrained [ARGS]" >&2; exit 2 ;;
 esac
