@@ -37,15 +37,20 @@
 // tokenizer.json and tokenizer_config.json. The CPU backend has no random weights: on cpu the
 // default is --load-format real, the model's own weights (DIR as models/prepare/ leaves it).
 //
-// Here (no GPU; the binary is built here, the GPU machine cannot build the server):
-//   scripts/gpu_model_test.sh pack    # CUDA build into build-gpumodel/, binaries and libraries into
-//                                     # build-gpumodel-carry/, with the Qwen2.5-Coder-1.5B tokenizer
-//                                     # and config from models/cache/ in build-gpumodel-carry/qwen-coder-1.5b/
-// There (the device tool, carry ["build-gpumodel-carry"], from the repository root):
-//   scripts/gpu_model_test.sh constrained            # = the command below, the log and JSON to $OUT
-//   LD_LIBRARY_PATH=build-gpumodel-carry/lib build-gpumodel-carry/bin/bench_constrained
-//       --model build-gpumodel-carry/qwen-coder-1.5b --device cuda --batches 1,16,64 --tokens 256
-//       --json $OUT/constrained.json     (one line)
+// Here (no GPU; the binary is built here, the GPU machine cannot build the server), with
+// Qwen2.5-Coder-1.5B-Instruct's config.json, tokenizer.json and tokenizer_config.json in
+// models/cache/Qwen2.5-Coder-1.5B-Instruct/ (or STEM_CONSTRAINED_MODEL=DIR):
+//   scripts/gpu_model_test.sh pack constrained   # CUDA build in build-gpumodel/ (STEM_BUILD_DIR),
+//                                                # into build-gpumodel-constrained/ (~15 MiB): the
+//                                                # binary, its libraries, qwen-coder-1.5b/
+// There (the device tool, carry ["build-gpumodel-constrained"], from the repository root):
+//   bash scripts/gpu_model_test.sh constrained    # log and JSON to $OUT (constrained.txt, .json);
+//                                                 # more flags after it go to the bench, e.g. --rounds 3
+// which runs
+//   LD_LIBRARY_PATH=build-gpumodel-constrained/lib build-gpumodel-constrained/bin/bench_constrained
+//       --model build-gpumodel-constrained/qwen-coder-1.5b --device cuda --batches 1,16,64 --tokens 256
+//       --json $OUT/constrained.json
+// (The full `scripts/gpu_model_test.sh pack` carries the binary too, without the tokenizer.)
 // A CPU smoke run here (build/ configured with -DSTEM_CUDA=OFF; SmolLM2-135M-Instruct and its weights):
 //   cmake --build build -j2 --target bench_constrained
 //   build/bench_constrained --model models/cache/SmolLM2-135M-Instruct --device cpu --batches 1,4 --tokens 24 --warmup 4
