@@ -197,6 +197,7 @@ void run(Context& cx, const Args& a, int64_t B, Mode mode, uint64_t seed, Sample
   const auto prompt_vocab = static_cast<uint64_t>(std::min<int64_t>(engine.tokenizer().vocab_size(), engine.config().vocab_size));
   std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(B));
   std::vector<std::vector<double>> times(static_cast<size_t>(B));
+  std::vector<std::string> errors(static_cast<size_t>(B));  // a request the engine aborted
   std::vector<std::shared_ptr<structured::TokenGrammar>> grammars(static_cast<size_t>(B));
   const double t_add = now_ms();
   for (int64_t i = 0; i < B; ++i) {
@@ -212,7 +213,8 @@ void run(Context& cx, const Args& a, int64_t B, Mode mode, uint64_t seed, Sample
       r.sampling.grammar = grammars[static_cast<size_t>(i)];
     }
     const auto k = static_cast<size_t>(i);
-    engine.add_request(std::move(r), [&tokens, &times, k](const TokenEvent& e) {
+    engine.add_request(std::move(r), [&tokens, &times, &errors, k](const TokenEvent& e) {
+      if (!e.error.empty()) errors[k] = e.error;
       if (e.token < 0) return;
       times[k].push_back(now_ms());
       tokens[k].push_back(e.token);
@@ -238,6 +240,7 @@ void run(Context& cx, const Args& a, int64_t B, Mode mode, uint64_t seed, Sample
   double walks = 0;
   for (int64_t i = 0; i < B; ++i) {
     const auto k = static_cast<size_t>(i);
+    STEM_CHECK(errors[k].empty(), mode_name(mode), " batch ", B, ": request ", i, " failed: ", errors[k]);
     STEM_CHECK(static_cast<int64_t>(tokens[k].size()) == a.tokens, mode_name(mode), " batch ", B, ": request ", i,
                " generated ", tokens[k].size(), " tokens, not ", a.tokens);
     std::vector<double>& itl = is_constrained(mode, i) ? s.itl_con : s.itl_unc;
