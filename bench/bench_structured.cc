@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_schema.h"
 #include "structured/json_schema.h"
 #include "structured/regex.h"
 #include "structured/token_mask.h"
@@ -29,18 +30,6 @@ double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
 }
-
-// A typical response_format schema: nested object, array, enum, optional fields, anyOf.
-const char* kSchema = R"({"type": "object", "additionalProperties": false,
-  "required": ["name", "age", "address", "tags"],
-  "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
-    "email": {"anyOf": [{"type": "string"}, {"type": "null"}]},
-    "role": {"enum": ["admin", "editor", "viewer"]}, "verified": {"type": "boolean"},
-    "scores": {"type": "array", "items": {"type": "number"}, "maxItems": 8},
-    "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 5},
-    "address": {"type": "object", "additionalProperties": false, "required": ["city", "country"],
-      "properties": {"street": {"type": "string"}, "city": {"type": "string"}, "zip": {"type": "string"},
-        "country": {"type": "string"}}}}})";
 
 // A typical structured_outputs regex: names, an e-mail address, a phone number.
 const char* kRegex = R"(([A-Z][a-z]{1,12} ){1,3}<[a-z0-9._%+-]{1,20}@[a-z0-9-]{1,20}\.(com|org|net)>, \(\d{3}\) \d{3}-\d{4})";
@@ -127,7 +116,7 @@ int main(int argc, char** argv) {
   auto vocab = TokenVocab::from_tokenizer(*tok, tok->vocab_size());
   std::printf("vocabulary: %lld tokens, trie of %zu nodes built in %.1f ms\n", static_cast<long long>(vocab->mask_size()),
               vocab->nodes().size(), ms_since(t0));
-  const nlohmann::json schema = nlohmann::json::parse(kSchema);
+  const nlohmann::json schema = nlohmann::json::parse(bench::kTypicalSchema);
   run("schema", [&] { return compile_json_schema(schema); }, vocab, batch, steps);
   run("json_object", [] { return any_json_object(); }, vocab, batch, steps);
   run("regex", [] { return compile_regex(kRegex); }, vocab, batch, steps);

@@ -93,6 +93,9 @@ class Engine {
   bool has_tokenizer() const { return tokenizer_ != nullptr; }
   const ModelChatTemplate* chat_template() const { return chat_template_.get(); }
   const std::vector<int32_t>& eos_token_ids() const { return eos_ids_; }
+  // The backend the steps run on, read-only: benchmarks read its own figures (the CUDA backend's
+  // device time of the last step, bench/bench_constrained.cc).
+  const ModelBackend& backend() const { return *backend_; }
 
   // Renders messages (a JSON array of {role, content}) with the model's chat template; the
   // front ends hand over the parsed messages themselves, not a string to parse again.

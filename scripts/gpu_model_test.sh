@@ -10,6 +10,14 @@
 #                                                  # folder carried: tests, then benchmarks (default
 #                                                  # quick; stem: TTFT Stem beside dense at 32K-128K,
 #                                                  # no decode, no peer)
+#   scripts/gpu_model_test.sh pack constrained     # here: only bench_constrained, its libraries and
+#                                                  # Qwen2.5-Coder-1.5B's config and tokenizer (from
+#                                                  # models/cache/ or $STEM_CONSTRAINED_MODEL) into
+#                                                  # build-gpumodel-constrained/ (~15 MiB)
+#   scripts/gpu_model_test.sh constrained [ARGS]   # there, with that folder carried: structured
+#                                                  # outputs' cost at batch 1/16/64 through the whole
+#                                                  # engine (bench/bench_constrained.cc), random
+#                                                  # weights; ARGS go to the bench
 #   scripts/gpu_model_test.sh pack real            # here: only what `real` runs, into
 #                                                  # build-gpumodel-real/ (8 MiB)
 #   scripts/gpu_model_test.sh real MODEL_DIR       # there: a converted real model (Qwen2.5-Coder,
@@ -28,25 +36,47 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mode="${1:-run}"
 default_carry="$root/build-gpumodel-carry"
 [ "$*" != "pack real" ] && [ "$mode" != real ] || default_carry="$root/build-gpumodel-real"  # its own pack
+[ "$*" != "pack constrained" ] && [ "$mode" != constrained ] || default_carry="$root/build-gpumodel-constrained"
 carry="${STEM_CARRY_DIR:-$default_carry}"  # another folder: a pack beside someone else's
 
-pack() {  # $1: "real" packs only the real-model check
+pack() {  # $1: "real" packs only the real-model check, "constrained" only bench_constrained
+  case "${1:-}" in
+    ""|real|constrained) ;;
+    *) echo "pack takes nothing, real or constrained, got: $1" >&2; exit 2 ;;
+  esac
   local build="${STEM_BUILD_DIR:-$root/build-gpumodel}"
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTEM_CUDA=ON > /dev/null || exit 1
   local tests targets
   tests=$(cd "$root/tests" && ls gpu_model/test_*.cc | sed -E 's|/|_|; s|\.cc$||')
-  targets="stemserve bench_model bench_prefix_cache bench_ops bench_stem stem_eval $tests"
+  targets="stemserve bench_model bench_prefix_cache bench_ops bench_stem bench_constrained stem_eval $tests"
   if [ "${1:-}" = real ]; then
     tests=gpu_model_test_cuda_hf_reference
     targets=$tests
+  fi
+  if [ "${1:-}" = constrained ]; then
+    tests=""
+    targets=bench_constrained
   fi
   # shellcheck disable=SC2086
   cmake --build "$build" -j "${STEM_JOBS:-2}" --target $targets || exit 1
   rm -rf "$carry"
   mkdir -p "$carry/bin" "$carry/lib"
-  if [ "${1:-}" != real ]; then
+  if [ -z "${1:-}" ]; then
     cp "$build/server/stemserve" "$build/bench/bench_model" "$build/bench/bench_prefix_cache" "$build/bench/bench_ops" "$build/bench/bench_stem" \
-      "$build/bench/stem_eval" "$carry/bin/"
+      "$build/bench/stem_eval" "$build/bench_constrained" "$carry/bin/"
+  fi
+  if [ "${1:-}" = constrained ]; then
+    cp "$build/bench_constrained" "$carry/bin/"
+    # Its model: the config and tokenizer only (7 MB; random weights there).
+    local model="${STEM_CONSTRAINED_MODEL:-$root/models/cache/Qwen2.5-Coder-1.5B-Instruct}"
+    if [ -f "$model/tokenizer.json" ]; then
+      mkdir -p "$carry/qwen-coder-1.5b"
+      cp "$model"/config.json "$model"/tokenizer.json "$model"/tokenizer_config.json "$carry/qwen-coder-1.5b/"
+      [ -f "$model/generation_config.json" ] && cp "$model/generation_config.json" "$carry/qwen-coder-1.5b/"
+    else
+      echo "no $model/tokenizer.json: set STEM_CONSTRAINED_MODEL, or models/prepare/prepare_model.sh qwen2.5-coder-1.5b" >&2
+      exit 1
+    fi
   fi
   for t in $tests; do cp "$build/tests/$t" "$carry/bin/"; done
   # Libraries the GPU machine has itself (or newer): the C/C++ runtimes, CUDA, OpenBLAS and its
@@ -191,9 +221,21 @@ json.dump(c, open('$tmp/llama8b-dummy/config.json', 'w'))"
   return $failed
 }
 
+constrained() {  # bench_constrained on the carried Qwen2.5-Coder-1.5B config and tokenizer; "$@": more flags
+  local logs="${OUT:-$carry/logs}"
+  mkdir -p "$logs"
+  carried_env "$logs"
+  [ -f "$carry/qwen-coder-1.5b/tokenizer.json" ] || { echo "no $carry/qwen-coder-1.5b: scripts/gpu_model_test.sh pack constrained, then carry $carry"; return 1; }
+  echo "== bench_constrained (structured outputs' cost in a batch, issue 19)"
+  "$carry/bin/bench_constrained" --model "$carry/qwen-coder-1.5b" --device cuda --batches 1,16,64 --tokens 256 \
+    --json "$logs/constrained.json" "$@" 2>&1 | grep -v '\[info\]' | tee "$logs/constrained.txt"
+  return "${PIPESTATUS[0]}"
+}
+
 case "$mode" in
   pack) pack "${2:-}" ;;
+  constrained) shift; constrained "$@" ;;
   run) run "${2:-quick}" ;;
   real) real "${2:-}" ;;
-  *) echo "usage: $0 pack [real] | run [quick|full|none] | real MODEL_DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 pack [real|constrained] | run [quick|full|none] | real MODEL_DIR | constrained [ARGS]" >&2; exit 2 ;;
 esac
