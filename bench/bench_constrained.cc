@@ -8,8 +8,11 @@
 //
 // For each batch size B, three configurations run in turn (--rounds times, the steps pooled):
 //   unconstrained  B requests, no grammar;
-//   constrained    B requests, each with its own grammar of bench/bench_schema.h's schema, compiled
-//                  per request as the server does (so each request's mask cache starts empty);
+//   constrained    B requests constrained by bench/bench_schema.h's schema, sharing one grammar
+//                  compiled for the run, as the server's GrammarCache shares it between requests
+//                  with the same schema (so each mask is computed once a run, for all B);
+//                  --grammar-per-request: each request compiles its own (each mask computed once a
+//                  request: the server before its grammar cache);
 //   mixed          the even requests constrained, the odd ones not (B >= 2).
 // Each request has a prompt of --prompt random tokens and generates exactly --tokens tokens (EOS
 // ignored: after a complete JSON value a constrained sequence may only repeat EOS), sampled at
@@ -37,6 +40,7 @@
 //   bench_constrained [--model DIR] [--device cuda|cpu] [--batches 1,16,64] [--tokens 128]
 //                     [--prompt 32] [--warmup 2] [--rounds 2] [--temperature 1] [--compiles 200]
 //                     [--gpu-memory-fraction 0.9] [--load-format dummy|real] [--json FILE]
+//                     [--grammar-per-request]
 // With random weights (--load-format dummy, the default on cuda) DIR needs only config.json,
 // tokenizer.json and tokenizer_config.json. The CPU backend has no random weights: on cpu the
 // default is --load-format real, the model's own weights (DIR as models/prepare/ leaves it).
@@ -101,12 +105,14 @@ struct Args {
   double fraction = 0.9;
   std::string load_format;  // "dummy" or "real"; "": dummy on cuda, real on cpu
   std::string json;
+  bool grammar_per_request = false;
 };
 
 Args parse(int argc, char** argv) {
   Args a;
-  bench::parse_flags(argc, argv, {}, [&a](const std::string& k, const std::string& v) {
+  bench::parse_flags(argc, argv, {"--grammar-per-request"}, [&a](const std::string& k, const std::string& v) {
     if (k == "--model") a.model = v;
+    else if (k == "--grammar-per-request") a.grammar_per_request = true;
     else if (k == "--device") a.device = v;
     else if (k == "--batches") a.batches = parse_list(v);
     else if (k == "--tokens") a.tokens = std::stoll(v);
@@ -212,9 +218,10 @@ void run(Context& cx, const Args& a, int64_t B, Mode mode, uint64_t seed, Sample
     r.stop.max_tokens = static_cast<int32_t>(a.tokens);
     r.stop.ignore_eos = true;
     if (is_constrained(mode, i)) {
-      grammars[static_cast<size_t>(i)] =
-          std::make_shared<structured::TokenGrammar>(structured::compile_json_schema(cx.schema), cx.vocab);
-      r.sampling.grammar = grammars[static_cast<size_t>(i)];
+      auto& g = grammars[static_cast<size_t>(i)];
+      if (!a.grammar_per_request && i > 0) g = grammars[0];  // request 0 is constrained in every mode
+      if (!g) g = std::make_shared<structured::TokenGrammar>(structured::compile_json_schema(cx.schema), cx.vocab);
+      r.sampling.grammar = g;
     }
     const auto k = static_cast<size_t>(i);
     engine.add_request(std::move(r), [&tokens, &times, &errors, k](const TokenEvent& e) {
@@ -253,7 +260,8 @@ void run(Context& cx, const Args& a, int64_t B, Mode mode, uint64_t seed, Sample
     std::string text;
     const bool follows = follows_grammar(cx, tokens[k], complete, text);
     if (is_constrained(mode, i)) {
-      walks += static_cast<double>(grammars[k]->cached_states());
+      // A shared grammar's walks count once.
+      if (a.grammar_per_request || k == 0) walks += static_cast<double>(grammars[k]->cached_states());
       ++s.constrained_seqs;
       STEM_CHECK(follows, mode_name(mode), " batch ", B, ": constrained request ", i,
                  " sampled a token its grammar does not allow (the mask did not reach its row)");
@@ -394,6 +402,7 @@ int main(int argc, char** argv) try {
                         {"vocab_size", vocab->mask_size()},
                         {"mask_words", vocab->mask_words()},
                         {"tokens", a.tokens},
+                        {"grammar_per_request", a.grammar_per_request},
                         {"prompt", a.prompt},
                         {"warmup", a.warmup},
                         {"rounds", a.rounds},

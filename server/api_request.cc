@@ -30,6 +30,30 @@ std::shared_ptr<const structured::TokenVocab> ServedModel::token_vocab_ptr() con
 
 const structured::TokenVocab& ServedModel::token_vocab() const { return *token_vocab_ptr(); }
 
+std::shared_ptr<structured::TokenGrammar> GrammarCache::get(
+    const std::string& key, const std::function<std::shared_ptr<structured::TokenGrammar>()>& make) {
+  std::lock_guard lock(mu_);
+  if (auto it = index_.find(key); it != index_.end()) {
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return it->second->second;
+  }
+  // Compiled under the lock: a compile takes well under a millisecond (bench/RESULTS.md), and two
+  // requests with the same new schema then compile it once.
+  std::shared_ptr<structured::TokenGrammar> g = make();
+  lru_.emplace_front(key, g);
+  index_[key] = lru_.begin();
+  if (lru_.size() > kGrammars) {
+    index_.erase(lru_.back().first);
+    lru_.pop_back();
+  }
+  return g;
+}
+
+size_t GrammarCache::size() const {
+  std::lock_guard lock(mu_);
+  return lru_.size();
+}
+
 namespace {
 
 [[noreturn]] void bad(const std::string& param, const std::string& message) { throw ApiError(400, message, param); }
@@ -120,10 +144,19 @@ StopConditions stop_conditions(const GenerationFields& f) {
   return stop;
 }
 
+// What a response format's grammar is compiled from, as the grammar cache's key.
+std::string grammar_key(const ResponseFormat& rf) {
+  std::string key = rf.type + '\n';
+  if (rf.type == "json_schema") key += rf.schema.dump();  // in the sender's order, as compiled
+  if (rf.type == "regex" || rf.type == "grammar") key += rf.pattern;
+  if (rf.type == "choice")
+    for (const std::string& c : rf.choices) key += nlohmann::json(c).dump() + ',';
+  return key;
+}
+
 // The grammar that response_format asks for, or null for plain text.
-std::shared_ptr<structured::TokenGrammar> response_grammar(const ResponseFormat& rf, const ServedModel& model) {
+std::shared_ptr<structured::TokenGrammar> compile_response_grammar(const ResponseFormat& rf, const ServedModel& model) {
   const std::string& field = rf.field;
-  if (rf.type == "text") return nullptr;
   structured::Grammar g;
   if (rf.type == "json_object") {
     g = structured::any_json_object();
@@ -152,6 +185,11 @@ std::shared_ptr<structured::TokenGrammar> response_grammar(const ResponseFormat&
     bad(field, quoted(field + ".type") + " must be \"text\", \"json_object\" or \"json_schema\", got \"" + rf.type + "\"");
   }
   return std::make_shared<structured::TokenGrammar>(std::move(g), model.token_vocab_ptr());
+}
+
+std::shared_ptr<structured::TokenGrammar> response_grammar(const ResponseFormat& rf, const ServedModel& model) {
+  if (rf.type == "text") return nullptr;
+  return model.grammars->get(grammar_key(rf), [&] { return compile_response_grammar(rf, model); });
 }
 
 // How the model writes tool calls: --tool-call-parser, else what its chat template teaches it.
@@ -195,8 +233,10 @@ toolcall::ToolRequest tool_request(const GenerationFields& f, const ServedModel&
     }
   }
   try {
-    grammar = std::make_shared<structured::TokenGrammar>(structured::compile_json_schema(toolcall::forced_schema(r)),
-                                                         model.token_vocab_ptr());
+    const nlohmann::ordered_json schema = toolcall::forced_schema(r);
+    grammar = model.grammars->get("tool_call\n" + schema.dump(), [&] {
+      return std::make_shared<structured::TokenGrammar>(structured::compile_json_schema(schema), model.token_vocab_ptr());
+    });
   } catch (const structured::SchemaError& e) {
     bad("tools", std::string("'tools': the forced tool call's schema: ") + e.what());
   }

@@ -6,8 +6,11 @@
 // the field as the front end calls it; gRPC maps them to INVALID_ARGUMENT / NOT_FOUND.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <list>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -21,6 +24,26 @@
 
 namespace stem {
 
+// Compiled grammars by what they were compiled from (the constraint's kind and text): requests
+// with the same schema, regex, grammar, choices or forced tool call share one TokenGrammar, and
+// with it its token masks, so a batch of such requests computes each mask once, not once a
+// request. The kGrammars most recently used are kept; one still in use by a request lives on
+// with it. Thread-safe (the HTTP and gRPC threads build requests at once).
+class GrammarCache {
+ public:
+  static constexpr size_t kGrammars = 16;  // each holds up to 2048 masks (token_mask.cc)
+  // The grammar cached under `key`, else make()'s (a compile error propagates, nothing cached).
+  std::shared_ptr<structured::TokenGrammar> get(const std::string& key,
+                                                const std::function<std::shared_ptr<structured::TokenGrammar>()>& make);
+  size_t size() const;
+
+ private:
+  using Entry = std::pair<std::string, std::shared_ptr<structured::TokenGrammar>>;
+  mutable std::mutex mu_;
+  std::list<Entry> lru_;  // most recently used first
+  std::unordered_map<std::string, std::list<Entry>::iterator> index_;
+};
+
 // The model as the API names it, and what requests are checked against.
 struct ServedModel {
   std::string name;  // --served-model-name, else the model folder's name
@@ -32,6 +55,7 @@ struct ServedModel {
     std::shared_ptr<const structured::TokenVocab> vocab;
   };
   std::shared_ptr<Vocab> vocab = std::make_shared<Vocab>();
+  std::shared_ptr<GrammarCache> grammars = std::make_shared<GrammarCache>();
   std::string tool_call_parser{};  // --tool-call-parser; empty: the chat template's format
   const structured::TokenVocab& token_vocab() const;
   std::shared_ptr<const structured::TokenVocab> token_vocab_ptr() const;

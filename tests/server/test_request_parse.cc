@@ -230,6 +230,40 @@ TEST_CASE("request parse: response_format becomes the request's grammar, or a 40
   CHECK(msg.find("'format' is not supported (at /properties/d)") != std::string::npos);
 }
 
+TEST_CASE("request parse: requests with the same constraint share one compiled grammar, and its masks") {
+  if (!fs::exists(test::default_model_dir() / "model.safetensors")) SKIP("default model not prepared");
+  const ServedModel m = served();
+  auto grammar = [&](const std::string& body) {
+    auto g = parse_generation(ApiKind::Completion, parse_json_body(body), m).request.sampling.grammar;
+    REQUIRE(g);
+    return g;
+  };
+  const auto a = grammar(R"({"prompt": "Hi", "structured_outputs": {"regex": "a+"}})");
+  CHECK(grammar(R"({"prompt": "Other", "max_tokens": 3, "structured_outputs": {"regex": "a+"}})") == a);
+  CHECK(grammar(R"({"prompt": "Hi", "guided_regex": "a+"})") == a);  // the same constraint, another field
+  CHECK(grammar(R"({"prompt": "Hi", "structured_outputs": {"regex": "a*"}})") != a);
+  CHECK(grammar(R"({"prompt": "Hi", "structured_outputs": {"choice": ["a+"]}})") != a);  // another kind, same text
+  const std::string ab = R"({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}})";
+  const std::string ba = R"({"type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "integer"}}})";
+  const auto schema = grammar(R"({"prompt": "Hi", "structured_outputs": {"json": )" + ab + "}}");
+  CHECK(grammar(R"({"prompt": "Hi", "guided_json": )" + ab + "}") == schema);
+  CHECK(grammar(R"({"prompt": "Hi", "guided_json": )" + ba + "}") != schema);  // properties in the order sent
+  // A mask computed for one request serves the next.
+  std::vector<uint32_t> spill;
+  (void)schema->mask(structured::GrammarMatcher(schema->grammar()), spill);
+  const size_t cached = schema->cached_states();
+  CHECK(cached > 0);
+  CHECK(grammar(R"({"prompt": "Again", "guided_json": )" + ab + "}")->cached_states() == cached);
+  // A refused constraint caches nothing; the cache keeps the most recent kGrammars.
+  const size_t before = m.grammars->size();
+  CHECK_THROWS_AS(grammar(R"({"prompt": "Hi", "guided_regex": "(a"})"), ApiError);
+  CHECK(m.grammars->size() == before);
+  for (size_t i = 0; i < GrammarCache::kGrammars; ++i)
+    (void)grammar(R"({"prompt": "Hi", "guided_regex": "x{)" + std::to_string(i + 1) + R"(}"})");
+  CHECK(m.grammars->size() == GrammarCache::kGrammars);
+  CHECK(grammar(R"({"prompt": "Hi", "guided_regex": "a+"})") != a);  // evicted: compiled again
+}
+
 TEST_CASE("request parse: structured_outputs and guided_* become the request's grammar, or a 400 naming them") {
   if (!fs::exists(test::default_model_dir() / "model.safetensors")) SKIP("default model not prepared");
   using P = std::pair<int, std::string>;
