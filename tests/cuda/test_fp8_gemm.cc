@@ -23,6 +23,7 @@
 #include "kernels/cpu/fp8.h"
 #include "kernels/cuda/fp8.cuh"
 #include "kernels/cuda/gemm.cuh"
+#include "tests/cuda/fp8_twin.h"
 #include "tests/cuda/gpu_test_util.h"
 
 using namespace stem;
@@ -30,50 +31,11 @@ using gpu_test::DeviceBuffer;
 
 namespace {
 
-struct Fp8Shape {
-  int64_t n, k;
-  bool bias;
-  const char* what;
-};
-
-// E4M3 codes of x [rows, cols] (f32), quantized per row by the twin.
-struct Quantized {
-  std::vector<uint8_t> codes;
-  std::vector<float> scales;
-};
-
-Quantized quantize(const std::vector<float>& x, int64_t rows, int64_t cols) {
-  Quantized q{std::vector<uint8_t>(static_cast<size_t>(rows * cols)), std::vector<float>(static_cast<size_t>(rows))};
-  cpu::quantize_rows_fp8(TensorView(q.codes.data(), DType::F8E4M3, {rows, cols}),
-                         TensorView(q.scales.data(), DType::F32, {rows}),
-                         TensorView(const_cast<float*>(x.data()), DType::F32, {rows, cols}));
-  return q;
-}
-
-// The twin's product, and S of the bound above.
-struct Reference {
-  std::vector<float> out, magnitude;
-};
-
-Reference twin(const Quantized& a, const Quantized& w, const std::vector<float>& bias, int64_t m, int64_t n,
-               int64_t k) {
-  Reference r{std::vector<float>(static_cast<size_t>(m * n)), std::vector<float>(static_cast<size_t>(m * n))};
-  std::vector<float> bias_copy = bias;
-  cpu::fp8_matmul(TensorView(r.out.data(), DType::F32, {m, n}),
-                  TensorView(const_cast<uint8_t*>(a.codes.data()), DType::F8E4M3, {m, k}),
-                  TensorView(const_cast<float*>(a.scales.data()), DType::F32, {m}),
-                  TensorView(const_cast<uint8_t*>(w.codes.data()), DType::F8E4M3, {n, k}),
-                  TensorView(const_cast<float*>(w.scales.data()), DType::F32, {n}),
-                  bias.empty() ? TensorView{} : TensorView(bias_copy.data(), DType::F32, {n}));
-  std::vector<float> abs_a(a.codes.size()), abs_w(w.codes.size());
-  for (size_t i = 0; i < abs_a.size(); ++i) abs_a[i] = std::fabs(cpu::fp8_to_f32(a.codes[i]));
-  for (size_t i = 0; i < abs_w.size(); ++i) abs_w[i] = std::fabs(cpu::fp8_to_f32(w.codes[i]));
-  const std::vector<float> sum = gpu_test::cpu_matmul(abs_a, k, abs_w, {}, m, n, k);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; ++j)
-      r.magnitude[i * n + j] = sum[i * n + j] * a.scales[i] * w.scales[j];
-  return r;
-}
+using fp8_test::Quantized;
+using fp8_test::Reference;
+using fp8_test::quantize;
+using fp8_test::twin;
+using Fp8Shape = fp8_test::Shape;
 
 // Elements outside the bound of the file's comment (and NaNs); reports the worst ratio.
 int64_t out_of_bound(const std::vector<float>& got, const Reference& ref, const std::vector<float>& bias, int64_t n,
