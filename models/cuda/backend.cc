@@ -201,17 +201,21 @@ class CudaBackend final : public CudaModelBackend {
   }
 
  private:
-  // Runs one FP8 projection (layer 0's qkv on one row of whatever the buffers hold) at load, so
-  // that a GPU or cuBLAS without the FP8 GEMM this backend needs fails here, clearly, and not at
-  // the first request. It also takes the FP8 plan's workspace before the KV pool is sized.
+  // Runs one FP8 projection (layer 0's qkv on a few rows of whatever the buffers hold) at load,
+  // so that a GPU or cuBLAS without the FP8 GEMM this backend needs fails here, clearly, and not
+  // at the first request. It also takes the FP8 plan's workspace before the KV pool is sized. More
+  // rows than fp8_matmul sends to fp8_gemv, so that cuBLASLt's FP8 GEMM is the one tried.
   void check_fp8_gemm() {
-    const TensorView x(ws_.x.get(), DType::BF16, {1, config_.hidden_size});
-    CUDA_CHECK(cudaMemsetAsync(ws_.x.get(), 0, static_cast<size_t>(config_.hidden_size) * 2, stream_.get()));
+    const int64_t rows = cuda::kFp8GemvRows + 1;
+    STEM_CHECK(ws_.tokens >= rows, "CUDA backend: the step buffers hold ", ws_.tokens, " tokens, the FP8 check needs ",
+               rows);
+    const TensorView x(ws_.x.get(), DType::BF16, {rows, config_.hidden_size});
+    CUDA_CHECK(cudaMemsetAsync(ws_.x.get(), 0, static_cast<size_t>(rows * config_.hidden_size) * 2, stream_.get()));
     const LlamaLayerWeights& l0 = weights_.layers.at(0);
     try {
       ops_.set_fp8_buffers(ws_.fp8_codes.get(), static_cast<float*>(ws_.fp8_scales.get()), ws_.tokens,
                            CudaWorkspace::fp8_width(config_));
-      ops_.matmul(TensorView(ws_.qkv.get(), DType::BF16, {1, l0.qkv.shape[0]}), x, l0.qkv, l0.qkv_bias);
+      ops_.matmul(TensorView(ws_.qkv.get(), DType::BF16, {rows, l0.qkv.shape[0]}), x, l0.qkv, l0.qkv_bias);
       CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     } catch (const Error& e) {
       throw Error(std::string("CUDA backend: the FP8 GEMM does not run here (") + e.what() +
