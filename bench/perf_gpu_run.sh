@@ -13,6 +13,7 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 carry="$root/build-gpumodel-carry"
+"$root/scripts/gpu_model_test.sh" unpack || exit 1
 logs="${OUT:-$carry/logs}"
 mkdir -p "$logs"
 export LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

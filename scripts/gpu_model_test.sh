@@ -18,6 +18,8 @@
 #                                                  # outputs' cost at batch 1/16/64 through the whole
 #                                                  # engine (bench/bench_constrained.cc), random
 #                                                  # weights; ARGS go to the bench
+#   scripts/gpu_model_test.sh unpack               # there: unpacks the carried bundle (run, real and
+#                                                  # constrained do it themselves; for other scripts)
 #   scripts/gpu_model_test.sh pack real            # here: only what `real` runs, into
 #                                                  # build-gpumodel-real/ (8 MiB)
 #   scripts/gpu_model_test.sh real MODEL_DIR       # there: a converted real model (Qwen2.5-Coder,
@@ -92,9 +94,23 @@ pack() {  # $1: "real" packs only the real-model check, "constrained" only bench
   strip --strip-unneeded "$carry"/bin/* 2> /dev/null
   du -sh "$carry"/bin "$carry"/lib
   ls "$carry/lib"
-  # The device tool carries at most 64 MiB with the tree (~14 MB): past that, leave out what the
-  # call does not run (stem_eval is bench/eval/gpu.sh's alone).
+  # The device tool carries at most 64 MiB with the tree (~18 MB), and the binaries are ~70 MiB:
+  # they travel as one xz bundle (about a tenth of that), unpacked there by `unpack`.
+  local dirs=(bin lib)
+  [ -d "$carry/qwen-coder-1.5b" ] && dirs+=(qwen-coder-1.5b)
+  tar -C "$carry" -cf - "${dirs[@]}" | xz -T2 -6 > "$carry/bundle.tar.xz" || exit 1
+  (cd "$carry" && rm -rf "${dirs[@]}")
   echo "carry folder: $(du -sm "$carry" | cut -f1) MiB (+ the tree; the device tool's limit is 64 MiB in all)"
+}
+
+unpack() {  # there: the carried bundle into the carry folder (once; a later call finds it unpacked)
+  if [ -f "$carry/bundle.tar.xz" ] && [ ! -d "$carry/bin" ]; then
+    local unxz=(xz -dc "$carry/bundle.tar.xz")  # without xz-utils, Python's lzma
+    command -v xz > /dev/null ||
+      unxz=(python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' "$carry/bundle.tar.xz")
+    "${unxz[@]}" | tar -C "$carry" -xf - || { echo "cannot unpack $carry/bundle.tar.xz"; return 1; }
+  fi
+  [ -d "$carry/bin" ] || { echo "no $carry/bin: scripts/gpu_model_test.sh pack here, then carry $carry"; return 1; }
 }
 
 make_fixtures() {  # $1: output folder; the fixture generator with wider heads
@@ -116,6 +132,7 @@ EOF
 }
 
 carried_env() {  # the carried binaries' libraries and the tests' paths; $1: the logs folder
+  unpack || exit 1
   export LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   if ! ldconfig -p | grep -q 'libopenblas.so.0 '; then  # OpenBLAS under another name: point at it
     blas="$(find / -xdev -name 'libopenblas*.so*' 2> /dev/null | head -n 1)"
@@ -234,8 +251,9 @@ constrained() {  # bench_constrained on the carried Qwen2.5-Coder-1.5B config an
 
 case "$mode" in
   pack) pack "${2:-}" ;;
+  unpack) unpack ;;
   constrained) shift; constrained "$@" ;;
   run) run "${2:-quick}" ;;
   real) real "${2:-}" ;;
-  *) echo "usage: $0 pack [real|constrained] | run [quick|full|none] | real MODEL_DIR | constrained [ARGS]" >&2; exit 2 ;;
+  *) echo "usage: $0 pack [real|constrained] | unpack | run [quick|full|none] | real MODEL_DIR | constrained [ARGS]" >&2; exit 2 ;;
 esac
