@@ -81,9 +81,6 @@
 #include "structured/token_mask.h"
 #include "tests/structured/schema_check.h"
 #include "text/tokenizer.h"
-#ifdef STEM_HAVE_CUDA
-#include "models/cuda/backend.h"
-#endif
 
 using namespace stem;
 using bench::median;
@@ -149,14 +146,10 @@ const char* mode_name(Mode m) {
 }
 bool is_constrained(Mode m, int64_t i) { return m == Mode::Constrained || (m == Mode::Mixed && i % 2 == 0); }
 
-// The CUDA backend's device time of the last step; NaN on a backend that does not time it.
+// The backend's device time of the last step; NaN on a backend that does not time it (the CPU's).
 double last_device_ms(const Engine& engine) {
-#ifdef STEM_HAVE_CUDA
-  if (const auto* cuda = dynamic_cast<const CudaModelBackend*>(&engine.backend()))
-    return cuda->stats().last_step_device_ms;
-#endif
-  (void)engine;
-  return std::nan("");
+  const double ms = engine.backend().last_step_device_ms();
+  return ms < 0 ? std::nan("") : ms;
 }
 
 // Samples pooled over the rounds of one (batch, mode).
