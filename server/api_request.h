@@ -31,7 +31,9 @@ namespace stem {
 // with it. Thread-safe (the HTTP and gRPC threads build requests at once).
 class GrammarCache {
  public:
-  static constexpr size_t kGrammars = 16;  // each holds up to 2048 masks (token_mask.cc)
+  // Each holds up to 2048 masks (token_mask.cc) of ceil(V/32) words: 39 MB at most for a
+  // 152K-token vocabulary, so the cache's worst case is ~310 MB of host memory.
+  static constexpr size_t kGrammars = 8;
   // The grammar cached under `key`, else make()'s (a compile error propagates, nothing cached).
   std::shared_ptr<structured::TokenGrammar> get(const std::string& key,
                                                 const std::function<std::shared_ptr<structured::TokenGrammar>()>& make);
