@@ -2,6 +2,7 @@
 // GEMV): codes quantized per row by the twin, the twin's product, and the magnitude S that both
 // tests' bounds scale with.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -53,6 +54,28 @@ inline Reference twin(const Quantized& a, const Quantized& w, const std::vector<
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < n; ++j) r.magnitude[i * n + j] = sum[i * n + j] * a.scales[i] * w.scales[j];
   return r;
+}
+
+// test_fp8_gemm.cc's bound for cuBLASLt's FP8 GEMM (derived there): |ref|, S and |bias| of one element.
+inline double cublaslt_bound(double ref, double magnitude, double bias) {
+  return std::ldexp(ref + bias, -8) + std::ldexp(magnitude, -8) + 1e-30;
+}
+
+// Elements of got (the first rows of ref) whose error passes bound(|ref|, S, |bias|), NaNs
+// included; *worst: the largest error / bound.
+template <class Bound>
+int64_t out_of_bound(const std::vector<float>& got, const Reference& ref, const std::vector<float>& bias, int64_t n,
+                     Bound bound, double* worst) {
+  int64_t bad = 0;
+  *worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double b = bias.empty() ? 0.0 : std::fabs(bias[i % static_cast<size_t>(n)]);
+    const double limit = bound(std::fabs(ref.out[i]), double{ref.magnitude[i]}, b);
+    const double err = std::fabs(double{got[i]} - ref.out[i]);
+    if (!(err <= limit)) ++bad;
+    if (std::isfinite(err)) *worst = std::max(*worst, err / limit);
+  }
+  return bad;
 }
 
 }  // namespace stem::fp8_test

@@ -40,16 +40,7 @@ using Fp8Shape = fp8_test::Shape;
 // Elements outside the bound of the file's comment (and NaNs); reports the worst ratio.
 int64_t out_of_bound(const std::vector<float>& got, const Reference& ref, const std::vector<float>& bias, int64_t n,
                      double* worst) {
-  int64_t bad = 0;
-  *worst = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double b = bias.empty() ? 0.0 : std::fabs(bias[i % static_cast<size_t>(n)]);
-    const double bound = std::ldexp(std::fabs(ref.out[i]) + b, -8) + std::ldexp(ref.magnitude[i], -8) + 1e-30;
-    const double err = std::fabs(double{got[i]} - ref.out[i]);
-    if (!(err <= bound)) ++bad;
-    if (std::isfinite(err)) *worst = std::max(*worst, err / bound);
-  }
-  return bad;
+  return fp8_test::out_of_bound(got, ref, bias, n, fp8_test::cublaslt_bound, worst);
 }
 
 }  // namespace

@@ -41,20 +41,12 @@ enum class Bound { SummationOrder, CublasLt };
 // Elements of got (the first m rows of ref) outside the bound (and NaNs); reports the worst ratio.
 int64_t out_of_bound(const std::vector<float>& got, const Reference& ref, const std::vector<float>& bias, int64_t n,
                      int64_t k, Bound which, double* worst) {
-  int64_t bad = 0;
-  *worst = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double b = bias.empty() ? 0.0 : std::fabs(bias[i % static_cast<size_t>(n)]);
-    const double r = std::fabs(ref.out[i]), s = ref.magnitude[i];
-    // test_fp8_gemm.cc's bound for cuBLASLt's tensor cores; the file's comment for ours.
-    const double bound = which == Bound::CublasLt
-                             ? std::ldexp(r + b, -8) + std::ldexp(s, -8) + 1e-30
-                             : std::ldexp(r, -8) + std::ldexp(static_cast<double>(2 * k + 16) * (s + b), -24) + 1e-30;
-    const double err = std::fabs(double{got[i]} - ref.out[i]);
-    if (!(err <= bound)) ++bad;
-    if (std::isfinite(err)) *worst = std::max(*worst, err / bound);
-  }
-  return bad;
+  if (which == Bound::CublasLt) return fp8_test::out_of_bound(got, ref, bias, n, fp8_test::cublaslt_bound, worst);
+  // The file's comment: the summation order only.
+  const auto summation_order = [k](double r, double s, double b) {
+    return std::ldexp(r, -8) + std::ldexp(static_cast<double>(2 * k + 16) * (s + b), -24) + 1e-30;
+  };
+  return fp8_test::out_of_bound(got, ref, bias, n, summation_order, worst);
 }
 
 }  // namespace
