@@ -17,8 +17,13 @@
 //
 // --vary: question r is `suffix` − r tokens long instead (each question a step of a new size, as
 // real questions are: the costs a new shape pays once, GEMM plans among them, show in every TTFT).
+// --warmup: each engine first serves two throwaway requests of its own random tokens (4096, then
+// those plus `suffix` more: a question's shapes on a short cached prefix), so that what the first
+// step of a shape costs once per process or engine is paid before the document.
+// --modes dense,paper,threshold and --caching on,off: a subset of the rows.
 //
 //   bench_prefix_cache [--config F] [--lengths 32768,131072] [--suffix 512] [--runs 4] [--vary]
+//                      [--warmup] [--modes dense,paper,threshold] [--caching on,off]
 //                      [--threshold 0.8738] [--chat] [--answer 100] [--json FILE]
 #include <algorithm>
 #include <cstdio>
@@ -48,6 +53,9 @@ struct Args {
   std::vector<int64_t> lengths = {32768, 131072};
   int64_t suffix = 512;
   bool vary = false;
+  bool warmup = false;
+  std::vector<std::string> modes = {"dense", "paper", "threshold"};
+  std::vector<bool> caching = {false, true};
   int runs = 4;
   double threshold = 0.8738;  // the threshold selector's default (docs/stem.md)
   bool chat = false;
@@ -57,7 +65,7 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  bench::parse_flags(argc, argv, {"--chat", "--vary"}, [&a](const std::string& k, const std::string& v) {
+  bench::parse_flags(argc, argv, {"--chat", "--vary", "--warmup"}, [&a](const std::string& k, const std::string& v) {
     if (k == "--config") a.config = v;
     else if (k == "--lengths") a.lengths = parse_list(v);
     else if (k == "--suffix") a.suffix = std::stoll(v);
@@ -66,6 +74,15 @@ Args parse(int argc, char** argv) {
     else if (k == "--json") a.json = v;
     else if (k == "--chat") a.chat = true;
     else if (k == "--vary") a.vary = true;
+    else if (k == "--warmup") a.warmup = true;
+    else if (k == "--modes") a.modes = bench::split(v, ',');
+    else if (k == "--caching") {
+      a.caching.clear();
+      for (const std::string& c : bench::split(v, ',')) {
+        STEM_CHECK(c == "on" || c == "off", "--caching takes on, off or on,off; got ", c);
+        a.caching.push_back(c == "on");
+      }
+    }
     else if (k == "--answer") a.answer = std::stoll(v);
     else throw Error("unknown argument " + k);
   });
@@ -162,6 +179,13 @@ Row measure(const fs::path& dir, const Mode& mode, bool caching, int64_t L, cons
     for (int32_t& x : t) x = static_cast<int32_t>(rng() % vocab);
     return t;
   };
+  if (a.warmup) {  // two throwaway requests: a short document, then a question on it (a hit)
+    std::vector<int32_t> prompt = tokens(4096);
+    timed_generate(engine, prompt, 1);
+    const std::vector<int32_t> question = tokens(a.suffix);
+    prompt.insert(prompt.end(), question.begin(), question.end());
+    timed_generate(engine, prompt, 1);
+  }
   Row row;
   row.length = L;
   row.mode = mode.name;
@@ -219,17 +243,21 @@ int main(int argc, char** argv) {
     StemSettings causal;
     causal.selector = StemSelector::Threshold;
     causal.threshold = a.threshold;
-    const std::vector<Mode> modes = {{"dense", SparsePrefill::Dense, paper},
-                                     {"stem (paper schedule)", SparsePrefill::Stem, paper},
-                                     {"stem (threshold " + std::to_string(a.threshold).substr(0, 6) + ")",
-                                      SparsePrefill::Stem, causal}};
+    std::vector<Mode> modes;
+    for (const std::string& m : a.modes) {
+      if (m == "dense") modes.push_back({"dense", SparsePrefill::Dense, paper});
+      else if (m == "paper") modes.push_back({"stem (paper schedule)", SparsePrefill::Stem, paper});
+      else if (m == "threshold")
+        modes.push_back({"stem (threshold " + std::to_string(a.threshold).substr(0, 6) + ")", SparsePrefill::Stem, causal});
+      else throw Error("--modes takes dense, paper and threshold; got " + m);
+    }
     std::vector<Row> rows;
     std::printf("%-8s %-28s %-8s %12s %12s %14s\n", "prompt", "mode", "caching",
                 a.chat ? "turn 1 ms" : "cold TTFT ms", a.chat ? "last turn ms" : "next TTFT ms", "cached tokens");
     uint64_t seed = 1;
     for (int64_t L : a.lengths)
       for (const Mode& m : modes)
-        for (bool caching : {false, true}) {
+        for (bool caching : a.caching) {
           const Row r = measure(dir, m, caching, L, a, seed++);
           std::printf("%-8lld %-28s %-8s %12.1f %12.1f %14lld\n", static_cast<long long>(L), m.name.c_str(),
                       caching ? "on" : "off", r.cold_ms, r.warm_ms, static_cast<long long>(r.cached_tokens));
@@ -253,7 +281,7 @@ int main(int argc, char** argv) {
       nlohmann::json out = nlohmann::json::array();
       for (const Row& r : rows)
         out.push_back({{"prompt", r.length}, {"mode", r.mode}, {"caching", r.caching}, {"cold_ms", r.cold_ms},
-                       {"next_ms", r.warm_ms}, {"cached_tokens", r.cached_tokens}, {"suffix", a.suffix}, {"vary", a.vary},
+                       {"next_ms", r.warm_ms}, {"cached_tokens", r.cached_tokens}, {"suffix", a.suffix}, {"vary", a.vary}, {"warmup", a.warmup},
                        {"runs", a.runs}, {"each_ms", r.each_ms}, {"chat", a.chat}, {"each_prompt", r.each_prompt},
                        {"each_cached", r.each_cached}, {"each_forward_ms", r.each_forward_ms},
                        {"each_device_ms", r.each_device_ms}});

@@ -91,7 +91,9 @@ def summarize(methods, records):
     by = defaultdict(list)
     for r in records:
         by[(r["method"], r["task"])].append(r)
-    dense = next((m["name"] for m in methods if m["family"] == "dense"), None)
+    # The baseline: bf16 dense ("dense") where it ran, else the first dense method (e.g. "dense+fp8").
+    names = [m["name"] for m in methods if m["family"] == "dense"]
+    dense = "dense" if "dense" in names else next(iter(names), None)
     dense_nll = {r["doc"]: r["nll"] for r in by.get((dense, "ppl"), [])}
     rows = []
     for m in methods:

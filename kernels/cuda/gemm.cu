@@ -94,7 +94,7 @@ constexpr size_t kMaxPlans = 8192;
 // (timing on repeated operands misleads there), and the whole-model TTFT moved by 1% at most.
 // STEM_GEMM_TUNE=0 turns tuning off (the heuristic's first pick, as before).
 constexpr int kTuneCandidates = 12;
-constexpr int64_t kTuneMaxRows = 256;
+constexpr int64_t kTuneMaxRows = kGemmTuneMaxRows;
 constexpr int kTuneRuns = 3;
 
 // Where matmul runs cuda::gemv (gemv.cuh) instead of cuBLASLt: measured on an H100 (bench_ops and

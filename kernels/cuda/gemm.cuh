@@ -52,6 +52,12 @@ class GemmContext {
   std::unique_ptr<Impl> impl_;
 };
 
+// The most rows a GEMM shape bucket is tuned at (GemmContext): the first matmul of each bucket of
+// up to this many rows times cuBLASLt's candidates (tens of milliseconds for a model's shapes, the
+// first launches of the candidates' kernels included), so a backend does it at load (the CUDA
+// backend's warm-up steps), not in a request's first step.
+constexpr int64_t kGemmTuneMaxRows = 256;
+
 // out: bf16 [M,N], or f32 [M,N] for logits; a: bf16 [M,K]; w: bf16 [N,K] (a checkpoint's weight as
 // stored); bias: [N] of out's dtype (cuBLASLt's BIAS epilogue reads it in the output type) or an
 // empty TensorView{} for none. Any of out, a, w may be row-strided views into wider buffers; out
@@ -60,10 +66,11 @@ class GemmContext {
 void matmul(GemmContext& ctx, const TensorView& out, const TensorView& a, const TensorView& w, const TensorView& bias,
             cudaStream_t stream = 0);
 
-// The rows fp8_matmul sends to cuda::fp8_gemv. A first guess, to be measured on the H100 (bench_ops
-// --gemm-only: its "fp8-gemv" rows against "fp8", and bench_model's decode steps with
-// STEM_FP8_GEMV=0 and =1), as kGemvDispatchRows was for bf16 (gemm.cu): the bf16 gemv is ahead of
-// cuBLASLt at 1-4 rows.
+// The rows fp8_matmul sends to cuda::fp8_gemv. Measured on the H100 (bench/RESULTS.md, "FP8 decode
+// with the GEMV"): a whole decode step of the 8B shape in FP8 takes 4.43 / 5.38 / 5.32 ms at batch
+// 1 / 2 / 4 with it against 5.91 / 5.92 / 6.04 ms through cuBLASLt; at 8 rows it is behind on qkv,
+// o_proj and gate_up (0.51-0.89x cuBLASLt's FP8 GEMM, bench_ops --gemm-only; down 1.09x). At 2-4 rows gate_up alone is
+// slightly faster through cuBLASLt (0.85-0.92x), the other three projections are not.
 constexpr int64_t kFp8GemvRows = 4;
 
 // The FP8 GEMM (issue 18), the twin of cpu::fp8_matmul (kernels/cpu/fp8.h):

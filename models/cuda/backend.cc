@@ -3,6 +3,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <map>
 #include <optional>
 
@@ -111,6 +113,7 @@ class CudaBackend final : public CudaModelBackend {
             .push_back(TensorView(kv_.bytes_ptr((2 * static_cast<size_t>(l) + which) * layer_bytes), DType::BF16,
                                   {num_pages_, page_size_, c.num_key_value_heads, c.head_dim}));
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    warm_up();
     spdlog::info("cuda backend: weights {} MiB, activations {} MiB, KV cache {} pages of {} tokens ({} MiB), {} MiB free",
                  weights_.bytes() >> 20, ws_.bytes() >> 20, num_pages_, page_size_, kv_.bytes() >> 20,
                  (free - kv_.bytes()) >> 20);
@@ -137,6 +140,7 @@ class CudaBackend final : public CudaModelBackend {
     s.workspace_bytes = ws_.bytes();
     s.weight_step_read_bytes = weights_.step_read_bytes();
     s.kv_bytes_per_token = kv_bytes_per_token_;
+    s.gemm_tunings = static_cast<int64_t>(gemm_.tunings());
     return s;
   }
 
@@ -221,6 +225,44 @@ class CudaBackend final : public CudaModelBackend {
       throw Error(std::string("CUDA backend: the FP8 GEMM does not run here (") + e.what() +
                   "); serve a bf16 checkpoint without --quantization fp8, or use --device cpu");
     }
+  }
+
+  // Decode steps of 1, 2, 4 ... kGemmTuneMaxRows sequences at load, so that what the first step of
+  // a GEMM shape bucket costs (cuBLASLt's candidates timed and their kernels loaded: 50-90 ms for
+  // the 8B shape, bench/RESULTS.md) is paid before the first request, not by the first question on
+  // a cached prefix or the first decode step of a larger batch. Every projection and the LM head
+  // run at each bucket's rows; a prefill chunk of up to 256 tokens uses the same buckets. The steps
+  // write page p for sequence p; the pool is zeroed again after, and the graphs they captured and
+  // the counts they made are dropped, so the backend starts as if nothing had run. STEM_WARMUP=0
+  // skips it (to measure what it saves).
+  void warm_up() {
+    if (const char* v = std::getenv("STEM_WARMUP"); v != nullptr && std::string(v) == "0") return;
+    const auto start = std::chrono::steady_clock::now();
+    const int64_t most = std::min<int64_t>(cuda::kGemmTuneMaxRows, num_pages_);
+    for (int64_t B = 1; B <= most; B *= 2) {
+      ForwardBatch b;
+      for (int32_t s = 0; s < static_cast<int32_t>(B); ++s) {
+        b.tokens.push_back(0);
+        b.positions.push_back(0);
+        b.slots.push_back(s * page_size_);
+        b.query_start.push_back(s);
+        b.kv_lens.push_back(1);
+        b.page_table.push_back(s);
+        b.logit_rows.push_back(s);
+      }
+      b.query_start.push_back(static_cast<int32_t>(B));
+      b.max_pages = 1;
+      launch_step(b);
+      CUDA_CHECK(cudaEventRecord(stop_.get(), stream_.get()));
+      finish_step();
+    }
+    CUDA_CHECK(cudaMemsetAsync(kv_.get(), 0, kv_.bytes(), stream_.get()));
+    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    graphs_.clear();
+    stats_ = {};
+    profile_.clear();
+    spdlog::info("cuda backend: warm-up steps of 1 to {} sequences (GEMM plans tuned) in {:.0f} ms", most,
+                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
   }
 
   // Queues one step's upload and forward pass on the stream (logits left in ws_.logits).

@@ -33,6 +33,8 @@ struct CudaBackendStats {
   size_t weight_step_read_bytes = 0;  // what one decode step reads of the weights
   size_t kv_bytes_per_token = 0;      // all layers, K and V
   int64_t graphs_captured = 0, graph_replays = 0, eager_steps = 0;
+  // GEMM shape buckets tuned so far, the load's warm-up included (cuda::GemmContext::tunings).
+  int64_t gemm_tunings = 0;
   // The last step's GPU time: from the metadata upload to the logits (forward; their copy to the
   // host not included) or to the sampled tokens on the host (forward_sample).
   float last_step_device_ms = 0;

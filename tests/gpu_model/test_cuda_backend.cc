@@ -84,6 +84,38 @@ TEST_CASE("dummy weights at the 8B shape: finite, non-degenerate logits through 
   CHECK(st.kv_bytes_per_token == 4 * 2 * 8 * 128 * 2);
 }
 
+TEST_CASE("GEMM shape buckets are tuned at load: a short prefill and decode steps of 8 and 200 tune none") {
+  STEM_REQUIRE_GPU();
+  const char* tune = std::getenv("STEM_GEMM_TUNE");
+  const char* warm = std::getenv("STEM_WARMUP");
+  if ((tune != nullptr && std::string(tune) == "0") || (warm != nullptr && std::string(warm) == "0"))
+    SKIP("STEM_GEMM_TUNE=0 or STEM_WARMUP=0: nothing is tuned at load");
+  const ModelConfig c = parse_model_config(llama8b_config(2).dump(), "llama-3.1-8b (2 layers)");
+  BackendOptions o;
+  o.device = "cuda";
+  o.num_pages = 1024;
+  auto backend = make_cuda_model_backend(c, nullptr, o);
+  const CudaBackendStats loaded = backend->stats();
+  CHECK(loaded.gemm_tunings > 0);
+  // The warm-up leaves no graph, step count or written page behind.
+  CHECK(loaded.graphs_captured == 0);
+  CHECK(loaded.eager_steps == 0);
+  std::mt19937_64 rng(5);
+  PagedSequences seqs(1024, 16, 64);
+  Tensor logits;
+  // A question-sized prefill (208 rows: the 256-row bucket) on one sequence, then decode steps of
+  // 8 sequences and of 200 (graph buckets 8 and 256).
+  const int q = seqs.add();
+  backend->forward(seqs.step({{q, random_tokens(rng, 208, c.vocab_size)}}), logits);
+  for (int batch : {8, 200}) {
+    std::vector<PagedSequences::Part> parts;
+    for (int i = 0; i < batch; ++i) parts.push_back({seqs.add(), random_tokens(rng, 1, c.vocab_size)});
+    backend->forward(seqs.step(parts), logits);
+    CHECK(all_finite(logits));
+  }
+  CHECK(backend->stats().gemm_tunings == loaded.gemm_tunings);
+}
+
 TEST_CASE("forward_sample samples on the device what the CPU sampling op picks from the same logits") {
   STEM_REQUIRE_GPU();
   const ModelConfig c = parse_model_config(llama8b_config(2).dump(), "llama-3.1-8b (2 layers)");
