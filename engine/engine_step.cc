@@ -247,20 +247,22 @@ StepStats Engine::step() {
   // sequence's penalty tokens (kept incrementally by its Sampler).
   // Structured outputs: a constrained row's grammar mask goes with it (applied where the logits
   // are: on the device for the CUDA backend).
-  SamplingBatch sb;
+  // Built while the backend runs the step (ModelBackend::forward_sample with a prepare function).
   const auto mask_words = static_cast<size_t>((config_.vocab_size + 31) / 32);
-  for (Sequence* s : sampled) {
-    const int64_t prompt_len = s->request->prompt_len;
-    sb.add_row(s->sampler.row(static_cast<int64_t>(s->tokens.size()) - prompt_len));
-    const std::span<const PenaltyToken> pen = s->sampler.penalties(s->tokens, prompt_len);
-    sb.add_penalties(pen.data(), pen.size());
-    if (const uint32_t* allowed = s->sampler.allowed()) sb.add_mask(allowed, mask_words);
-  }
+  const auto prepare = [&sampled, mask_words](SamplingBatch& sb) {
+    for (Sequence* s : sampled) {
+      const int64_t prompt_len = s->request->prompt_len;
+      sb.add_row(s->sampler.row(static_cast<int64_t>(s->tokens.size()) - prompt_len));
+      const std::span<const PenaltyToken> pen = s->sampler.penalties(s->tokens, prompt_len);
+      sb.add_penalties(pen.data(), pen.size());
+      if (const uint32_t* allowed = s->sampler.allowed()) sb.add_mask(allowed, mask_words);
+    }
+  };
 
   const auto t0 = std::chrono::steady_clock::now();
   SampledTokens out;
   try {
-    backend_->forward_sample(b, sb, out);
+    backend_->forward_sample(b, prepare, out);
   } catch (const std::exception& e) {
     // A failed step poisons only the requests in it; the engine goes on with the others.
     spdlog::error("forward step failed ({} sequences, {} tokens): {}", stats.num_seqs, stats.num_tokens, e.what());

@@ -124,6 +124,13 @@ void ModelBackend::forward_sample(const ForwardBatch& batch, const SamplingBatch
   cpu::sample(out.outputs(), sample_logits_.view(), sampling.inputs(), TensorView());
 }
 
+void ModelBackend::forward_sample(const ForwardBatch& batch, const std::function<void(SamplingBatch&)>& prepare,
+                                  SampledTokens& out) {
+  SamplingBatch sampling;
+  prepare(sampling);
+  forward_sample(batch, sampling, out);
+}
+
 void ModelBackend::check_targets(const ForwardBatch& batch, const std::vector<int32_t>& targets) const {
   STEM_CHECK(targets.size() == batch.logit_rows.size(), "forward_token_logprobs: ", targets.size(), " targets for ",
              batch.logit_rows.size(), " logit rows");

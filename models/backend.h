@@ -3,6 +3,7 @@
 // pages belong to which sequence) and never sees device memory.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -117,6 +118,12 @@ class ModelBackend {
   // every step). The default runs forward() and the CPU sampling op on the host logits; a backend
   // that overrides it (CUDA) samples on the device and copies back only `out`.
   virtual void forward_sample(const ForwardBatch& batch, const SamplingBatch& sampling, SampledTokens& out);
+  // The same, with the SamplingBatch built by `prepare` while the step runs: the CUDA backend calls
+  // it after queuing the forward pass, so the host's share of sampling (structured outputs' masks
+  // above all: a batch of 64 constrained rows copies 1.2 MB of masks for a 152K vocabulary, and a
+  // state new to its grammar walks the vocabulary) overlaps the GPU. The default calls it first.
+  virtual void forward_sample(const ForwardBatch& batch, const std::function<void(SamplingBatch&)>& prepare,
+                              SampledTokens& out);
   // Runs one step and scores each logit row r against targets[r] (−1: none) without handing the
   // logits back: what perplexity over long prompts needs (bench/eval/). The default runs forward()
   // and the CPU op on the host logits; the CUDA backend scores on the device and copies back 8 bytes

@@ -198,10 +198,23 @@ class CudaBackend final : public CudaModelBackend {
     const auto R = static_cast<int64_t>(batch.logit_rows.size());
     sampling.validate(R, config_.vocab_size);
     launch_step(batch);
-    sampling_.launch(sampling, ws_.logit_rows(R, config_.vocab_size), stream_.get());
-    CUDA_CHECK(cudaEventRecord(stop_.get(), stream_.get()));
-    finish_step();
-    sampling_.collect(out);
+    sample_step(sampling, out);
+  }
+
+  // The step's launches are queued before `prepare` runs, so its host work overlaps the GPU.
+  void forward_sample(const ForwardBatch& batch, const std::function<void(SamplingBatch&)>& prepare,
+                      SampledTokens& out) override {
+    const auto R = static_cast<int64_t>(batch.logit_rows.size());
+    launch_step(batch);
+    SamplingBatch sampling;
+    try {
+      prepare(sampling);
+      sampling.validate(R, config_.vocab_size);
+    } catch (...) {
+      CUDA_CHECK(cudaStreamSynchronize(stream_.get()));  // the step's launches end before the error leaves
+      throw;
+    }
+    sample_step(sampling, out);
   }
 
  private:
@@ -263,6 +276,14 @@ class CudaBackend final : public CudaModelBackend {
     profile_.clear();
     spdlog::info("cuda backend: warm-up steps of 1 to {} sequences (GEMM plans tuned) in {:.0f} ms", most,
                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+
+  // Samples the launched step's logit rows on the device, waits, and copies the tokens back.
+  void sample_step(const SamplingBatch& sampling, SampledTokens& out) {
+    sampling_.launch(sampling, ws_.logit_rows(sampling.num_rows(), config_.vocab_size), stream_.get());
+    CUDA_CHECK(cudaEventRecord(stop_.get(), stream_.get()));
+    finish_step();
+    sampling_.collect(out);
   }
 
   // Queues one step's upload and forward pass on the stream (logits left in ws_.logits).
