@@ -215,6 +215,19 @@ TEST_CASE("forward_sample samples on the device what the CPU sampling op picks f
     CHECK(((word >> (t % 32)) & 1u) == 1u);
     CHECK(std::abs(gpu_masked.logprobs[r] - cpu_masked.logprobs[r]) <= 1e-4f);
   }
+
+  // The engine's path: the sampling batch built while the step runs. The same tokens; a prepare
+  // that throws, or builds a batch of the wrong size, fails the call and leaves the backend usable.
+  SampledTokens late;
+  bool prepared = false;
+  backend->forward_sample(step, [&](SamplingBatch& sb) { sb = masked; prepared = true; }, late);
+  CHECK(prepared);
+  CHECK(late.tokens == gpu_masked.tokens);
+  CHECK(late.logprobs == gpu_masked.logprobs);
+  CHECK_THROWS(backend->forward_sample(step, [](SamplingBatch&) { throw Error("prepare failed"); }, late));
+  CHECK_THROWS(backend->forward_sample(step, [](SamplingBatch& sb) { sb.add_row(SamplingRow{}); }, late));
+  backend->forward_sample(step, masked, late);
+  CHECK(late.tokens == gpu_masked.tokens);
 }
 
 TEST_CASE("the KV pool takes what gpu_memory_fraction leaves after the weights") {
