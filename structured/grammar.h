@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace stem::structured {
@@ -66,6 +67,13 @@ class GrammarMatcher {
   bool can_continue() const { return !offsets_.empty(); }
   // The state as bytes: equal keys, equal futures (the token-mask cache's key).
   std::string key() const;
+  // The live call stacks (outermost state first, the current state last; each top has byte
+  // edges): TokenGrammar keys its shared masks by them.
+  size_t num_stacks() const { return offsets_.size(); }
+  std::pair<const int32_t*, size_t> stack(size_t i) const {
+    const size_t begin = offsets_[i], end = i + 1 < offsets_.size() ? offsets_[i + 1] : data_.size();
+    return {data_.data() + begin, end - begin};
+  }
 
  private:
   void expand(std::vector<int32_t>& stack, int depth);

@@ -1,0 +1,240 @@
+// Shared token masks (issue 19: the mask cost of a long maxLength or {m,n}): the masks that
+// TokenGrammar shares between equivalent states, or completes from an r-equivalent state's mask
+// with a walk of the long tokens only, equal the unshared trie walk and trying every token, at
+// every step of walks through bounded strings (minLength / maxLength edges, escapes, multi-byte
+// UTF-8, tokens longer than what the string has left, what follows the string), and a long
+// bounded string costs the same few full walks whatever its bound.
+#include <nlohmann/json.hpp>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "structured/ebnf.h"
+#include "structured/json_schema.h"
+#include "structured/regex.h"
+#include "structured/token_mask.h"
+#include "tests/catch.h"
+#include "tests/structured/brute_force_mask.h"
+#include "tests/test_util.h"
+#include "text/tokenizer.h"
+
+namespace stem::structured {
+namespace {
+
+using nlohmann::json;
+
+// A small vocabulary with what a string's chain must get right: single characters, JSON escapes
+// whole and cut, 2-, 3- and 4-byte characters whole and as lone bytes, tokens that end the string
+// and go on after it, and tokens up to 16 bytes (longer than the ends of the chains below).
+std::shared_ptr<const TokenVocab> small_vocab() {
+  static std::shared_ptr<const TokenVocab> v = [] {
+    std::vector<std::string> t = {"a", "b", "s", "\"s\":", "c", "x", "y", "z", "0", "1", "9", "-", "_", " ", "\"", "\\", "n", "t",
+                                  "u", "}", "]", ",", "{", "[", ":", "e", "\\n", "\\\"", "\\\\", "\\u00", "\\u0001",
+                                  "\\u00e9", "\\t", "\\u", "\xC3\xA9", "\xE4\xB8\xAD", "\xF0\x9F\x98\x80", "\xC3",
+                                  "\xA9", "\xE4\xB8", "\xAD", "\x9F\x98\x80", "ab", "abc", "aaaa", "aaaaaaa", "a\"",
+                                  "ab\"}", "\"}", "\",", "\"]", ",\"", "\xC3\xA9\xE4\xB8\xAD" "a",
+                                  "\xE4\xB8\xAD\xE4\xB8\xAD\xE4\xB8\xAD", std::string(11, 'a'), std::string(13, 'b') + "\"",
+                                  "a\\nbbbbbbbbb", "aaaaa\"}", std::string(16, 'a'), "bbbbbbbbbbbbbb\"}", "\"\"",
+                                  "\\u001f\\u001F", "x\xF0\x9F\x98\x80x", "\n", "\x01"};
+    t.emplace_back();  // EOS: no bytes
+    const auto eos = static_cast<int32_t>(t.size() - 1);
+    const auto size = static_cast<int64_t>(t.size()) + 3;  // ids past the tokenizer's: never allowed
+    return std::make_shared<const TokenVocab>(std::move(t), std::vector<int32_t>{eos}, size);
+  }();
+  return v;
+}
+
+std::shared_ptr<const TokenVocab> fixture_vocab(const std::string& name) {
+  static std::map<std::string, std::shared_ptr<const TokenVocab>> cache;
+  auto& v = cache[name];
+  if (!v) {
+    auto tok = load_tokenizer(test::fixtures_dir() + "/tokenizers/" + name);
+    v = TokenVocab::from_tokenizer(*tok, tok->vocab_size());
+  }
+  return v;
+}
+
+// The token bits of a mask (EOS aside: the trie walk adds it where nothing else is allowed).
+std::vector<uint32_t> without_eos(std::vector<uint32_t> mask, const TokenVocab& v) {
+  for (int32_t id : v.eos_ids()) mask[static_cast<size_t>(id) >> 5] &= ~(1u << (id & 31));
+  return mask;
+}
+
+std::vector<int32_t> allowed_ids(const uint32_t* mask, const TokenVocab& v) {
+  std::vector<int32_t> ids;
+  for (int64_t id = 0; id < v.mask_size(); ++id)
+    if (mask_allows(mask, static_cast<int32_t>(id))) ids.push_back(static_cast<int32_t>(id));
+  return ids;
+}
+
+std::string printable(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7F) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "<%02X>", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+// Random walks under the shared masks; at every step the shared mask must equal the unshared
+// walk's (a TokenGrammar that shares nothing) and, for its tokens, trying every token. Most steps
+// prefer tokens without '"', so that walks reach far into the strings.
+void check_walks(const Grammar& g, const std::shared_ptr<const TokenVocab>& v, int walks, int steps, bool brute) {
+  auto shared = std::make_shared<TokenGrammar>(g, v);
+  const TokenGrammar plain(g, v, false);
+  REQUIRE_FALSE(shared->share_levels().empty());
+  REQUIRE(plain.share_levels().empty());
+  for (int w = 0; w < walks; ++w) {
+    std::mt19937_64 rng(static_cast<uint64_t>(w) * 7919 + 1);
+    TokenMatcher tm(shared);
+    std::string text;
+    for (int step = 0; step < steps && !tm.finished(); ++step) {
+      INFO("walk " << w << " after " << printable(text));
+      const uint32_t* got = tm.mask();
+      const std::vector<uint32_t> want = plain.compute_mask(tm.matcher());
+      REQUIRE(std::vector<uint32_t>(got, got + v->mask_words()) == want);
+      if (brute) REQUIRE(without_eos(want, *v) == without_eos(brute_force_mask(*v, tm.matcher()), *v));
+      std::vector<int32_t> ids = allowed_ids(got, *v);
+      REQUIRE_FALSE(ids.empty());
+      if (!tm.can_end() && ids.size() == v->eos_ids().size() && mask_allows(got, v->eos_ids()[0]))
+        break;  // a dead end of the vocabulary (no token spells what must come): EOS only
+      if (rng() % 8 != 0) {
+        std::vector<int32_t> inside;
+        for (int32_t id : ids)
+          if (!v->bytes(id).empty() && v->bytes(id).find('"') == std::string::npos) inside.push_back(id);
+        if (!inside.empty()) ids.swap(inside);
+      }
+      const int32_t id = ids[std::uniform_int_distribution<size_t>(0, ids.size() - 1)(rng)];
+      REQUIRE(tm.accept(id));
+      text += v->bytes(id);
+    }
+  }
+}
+
+json string_schema(int64_t min, int64_t max) {
+  json s = {{"type", "string"}};
+  if (min > 0) s["minLength"] = min;
+  if (max >= 0) s["maxLength"] = max;
+  return s;
+}
+
+TEST_CASE("shared masks equal the unshared walk and every token tried: bounded strings, small vocabulary") {
+  auto v = small_vocab();
+  REQUIRE(v->max_token_bytes() == 16);
+  // Bounds below, at and above the longest token, minLength near and far from the start.
+  const std::vector<std::pair<int64_t, int64_t>> bounds = {{0, 0},  {0, 1},   {1, 1},   {0, 5},   {3, 7},  {0, 15},
+                                                           {0, 16}, {0, 17},  {16, 16}, {5, 40},  {17, 33}, {0, 60},
+                                                           {40, 40}, {20, -1}, {0, -1},  {30, 90}};
+  for (const auto& [min, max] : bounds) {
+    INFO("minLength " << min << " maxLength " << max);
+    check_walks(compile_json_schema(string_schema(min, max)), v, 6, 120, true);
+    // What follows the string: an object's end, an array's next item.
+    check_walks(compile_json_schema(json{{"type", "object"},
+                                         {"additionalProperties", false},
+                                         {"required", {"s"}},
+                                         {"properties", {{"s", string_schema(min, max)}, {"t", {{"type", "integer"}}}}}}),
+                v, 4, 120, true);
+    check_walks(compile_json_schema(json{{"type", "array"}, {"items", string_schema(min, max)}, {"maxItems", 3}}), v, 4,
+                120, true);
+  }
+}
+
+TEST_CASE("shared masks equal the unshared walk: counted regex repetitions and patterns") {
+  auto v = small_vocab();
+  for (const char* pattern : {"a{2,30}", "[ab]{0,25}c", "(\xC3\xA9|\xE4\xB8\xAD){3,20}", "a{5,}b{0,18}", "(ab){0,12}a?",
+                              "[a-c0-9]{20,40}-x{1,3}", "(a|aa){4,24}"}) {
+    INFO("regex " << pattern);
+    check_walks(compile_regex(pattern), v, 6, 100, true);
+    INFO("as a schema pattern");
+    check_walks(compile_json_schema(json{{"type", "string"}, {"pattern", pattern}}), v, 4, 100, true);
+  }
+  for (const char* gbnf : {"root ::= \"[\" [a-z]{0,40} \"]\"", "root ::= x{2,30}\nx ::= \"a\" | \"b\""}) {
+    INFO("gbnf " << gbnf);
+    check_walks(compile_gbnf(gbnf), v, 4, 100, true);
+  }
+}
+
+// Feeds `piece` until the grammar refuses it, then `end`; returns the full walks counted.
+MaskStats walk_chain(const Grammar& g, const std::shared_ptr<const TokenVocab>& v, bool share, const std::string& piece,
+                     const std::string& end, size_t* cached = nullptr) {
+  auto tg = std::make_shared<TokenGrammar>(g, v, share);
+  const TokenGrammar plain(g, v, false);
+  auto id_of = [&](const std::string& bytes) {
+    for (size_t id = 0; id < v->num_tokens(); ++id)
+      if (v->bytes(static_cast<int32_t>(id)) == bytes) return static_cast<int32_t>(id);
+    FAIL("no token " << bytes);
+    return -1;
+  };
+  TokenMatcher tm(tg);
+  REQUIRE(tm.accept(id_of("\"")));
+  int pieces = 0;
+  for (; pieces < 2000; ++pieces) {
+    const uint32_t* got = tm.mask();
+    REQUIRE(std::vector<uint32_t>(got, got + v->mask_words()) == plain.compute_mask(tm.matcher()));
+    if (!mask_allows(got, id_of(piece))) break;
+    REQUIRE(tm.accept(id_of(piece)));
+  }
+  INFO(pieces << " pieces");
+  REQUIRE(tm.accept(id_of(end)));
+  if (cached) *cached = tg->cached_states();
+  return tg->stats();
+}
+
+TEST_CASE("a long maxLength costs the same few full walks whatever its bound") {
+  auto v = small_vocab();
+  std::vector<size_t> full;
+  for (int64_t n : {60, 200, 1000}) {
+    INFO("maxLength " << n);
+    const Grammar g = compile_json_schema(string_schema(0, n));
+    size_t cached = 0;
+    const MaskStats shared = walk_chain(g, v, true, "a", "\"", &cached);
+    const MaskStats plain = walk_chain(g, v, false, "a", "\"");
+    CHECK(plain.full_walks == static_cast<size_t>(n) + 1);  // one per position, before
+    CHECK(plain.partial_walks == 0);
+    // One full walk for the positions 16 or more characters from the end (16 bytes: the longest
+    // token), one for the last (only '"' may follow: it shares no prefix with the others); the 15
+    // between are completed from the first by walking the tokens longer than what they have left.
+    CHECK(shared.full_walks == 2);
+    CHECK(shared.partial_walks == 15);
+    CHECK(cached == 17);
+    full.push_back(shared.full_walks + shared.partial_walks);
+  }
+  CHECK(full[0] == full[2]);
+  // With a minLength the positions near the start differ too (the string may not end there), and
+  // a piece of two characters (an escape, a 2-byte character) crosses the chain two bytes a step.
+  for (const char* piece : {"ab", "\\n", "\xC3\xA9", "\\u001f\\u001F", "\\\""}) {
+    INFO(printable(piece));
+    const MaskStats a = walk_chain(compile_json_schema(string_schema(40, 300)), v, true, piece, "\"");
+    const MaskStats b = walk_chain(compile_json_schema(string_schema(40, 900)), v, true, piece, "\"");
+    CHECK(a.full_walks == b.full_walks);
+    CHECK(a.partial_walks == b.partial_walks);
+    CHECK(a.full_walks + a.partial_walks <= 40);
+  }
+}
+
+TEST_CASE("shared masks equal the unshared walk and every token tried: a real vocabulary") {
+  // SmolLM2's 49152 tokens (longest: 96 bytes?) on strings whose bounds straddle its longest
+  // token, and Qwen2's (151643 tokens) on one; every step's mask checked.
+  auto v = fixture_vocab("smollm2");
+  const size_t k = v->max_token_bytes();
+  const auto kl = static_cast<int64_t>(k);
+  for (const auto& [min, max] : std::vector<std::pair<int64_t, int64_t>>{{0, kl + 20}, {kl / 2, kl - 3}, {3, 2 * kl}}) {
+    INFO("smollm2, longest token " << k << ", minLength " << min << " maxLength " << max);
+    check_walks(compile_json_schema(json{{"type", "object"},
+                                         {"additionalProperties", false},
+                                         {"required", {"s"}},
+                                         {"properties", {{"s", string_schema(min, max)}}}}),
+                v, 2, 60, false);
+  }
+  check_walks(compile_json_schema(string_schema(2, 40)), fixture_vocab("qwen2"), 1, 30, false);
+}
+
+}  // namespace
+}  // namespace stem::structured
