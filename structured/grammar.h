@@ -65,6 +65,8 @@ class GrammarMatcher {
   bool can_end() const { return done_; }
   // Some byte could still follow.
   bool can_continue() const { return !offsets_.empty(); }
+  // The last step (or the start) went past the bounds above (grammar.cc) and dropped stacks.
+  bool dropped() const { return dropped_; }
   // The state as bytes: equal keys, equal futures (the token-mask cache's key).
   std::string key() const;
   // The live call stacks (outermost state first, the current state last; each top has byte
@@ -83,6 +85,7 @@ class GrammarMatcher {
   std::vector<int32_t> data_;      // the stacks, one after another
   std::vector<uint32_t> offsets_;  // start of each stack in data_ (its end: the next one's start)
   bool done_ = false;
+  bool dropped_ = false;
   int steps_ = 0;  // expansions in the current step (bounded: grammar.cc)
   std::vector<int32_t> scratch_;
 };

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <functional>
 #include <limits>
+#include <map>
 
 #include "text/tokenizer.h"
 #include "text/tokenizer_hf.h"
@@ -29,25 +30,34 @@ int byte_token(const std::string& t) {
 
 void set_bit(std::vector<uint32_t>& mask, int64_t id) { mask[static_cast<size_t>(id >> 5)] |= 1u << (id & 31); }
 
-// The refinement costs (states x K) signatures; a grammar larger than this (a 100000-state
-// pattern with K = 128) keeps one mask per exact state instead of paying seconds to partition.
-constexpr size_t kMaxPartitionWork = 40'000'000;
+// Most signature words the refinement may compute (a grammar whose classes keep splitting
+// everywhere, round after round, would cost states x K): past it, the grammar keeps one mask per
+// exact state, as without sharing, rather than spend seconds partitioning.
+constexpr size_t kMaxPartitionWork = 50'000'000;
 
-// The bounds r whose classes are kept: 1..16, then steps of r/8 (so a state r characters from a
-// chain's bound walks the tokens longer than at most r - r/9 bytes), then K.
+// The bounds r whose classes are kept: 1..8, then steps of r/4 (a state r characters from a
+// chain's bound walks the tokens longer than at least 4r/5 bytes), then K: 22 levels for K = 128.
 std::vector<uint32_t> share_ladder(size_t k) {
   std::vector<uint32_t> levels;
-  for (size_t r = 1; r < k; r += std::max<size_t>(1, r / 8)) levels.push_back(static_cast<uint32_t>(r));
+  for (size_t r = 1; r < k; r += std::max<size_t>(1, r / 4)) levels.push_back(static_cast<uint32_t>(r));
   if (k > 0) levels.push_back(static_cast<uint32_t>(k));
   return levels;
 }
 
 // Bounded equivalence of the grammar's states (token_mask.h), by Moore's refinement: class_0 by
 // (accept, has byte edges, calls: a class of its own), class_r by (class_{r-1}, for each byte the
-// sorted classes_{r-1} its edges lead to). Returns the classes at each level of `levels`.
+// sorted classes_{r-1} its edges lead to). Returns the classes at each level of `levels`, or
+// nothing when it would cost more than kMaxPartitionWork.
+//
+// Round r only looks at the states with an edge into a state whose class changed in round r-1:
+// the others' successor classes are those they had, so each class's untouched members stay
+// together and keep its id, and a touched member stays with them when its successor classes are
+// theirs, else goes to a new class. (A chain of n positions splits near its bounds only, a few
+// states a round: the refinement costs about the grammar's size, not size x K.)
 std::vector<std::vector<int32_t>> partition(const Grammar& g, const std::vector<uint32_t>& levels) {
   const size_t n = g.num_states();
-  // Each state's edges as disjoint byte intervals, each with the states it leads to.
+  // Each state's edges as disjoint byte intervals, each with the states it leads to; and the
+  // states with an edge into each state.
   struct Interval {
     uint8_t lo, hi;
     uint32_t begin, end;  // into targets
@@ -56,9 +66,11 @@ std::vector<std::vector<int32_t>> partition(const Grammar& g, const std::vector<
   std::vector<uint32_t> interval_begin(n + 1, 0);
   std::vector<int32_t> targets;
   std::vector<int> cuts;
+  std::vector<uint32_t> pred_begin(n + 1, 0);
   for (size_t s = 0; s < n; ++s) {
     interval_begin[s] = static_cast<uint32_t>(intervals.size());
     const auto& edges = g.state(static_cast<int32_t>(s)).edges;
+    for (const ByteEdge& e : edges) ++pred_begin[static_cast<size_t>(e.to) + 1];
     cuts.clear();
     for (const ByteEdge& e : edges) {
       cuts.push_back(e.lo);
@@ -76,90 +88,175 @@ std::vector<std::vector<int32_t>> partition(const Grammar& g, const std::vector<
     }
   }
   interval_begin[n] = static_cast<uint32_t>(intervals.size());
-
-  std::vector<int32_t> cls(n), next(n);
-  std::vector<uint32_t> sig, sig_begin(n + 1);
-  std::unordered_map<uint64_t, std::vector<int32_t>> buckets;  // signature hash -> classes
-  std::vector<int32_t> rep;                                    // class -> a state of it
-  auto same = [&](size_t a, size_t b) {
-    return sig_begin[a + 1] - sig_begin[a] == sig_begin[b + 1] - sig_begin[b] &&
-           std::equal(sig.begin() + sig_begin[a], sig.begin() + sig_begin[a + 1], sig.begin() + sig_begin[b]);
-  };
-  // Numbers the states' signatures (sig) into classes (next); returns the number of classes.
-  auto number = [&]() {
-    buckets.clear();
-    rep.clear();
-    for (size_t s = 0; s < n; ++s) {
-      uint64_t h = 1469598103934665603ull;
-      for (uint32_t k = sig_begin[s]; k < sig_begin[s + 1]; ++k) h = (h ^ sig[k]) * 1099511628211ull;
-      auto& bucket = buckets[h];
-      int32_t c = -1;
-      for (int32_t b : bucket)
-        if (same(static_cast<size_t>(rep[static_cast<size_t>(b)]), s)) {
-          c = b;
-          break;
-        }
-      if (c < 0) {
-        c = static_cast<int32_t>(rep.size());
-        rep.push_back(static_cast<int32_t>(s));
-        bucket.push_back(c);
-      }
-      next[s] = c;
-    }
-    return rep.size();
-  };
-  for (size_t s = 0; s < n; ++s) {
-    const GrammarState& st = g.state(static_cast<int32_t>(s));
-    sig_begin[s] = static_cast<uint32_t>(sig.size());
-    sig.push_back((st.accept ? 1u : 0u) | (st.edges.empty() ? 0u : 2u));
-    sig.push_back(st.calls.empty() ? 0u : static_cast<uint32_t>(s) + 1);
+  for (size_t s = 0; s < n; ++s) pred_begin[s + 1] += pred_begin[s];
+  std::vector<int32_t> preds(pred_begin[n]);
+  {
+    std::vector<uint32_t> fill(pred_begin.begin(), pred_begin.end() - 1);
+    for (size_t s = 0; s < n; ++s)
+      for (const ByteEdge& e : g.state(static_cast<int32_t>(s)).edges) preds[fill[static_cast<size_t>(e.to)]++] = static_cast<int32_t>(s);
   }
-  sig_begin[n] = static_cast<uint32_t>(sig.size());
-  size_t classes = number();
-  cls = next;
+
+  // The classes as ranges of `order` (each state's place in it: where).
+  std::vector<int32_t> cls(n), order(n), where(n);
+  std::vector<uint32_t> class_begin, class_end;
+  {
+    std::map<std::pair<uint32_t, int64_t>, std::vector<int32_t>> initial;
+    for (size_t s = 0; s < n; ++s) {
+      const GrammarState& st = g.state(static_cast<int32_t>(s));
+      const uint32_t flags = (st.accept ? 1u : 0u) | (st.edges.empty() ? 0u : 2u);
+      initial[{flags, st.calls.empty() ? -1 : static_cast<int64_t>(s)}].push_back(static_cast<int32_t>(s));
+    }
+    uint32_t at = 0;
+    for (const auto& [key, members] : initial) {
+      class_begin.push_back(at);
+      for (int32_t s : members) {
+        cls[static_cast<size_t>(s)] = static_cast<int32_t>(class_end.size());
+        where[static_cast<size_t>(s)] = static_cast<int32_t>(at);
+        order[at++] = s;
+      }
+      class_end.push_back(at);
+    }
+  }
+
+  // A state's successor classes: for each run of bytes, the sorted classes its edges lead to
+  // (adjacent runs with the same classes merged, so that it does not depend on how edges were cut).
+  std::vector<uint32_t> list, prev_list;
+  auto signature = [&](int32_t s, std::vector<uint32_t>& sig) {
+    int open_lo = -1, open_hi = -1;
+    prev_list.clear();
+    auto flush = [&]() {
+      if (open_lo < 0) return;
+      sig.push_back(static_cast<uint32_t>(open_lo) | static_cast<uint32_t>(open_hi) << 8 |
+                    static_cast<uint32_t>(prev_list.size()) << 16);
+      sig.insert(sig.end(), prev_list.begin(), prev_list.end());
+    };
+    for (uint32_t i = interval_begin[static_cast<size_t>(s)]; i < interval_begin[static_cast<size_t>(s) + 1]; ++i) {
+      const Interval& iv = intervals[i];
+      list.clear();
+      for (uint32_t t = iv.begin; t < iv.end; ++t) list.push_back(static_cast<uint32_t>(cls[static_cast<size_t>(targets[t])]));
+      std::sort(list.begin(), list.end());
+      if (open_lo >= 0 && iv.lo == open_hi + 1 && list == prev_list) {
+        open_hi = iv.hi;
+        continue;
+      }
+      flush();
+      open_lo = iv.lo;
+      open_hi = iv.hi;
+      prev_list.swap(list);
+    }
+    flush();
+  };
 
   std::vector<std::vector<int32_t>> out;
-  std::vector<uint32_t> list, prev_list;
-  bool stable = false;
+  std::vector<int32_t> changed(n);  // round 1 looks at every state
+  for (size_t s = 0; s < n; ++s) changed[s] = static_cast<int32_t>(s);
+  bool first = true;
+  std::vector<uint32_t> stamp(n, 0);
+  std::vector<int32_t> touched;
+  std::vector<uint32_t> sig, sig_begin;
+  struct Entry {
+    int32_t cls, state;
+    uint32_t sig;  // index into sig_begin
+  };
+  std::vector<Entry> entries;
+  size_t work = 0;
   for (uint32_t r = 1; r <= levels.back(); ++r) {
-    if (!stable) {
-      sig.clear();
-      for (size_t s = 0; s < n; ++s) {
-        sig_begin[s] = static_cast<uint32_t>(sig.size());
-        sig.push_back(static_cast<uint32_t>(cls[s]));
-        // Adjacent intervals with the same target classes merge, so that the signature does not
-        // depend on how the edges were cut.
-        int open_lo = -1, open_hi = -1;
-        prev_list.clear();
-        auto flush = [&]() {
-          if (open_lo < 0) return;
-          sig.push_back(static_cast<uint32_t>(open_lo) | static_cast<uint32_t>(open_hi) << 8 |
-                        static_cast<uint32_t>(prev_list.size()) << 16);
-          sig.insert(sig.end(), prev_list.begin(), prev_list.end());
-        };
-        for (uint32_t i = interval_begin[s]; i < interval_begin[s + 1]; ++i) {
-          const Interval& iv = intervals[i];
-          list.clear();
-          for (uint32_t t = iv.begin; t < iv.end; ++t) list.push_back(static_cast<uint32_t>(cls[static_cast<size_t>(targets[t])]));
-          std::sort(list.begin(), list.end());
-          if (open_lo >= 0 && iv.lo == open_hi + 1 && list == prev_list) {
-            open_hi = iv.hi;
-            continue;
+    // The states to look at: those with an edge into a changed state (round 1: all).
+    touched.clear();
+    if (first) {
+      touched = changed;
+    } else {
+      for (int32_t c : changed)
+        for (uint32_t p = pred_begin[static_cast<size_t>(c)]; p < pred_begin[static_cast<size_t>(c) + 1]; ++p)
+          if (stamp[static_cast<size_t>(preds[p])] != r) {
+            stamp[static_cast<size_t>(preds[p])] = r;
+            touched.push_back(preds[p]);
           }
-          flush();
-          open_lo = iv.lo;
-          open_hi = iv.hi;
-          prev_list.swap(list);
+    }
+    first = false;
+    for (int32_t s : touched) stamp[static_cast<size_t>(s)] = r;
+    sig.clear();
+    sig_begin.clear();
+    entries.clear();
+    for (int32_t s : touched) {
+      entries.push_back({cls[static_cast<size_t>(s)], s, static_cast<uint32_t>(sig_begin.size())});
+      sig_begin.push_back(static_cast<uint32_t>(sig.size()));
+      signature(s, sig);
+    }
+    // Per touched class, an untouched member's signature (all untouched members share it).
+    std::vector<std::pair<int32_t, uint32_t>> untouched;  // (class, signature index)
+    {
+      std::vector<int32_t> classes;
+      for (const Entry& e : entries) classes.push_back(e.cls);
+      std::sort(classes.begin(), classes.end());
+      classes.erase(std::unique(classes.begin(), classes.end()), classes.end());
+      for (int32_t c : classes)
+        for (uint32_t i = class_begin[static_cast<size_t>(c)]; i < class_end[static_cast<size_t>(c)]; ++i)
+          if (stamp[static_cast<size_t>(order[i])] != r) {
+            untouched.push_back({c, static_cast<uint32_t>(sig_begin.size())});
+            sig_begin.push_back(static_cast<uint32_t>(sig.size()));
+            signature(order[i], sig);
+            break;
+          }
+    }
+    sig_begin.push_back(static_cast<uint32_t>(sig.size()));
+    work += sig.size() + touched.size();
+    if (work > kMaxPartitionWork) return {};
+    auto sig_less = [&](uint32_t a, uint32_t b) {
+      return std::lexicographical_compare(sig.begin() + sig_begin[a], sig.begin() + sig_begin[a + 1],
+                                          sig.begin() + sig_begin[b], sig.begin() + sig_begin[b + 1]);
+    };
+    auto sig_equal = [&](uint32_t a, uint32_t b) {
+      return sig_begin[a + 1] - sig_begin[a] == sig_begin[b + 1] - sig_begin[b] &&
+             std::equal(sig.begin() + sig_begin[a], sig.begin() + sig_begin[a + 1], sig.begin() + sig_begin[b]);
+    };
+    std::sort(entries.begin(), entries.end(), [&](const Entry& a, const Entry& b) {
+      if (a.cls != b.cls) return a.cls < b.cls;
+      return sig_less(a.sig, b.sig);
+    });
+    changed.clear();
+    // Each touched class: the groups of equal signature; the untouched members' group (or, with
+    // none, the first group) keeps the class, each other group becomes a new class.
+    for (size_t i = 0, u = 0; i < entries.size();) {
+      const int32_t c = entries[i].cls;
+      size_t j = i;
+      while (j < entries.size() && entries[j].cls == c) ++j;
+      while (u < untouched.size() && untouched[u].first < c) ++u;
+      const bool has_untouched = u < untouched.size() && untouched[u].first == c;
+      bool kept = has_untouched;
+      for (size_t a = i; a < j;) {
+        size_t b = a;
+        while (b < j && sig_equal(entries[a].sig, entries[b].sig)) ++b;
+        const bool stays = has_untouched ? sig_equal(entries[a].sig, untouched[u].second) : !kept;
+        if (stays) {
+          kept = true;
+        } else {
+          // Move entries[a..b) to the end of c's range, which becomes the new class.
+          const auto fresh = static_cast<int32_t>(class_begin.size());
+          uint32_t& end = class_end[static_cast<size_t>(c)];
+          for (size_t k = a; k < b; ++k) {
+            const int32_t s = entries[k].state;
+            const uint32_t from = static_cast<uint32_t>(where[static_cast<size_t>(s)]), to = end - 1;
+            const int32_t other = order[to];
+            std::swap(order[from], order[to]);
+            where[static_cast<size_t>(other)] = static_cast<int32_t>(from);
+            where[static_cast<size_t>(s)] = static_cast<int32_t>(to);
+            --end;
+            cls[static_cast<size_t>(s)] = fresh;
+            changed.push_back(s);
+          }
+          class_begin.push_back(end);
+          class_end.push_back(end + static_cast<uint32_t>(b - a));
         }
-        flush();
+        a = b;
       }
-      sig_begin[n] = static_cast<uint32_t>(sig.size());
-      const size_t refined = number();
-      stable = refined == classes;  // no class split: none ever will
-      classes = refined;
-      cls.swap(next);
+      i = j;
     }
     if (std::find(levels.begin(), levels.end(), r) != levels.end()) out.push_back(cls);
+    if (changed.empty()) {  // no class split: none ever will
+      while (out.size() < levels.size()) out.push_back(cls);
+      break;
+    }
   }
   return out;
 }
@@ -265,13 +362,18 @@ void apply_mask(float* logits, int64_t vocab, const uint32_t* mask) {
 TokenGrammar::TokenGrammar(Grammar grammar, std::shared_ptr<const TokenVocab> vocab, bool share_masks)
     : grammar_(std::move(grammar)), vocab_(std::move(vocab)) {
   const size_t k = vocab_->max_token_bytes();
-  if (!share_masks || k == 0 || grammar_.num_states() * k > kMaxPartitionWork) return;
+  if (!share_masks || k == 0) return;
   levels_ = share_ladder(k);
   classes_ = partition(grammar_, levels_);
+  if (classes_.empty()) {
+    levels_.clear();
+    return;
+  }
   level_masks_.resize(levels_.size() - 1);
 }
 
-size_t TokenGrammar::walk(const GrammarMatcher& m, size_t shorter, std::vector<uint32_t>& mask) const {
+size_t TokenGrammar::walk(const GrammarMatcher& m, size_t shorter, std::vector<uint32_t>& mask, bool& dropped) const {
+  dropped |= m.dropped();
   const TokenVocab& v = *vocab_;
   const auto& nodes = v.nodes();
   const auto& children = v.children();
@@ -287,7 +389,9 @@ size_t TokenGrammar::walk(const GrammarMatcher& m, size_t shorter, std::vector<u
       const TokenVocab::Node& child = nodes[children[c].node];
       if (child.max_len <= shorter) continue;  // only tokens the caller has already
       GrammarMatcher& next = at[depth + 1];
-      if (!cur.advance_into(children[c].byte, next)) continue;
+      const bool ok = cur.advance_into(children[c].byte, next);
+      dropped |= next.dropped();
+      if (!ok) continue;
       ++reached;
       if (depth + 1 > shorter)
         for (uint32_t t = child.token_begin; t < child.token_end; ++t) set_bit(mask, tokens[t]);
@@ -308,9 +412,11 @@ void add_eos(const TokenVocab& v, const GrammarMatcher& m, std::vector<uint32_t>
 }
 }  // namespace
 
-std::vector<uint32_t> TokenGrammar::compute_mask(const GrammarMatcher& m) const {
+std::vector<uint32_t> TokenGrammar::compute_mask(const GrammarMatcher& m, bool* dropped) const {
   std::vector<uint32_t> mask(vocab_->mask_words(), 0);
-  walk(m, 0, mask);
+  bool d = false;
+  walk(m, 0, mask, d);
+  if (dropped) *dropped = d;
   add_eos(*vocab_, m, mask);
   return mask;
 }
@@ -340,11 +446,12 @@ std::string TokenGrammar::share_key(const GrammarMatcher& m, size_t li) const {
 std::vector<uint32_t> TokenGrammar::complete_mask(const GrammarMatcher& m, const std::vector<uint32_t>& base,
                                                   size_t li) const {
   size_t reached = 0;
-  return complete(m, base, levels_.at(li), reached);
+  bool dropped = false;
+  return complete(m, base, levels_.at(li), reached, dropped);
 }
 
 std::vector<uint32_t> TokenGrammar::complete(const GrammarMatcher& m, const std::vector<uint32_t>& base, size_t r,
-                                             size_t& reached) const {
+                                             size_t& reached, bool& dropped) const {
   const TokenVocab& v = *vocab_;
   std::vector<uint32_t> mask = base;
   // Keep base's tokens of at most r bytes (an r-equivalent state allows the same ones), drop the
@@ -358,16 +465,23 @@ std::vector<uint32_t> TokenGrammar::complete(const GrammarMatcher& m, const std:
     if (static_cast<size_t>(id) < v.num_tokens() && !b.empty() && b.size() <= r) {  // an EOS id that is also text
       GrammarMatcher copy = m;
       if (copy.advance(b)) set_bit(mask, id);
+      dropped |= copy.dropped();
     }
   }
-  reached = walk(m, r, mask);
+  reached = walk(m, r, mask, dropped);
   add_eos(v, m, mask);
   return mask;
 }
 
 const uint32_t* TokenGrammar::mask(const GrammarMatcher& m, std::vector<uint32_t>& spill) {
-  const bool share = !levels_.empty();
-  std::string key = share ? share_key(m, levels_.size() - 1) : m.key();
+  // Exact keys ('x') where masks are not shared, and for a matcher that went past the matcher's
+  // bounds, or once any walk did (two equivalent states may then drop different derivations).
+  bool share = !levels_.empty() && !m.dropped();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    share = share && !unshared_;
+  }
+  std::string key = share ? "s" + share_key(m, levels_.size() - 1) : "x" + m.key();
   const std::vector<uint32_t>* base = nullptr;
   size_t base_level = 0;
   std::vector<std::string> level_keys(share ? levels_.size() - 1 : 0);
@@ -387,17 +501,24 @@ const uint32_t* TokenGrammar::mask(const GrammarMatcher& m, std::vector<uint32_t
       }
   }
   size_t reached = 0;
+  bool dropped = false;
   auto mask = std::make_unique<std::vector<uint32_t>>();
-  if (base) {
-    *mask = complete(m, *base, levels_[base_level], reached);
-  } else {
+  if (base) *mask = complete(m, *base, levels_[base_level], reached, dropped);
+  if (!base || dropped) {
+    if (dropped) base = nullptr;
     *mask = std::vector<uint32_t>(vocab_->mask_words(), 0);
-    reached = walk(m, 0, *mask);
+    reached += walk(m, 0, *mask, dropped);
     add_eos(*vocab_, m, *mask);
   }
   std::lock_guard<std::mutex> lock(mu_);
   ++(base ? stats_.partial_walks : stats_.full_walks);
   stats_.walked_nodes += reached;
+  if (dropped) {
+    ++stats_.dropped_walks;
+    unshared_ = true;
+    if (share) key = "x" + m.key();
+    level_keys.clear();
+  }
   // Masks handed out must stay valid while their sequences run: a full cache stops growing
   // rather than dropping entries (the state is then recomputed each time it recurs).
   if (cache_.size() >= kMaxCachedStates) {

@@ -22,9 +22,11 @@
 //    near a bound takes those from a mask already computed for an r-equivalent state and walks
 //    only the trie's subtrees that hold tokens longer than r (few: a vocabulary's long tokens are
 //    rare), so a chain costs about one full walk, not one per position.
-// Exact, with one caveat shared with the matcher: past its bounds on live stacks (grammar.cc:
-// kMaxStacks, kMaxExpandSteps, reached only by highly ambiguous grammars) the matcher drops
-// derivations, and two equivalent states could then drop different ones.
+// Exact, with one caveat: past its bounds on live stacks (grammar.cc: kMaxStacks,
+// kMaxExpandSteps, reached only by highly ambiguous grammars) the matcher drops derivations, and
+// two equivalent states could drop different ones. A matcher or a walk that dropped any makes the
+// grammar stop sharing (exact keys, full walks, from then on); a state served a shared mask
+// before that, whose own walk would have dropped where the other's did not, is the case left.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -94,6 +96,7 @@ struct MaskStats {
   size_t full_walks = 0;     // masks computed by walking the whole trie
   size_t partial_walks = 0;  // masks completed from an r-equivalent state's by walking long tokens only
   size_t walked_nodes = 0;   // trie nodes the walks reached (both kinds)
+  size_t dropped_walks = 0;  // walks that went past the matcher's bounds (grammar.cc): sharing stops
 };
 
 // A grammar for one vocabulary, shared by the sequences of a request (and only used on the
@@ -109,8 +112,9 @@ class TokenGrammar {
   // i/32 for id i. Valid while this TokenGrammar lives, or, when the cache is full and the mask
   // is written to `spill`, while spill is unchanged.
   const uint32_t* mask(const GrammarMatcher& m, std::vector<uint32_t>& spill);
-  // The mask computed without the cache (for tests and the benchmark).
-  std::vector<uint32_t> compute_mask(const GrammarMatcher& m) const;
+  // The mask computed without the cache (for tests and the benchmark); *dropped: whether the walk
+  // went past the matcher's bounds (grammar.cc) somewhere.
+  std::vector<uint32_t> compute_mask(const GrammarMatcher& m, bool* dropped = nullptr) const;
   size_t cached_states() const;
   MaskStats stats() const;
   // The ladder of bounds r (ascending, the last one K) whose state classes are kept; empty when
@@ -126,9 +130,9 @@ class TokenGrammar {
  private:
   // The trie walk from `m`; only subtrees with tokens longer than `shorter` bytes, and only their
   // tokens longer than that (0: all). Returns the trie nodes reached.
-  size_t walk(const GrammarMatcher& m, size_t shorter, std::vector<uint32_t>& mask) const;
+  size_t walk(const GrammarMatcher& m, size_t shorter, std::vector<uint32_t>& mask, bool& dropped) const;
   std::vector<uint32_t> complete(const GrammarMatcher& m, const std::vector<uint32_t>& base, size_t r,
-                                 size_t& reached) const;
+                                 size_t& reached, bool& dropped) const;
 
   Grammar grammar_;
   std::shared_ptr<const TokenVocab> vocab_;
@@ -139,6 +143,7 @@ class TokenGrammar {
   // Per level but the last (whose keys are cache_'s): a computed mask of a state with that key.
   std::vector<std::unordered_map<std::string, const std::vector<uint32_t>*>> level_masks_;
   MaskStats stats_;
+  bool unshared_ = false;  // a walk went past the matcher's bounds: exact keys from then on
 };
 
 // One sequence's place in its grammar.

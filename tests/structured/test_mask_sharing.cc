@@ -219,6 +219,34 @@ TEST_CASE("a long maxLength costs the same few full walks whatever its bound") {
   }
 }
 
+TEST_CASE("a grammar whose walks go past the matcher's bounds stops sharing") {
+  // Each 'a' read keeps every split of the run alive: past kMaxStacks live states the matcher
+  // drops some, and from the first walk that does, masks are computed per exact state.
+  auto v = small_vocab();
+  const Grammar g = compile_regex("(a|aa|aaa|aaaa|aaaaa|aaaaaa|aaaaaaa){0,200}b");
+  auto shared = std::make_shared<TokenGrammar>(g, v);
+  const TokenGrammar plain(g, v, false);
+  GrammarMatcher m(g);
+  std::vector<uint32_t> spill;
+  bool any_dropped = false;
+  for (int i = 0; i < 120; ++i) {
+    INFO(i << " a's");
+    bool dropped = false;
+    const uint32_t* got = shared->mask(m, spill);
+    const std::vector<uint32_t> want = plain.compute_mask(m, &dropped);
+    any_dropped |= dropped;
+    if (!any_dropped) CHECK(std::vector<uint32_t>(got, got + v->mask_words()) == want);
+    REQUIRE(m.advance(static_cast<uint8_t>('a')));
+  }
+  REQUIRE(any_dropped);
+  CHECK(shared->stats().dropped_walks > 0);
+  // After that, every mask is the exact state's own walk.
+  const size_t before = shared->stats().full_walks;
+  const uint32_t* got = shared->mask(m, spill);
+  CHECK(std::vector<uint32_t>(got, got + v->mask_words()) == plain.compute_mask(m));
+  CHECK(shared->stats().full_walks == before + 1);
+}
+
 TEST_CASE("shared masks equal the unshared walk and every token tried: a real vocabulary") {
   // SmolLM2's 49152 tokens (longest: 96 bytes?) on strings whose bounds straddle its longest
   // token, and Qwen2's (151643 tokens) on one; every step's mask checked.
