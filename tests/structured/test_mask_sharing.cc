@@ -161,7 +161,8 @@ TEST_CASE("shared masks equal the unshared walk: counted regex repetitions and p
   }
 }
 
-// Feeds `piece` until the grammar refuses it, then `end`; returns the full walks counted.
+// Feeds `piece` until the grammar refuses it (each mask checked against the unshared walk), then
+// `end`; returns what the masks cost.
 MaskStats walk_chain(const Grammar& g, const std::shared_ptr<const TokenVocab>& v, bool share, const std::string& piece,
                      const std::string& end, size_t* cached = nullptr) {
   auto tg = std::make_shared<TokenGrammar>(g, v, share);
@@ -248,8 +249,8 @@ TEST_CASE("a grammar whose walks go past the matcher's bounds stops sharing") {
 }
 
 TEST_CASE("shared masks equal the unshared walk and every token tried: a real vocabulary") {
-  // SmolLM2's 49152 tokens (longest: 96 bytes?) on strings whose bounds straddle its longest
-  // token, and Qwen2's (151643 tokens) on one; every step's mask checked.
+  // SmolLM2's tokens on strings whose bounds straddle its longest token, and Qwen2's on one;
+  // every step's mask checked against the unshared walk.
   auto v = fixture_vocab("smollm2");
   const size_t k = v->max_token_bytes();
   const auto kl = static_cast<int64_t>(k);
