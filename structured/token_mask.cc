@@ -425,20 +425,23 @@ std::string TokenGrammar::share_key(const GrammarMatcher& m, size_t li) const {
   const std::vector<int32_t>& cls = classes_.at(li);
   // Each stack as (its length, the states below the top, the top's class); sorted and deduplicated,
   // since the mask is the union over the stacks.
-  std::vector<std::string> stacks;
-  for (size_t i = 0; i < m.num_stacks(); ++i) {
+  auto entry = [&](size_t i, std::string& e) {
     const auto [data, len] = m.stack(i);
-    std::string e;
     const auto n = static_cast<int32_t>(len);
     e.append(reinterpret_cast<const char*>(&n), sizeof n);
     e.append(reinterpret_cast<const char*>(data), (len - 1) * sizeof(int32_t));
     const int32_t c = cls[static_cast<size_t>(data[len - 1])];
     e.append(reinterpret_cast<const char*>(&c), sizeof c);
-    stacks.push_back(std::move(e));
+  };
+  std::string key(1, m.can_end() ? '1' : '0');
+  if (m.num_stacks() == 1) {  // the common case: nothing to sort
+    entry(0, key);
+    return key;
   }
+  std::vector<std::string> stacks(m.num_stacks());
+  for (size_t i = 0; i < stacks.size(); ++i) entry(i, stacks[i]);
   std::sort(stacks.begin(), stacks.end());
   stacks.erase(std::unique(stacks.begin(), stacks.end()), stacks.end());
-  std::string key(1, m.can_end() ? '1' : '0');
   for (const std::string& e : stacks) key += e;
   return key;
 }
@@ -476,12 +479,9 @@ std::vector<uint32_t> TokenGrammar::complete(const GrammarMatcher& m, const std:
 const uint32_t* TokenGrammar::mask(const GrammarMatcher& m, std::vector<uint32_t>& spill) {
   // Exact keys ('x') where masks are not shared, and for a matcher that went past the matcher's
   // bounds, or once any walk did (two equivalent states may then drop different derivations).
-  bool share = !levels_.empty() && !m.dropped();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    share = share && !unshared_;
-  }
-  std::string key = share ? "s" + share_key(m, levels_.size() - 1) : "x" + m.key();
+  const bool share = !levels_.empty() && !m.dropped() && !unshared_.load(std::memory_order_relaxed);
+  std::string key(1, share ? 's' : 'x');
+  key += share ? share_key(m, levels_.size() - 1) : m.key();
   const std::vector<uint32_t>* base = nullptr;
   size_t base_level = 0;
   std::vector<std::string> level_keys(share ? levels_.size() - 1 : 0);

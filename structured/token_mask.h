@@ -28,6 +28,7 @@
 // grammar stop sharing (exact keys, full walks, from then on); a state served a shared mask
 // before that, whose own walk would have dropped where the other's did not, is the case left.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -143,7 +144,7 @@ class TokenGrammar {
   // Per level but the last (whose keys are cache_'s): a computed mask of a state with that key.
   std::vector<std::unordered_map<std::string, const std::vector<uint32_t>*>> level_masks_;
   MaskStats stats_;
-  bool unshared_ = false;  // a walk went past the matcher's bounds: exact keys from then on
+  std::atomic<bool> unshared_{false};  // a walk went past the matcher's bounds: exact keys from then on
 };
 
 // One sequence's place in its grammar.

@@ -59,7 +59,7 @@ inline void check_shared_masks(const structured::Grammar& g, const std::string& 
   const structured::TokenGrammar plain(g, vocab, false);
   structured::GrammarMatcher m(g);
   std::vector<uint32_t> spill;
-  for (size_t i = 0; i <= std::min<size_t>(text.size(), 300); ++i) {
+  for (size_t i = 0; i <= std::min<size_t>(text.size(), 100); ++i) {
     const uint32_t* got = shared.mask(m, spill);
     bool dropped = false;  // past the matcher's bounds the masks may differ (token_mask.h)
     const std::vector<uint32_t> want = plain.compute_mask(m, &dropped);
