@@ -30,7 +30,7 @@ using nlohmann::json;
 // and go on after it, and tokens up to 16 bytes (longer than the ends of the chains below).
 std::shared_ptr<const TokenVocab> small_vocab() {
   static std::shared_ptr<const TokenVocab> v = [] {
-    std::vector<std::string> t = {"a", "b", "s", "\"s\":", "c", "x", "y", "z", "0", "1", "9", "-", "_", " ", "\"", "\\", "n", "t",
+    std::vector<std::string> t = {"a", "b", "s", "\"s\":", "a}", "ab]", "a,", "b\",", "c", "x", "y", "z", "0", "1", "9", "-", "_", " ", "\"", "\\", "n", "t",
                                   "u", "}", "]", ",", "{", "[", ":", "e", "\\n", "\\\"", "\\\\", "\\u00", "\\u0001",
                                   "\\u00e9", "\\t", "\\u", "\xC3\xA9", "\xE4\xB8\xAD", "\xF0\x9F\x98\x80", "\xC3",
                                   "\xA9", "\xE4\xB8", "\xAD", "\x9F\x98\x80", "ab", "abc", "aaaa", "aaaaaaa", "a\"",
@@ -143,6 +143,52 @@ TEST_CASE("shared masks equal the unshared walk and every token tried: bounded s
                 v, 4, 120, true);
     check_walks(compile_json_schema(json{{"type", "array"}, {"items", string_schema(min, max)}, {"maxItems", 3}}), v, 4,
                 120, true);
+    // Two strings alive at once (several stacks in one matcher, each with its own chain).
+    check_walks(compile_json_schema(json{{"anyOf", {string_schema(min, max), string_schema(0, max < 0 ? 23 : max + 7)}}}),
+                v, 4, 120, true);
+  }
+}
+
+TEST_CASE("equal share keys at level r: the same tokens of at most r bytes, and complete_mask from either") {
+  auto v = small_vocab();
+  for (const auto& [min, max] : std::vector<std::pair<int64_t, int64_t>>{{0, 40}, {20, 45}, {3, 9}}) {
+    for (const char* piece : {"a", "\xC3\xA9", "\\n"}) {
+      INFO("minLength " << min << " maxLength " << max << " piece " << printable(piece));
+      const Grammar g = compile_json_schema(string_schema(min, max));
+      const TokenGrammar tg(g, v);
+      const std::vector<uint32_t>& levels = tg.share_levels();
+      REQUIRE(levels == std::vector<uint32_t>{1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 16});  // K = 16
+      // The matchers at each position of the string (the piece repeated), and their masks.
+      std::vector<GrammarMatcher> at;
+      GrammarMatcher m(g);
+      REQUIRE(m.advance('"'));
+      while (true) {
+        at.push_back(m);
+        if (!m.advance(std::string_view(piece))) break;
+      }
+      REQUIRE(at.size() == static_cast<size_t>(max) + 1);
+      std::vector<std::vector<uint32_t>> masks;
+      for (const GrammarMatcher& x : at) masks.push_back(tg.compute_mask(x));
+      size_t equal_keys = 0, top_equal = 0;
+      for (size_t li = 0; li < levels.size(); ++li)
+        for (size_t i = 0; i < at.size(); ++i)
+          for (size_t j = 0; j < at.size(); ++j) {
+            if (i == j || tg.share_key(at[i], li) != tg.share_key(at[j], li)) continue;
+            INFO("positions " << i << " and " << j << ", r = " << levels[li]);
+            ++equal_keys;
+            top_equal += li + 1 == levels.size();
+            for (size_t id = 0; id < v->num_tokens(); ++id)
+              if (!v->bytes(static_cast<int32_t>(id)).empty() && v->bytes(static_cast<int32_t>(id)).size() <= levels[li])
+                REQUIRE(mask_allows(masks[i].data(), static_cast<int32_t>(id)) ==
+                        mask_allows(masks[j].data(), static_cast<int32_t>(id)));
+            REQUIRE(tg.complete_mask(at[j], masks[i], li) == masks[j]);
+          }
+      CHECK(equal_keys > 0);
+      // The positions past minLength and 16 or more characters (the longest token's bytes) from
+      // maxLength share their class: every ordered pair of them.
+      const auto far = static_cast<size_t>(std::max<int64_t>(0, max - 16 - min + 1));
+      CHECK(top_equal >= far * (far > 0 ? far - 1 : 0));
+    }
   }
 }
 
@@ -155,7 +201,10 @@ TEST_CASE("shared masks equal the unshared walk: counted regex repetitions and p
     INFO("as a schema pattern");
     check_walks(compile_json_schema(json{{"type", "string"}, {"pattern", pattern}}), v, 4, 100, true);
   }
-  for (const char* gbnf : {"root ::= \"[\" [a-z]{0,40} \"]\"", "root ::= x{2,30}\nx ::= \"a\" | \"b\""}) {
+  // A called rule whose chain accepts part-way (the caller's "}" may follow from its 2nd 'a' on):
+  // its states differ by their accept flags, and tokens such as a"} cross the return.
+  for (const char* gbnf : {"root ::= \"[\" [a-z]{0,40} \"]\"", "root ::= x{2,30}\nx ::= \"a\" | \"b\"",
+                           "root ::= x \"}\" x \"]\"\nx ::= [ab]{2,30}", "root ::= \"{\" x* \"}\"\nx ::= [a\"]{0,25} \",\""}) {
     INFO("gbnf " << gbnf);
     check_walks(compile_gbnf(gbnf), v, 4, 100, true);
   }
