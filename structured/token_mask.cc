@@ -51,8 +51,7 @@ std::vector<uint32_t> share_ladder(size_t k) {
 //
 // Round r only looks at the states with an edge into a state whose class changed in round r-1:
 // the others' successor classes are those they had, so each class's untouched members stay
-// together and keep its id, and a touched member stays with them when its successor classes are
-// theirs, else goes to a new class. (A chain of n positions splits near its bounds only, a few
+// together and keep its id, and the touched members go to new classes by their signatures. (A chain of n positions splits near its bounds only, a few
 // states a round: the refinement costs about the grammar's size, not size x K.)
 std::vector<std::vector<int32_t>> partition(const Grammar& g, const std::vector<uint32_t>& levels) {
   const size_t n = g.num_states();
@@ -174,7 +173,6 @@ std::vector<std::vector<int32_t>> partition(const Grammar& g, const std::vector<
           }
     }
     first = false;
-    for (int32_t s : touched) stamp[static_cast<size_t>(s)] = r;
     sig.clear();
     sig_begin.clear();
     entries.clear();
@@ -182,22 +180,6 @@ std::vector<std::vector<int32_t>> partition(const Grammar& g, const std::vector<
       entries.push_back({cls[static_cast<size_t>(s)], s, static_cast<uint32_t>(sig_begin.size())});
       sig_begin.push_back(static_cast<uint32_t>(sig.size()));
       signature(s, sig);
-    }
-    // Per touched class, an untouched member's signature (all untouched members share it).
-    std::vector<std::pair<int32_t, uint32_t>> untouched;  // (class, signature index)
-    {
-      std::vector<int32_t> classes;
-      for (const Entry& e : entries) classes.push_back(e.cls);
-      std::sort(classes.begin(), classes.end());
-      classes.erase(std::unique(classes.begin(), classes.end()), classes.end());
-      for (int32_t c : classes)
-        for (uint32_t i = class_begin[static_cast<size_t>(c)]; i < class_end[static_cast<size_t>(c)]; ++i)
-          if (stamp[static_cast<size_t>(order[i])] != r) {
-            untouched.push_back({c, static_cast<uint32_t>(sig_begin.size())});
-            sig_begin.push_back(static_cast<uint32_t>(sig.size()));
-            signature(order[i], sig);
-            break;
-          }
     }
     sig_begin.push_back(static_cast<uint32_t>(sig.size()));
     work += sig.size() + touched.size();
@@ -215,20 +197,19 @@ std::vector<std::vector<int32_t>> partition(const Grammar& g, const std::vector<
       return sig_less(a.sig, b.sig);
     });
     changed.clear();
-    // Each touched class: the groups of equal signature; the untouched members' group (or, with
-    // none, the first group) keeps the class, each other group becomes a new class.
-    for (size_t i = 0, u = 0; i < entries.size();) {
+    // Each touched class: the groups of equal signature. A touched state never has an untouched
+    // one's signature (it leads to a state that got a new class last round, which no untouched
+    // state does), so the untouched members keep the class (or, with none, the first group does)
+    // and each other group becomes a new class.
+    for (size_t i = 0; i < entries.size();) {
       const int32_t c = entries[i].cls;
       size_t j = i;
       while (j < entries.size() && entries[j].cls == c) ++j;
-      while (u < untouched.size() && untouched[u].first < c) ++u;
-      const bool has_untouched = u < untouched.size() && untouched[u].first == c;
-      bool kept = has_untouched;
+      bool kept = j - i < class_end[static_cast<size_t>(c)] - class_begin[static_cast<size_t>(c)];  // untouched members
       for (size_t a = i; a < j;) {
         size_t b = a;
         while (b < j && sig_equal(entries[a].sig, entries[b].sig)) ++b;
-        const bool stays = has_untouched ? sig_equal(entries[a].sig, untouched[u].second) : !kept;
-        if (stays) {
+        if (!kept) {
           kept = true;
         } else {
           // Move entries[a..b) to the end of c's range, which becomes the new class.
@@ -262,6 +243,10 @@ std::vector<std::vector<int32_t>> partition(const Grammar& g, const std::vector<
 }
 
 }  // namespace
+
+std::vector<std::vector<int32_t>> detail::bounded_classes(const Grammar& g, const std::vector<uint32_t>& levels) {
+  return partition(g, levels);
+}
 
 TokenVocab::TokenVocab(std::vector<std::string> bytes, std::vector<int32_t> eos_ids, int64_t mask_size)
     : bytes_(std::move(bytes)), eos_(std::move(eos_ids)), mask_size_(mask_size) {

@@ -167,6 +167,13 @@ class TokenMatcher {
   std::vector<uint32_t> eos_only_, spill_;
 };
 
+namespace detail {
+// The classes of the grammar's states after r rounds of the refinement, for each r of `levels`
+// (ascending, not empty), or nothing when the refinement would cost too much (TokenGrammar's
+// partition; for the tests).
+std::vector<std::vector<int32_t>> bounded_classes(const Grammar& g, const std::vector<uint32_t>& levels);
+}  // namespace detail
+
 inline bool mask_allows(const uint32_t* mask, int32_t id) { return (mask[id >> 5] >> (id & 31)) & 1u; }
 
 // Sets logits[i] to -inf for each id i < vocab that `mask` leaves out (mask null: no change).

@@ -149,6 +149,73 @@ TEST_CASE("shared masks equal the unshared walk and every token tried: bounded s
   }
 }
 
+// Moore's refinement done plainly: every state, every round, each byte's multiset of successor
+// classes; the classes renumbered by first appearance, so that partitions compare as vectors.
+std::vector<std::vector<int32_t>> plain_classes(const Grammar& g, const std::vector<uint32_t>& levels) {
+  const size_t n = g.num_states();
+  auto renumber = [&](const std::vector<std::vector<uint32_t>>& sigs) {
+    std::map<std::vector<uint32_t>, int32_t> ids;
+    std::vector<int32_t> out(n);
+    for (size_t s = 0; s < n; ++s) out[s] = ids.try_emplace(sigs[s], static_cast<int32_t>(ids.size())).first->second;
+    return out;
+  };
+  std::vector<std::vector<uint32_t>> sigs(n);
+  for (size_t s = 0; s < n; ++s) {
+    const GrammarState& st = g.state(static_cast<int32_t>(s));
+    sigs[s] = {st.accept ? 1u : 0u, st.edges.empty() ? 0u : 1u, st.calls.empty() ? 0u : static_cast<uint32_t>(s) + 1};
+  }
+  std::vector<int32_t> cls = renumber(sigs);
+  std::vector<std::vector<int32_t>> out;
+  for (uint32_t r = 1; r <= levels.back(); ++r) {
+    for (size_t s = 0; s < n; ++s) {
+      std::vector<uint32_t> sig{static_cast<uint32_t>(cls[s])};
+      for (int b = 0; b < 256; ++b) {
+        std::vector<uint32_t> to;
+        for (const ByteEdge& e : g.state(static_cast<int32_t>(s)).edges)
+          if (e.lo <= b && b <= e.hi) to.push_back(static_cast<uint32_t>(cls[static_cast<size_t>(e.to)]));
+        std::sort(to.begin(), to.end());
+        sig.push_back(static_cast<uint32_t>(to.size()));
+        sig.insert(sig.end(), to.begin(), to.end());
+      }
+      sigs[s] = std::move(sig);
+    }
+    cls = renumber(sigs);
+    if (std::find(levels.begin(), levels.end(), r) != levels.end()) out.push_back(cls);
+  }
+  return out;
+}
+
+std::vector<int32_t> first_appearance(const std::vector<int32_t>& cls) {
+  std::map<int32_t, int32_t> ids;
+  std::vector<int32_t> out;
+  for (int32_t c : cls) out.push_back(ids.try_emplace(c, static_cast<int32_t>(ids.size())).first->second);
+  return out;
+}
+
+TEST_CASE("the refinement that only looks around the last round's splits is Moore's, round by round") {
+  const std::vector<uint32_t> levels = {1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 16, 20, 24};
+  std::vector<std::pair<std::string, Grammar>> grammars;
+  for (const auto& [min, max] : std::vector<std::pair<int64_t, int64_t>>{{0, 30}, {12, 40}, {5, 5}, {3, -1}})
+    grammars.emplace_back("string " + std::to_string(min) + ".." + std::to_string(max),
+                          compile_json_schema(json{{"type", "object"},
+                                                   {"additionalProperties", false},
+                                                   {"required", {"s"}},
+                                                   {"properties", {{"s", string_schema(min, max)}, {"n", {{"type", "number"}}}}}}));
+  for (const char* pattern : {"a{2,30}", "(\xC3\xA9|\xE4\xB8\xAD){3,20}", "(a|aa){4,24}", "[a-c0-9]{20,40}-x{1,3}"})
+    grammars.emplace_back(std::string("regex ") + pattern, compile_regex(pattern));
+  grammars.emplace_back("gbnf", compile_gbnf("root ::= x \"}\" x \"]\"\nx ::= [ab]{2,30}"));
+  for (const auto& [name, g] : grammars) {
+    INFO(name << ", " << g.num_states() << " states");
+    const auto ours = detail::bounded_classes(g, levels);
+    const auto plain = plain_classes(g, levels);
+    REQUIRE(ours.size() == levels.size());
+    for (size_t li = 0; li < levels.size(); ++li) {
+      INFO("r = " << levels[li]);
+      CHECK(first_appearance(ours[li]) == first_appearance(plain[li]));
+    }
+  }
+}
+
 TEST_CASE("equal share keys at level r: the same tokens of at most r bytes, and complete_mask from either") {
   auto v = small_vocab();
   for (const auto& [min, max] : std::vector<std::pair<int64_t, int64_t>>{{0, 40}, {20, 45}, {3, 9}}) {
