@@ -51,8 +51,9 @@ std::vector<uint32_t> share_ladder(size_t k) {
 //
 // Round r only looks at the states with an edge into a state whose class changed in round r-1:
 // the others' successor classes are those they had, so each class's untouched members stay
-// together and keep its id, and the touched members go to new classes by their signatures. (A chain of n positions splits near its bounds only, a few
-// states a round: the refinement costs about the grammar's size, not size x K.)
+// together and keep its id, and the touched members go to new classes by their signatures. (A
+// chain of n positions splits near its bounds only, a few states a round: the refinement costs
+// about the grammar's size, not size x K.)
 std::vector<std::vector<int32_t>> partition(const Grammar& g, const std::vector<uint32_t>& levels) {
   const size_t n = g.num_states();
   // Each state's edges as disjoint byte intervals, each with the states it leads to; and the
@@ -92,7 +93,8 @@ std::vector<std::vector<int32_t>> partition(const Grammar& g, const std::vector<
   {
     std::vector<uint32_t> fill(pred_begin.begin(), pred_begin.end() - 1);
     for (size_t s = 0; s < n; ++s)
-      for (const ByteEdge& e : g.state(static_cast<int32_t>(s)).edges) preds[fill[static_cast<size_t>(e.to)]++] = static_cast<int32_t>(s);
+      for (const ByteEdge& e : g.state(static_cast<int32_t>(s)).edges)
+        preds[fill[static_cast<size_t>(e.to)]++] = static_cast<int32_t>(s);
   }
 
   // The classes as ranges of `order` (each state's place in it: where).
@@ -132,7 +134,8 @@ std::vector<std::vector<int32_t>> partition(const Grammar& g, const std::vector<
     for (uint32_t i = interval_begin[static_cast<size_t>(s)]; i < interval_begin[static_cast<size_t>(s) + 1]; ++i) {
       const Interval& iv = intervals[i];
       list.clear();
-      for (uint32_t t = iv.begin; t < iv.end; ++t) list.push_back(static_cast<uint32_t>(cls[static_cast<size_t>(targets[t])]));
+      for (uint32_t t = iv.begin; t < iv.end; ++t)
+        list.push_back(static_cast<uint32_t>(cls[static_cast<size_t>(targets[t])]));
       std::sort(list.begin(), list.end());
       if (open_lo >= 0 && iv.lo == open_hi + 1 && list == prev_list) {
         open_hi = iv.hi;

@@ -30,7 +30,8 @@ using nlohmann::json;
 // and go on after it, and tokens up to 16 bytes (longer than the ends of the chains below).
 std::shared_ptr<const TokenVocab> small_vocab() {
   static std::shared_ptr<const TokenVocab> v = [] {
-    std::vector<std::string> t = {"a", "b", "s", "\"s\":", "a}", "ab]", "a,", "b\",", "c", "x", "y", "z", "0", "1", "9", "-", "_", " ", "\"", "\\", "n", "t",
+    std::vector<std::string> t = {"a", "b", "s", "\"s\":", "a}", "ab]", "a,", "b\",", "c", "x", "y", "z", "0", "1",
+                                  "9", "-", "_", " ", "\"", "\\", "n", "t",
                                   "u", "}", "]", ",", "{", "[", ":", "e", "\\n", "\\\"", "\\\\", "\\u00", "\\u0001",
                                   "\\u00e9", "\\t", "\\u", "\xC3\xA9", "\xE4\xB8\xAD", "\xF0\x9F\x98\x80", "\xC3",
                                   "\xA9", "\xE4\xB8", "\xAD", "\x9F\x98\x80", "ab", "abc", "aaaa", "aaaaaaa", "a\"",
