@@ -2,10 +2,14 @@
 // regex, and the per-step token masks for a batch of sequences that all follow it.
 //
 //   build-test/bench_structured [MODEL_DIR] [BATCH] [STEPS]
-// MODEL_DIR: a folder with the tokenizer (default models/cache/SmolLM2-135M-Instruct).
+//   build-test/bench_structured MODEL_DIR maxlength [N...]
+// MODEL_DIR: a folder with the tokenizer (default models/cache/SmolLM2-135M-Instruct). The second
+// form measures issue 19's long strings alone: one sequence through a string of maxLength N
+// (default 200 and 1000), masks unshared (one trie walk per state: before) and shared.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -105,17 +109,83 @@ void run(const char* label, const std::function<Grammar()>& compile, std::shared
               median(apply_ms), median(accept_ms), tg->cached_states());
 }
 
+// kSequences sequences (one after another, sharing the mask cache as a request's do) each write
+// a {"note": string of maxLength n} object, drawing among the allowed tokens (those without '"'
+// while the string may go on, so that it runs to its bound); the same draws with masks shared
+// and unshared (the masks are equal, so the texts are too).
+constexpr int kSequences = 16;
+void run_maxlength(std::shared_ptr<const TokenVocab> vocab, int64_t n) {
+  const nlohmann::json schema = {{"type", "object"},
+                                 {"additionalProperties", false},
+                                 {"required", {"note"}},
+                                 {"properties", {{"note", {{"type", "string"}, {"maxLength", n}}}}}};
+  for (bool share : {false, true}) {
+    Grammar g = compile_json_schema(schema);
+    const size_t states = g.num_states();
+    auto t0 = Clock::now();
+    auto tg = std::make_shared<TokenGrammar>(std::move(g), vocab, share);
+    const double setup_ms = ms_since(t0);
+    std::vector<double> mask_ms;
+    std::vector<int32_t> ids, inside;
+    size_t tokens = 0, bytes = 0;
+    for (int seq = 0; seq < kSequences; ++seq) {
+      TokenMatcher tm(tg);
+      std::mt19937_64 rng(static_cast<uint64_t>(seq) + 7);
+      std::string text;
+      while (!tm.finished()) {
+        t0 = Clock::now();
+        const uint32_t* mask = tm.mask();
+        mask_ms.push_back(ms_since(t0));
+        ids.clear();
+        inside.clear();
+        for (size_t w = 0; w < vocab->mask_words(); ++w)
+          for (uint32_t bits = mask[w]; bits; bits &= bits - 1) {
+            const auto id = static_cast<int32_t>(w * 32 + __builtin_ctz(bits));
+            ids.push_back(id);
+            if (!vocab->bytes(id).empty() && vocab->bytes(id).find('"') == std::string::npos) inside.push_back(id);
+          }
+        const std::vector<int32_t>& from = text.size() > 9 && !inside.empty() ? inside : ids;  // past {"note":"
+        const int32_t id = from[std::uniform_int_distribution<size_t>(0, from.size() - 1)(rng)];
+        if (!tm.accept(id)) {
+          std::fprintf(stderr, "a token the mask allowed was refused\n");
+          std::exit(1);
+        }
+        ++tokens;
+        if (!tm.finished()) text += vocab->bytes(id);
+      }
+      bytes += text.size();
+    }
+    double total = 0;
+    for (double t : mask_ms) total += t;
+    const MaskStats st = tg->stats();
+    std::printf("maxLength %lld, masks %s: %zu states, TokenGrammar set up in %.1f ms; %d sequences, %zu tokens (%zu bytes); "
+                "%zu full walks, %zu partial walks, %zu trie nodes reached, %zu masks cached; masks %.1f ms in all "
+                "(max %.2f ms)\n",
+                static_cast<long long>(n), share ? "shared" : "unshared", states, setup_ms, kSequences, tokens, bytes,
+                st.full_walks, st.partial_walks, st.walked_nodes, tg->cached_states(), total,
+                *std::max_element(mask_ms.begin(), mask_ms.end()));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::string dir = argc > 1 ? argv[1] : "models/cache/SmolLM2-135M-Instruct";
-  const int batch = argc > 2 ? std::stoi(argv[2]) : 64;
-  const int steps = argc > 3 ? std::stoi(argv[3]) : 200;
+  const bool maxlength = argc > 2 && std::string(argv[2]) == "maxlength";
+  const int batch = argc > 2 && !maxlength ? std::stoi(argv[2]) : 64;
+  const int steps = argc > 3 && !maxlength ? std::stoi(argv[3]) : 200;
   auto tok = load_tokenizer(dir);
   auto t0 = Clock::now();
   auto vocab = TokenVocab::from_tokenizer(*tok, tok->vocab_size());
-  std::printf("vocabulary: %lld tokens, trie of %zu nodes built in %.1f ms\n", static_cast<long long>(vocab->mask_size()),
-              vocab->nodes().size(), ms_since(t0));
+  std::printf("vocabulary: %lld tokens (longest %zu bytes), trie of %zu nodes built in %.1f ms\n",
+              static_cast<long long>(vocab->mask_size()), vocab->max_token_bytes(), vocab->nodes().size(), ms_since(t0));
+  if (maxlength) {
+    std::vector<int64_t> ns;
+    for (int i = 3; i < argc; ++i) ns.push_back(std::stoll(argv[i]));
+    if (ns.empty()) ns = {200, 1000};
+    for (int64_t n : ns) run_maxlength(vocab, n);
+    return 0;
+  }
   const nlohmann::json schema = nlohmann::json::parse(bench::kTypicalSchema);
   run("schema", [&] { return compile_json_schema(schema); }, vocab, batch, steps);
   run("json_object", [] { return any_json_object(); }, vocab, batch, steps);

@@ -59,10 +59,13 @@ GrammarMatcher::GrammarMatcher(const Grammar& g) : g_(&g) {
 }
 
 void GrammarMatcher::add_stack(const std::vector<int32_t>& stack) {
-  if (offsets_.size() >= kMaxStacks) return;
   for (size_t i = 0; i < offsets_.size(); ++i) {  // few stacks: a linear search dedupes them
     const size_t begin = offsets_[i], end = i + 1 < offsets_.size() ? offsets_[i + 1] : data_.size();
     if (end - begin == stack.size() && std::equal(stack.begin(), stack.end(), data_.begin() + begin)) return;
+  }
+  if (offsets_.size() >= kMaxStacks) {
+    dropped_ = true;
+    return;
   }
   offsets_.push_back(static_cast<uint32_t>(data_.size()));
   data_.insert(data_.end(), stack.begin(), stack.end());
@@ -70,10 +73,14 @@ void GrammarMatcher::add_stack(const std::vector<int32_t>& stack) {
 
 // Follows calls and returns from the stack's top until every stack waits for a byte.
 void GrammarMatcher::expand(std::vector<int32_t>& stack, int depth) {
-  if (++steps_ > kMaxExpandSteps) return;
+  if (++steps_ > kMaxExpandSteps) {
+    dropped_ = true;
+    return;
+  }
   const int32_t top = stack.back();
   const GrammarState& s = g_->state(top);
   if (!s.edges.empty()) add_stack(stack);
+  if (!s.calls.empty() && (stack.size() >= kMaxStack || depth >= 4 * static_cast<int>(kMaxStack))) dropped_ = true;
   if (stack.size() < kMaxStack && depth < 4 * static_cast<int>(kMaxStack)) {
     for (const CallEdge& c : s.calls) {
       stack.back() = c.ret;
@@ -99,6 +106,7 @@ bool GrammarMatcher::advance_into(uint8_t byte, GrammarMatcher& into) const {
   into.data_.clear();
   into.offsets_.clear();
   into.done_ = false;
+  into.dropped_ = false;
   into.steps_ = 0;
   for (size_t i = 0; i < offsets_.size(); ++i) {
     const size_t begin = offsets_[i], end = i + 1 < offsets_.size() ? offsets_[i + 1] : data_.size();

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace stem::structured {
@@ -64,8 +65,17 @@ class GrammarMatcher {
   bool can_end() const { return done_; }
   // Some byte could still follow.
   bool can_continue() const { return !offsets_.empty(); }
+  // The last step (or the start) went past the bounds above (grammar.cc) and dropped stacks.
+  bool dropped() const { return dropped_; }
   // The state as bytes: equal keys, equal futures (the token-mask cache's key).
   std::string key() const;
+  // The live call stacks (outermost state first, the current state last; each top has byte
+  // edges): TokenGrammar keys its shared masks by them.
+  size_t num_stacks() const { return offsets_.size(); }
+  std::pair<const int32_t*, size_t> stack(size_t i) const {
+    const size_t begin = offsets_[i], end = i + 1 < offsets_.size() ? offsets_[i + 1] : data_.size();
+    return {data_.data() + begin, end - begin};
+  }
 
  private:
   void expand(std::vector<int32_t>& stack, int depth);
@@ -75,6 +85,7 @@ class GrammarMatcher {
   std::vector<int32_t> data_;      // the stacks, one after another
   std::vector<uint32_t> offsets_;  // start of each stack in data_ (its end: the next one's start)
   bool done_ = false;
+  bool dropped_ = false;
   int steps_ = 0;  // expansions in the current step (bounded: grammar.cc)
   std::vector<int32_t> scratch_;
 };

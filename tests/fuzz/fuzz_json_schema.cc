@@ -34,6 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   GrammarMatcher m(g);
   const std::string text = stem::fuzz::steered_walk(m, steer, 5);
+  stem::fuzz::check_shared_masks(g, text, schema_text);
   if (!m.can_end()) return 0;
   nlohmann::json value;
   try {

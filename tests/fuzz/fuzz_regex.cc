@@ -49,6 +49,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   check_regex(pattern);  // what compiles passes the check
   GrammarMatcher m(g);
   const std::string text = stem::fuzz::steered_walk(m, steer, 7);
+  stem::fuzz::check_shared_masks(g, text, pattern);
   if (!m.can_end()) {
     // Not a complete match: as a JSON string it must be refused too (when it is whole UTF-8).
     if (!valid_utf8(text)) return 0;
