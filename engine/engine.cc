@@ -35,6 +35,7 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& given)
   bo.gpu_memory_fraction = options.gpu_memory_fraction;
   bo.quantization = options.quantization;
   bo.kv_cache_dtype = options.kv_cache_dtype;
+  bo.max_model_len = max_model_len_;
   bo.page_size = options.page_size;
   bo.stem = options.stem;
   // On the GPU the pool fills the memory left after the weights unless a size is given.

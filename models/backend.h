@@ -156,6 +156,9 @@ struct BackendOptions {
   // (CUDA: bf16; CPU: f32), "fp8": E4M3 codes with an f32 scale per (token, KV head) for K and for
   // V (kernels/cpu/kv_fp8.h), about half the bytes a token, so the pool holds about twice the tokens.
   std::string kv_cache_dtype = "auto";
+  // The longest sequence the engine serves (0: the model's max_position_embeddings): the CUDA
+  // backend reserves the FP8 cache's bf16 staging for one sequence of it before sizing the pool.
+  int64_t max_model_len = 0;
 };
 
 // Whether the KV cache is FP8 (kv_cache_dtype "fp8"); refuses any value but auto, bf16 and fp8.

@@ -65,17 +65,24 @@ void rope_kv_write_fp8(const TensorView& q, const TensorView& k, const TensorVie
 
 KvStagePlan stage_kv_pages(const std::vector<int32_t>& page_table, int32_t max_pages,
                            const std::vector<int32_t>& kv_lens, const std::vector<int32_t>& query_start,
-                           int32_t page_size, int64_t min_rows) {
+                           int32_t page_size, int64_t min_rows, const std::vector<uint8_t>& also) {
   const auto S = static_cast<int64_t>(kv_lens.size());
   STEM_CHECK(page_size > 0 && max_pages >= 0 && static_cast<int64_t>(page_table.size()) == S * max_pages &&
                  static_cast<int64_t>(query_start.size()) == S + 1,
              "stage_kv_pages: a page table of ", page_table.size(), " entries, ", S, " sequences, ",
              query_start.size(), " query starts");
+  STEM_CHECK(also.empty() || static_cast<int64_t>(also.size()) == S, "stage_kv_pages: ", also.size(),
+             " flags for ", S, " sequences");
   KvStagePlan plan;
   plan.page_table.assign(page_table.size(), 0);
+  plan.unstaged.assign(static_cast<size_t>(S), 0);
   for (int64_t s = 0; s < S; ++s) {
     const int64_t rows = query_start[s + 1] - query_start[s];
-    if (rows == 0 || rows <= min_rows) continue;
+    if (rows == 0) continue;
+    if (rows <= min_rows && (also.empty() || also[s] == 0)) {
+      plan.unstaged[s] = 1;
+      continue;
+    }
     const int64_t used = (int64_t{kv_lens[s]} + page_size - 1) / page_size;
     STEM_CHECK(used <= max_pages, "stage_kv_pages: sequence ", s, " has kv_len ", kv_lens[s], " in ", max_pages,
                " pages");

@@ -30,17 +30,20 @@ void rope_kv_write_fp8(const TensorView& q, const TensorView& k, const TensorVie
 struct KvStagePlan {
   std::vector<int32_t> pages;       // [n]: the pool page staged as staging page i
   std::vector<int32_t> page_table;  // [S, max_pages]: the batch's table with staging page numbers
+  std::vector<int32_t> unstaged;    // [S]: 1 for a sequence with rows whose pages are not staged, else 0
 };
 
-// Stages the pages of every sequence of the step with more than `min_rows` query rows (0: every
-// sequence that has a row; the CUDA backend passes decode_max_rows, whose sequences read the FP8
-// cache directly): its ceil(kv_len / page_size) pages, in sequence order. Entries of the staged
-// table past a sequence's pages, and every entry of an unstaged sequence, are 0 (never read for
-// them; a valid staging page either way). page_table i32 [S·max_pages], kv_lens [S], query_start
-// [S+1] are the batch's host vectors.
+// Stages the pages of every sequence of the step with more than `min_rows` query rows, and of
+// those with a row whose `also` entry is nonzero (also: empty, or [S]): its ceil(kv_len /
+// page_size) pages, in sequence order. min_rows 0 stages every sequence that has a row (the CPU
+// backend); the CUDA backend passes decode_max_rows, whose sequences read the FP8 cache directly,
+// and the batch's Stem flags as `also` (Stem's planner reads its few-row sequences too). Entries of
+// the staged table past a sequence's pages, and every entry of an unstaged sequence, are 0 (never
+// read for them; a valid staging page either way). page_table i32 [S·max_pages], kv_lens [S],
+// query_start [S+1] are the batch's host vectors.
 KvStagePlan stage_kv_pages(const std::vector<int32_t>& page_table, int32_t max_pages,
                            const std::vector<int32_t>& kv_lens, const std::vector<int32_t>& query_start,
-                           int32_t page_size, int64_t min_rows);
+                           int32_t page_size, int64_t min_rows, const std::vector<uint8_t>& also = {});
 
 // Pages `pages` (i32 [N]) of the FP8 caches (codes and scales as kv_write_fp8's) dequantized into
 // staging pages 0..N-1: out[i,o,h,d] = fp8_to_f32(codes[pages[i],o,h,d]) · scale[pages[i],o,h] in

@@ -140,10 +140,23 @@ TEST_CASE("stage_kv_pages: the pages of the sequences with more than min_rows ro
   const cpu::KvStagePlan all = cpu::stage_kv_pages(table, 4, kv_lens, qs, 4, 0);
   CHECK(all.pages == std::vector<int32_t>{7, 2, 9, 4, 5, 11});
   CHECK(all.page_table == std::vector<int32_t>{0, 1, 2, 0, 3, 4, 0, 0, 5, 0, 0, 0});
+  CHECK(all.unstaged == std::vector<int32_t>{0, 0, 0});
   const cpu::KvStagePlan prefill = cpu::stage_kv_pages(table, 4, kv_lens, qs, 4, 1);
   CHECK(prefill.pages == std::vector<int32_t>{7, 2, 9, 11});
   CHECK(prefill.page_table == std::vector<int32_t>{0, 1, 2, 0, 0, 0, 0, 0, 3, 0, 0, 0});
-  CHECK(cpu::stage_kv_pages(table, 4, kv_lens, qs, 4, 5).pages.empty());
+  CHECK(prefill.unstaged == std::vector<int32_t>{0, 1, 0});
+  const cpu::KvStagePlan none = cpu::stage_kv_pages(table, 4, kv_lens, qs, 4, 5);
+  CHECK(none.pages.empty());
+  CHECK(none.unstaged == std::vector<int32_t>{1, 1, 1});
+  // `also` (a Stem step's flags) stages a sequence of few rows too.
+  const cpu::KvStagePlan stem = cpu::stage_kv_pages(table, 4, kv_lens, qs, 4, 5, {0, 1, 0});
+  CHECK(stem.pages == std::vector<int32_t>{4, 5});
+  CHECK(stem.page_table == std::vector<int32_t>{0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0});
+  CHECK(stem.unstaged == std::vector<int32_t>{1, 0, 1});
+  // A sequence without rows this step is neither staged nor computed.
+  const std::vector<int32_t> idle_qs = {0, 5, 5, 7};
+  CHECK(cpu::stage_kv_pages(table, 4, kv_lens, idle_qs, 4, 0).unstaged == std::vector<int32_t>{0, 0, 0});
+  CHECK(cpu::stage_kv_pages(table, 4, kv_lens, idle_qs, 4, 0).pages == std::vector<int32_t>{7, 2, 9, 11});
 }
 
 TEST_CASE("dequantize_kv_pages: staging page i holds page pages[i] as code times scale, in f32") {
