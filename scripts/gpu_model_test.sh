@@ -214,6 +214,14 @@ json.dump(c, open('$tmp/llama8b-dummy/config.json', 'w'))"
   echo "  rc $?, $((SECONDS - start)) s, $(grep -c 'stem: ' "$tmp/gen.err") steps with sparse blocks; log:"
   grep -E 'stem: |prefill:|finish_reason' "$tmp/gen.err" | tail -n 4 | cut -c1-240
 
+  echo "== stemserve generate --device cuda --kv-cache-dtype fp8, the same Stem prompt (staged prefill, FP8 decode graphs)"
+  start=$SECONDS
+  "$carry/bin/stemserve" generate --model "$tmp/llama8b-dummy" --device cuda --load-format dummy --kv-cache-dtype fp8 \
+    --prompt "$(python3 -c 'print("the quick brown fox jumps over the lazy dog " * 170)')" --max-tokens 8 --ignore-eos \
+    --temperature 0 --stem-min-prompt-len 1024 --stem-budget-rate 0.25 --log-level debug > "$tmp/gen.txt" 2> "$tmp/gen.err"
+  echo "  rc $?, $((SECONDS - start)) s, $(grep -c 'stem: ' "$tmp/gen.err") steps with sparse blocks; log:"
+  grep -E 'KV cache|stem: |finish_reason' "$tmp/gen.err" | tail -n 4 | cut -c1-240
+
   echo "== worst relative error per check (all: model_errors.txt)"
   [ -f "$STEM_TEST_REPORT" ] && awk '{ op = $1; if (!(op in worst) || $NF + 0 > worst[op] + 0) { worst[op] = $NF; where[op] = $0 } n[op]++ }
        END { for (op in worst) printf "  %-28s %4d checks, worst %s  (%s)\n", op, n[op], worst[op], where[op] }' \
