@@ -1,11 +1,14 @@
 // The FP8 KV cache (--kv-cache-dtype fp8) on the CPU backend: the tiny fixtures' logits with an FP8
 // cache against the f32 cache's, within the E4M3 bound below, with the same top-1 wherever the
 // reference's margin exceeds it (whole prompts and prompts in chunks, so later chunks read pages
-// earlier steps wrote); the prefix cache's seed differs by KV dtype; unknown dtypes are refused.
+// earlier steps wrote); a batch of several sequences against each alone (the staging's
+// renumbered pages); the prefix cache's seed differs by KV dtype; unknown dtypes are refused.
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 
+#include "base/model_config.h"
+#include "base/weights.h"
 #include "engine/engine.h"
 #include "engine/page_hash.h"
 #include "models/backend.h"
@@ -149,6 +152,86 @@ TEST_CASE("fp8 kv: greedy generation with an FP8 KV cache follows the f32 cache'
   INFO("same tokens for " << compared << " steps; the margin is clear for the first " << clear);
   CHECK(compared >= clear);
   CHECK(compared > 0);
+}
+
+TEST_CASE("fp8 kv: a batch of prefill chunks and decode rows gives each sequence its logits alone (staged pages)") {
+  const fs::path dir = fixture("llama-gqa");
+  const ModelConfig c = load_model_config(dir);
+  const WeightStore store(dir);
+  BackendOptions o;
+  o.num_pages = 24;
+  o.page_size = 4;
+  o.kv_cache_dtype = "fp8";
+  // Sequence s owns pages [8s, 8s + 8), in reverse order so that staging renumbers them.
+  auto page_table = [](int s) {
+    std::vector<int32_t> t;
+    for (int p = 7; p >= 0; --p) t.push_back(8 * s + p);
+    return t;
+  };
+  struct Part {
+    int seq;
+    std::vector<int32_t> tokens;
+    int32_t start;  // its first position
+  };
+  auto batch = [&](const std::vector<Part>& parts) {
+    ForwardBatch b;
+    b.max_pages = 8;
+    b.query_start.push_back(0);
+    for (const Part& p : parts) {
+      const std::vector<int32_t> table = page_table(p.seq);
+      for (size_t i = 0; i < p.tokens.size(); ++i) {
+        const int32_t pos = p.start + static_cast<int32_t>(i);
+        b.tokens.push_back(p.tokens[i]);
+        b.positions.push_back(pos);
+        b.slots.push_back(table[pos / 4] * 4 + pos % 4);
+        b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size() - 1));
+      }
+      b.query_start.push_back(static_cast<int32_t>(b.tokens.size()));
+      b.kv_lens.push_back(p.start + static_cast<int32_t>(p.tokens.size()));
+      b.page_table.insert(b.page_table.end(), table.begin(), table.end());
+    }
+    return b;
+  };
+  const std::vector<int32_t> a = tokens(23, 3), b2 = tokens(17, 4), d = tokens(9, 5);
+  // Together: step 1 prefills a[0,20), b[0,17) and d[0,9); step 2 decodes one row of a and one of
+  // b (d idle); step 3 takes two rows of b, then two of a (the batch's order differs from the pool's).
+  auto together = make_cpu_backend(c, store, o);
+  std::vector<Tensor> got(3);
+  together->forward(batch({{0, {a.begin(), a.begin() + 20}, 0}, {1, b2, 0}, {2, d, 0}}), got[0]);
+  together->forward(batch({{0, {a[20]}, 20}, {1, {7}, 17}}), got[1]);
+  together->forward(batch({{1, {9, 11}, 18}, {0, {a[21], a[22]}, 21}}), got[2]);
+  // Alone: each sequence in its own backend, the same steps.
+  auto alone = [&](int seq, const std::vector<std::vector<Part>>& steps) {
+    auto m = make_cpu_backend(c, store, o);
+    std::vector<Tensor> out(steps.size());
+    for (size_t i = 0; i < steps.size(); ++i) m->forward(batch(steps[i]), out[i]);
+    return out;
+  };
+  const std::vector<Tensor> ra = alone(0, {{{0, {a.begin(), a.begin() + 20}, 0}}, {{0, {a[20]}, 20}}, {{0, {a[21], a[22]}, 21}}});
+  const std::vector<Tensor> rb = alone(1, {{{1, b2, 0}}, {{1, {7}, 17}}, {{1, {9, 11}, 18}}});
+  const std::vector<Tensor> rd = alone(2, {{{2, d, 0}}});
+  const int64_t V = c.vocab_size;
+  // Rows of `got[step]` from `row` on against `ref`'s rows: relative (Frobenius). The K/V values
+  // differ between the runs only by the GEMMs' summation order (shapes), and a code flips only where
+  // that crosses a rounding boundary: rare, a step of 2^-4 of one value; wrong pages would be
+  // errors of order one.
+  auto check = [&](const std::string& what, const Tensor& t, int64_t row, const Tensor& ref) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < ref.numel(); ++i) {
+      const double x = t.ptr<float>()[row * V + i], y = ref.ptr<float>()[i];
+      num += (x - y) * (x - y);
+      den += y * y;
+    }
+    INFO(what << ": relative error " << std::sqrt(num / den));
+    CHECK(std::sqrt(num / den) <= 1e-2);
+  };
+  check("step 1, a", got[0], 0, ra[0]);
+  check("step 1, b", got[0], 20, rb[0]);
+  check("step 1, d", got[0], 37, rd[0]);
+  check("step 2, a", got[1], 0, ra[1]);
+  check("step 2, b", got[1], 1, rb[1]);
+  check("step 3, b", got[2], 0, rb[2]);
+  check("step 3, a", got[2], 2, ra[2]);
 }
 
 TEST_CASE("fp8 kv: the prefix cache's seed names the KV dtype: FP8 and bf16 pages never mix") {
