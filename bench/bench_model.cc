@@ -18,6 +18,8 @@
 //               [--json FILE] [--profile] [--runs N]   (an empty list, e.g. --batches '', skips that part)
 //               [--stem-selector topk|threshold|adaptive|none] [--stem-threshold X] [--stem-dense-tail N]
 //               [--quantization fp8]   (FP8 weights and activations: random E4M3 weights, docs/api.md)
+//               [--kv-cache-dtype auto|bf16|fp8]   (fp8: the KV cache in E4M3 with a scale per token and
+//               KV head; the pool's capacity is printed in tokens and in sequences of 32K)
 // Stem runs the paper's method (StemSettings{}) unless the selector flags say otherwise (the served
 // default: --stem-selector threshold --stem-threshold 0.8738).
 // --runs N: TTFT runs per prompt and mode (the median is printed); default 3 up to 32K, 1 beyond.
@@ -58,6 +60,7 @@ struct Args {
   int runs = 0;  // 0: 3 up to 32K, 1 beyond
   StemSettings stem;  // the paper's method unless --stem-selector / --stem-threshold say otherwise
   std::string quantization;  // "" or "fp8" (BackendOptions::quantization)
+  std::string kv_cache_dtype = "auto";  // BackendOptions::kv_cache_dtype
 };
 
 Args parse_args(int argc, char** argv) {
@@ -78,11 +81,13 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--stem-threshold") a.stem.threshold = std::stod(v);
     else if (k == "--stem-dense-tail") a.stem.dense_tail_blocks = std::stoll(v);
     else if (k == "--quantization") a.quantization = v;
+    else if (k == "--kv-cache-dtype") a.kv_cache_dtype = v;
     else throw Error("unknown argument " + k);
   });
   if (a.sparse_prefill != "dense" && a.sparse_prefill != "stem" && a.sparse_prefill != "both")
     throw Error("--sparse-prefill takes dense, stem or both, got " + a.sparse_prefill);
   check_stem_settings(a.stem);
+  kv_cache_fp8(a.kv_cache_dtype);  // refuses an unknown dtype
   return a;
 }
 
@@ -246,8 +251,10 @@ int main(int argc, char** argv) try {
   o.gpu_memory_fraction = a.fraction;
   o.stem = a.stem;
   o.quantization = a.quantization;
-  std::printf("stem: %s; weights and activations: %s\n", stem_selection_name(a.stem).c_str(),
-              a.quantization.empty() ? "bf16" : a.quantization.c_str());
+  o.kv_cache_dtype = a.kv_cache_dtype;
+  const std::string kv_dtype = kv_cache_fp8(a.kv_cache_dtype) ? "fp8" : "bf16";
+  std::printf("stem: %s; weights and activations: %s; KV cache: %s\n", stem_selection_name(a.stem).c_str(),
+              a.quantization.empty() ? "bf16" : a.quantization.c_str(), kv_dtype.c_str());
   CudaBackendOptions co;
   co.reserve_step_tokens = a.chunk;
   const double t_load = now_ms();
@@ -259,12 +266,20 @@ int main(int argc, char** argv) try {
               c.architecture.c_str(), a.config.c_str(), st0.weight_bytes / 1e9, st0.weight_step_read_bytes / 1e9,
               static_cast<long long>(m->num_pages()), m->page_size(), st0.kv_bytes / 1e9,
               static_cast<long long>(m->num_pages() * m->page_size()), (now_ms() - t_load) / 1e3);
+  // The pool's capacity: tokens, and whole sequences of 32K (each needs its own pages).
+  const int64_t pages_32k = (32768 + m->page_size() - 1) / m->page_size(), fit_32k = m->num_pages() / pages_32k;
+  std::printf("KV cache %s: %zu bytes a token (all layers, K and V%s), pool %lld tokens = %lld sequences of 32K\n",
+              kv_dtype.c_str(), st0.kv_bytes_per_token, kv_dtype == "fp8" ? ", codes and scales" : "",
+              static_cast<long long>(m->num_pages() * m->page_size()), static_cast<long long>(fit_32k));
   nlohmann::json out = {{"device", prop.name},
                         {"copy_gbs", copy_gbs},
                         {"config", a.config},
                         {"quantization", a.quantization.empty() ? "bf16" : a.quantization},
                         {"weights_gb", st0.weight_bytes / 1e9},
+                        {"kv_cache_dtype", kv_dtype},
+                        {"kv_bytes_per_token", st0.kv_bytes_per_token},
                         {"kv_pool_tokens", m->num_pages() * m->page_size()},
+                        {"kv_pool_seqs_32k", fit_32k},
                         {"chunk", a.chunk},
                         {"sparse_prefill", a.sparse_prefill}};
 

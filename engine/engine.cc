@@ -25,6 +25,7 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& given)
   const EngineOptions& options = options_;
   if (!fs::is_directory(model_dir)) throw Error(model_dir.string() + ": model folder does not exist");
   check_stem_settings(options.stem);  // before minutes of weight loading
+  kv_cache_fp8(options.kv_cache_dtype);  // refuses an unknown dtype, as early
   config_ = load_model_config(model_dir);
   max_model_len_ = options.max_model_len > 0 ? std::min(options.max_model_len, config_.max_position_embeddings)
                                              : config_.max_position_embeddings;
@@ -33,6 +34,8 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& given)
   bo.device = options.device;
   bo.gpu_memory_fraction = options.gpu_memory_fraction;
   bo.quantization = options.quantization;
+  bo.kv_cache_dtype = options.kv_cache_dtype;
+  bo.max_model_len = max_model_len_;
   bo.page_size = options.page_size;
   bo.stem = options.stem;
   // On the GPU the pool fills the memory left after the weights unless a size is given.
@@ -46,8 +49,8 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& given)
   }
   kv_ = std::make_unique<PageAllocator>(backend_->num_pages(), backend_->page_size(), options.enable_prefix_caching);
   // Everything one engine's pages depend on besides their tokens: its model folder and backend.
-  model_identity_ = model_dir.string() + '\n' + backend_->name() + (options.dummy_weights ? "\ndummy" : "") +
-                    (options.quantization.empty() ? "" : "\n" + options.quantization);
+  model_identity_ = model_identity(model_dir.string(), backend_->name(), options.dummy_weights, options.quantization,
+                                   kv_cache_fp8(options.kv_cache_dtype));
   stem_kv_kind_ = stem_kv_kind(options.stem);
   if (kv_capacity_tokens() < max_model_len_) {
     // A sequence that can never fit would stall the scheduler; shorten the context instead.

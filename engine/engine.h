@@ -36,6 +36,7 @@ struct EngineOptions {
   bool dummy_weights = false;            // random weights for the config (--load-format dummy)
   double gpu_memory_fraction = 0.9;      // cuda: share of device memory for weights + KV cache
   std::string quantization;              // "fp8" (--quantization): BackendOptions::quantization
+  std::string kv_cache_dtype = "auto";   // auto, bf16, fp8 (--kv-cache-dtype): BackendOptions::kv_cache_dtype
   int32_t page_size = 16;
   int64_t max_model_len = 0;             // 0: the model's max_position_embeddings
   int64_t kv_cache_tokens = 0;           // 0: room for one sequence of max_model_len (cpu)

@@ -46,6 +46,15 @@ struct Hasher {
 
 }  // namespace
 
+std::string model_identity(std::string_view model_dir, std::string_view backend, bool dummy_weights,
+                           std::string_view quantization, bool kv_cache_fp8) {
+  std::string id = std::string(model_dir) + '\n' + std::string(backend);
+  if (dummy_weights) id += "\ndummy";
+  if (!quantization.empty()) id += "\n" + std::string(quantization);
+  if (kv_cache_fp8) id += "\nkv_cache_dtype=fp8";
+  return id;
+}
+
 PageHash prefix_seed(std::string_view model_identity, std::string_view kv_kind, std::string_view cache_salt) {
   Hasher h{keys().lo, keys().hi};
   h.add(model_identity);

@@ -20,6 +20,12 @@ struct PageHash {
   bool operator==(const PageHash&) const = default;
 };
 
+// What an engine's pages depend on besides their tokens and the attention that computed them: its
+// model folder, backend, random weights or not, weight quantization, and the KV cache's dtype
+// (an FP8 cache's pages hold E4M3 codes of the values: never shared with a bf16 cache's; "auto" and
+// "bf16" keep the same pages). The model identity prefix_seed takes.
+std::string model_identity(std::string_view model_dir, std::string_view backend, bool dummy_weights,
+                           std::string_view quantization, bool kv_cache_fp8);
 // The chain's start. Each field is length-prefixed, so ("ab", "c") and ("a", "bc") differ.
 PageHash prefix_seed(std::string_view model_identity, std::string_view kv_kind, std::string_view cache_salt);
 // The KV kinds a seed names. Dense attention's K/V: "dense". A Stem prefill whose selection is

@@ -165,6 +165,12 @@ bool wants_fp8(const ModelConfig& config, const BackendOptions& options) {
   return options.quantization == "fp8" || config.quantization == "fp8";
 }
 
+bool kv_cache_fp8(const std::string& kv_cache_dtype) {
+  if (kv_cache_dtype == "fp8") return true;
+  if (kv_cache_dtype == "auto" || kv_cache_dtype == "bf16") return false;
+  throw Error("kv_cache_dtype '" + kv_cache_dtype + "' is not supported (auto, bf16, fp8)");
+}
+
 void check_fp8_gpu(int major, int minor, const std::string& gpu_name) {
   if (major * 10 + minor < 89)
     throw Error("FP8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper); " + gpu_name + " is " +

@@ -159,7 +159,17 @@ struct BackendOptions {
   // "fp8": FP8 (E4M3) weights and activations, a float checkpoint quantized at load; an FP8
   // checkpoint (ModelConfig::quantization) runs in FP8 either way. "": as the checkpoint is.
   std::string quantization;
+  // The KV cache's dtype (--kv-cache-dtype, vLLM's name): "auto" or "bf16" as the backend keeps it
+  // (CUDA: bf16; CPU: f32), "fp8": E4M3 codes with an f32 scale per (token, KV head) for K and for
+  // V (kernels/cpu/kv_fp8.h), about half the bytes a token, so the pool holds about twice the tokens.
+  std::string kv_cache_dtype = "auto";
+  // The longest sequence the engine serves (0: the model's max_position_embeddings): the CUDA
+  // backend reserves the FP8 cache's bf16 staging for one sequence of it before sizing the pool.
+  int64_t max_model_len = 0;
 };
+
+// Whether the KV cache is FP8 (kv_cache_dtype "fp8"); refuses any value but auto, bf16 and fp8.
+bool kv_cache_fp8(const std::string& kv_cache_dtype);
 
 // Whether the model runs in FP8: asked for, or an FP8 checkpoint. Refuses any other quantization.
 bool wants_fp8(const ModelConfig& config, const BackendOptions& options);

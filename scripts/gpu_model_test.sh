@@ -18,6 +18,10 @@
 #                                                  # outputs' cost at batch 1/16/64 through the whole
 #                                                  # engine (bench/bench_constrained.cc), random
 #                                                  # weights; ARGS go to the bench
+#   scripts/gpu_model_test.sh kv [ARGS]            # there, with the `pack` folder carried: bench_model
+#                                                  # with --kv-cache-dtype bf16, then fp8 (issue 18):
+#                                                  # the KV pool's capacity, decode at batch 1 and 64
+#                                                  # over 32K contexts, TTFT at 32K; ARGS go to both
 #   scripts/gpu_model_test.sh unpack               # there: unpacks the carried bundle (run, real and
 #                                                  # constrained do it themselves; for other scripts)
 #   scripts/gpu_model_test.sh pack real            # here: only what `real` runs, into
@@ -214,6 +218,14 @@ json.dump(c, open('$tmp/llama8b-dummy/config.json', 'w'))"
   echo "  rc $?, $((SECONDS - start)) s, $(grep -c 'stem: ' "$tmp/gen.err") steps with sparse blocks; log:"
   grep -E 'stem: |prefill:|finish_reason' "$tmp/gen.err" | tail -n 4 | cut -c1-240
 
+  echo "== stemserve generate --device cuda --kv-cache-dtype fp8, the same Stem prompt (staged prefill, FP8 decode graphs)"
+  start=$SECONDS
+  "$carry/bin/stemserve" generate --model "$tmp/llama8b-dummy" --device cuda --load-format dummy --kv-cache-dtype fp8 \
+    --prompt "$(python3 -c 'print("the quick brown fox jumps over the lazy dog " * 170)')" --max-tokens 8 --ignore-eos \
+    --temperature 0 --stem-min-prompt-len 1024 --stem-budget-rate 0.25 --log-level debug > "$tmp/gen.txt" 2> "$tmp/gen.err"
+  echo "  rc $?, $((SECONDS - start)) s, $(grep -c 'stem: ' "$tmp/gen.err") steps with sparse blocks; log:"
+  grep -E 'KV cache|stem: |finish_reason' "$tmp/gen.err" | tail -n 4 | cut -c1-240
+
   echo "== worst relative error per check (all: model_errors.txt)"
   [ -f "$STEM_TEST_REPORT" ] && awk '{ op = $1; if (!(op in worst) || $NF + 0 > worst[op] + 0) { worst[op] = $NF; where[op] = $0 } n[op]++ }
        END { for (op in worst) printf "  %-28s %4d checks, worst %s  (%s)\n", op, n[op], worst[op], where[op] }' \
@@ -249,11 +261,26 @@ constrained() {  # bench_constrained on the carried Qwen2.5-Coder-1.5B config an
   return "${PIPESTATUS[0]}"
 }
 
+kv() {  # bench_model with the bf16 KV cache, then the FP8 one (issue 18); "$@": more bench_model flags
+  local logs="${OUT:-$carry/logs}" rc=0 d
+  mkdir -p "$logs"
+  carried_env "$logs"
+  for d in bf16 fp8; do
+    echo "== bench_model --kv-cache-dtype $d (Llama-3.1-8B shape: the pool's capacity, decode at batch 1/64 over 32K, TTFT at 32K)"
+    "$carry/bin/bench_model" --config "$root/bench/configs/llama-3.1-8b.json" --kv-cache-dtype "$d" --batches 1,64 \
+      --contexts 32768 --steps 20 --ttft 32768 --sparse-prefill both --json "$logs/bench_kv_$d.json" "$@" 2>&1 \
+      | tee "$logs/bench_kv_$d.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+  done
+  return $rc
+}
+
 case "$mode" in
   pack) pack "${2:-}" ;;
   unpack) unpack ;;
   constrained) shift; constrained "$@" ;;
+  kv) shift; kv "$@" ;;
   run) run "${2:-quick}" ;;
   real) real "${2:-}" ;;
-  *) echo "usage: $0 pack [real|constrained] | unpack | run [quick|full|none] | real MODEL_DIR | constrained [ARGS]" >&2; exit 2 ;;
+  *) echo "usage: $0 pack [real|constrained] | unpack | run [quick|full|none] | real MODEL_DIR | constrained [ARGS] | kv [ARGS]" >&2; exit 2 ;;
 esac

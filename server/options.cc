@@ -28,6 +28,10 @@ void add_load_flags(CLI::App* cmd, EngineOptions& e) {
                   "fp8: E4M3 weights (a scale per output channel, quantized at load) and activations (per "
                   "token); FP8 checkpoints (compressed-tensors) run in FP8 without it")
       ->check(CLI::IsMember({"fp8"}))->envname("STEMSERVE_QUANTIZATION");
+  cmd->add_option("--kv-cache-dtype", e.kv_cache_dtype,
+                  "KV cache dtype: auto or bf16 (the device's: bf16 on cuda, f32 on cpu), or fp8 (E4M3 with a scale per "
+                  "token and KV head: about twice the tokens in the same memory)")
+      ->check(CLI::IsMember({"auto", "bf16", "fp8"}))->envname("STEMSERVE_KV_CACHE_DTYPE")->capture_default_str();
 }
 
 // Stem sparse prefill (docs/stem.md), the same flags on generate and serve, over the served

@@ -297,7 +297,13 @@ int run_long(const LongOptions& o) {
       take_calibration(m, m.name);
     }
 
-  EvalModel model(o.model, o.device, longest, o.batch, o.quantization);
+  if (kv_cache_fp8(o.kv_cache_dtype))  // refuses an unknown dtype
+    for (Method& m : methods) {
+      m.name += "+fp8kv";
+      take_calibration(m, m.name);
+    }
+
+  EvalModel model(o.model, o.device, longest, o.batch, o.quantization, o.kv_cache_dtype);
   STEM_CHECK(index.value("vocab_size", int64_t{0}) <= model.config().vocab_size, "the data's tokenizer has ",
              index.value("vocab_size", 0), " ids, the model ", model.config().vocab_size,
              ": the prompts were made for another model");

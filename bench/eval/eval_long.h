@@ -46,6 +46,9 @@ struct LongOptions {
   // method's calibrated knob unless it has one of its own, so a row differs from its bf16 twin
   // only by FP8.
   std::string quantization;
+  // "fp8": the KV cache in FP8 (BackendOptions::kv_cache_dtype); methods named "<name>+fp8kv" (after
+  // any "+fp8"), with the calibrated knob of the method without it, as for quantization.
+  std::string kv_cache_dtype = "auto";
 };
 
 // Runs what the options select; returns the process's exit code.

@@ -38,7 +38,7 @@ class Decorated {
 }  // namespace
 
 EvalModel::EvalModel(const std::filesystem::path& dir, const std::string& device, int64_t max_tokens,
-                     int64_t max_batch, const std::string& quantization)
+                     int64_t max_batch, const std::string& quantization, const std::string& kv_cache_dtype)
     : device_(device), config_(load_model_config(dir)), weights_(dir), tokenizer_(load_tokenizer(dir)),
       max_tokens_(max_tokens), max_batch_(max_batch) {
   STEM_CHECK(max_tokens > 0 && max_tokens <= config_.max_position_embeddings, dir.string(), ": the evaluation needs ",
@@ -52,6 +52,7 @@ EvalModel::EvalModel(const std::filesystem::path& dir, const std::string& device
   o.page_size = page_size_;
   o.num_pages = pages_per_seq_ * max_batch_;
   o.quantization = quantization;
+  o.kv_cache_dtype = kv_cache_dtype;
 #ifdef STEM_HAVE_CUDA
   if (device_ == "cuda") {
     CudaBackendOptions co;

@@ -66,9 +66,10 @@ class EvalModel {
  public:
   // max_tokens: the longest sequence (prompt + generated) any call will run; max_batch: how many
   // sequences greedy_batch holds at once (the KV pool is max_batch · max_tokens).
-  // quantization: BackendOptions::quantization ("" or "fp8").
+  // quantization: BackendOptions::quantization ("" or "fp8"); kv_cache_dtype: BackendOptions::
+  // kv_cache_dtype ("auto", "bf16" or "fp8").
   EvalModel(const std::filesystem::path& dir, const std::string& device, int64_t max_tokens, int64_t max_batch = 1,
-            const std::string& quantization = "");
+            const std::string& quantization = "", const std::string& kv_cache_dtype = "auto");
   ~EvalModel();
 
   const ModelConfig& config() const { return config_; }

@@ -106,6 +106,9 @@ int main(int argc, char** argv) {
   app.add_option("--quantization", L.quantization,
                  "long: fp8: the model in FP8 (weights and activations); methods named <name>+fp8, with the bf16 "
                  "method's calibrated knob")->check(CLI::IsMember({"fp8"}));
+  app.add_option("--kv-cache-dtype", L.kv_cache_dtype,
+                 "long: fp8: the KV cache in FP8 (E4M3, a scale per token and KV head); methods named <name>+fp8kv, "
+                 "with the knob calibrated without it")->check(CLI::IsMember({"auto", "bf16", "fp8"}));
   auto* targets_opt = app.get_option("--targets");
   auto* tasks_opt = app.get_option("--tasks");
   auto* min_len_opt = app.get_option("--min-prompt-len");

@@ -20,6 +20,16 @@ void paged_attention(const TensorView& out, const TensorView& q, const TensorVie
   // A lone sequence with more rows than the decode kernel takes has no decode rows.
   if (!(s.seqs == 1 && s.tokens > max_rows))
     paged_decode(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window, stream);
+  paged_prefill(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window, stream);
+}
+
+void paged_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                   const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start, float scale,
+                   int64_t sliding_window, cudaStream_t stream) {
+  const attn::AttentionShape s = attn::check_attention("paged_prefill", out, q, k_cache, v_cache, page_table, kv_lens,
+                                                       query_start, scale, sliding_window);
+  if (s.tokens == 0 || s.seqs == 0) return;
+  const int64_t max_rows = decode_max_rows(s.q_heads, s.kv_heads);
   if (s.tokens <= max_rows) return;  // no sequence can have more rows than the step
 
   // Query blocks of prefill sequences: a sequence of n > max_rows rows spans at most n/128 + 2

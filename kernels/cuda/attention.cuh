@@ -21,4 +21,11 @@ void paged_attention(const TensorView& out, const TensorView& q, const TensorVie
                      const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
                      float scale, int64_t sliding_window, cudaStream_t stream);
 
+// The router's prefill half alone: the rows of the sequences with more than decode_max_rows(Hq, Hkv)
+// rows (the others are left untouched, and their page-table entries are not read). The FP8 cache's
+// prefill rows go here over the staged bf16 pages, its decode rows to paged_decode_fp8.
+void paged_prefill(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                   const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
+                   float scale, int64_t sliding_window, cudaStream_t stream);
+
 }  // namespace stem::cuda

@@ -6,6 +6,7 @@
 
 #include "kernels/cuda/attention_decode_kernel.cuh"
 #include "kernels/cuda/attention_launch.cuh"
+#include "kernels/cuda/kv_fp8.cuh"
 
 namespace stem::cuda {
 namespace {
@@ -14,10 +15,10 @@ namespace {
 constexpr int64_t kMinChunk = 256;
 constexpr int64_t kMaxSplits = 1024;
 
-template <int D>
+template <int D, bool kFp8>
 void launch_decode(attn::DecodeParams p, int64_t seqs, int64_t kv_heads, cudaStream_t stream) {
-  constexpr int smem = attn::decode_smem_bytes<D>();
-  attn::allow_smem(reinterpret_cast<const void*>(&attn::decode_kernel<D>), smem, "paged_decode");
+  constexpr int smem = attn::decode_smem_bytes<D, kFp8>();
+  attn::allow_smem(reinterpret_cast<const void*>(&attn::decode_kernel<D, kFp8>), smem, "paged_decode");
   STEM_CHECK(seqs < (int64_t{1} << 31) && kv_heads * p.mtiles < 65536, "paged_decode: ", seqs, " sequences x ",
              kv_heads * p.mtiles, " head tiles do not fit one launch");
   const dim3 grid(static_cast<unsigned>(seqs), static_cast<unsigned>(kv_heads * p.mtiles), 1);
@@ -29,7 +30,7 @@ void launch_decode(attn::DecodeParams p, int64_t seqs, int64_t kv_heads, cudaStr
     p.part_lse = p.part_o + vectors * D;
   }
   try {
-    launch_pdl(attn::decode_kernel<D>, dim3(grid.x, grid.y, static_cast<unsigned>(p.splits)), attn::kThreads, smem,
+    launch_pdl(attn::decode_kernel<D, kFp8>, dim3(grid.x, grid.y, static_cast<unsigned>(p.splits)), attn::kThreads, smem,
                stream, p);
     if (p.splits > 1) launch_pdl(attn::decode_reduce_kernel<D>, grid, attn::kThreads, 0, stream, p);
   } catch (...) {
@@ -47,14 +48,14 @@ int64_t decode_max_rows(int64_t q_heads, int64_t kv_heads) {
   return std::max<int64_t>(1, attn::kDecodeVectors / (q_heads / kv_heads));
 }
 
-void paged_decode(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
-                  const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start, float scale,
-                  int64_t sliding_window, cudaStream_t stream) {
-  const attn::AttentionShape s = attn::check_attention("paged_decode", out, q, k_cache, v_cache, page_table, kv_lens,
-                                                       query_start, scale, sliding_window);
+namespace {
+
+// The launch of either cache: the shape checked by the caller, the split sized here.
+template <bool kFp8>
+void decode(const attn::AttentionShape& s, attn::DecodeParams p, const TensorView& out, const TensorView& q,
+            const TensorView& kv_lens, const TensorView& query_start, cudaStream_t stream) {
   if (s.tokens == 0 || s.seqs == 0) return;
   const int64_t group = s.q_heads / s.kv_heads, max_rows = decode_max_rows(s.q_heads, s.kv_heads);
-  attn::DecodeParams p{};
   p.out = out.ptr<attn::bf16>();
   p.q = q.ptr<const attn::bf16>();
   p.kv = s.kv;
@@ -79,9 +80,39 @@ void paged_decode(const TensorView& out, const TensorView& q, const TensorView& 
   p.chunk = static_cast<int32_t>(chunk);
   p.splits = static_cast<int32_t>((max_kv + chunk - 1) / chunk);
   if (s.head_dim == 64)
-    launch_decode<64>(p, s.seqs, s.kv_heads, stream);
+    launch_decode<64, kFp8>(p, s.seqs, s.kv_heads, stream);
   else
-    launch_decode<128>(p, s.seqs, s.kv_heads, stream);
+    launch_decode<128, kFp8>(p, s.seqs, s.kv_heads, stream);
+}
+
+}  // namespace
+
+void paged_decode(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                  const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start, float scale,
+                  int64_t sliding_window, cudaStream_t stream) {
+  const attn::AttentionShape s = attn::check_attention("paged_decode", out, q, k_cache, v_cache, page_table, kv_lens,
+                                                       query_start, scale, sliding_window);
+  decode<false>(s, attn::DecodeParams{}, out, q, kv_lens, query_start, stream);
+}
+
+void paged_decode_fp8(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                      const TensorView& k_scale, const TensorView& v_scale, const TensorView& page_table,
+                      const TensorView& kv_lens, const TensorView& query_start, float scale, int64_t sliding_window,
+                      cudaStream_t stream, const TensorView& only) {
+  const attn::AttentionShape s = attn::check_attention("paged_decode_fp8", out, q, k_cache, v_cache, page_table,
+                                                       kv_lens, query_start, scale, sliding_window, DType::F8E4M3);
+  check_fp8_kv_cache(k_cache, v_cache, k_scale, v_scale, "paged_decode_fp8");
+  attn::DecodeParams p{};
+  p.k_codes = k_cache.ptr<const uint8_t>();
+  p.v_codes = v_cache.ptr<const uint8_t>();
+  p.k_scale = k_scale.ptr<const float>();
+  p.v_scale = v_scale.ptr<const float>();
+  if (!only.empty()) {
+    cpu::check_packed(only, "paged_decode_fp8 only", DType::I32, 1);
+    cpu::check_dim(only, "paged_decode_fp8 only", 0, s.seqs, "sequences, the rows of page_table");
+    p.only = only.ptr<const int32_t>();
+  }
+  decode<true>(s, p, out, q, kv_lens, query_start, stream);
 }
 
 }  // namespace stem::cuda

@@ -28,4 +28,16 @@ void paged_decode(const TensorView& out, const TensorView& q, const TensorView& 
                   const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start, float scale,
                   int64_t sliding_window, cudaStream_t stream);
 
+// paged_decode over an FP8 cache (kernels/cuda/kv_fp8.cuh): codes k_cache, v_cache F8E4M3
+// [P,page_size,Hkv,D] and scales f32 [P,page_size,Hkv]. Each 64-key tile's codes are read once (half
+// a bf16 tile's bytes), widened to bf16 in shared memory (exact), and the scales applied in
+// registers: scores q·codes times the key's scale, probabilities times the value's scale before
+// P·V. The CPU twin: cpu::paged_attention over cpu::dequantize_kv_pages' code · scale values.
+// only (optional, i32 [S] on the device): the sequences whose entry is 0 are skipped, their rows
+// left untouched (a Stem step's staged sequences, computed from the staging).
+void paged_decode_fp8(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                      const TensorView& k_scale, const TensorView& v_scale, const TensorView& page_table,
+                      const TensorView& kv_lens, const TensorView& query_start, float scale, int64_t sliding_window,
+                      cudaStream_t stream, const TensorView& only = TensorView());
+
 }  // namespace stem::cuda

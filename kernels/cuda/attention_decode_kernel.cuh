@@ -3,7 +3,17 @@
 // states, merged through shared memory at the end. The 16 query vectors (row r, head-in-group hh →
 // vector r·G + hh) form one m16 MMA tile, so the group's heads cost the tensor cores nothing extra
 // and each K/V tile is read from memory once for all of them.
+//
+// With an FP8 cache (kFp8: --kv-cache-dtype fp8, kernels/cuda/kv_fp8.cuh) the stages hold the
+// tile's E4M3 codes (half the bytes) and its 2·64 scales; each tile's codes are widened to bf16 in
+// shared memory (exactly: every E4M3 value is a bf16 value) and go through the same MMAs, with the
+// scales applied in registers: a key's scale multiplies its column of scores after q·codes (f32),
+// a value's scale multiplies its probability before P·V (so P·(code·scale) is summed in f32 as the
+// CPU twin's code·scale values are).
 #pragma once
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
 #include <cmath>
 
 #include "kernels/cuda/attention_mma.cuh"
@@ -25,19 +35,98 @@ struct DecodeParams {
   int64_t q_stride, out_stride;
   int32_t group, max_rows, mtiles, splits, chunk, window;
   float scale_log2;
+  // FP8 cache (kFp8): codes [P·page_size, Hkv·D] and scales [P·page_size, Hkv] (kv.k, kv.v unused).
+  const uint8_t* k_codes;
+  const uint8_t* v_codes;
+  const float* k_scale;
+  const float* v_scale;
+  // Optional (either cache): i32 [S]; a sequence whose entry is 0 is skipped (nothing read or written).
+  const int32_t* only;
 };
 
+// FP8: a stage's codes (K then V, kTileKeys rows of D bytes each) and scales (K's kTileKeys, then V's).
 template <int D>
+constexpr int fp8_stage_bytes() {
+  return 2 * kTileKeys * D + 2 * kTileKeys * 4;
+}
+
+// bf16: Q, then the stages. FP8: Q, the widened bf16 tile (K, V), then the FP8 stages.
+template <int D, bool kFp8 = false>
 constexpr int decode_smem_bytes() {
+  if constexpr (kFp8) return (kDecodeVectors * D + 2 * kTileKeys * D) * 2 + kDecodeStages * fp8_stage_bytes<D>();
   return (kDecodeVectors * D + kDecodeStages * 2 * kTileKeys * D) * 2;
 }
 static_assert(4 * kDecodeVectors * (128 + 2) * 4 <= kDecodeStages * 2 * kTileKeys * 128 * 2,
               "the merge area reuses the K/V stages");
+static_assert(4 * kDecodeVectors * (64 + 2) * 4 <= decode_smem_bytes<64, true>() - kDecodeVectors * 64 * 2 &&
+                  4 * kDecodeVectors * (128 + 2) * 4 <= decode_smem_bytes<128, true>() - kDecodeVectors * 128 * 2,
+              "the merge area reuses the widened tile and the FP8 stages");
+
+// E4M3 → f32, exact (through fp16, which holds every E4M3 value).
+__device__ __forceinline__ float fp8_code_value(uint8_t code) {
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(code), __NV_E4M3)));
+}
+
+// 4-byte global→shared copy (a scale); zero-filled when !valid.
+__device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src, bool valid) {
+  const int bytes = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+
+// Issues the async copies of one FP8 tile (tokens k0 .. k0+63 of KV head g) into a stage: codes
+// in plain rows of D bytes (16-byte chunks), then the K and V scales. Rows past kv_len are zeros.
+template <int D>
+__device__ __forceinline__ void issue_fp8_tile(const DecodeParams& p, const int32_t* table_row, int g, int k0,
+                                               int kv_len, unsigned char* stage, int tid) {
+  constexpr int kChunks16 = D / 16;
+  const int in_page = p.kv.page_size - 1;
+  const int64_t row_bytes = static_cast<int64_t>(p.kv.kv_heads) * D;  // between a page's tokens
+  const uint32_t base = smem_u32(stage);
+  for (int c = tid; c < kTileKeys * kChunks16; c += kThreads) {
+    const int r = c / kChunks16, chunk = c % kChunks16, tok = k0 + r;
+    const bool valid = tok < kv_len;
+    const int page = valid ? __ldg(table_row + (tok >> p.kv.log2_page)) : 0;
+    const int64_t off = valid ? ((static_cast<int64_t>(page) << p.kv.log2_page) + (tok & in_page)) * row_bytes +
+                                    g * D + chunk * 16
+                              : 0;
+    const uint32_t dst = static_cast<uint32_t>(r * D + chunk * 16);
+    cp_async_16(base + dst, p.k_codes + off, valid);
+    cp_async_16(base + kTileKeys * D + dst, p.v_codes + off, valid);
+  }
+  for (int c = tid; c < 2 * kTileKeys; c += kThreads) {
+    const bool is_v = c >= kTileKeys;
+    const int r = is_v ? c - kTileKeys : c, tok = k0 + r;
+    const bool valid = tok < kv_len;
+    const int page = valid ? __ldg(table_row + (tok >> p.kv.log2_page)) : 0;
+    const int64_t at = valid ? ((static_cast<int64_t>(page) << p.kv.log2_page) + (tok & in_page)) * p.kv.kv_heads + g : 0;
+    cp_async_4(base + 2 * kTileKeys * D + c * 4, (is_v ? p.v_scale : p.k_scale) + at, valid);
+  }
+}
+
+// Widens a stage's codes into the bf16 tile (K at s_k, V right after), in tile_offset's layout.
+template <int D>
+__device__ __forceinline__ void widen_fp8_tile(const unsigned char* stage, bf16* s_k, int tid) {
+  constexpr int kChunks = D / 8;
+  for (int c = tid; c < 2 * kTileKeys * kChunks; c += kThreads) {
+    const bool is_v = c >= kTileKeys * kChunks;
+    const int cc = is_v ? c - kTileKeys * kChunks : c, r = cc / kChunks, chunk = cc % kChunks;
+    const uint2 raw = *reinterpret_cast<const uint2*>(stage + (is_v ? kTileKeys * D : 0) + r * D + chunk * 8);
+    const uint8_t* code = reinterpret_cast<const uint8_t*>(&raw);
+    uint4 out;
+    out.x = pack_bf16(fp8_code_value(code[0]), fp8_code_value(code[1]));
+    out.y = pack_bf16(fp8_code_value(code[2]), fp8_code_value(code[3]));
+    out.z = pack_bf16(fp8_code_value(code[4]), fp8_code_value(code[5]));
+    out.w = pack_bf16(fp8_code_value(code[6]), fp8_code_value(code[7]));
+    unsigned char* tile = reinterpret_cast<unsigned char*>(s_k + (is_v ? kTileKeys * D : 0));
+    *reinterpret_cast<uint4*>(tile + tile_offset<D>(r, chunk)) = out;
+  }
+}
 
 // Which query vectors a CTA owns; false when this CTA has nothing to do for the sequence.
 struct DecodeWork {
   int row_begin, n_rows, n_vec, vec0, kv_len, first_pos;
   __device__ bool load(const DecodeParams& p, int seq, int mtile) {
+    if (p.only != nullptr && p.only[seq] == 0) return false;
     row_begin = p.query_start[seq];
     n_rows = p.query_start[seq + 1] - row_begin;
     if (n_rows == 0 || n_rows > p.max_rows) return false;  // idle, or the prefill kernel's
@@ -49,11 +138,12 @@ struct DecodeWork {
   }
 };
 
-template <int D>
+template <int D, bool kFp8 = false>
 __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_constant__ DecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* s_q = reinterpret_cast<bf16*>(smem);
-  bf16* s_kv = s_q + kDecodeVectors * D;  // stage st: K at st·2·64·D, V right after
+  bf16* s_kv = s_q + kDecodeVectors * D;  // stage st: K at st·2·64·D, V right after (FP8: the widened tile)
+  unsigned char* s_fp8 = reinterpret_cast<unsigned char*>(s_kv + 2 * kTileKeys * D);  // FP8: the stages
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int seq = blockIdx.x, g = blockIdx.y / p.mtiles, split = blockIdx.z;
   pdl_wait();  // q and the newest K/V come from the kernels before
@@ -82,9 +172,13 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_consta
   KvTileLoader<D> loader(tid);
   auto issue = [&](int t) {
     const int k0 = start + t * kTileKeys;
-    bf16* s_k = s_kv + (t % kDecodeStages) * 2 * kTileKeys * D;
-    loader.fetch_page(p.kv, table_row, k0, w.kv_len);
-    loader.issue(p.kv, table_row, g, k0, w.kv_len, s_k, s_k + kTileKeys * D);
+    if constexpr (kFp8) {
+      issue_fp8_tile<D>(p, table_row, g, k0, w.kv_len, s_fp8 + (t % kDecodeStages) * fp8_stage_bytes<D>(), tid);
+    } else {
+      bf16* s_k = s_kv + (t % kDecodeStages) * 2 * kTileKeys * D;
+      loader.fetch_page(p.kv, table_row, k0, w.kv_len);
+      loader.issue(p.kv, table_row, g, k0, w.kv_len, s_k, s_k + kTileKeys * D);
+    }
   };
 #pragma unroll
   for (int t = 0; t < kDecodeStages - 1; ++t) {
@@ -115,9 +209,16 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_consta
     cp_async_commit();
     cp_async_wait<kDecodeStages - 1>();
     __syncthreads();
+    const float* s_scale = nullptr;  // FP8: this tile's K scales, then V's
+    if constexpr (kFp8) {
+      const unsigned char* stage = s_fp8 + (t % kDecodeStages) * fp8_stage_bytes<D>();
+      widen_fp8_tile<D>(stage, s_kv, tid);
+      s_scale = reinterpret_cast<const float*>(stage + 2 * kTileKeys * D);
+      __syncthreads();
+    }
     const int k0 = start + t * kTileKeys + warp * 16;  // this warp's 16 keys
     if (k0 < end) {
-      const uint32_t k_base = smem_u32(s_kv + (t % kDecodeStages) * 2 * kTileKeys * D);
+      const uint32_t k_base = smem_u32(s_kv + (kFp8 ? 0 : (t % kDecodeStages) * 2 * kTileKeys * D));
       const uint32_t v_base = k_base + kTileKeys * D * 2;
       float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
@@ -126,6 +227,12 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_consta
         ldmatrix_x4(b, k_base + tile_offset<D>(warp * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)));
         mma_bf16(s[0], qa[kk], b[0], b[1]);
         mma_bf16(s[1], qa[kk], b[2], b[3]);
+      }
+      if constexpr (kFp8) {
+#pragma unroll
+        for (int n = 0; n < 2; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[n][e] *= s_scale[warp * 16 + n * 8 + ((lane & 3) << 1) + (e & 1)];
       }
 #pragma unroll
       for (int n = 0; n < 2; ++n)
@@ -155,6 +262,12 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_consta
           o[dn][2 * hf] *= alpha;
           o[dn][2 * hf + 1] *= alpha;
         }
+      }
+      if constexpr (kFp8) {
+#pragma unroll
+        for (int n = 0; n < 2; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[n][e] *= s_scale[kTileKeys + warp * 16 + n * 8 + ((lane & 3) << 1) + (e & 1)];
       }
       const uint32_t a[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]), pack_bf16(s[1][0], s[1][1]),
                              pack_bf16(s[1][2], s[1][3])};

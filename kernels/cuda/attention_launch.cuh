@@ -32,15 +32,17 @@ inline std::string arg_name(const char* op, const char* arg) { return std::strin
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// Checks what every attention launcher takes (bf16 activations and cache, i32 metadata).
+// Checks what every attention launcher takes (bf16 activations and cache, i32 metadata); the FP8
+// decode takes E4M3 caches (cache_dtype F8E4M3; its scales are checked by its launcher).
 inline AttentionShape check_attention(const char* op, const TensorView& out, const TensorView& q,
                                       const TensorView& k_cache, const TensorView& v_cache,
                                       const TensorView& page_table, const TensorView& kv_lens,
-                                      const TensorView& query_start, float scale, int64_t sliding_window) {
+                                      const TensorView& query_start, float scale, int64_t sliding_window,
+                                      DType cache_dtype = DType::BF16) {
   cpu::check_rows(out, arg_name(op, "out").c_str(), DType::BF16, 3);
   cpu::check_rows(q, arg_name(op, "q").c_str(), DType::BF16, 3);
-  cpu::check_packed(k_cache, arg_name(op, "k_cache").c_str(), DType::BF16, 4);
-  cpu::check_packed(v_cache, arg_name(op, "v_cache").c_str(), DType::BF16, 4);
+  cpu::check_packed(k_cache, arg_name(op, "k_cache").c_str(), cache_dtype, 4);
+  cpu::check_packed(v_cache, arg_name(op, "v_cache").c_str(), cache_dtype, 4);
   cpu::check_packed(page_table, arg_name(op, "page_table").c_str(), DType::I32, 2);
   cpu::check_packed(kv_lens, arg_name(op, "kv_lens").c_str(), DType::I32, 1);
   cpu::check_packed(query_start, arg_name(op, "query_start").c_str(), DType::I32, 1);
@@ -76,7 +78,7 @@ inline AttentionShape check_attention(const char* op, const TensorView& out, con
   STEM_CHECK(s.q_stride % 8 == 0 && s.out_stride % 8 == 0 && aligned16(q.data) && aligned16(out.data) &&
                  aligned16(k_cache.data) && aligned16(v_cache.data),
              op, ": q, out and the caches must start 16-byte aligned with row strides a multiple of 8 elements");
-  s.kv = PagedKv{k_cache.ptr<const bf16>(), v_cache.ptr<const bf16>(), page_table.ptr<const int32_t>(),
+  s.kv = PagedKv{static_cast<const bf16*>(k_cache.data), static_cast<const bf16*>(v_cache.data), page_table.ptr<const int32_t>(),
                  static_cast<int32_t>(page_table.shape[1]), static_cast<int32_t>(page_size),
                  std::countr_zero(static_cast<uint64_t>(page_size)), static_cast<int32_t>(s.kv_heads)};
   s.scale_log2 = scale * 1.4426950408889634f;

@@ -5,6 +5,8 @@
 #include "kernels/cpu/rows.h"
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/fp8_row.cuh"
+#include "kernels/cuda/kv_fp8.cuh"
 #include "kernels/cuda/kv_write.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/rope.cuh"
@@ -30,13 +32,22 @@ struct Args {
   bf16* v_cache;
   const int32_t* slots;
   int64_t n_slots;
+  // The FP8 cache (kFp8): codes [P · page_size, Hkv · D] and scales [P · page_size, Hkv].
+  uint8_t* k_codes;
+  uint8_t* v_codes;
+  float* k_scale;
+  float* v_scale;
 };
 
 // kRotate: q and k are rotated in place (the D/2 cos/sin pairs of the token computed once into
 // shared memory, 8 pairs per thread step). kWrite: the token's k (rotated, when kRotate) and v rows
 // go to its cache slot, a row of the cache seen as [P · page_size, Hkv · D]; a slot outside the
 // cache is skipped. The cached k is the same bf16 values as the rotated k left in place.
-template <bool kRotate, bool kWrite>
+// kFp8 (with kRotate and kWrite): the cache is FP8; once the block's rotated k is in place, a warp
+// per (K or V, head) row quantizes the row's bf16 values as cuda::quantize_rows_fp8 does (amax,
+// NaN winning; scale amax / 448, 1 for zeros; IEEE division, satfinite round to nearest even):
+// codes and scale into the slot.
+template <bool kRotate, bool kWrite, bool kFp8 = false>
 __global__ void rope_kv_write_kernel(const Args a) {
   __shared__ float cos_sin[2 * kMaxHalf];
   const int64_t t = blockIdx.x;
@@ -79,7 +90,7 @@ __global__ void rope_kv_write_kernel(const Args a) {
       }
       store8(lo, x);
       store8(hi, y);
-      if (kWrite && is_k && write) {
+      if (kWrite && !kFp8 && is_k && write) {
         bf16* to = a.k_cache + slot * row + (head - a.q_heads) * a.head_dim + first;
         store8(to, x);
         store8(to + half, y);
@@ -87,7 +98,26 @@ __global__ void rope_kv_write_kernel(const Args a) {
     }
   }
   if constexpr (kWrite) {
-    if (!write) return;
+    if (!write) return;  // the slot is the block's: every thread leaves, or none
+    if constexpr (kFp8) {
+      __syncthreads();  // the rotated k this block stored in place (global writes: visible after the barrier)
+      const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
+      for (int job = threadIdx.x / 32; job < 2 * a.kv_heads; job += warps) {
+        const bool is_v = job >= a.kv_heads;
+        const int head = is_v ? job - a.kv_heads : job;
+        const bf16* src = (is_v ? a.v + t * a.v_stride : a.k + t * a.k_stride) + head * a.head_dim;
+        float m = 0.f;
+        for (int d = lane; d < a.head_dim; d += 32) m = fp8_row::amax_of(m, fabsf(__bfloat162float(src[d])));
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) m = fp8_row::amax_of(m, __shfl_xor_sync(0xffffffffu, m, off));
+        const float sc = fp8_row::scale_of(m);
+        uint8_t* dst = (is_v ? a.v_codes : a.k_codes) + slot * row + head * a.head_dim;
+        for (int d = lane; d < a.head_dim; d += 32)
+          dst[d] = __nv_cvt_float_to_fp8(__fdiv_rn(__bfloat162float(src[d]), sc), __NV_SATFINITE, __NV_E4M3);
+        if (lane == 0) (is_v ? a.v_scale : a.k_scale)[slot * a.kv_heads + head] = sc;
+      }
+      return;
+    }
     // v, and k when it was not rotated above: straight 16-byte copies.
     const int vecs_per_row = static_cast<int>(row / kVec);
     const int jobs = (kRotate ? 1 : 2) * vecs_per_row;
@@ -148,13 +178,14 @@ void check_kv_write_args(const TensorView& k_cache, const TensorView& v_cache, c
              " cache slots is over what i32 slots can address");
 }
 
-template <bool kRotate, bool kWrite>
+template <bool kRotate, bool kWrite, bool kFp8 = false>
 void launch(const Args& a, int64_t tokens, cudaStream_t stream) {
   int64_t jobs = 0;
   if (kRotate) jobs = int64_t{a.q_heads + a.kv_heads} * (a.head_dim / 2 / kVec);
   if (kWrite) jobs = std::max<int64_t>(jobs, (kRotate ? 1 : 2) * int64_t{a.kv_heads} * a.head_dim / kVec);
-  launch_pdl(rope_kv_write_kernel<kRotate, kWrite>, static_cast<unsigned>(tokens), threads_for(jobs, 256), 0, stream,
-             a);
+  if (kFp8) jobs = std::max<int64_t>(jobs, int64_t{2} * a.kv_heads * 32);  // a warp per quantized row
+  launch_pdl(rope_kv_write_kernel<kRotate, kWrite, kFp8>, static_cast<unsigned>(tokens), threads_for(jobs, 256), 0,
+             stream, a);
 }
 
 // The rotation's fields of the kernel's arguments.
@@ -216,6 +247,36 @@ void rope_kv_write(const TensorView& q, const TensorView& k, const TensorView& v
   set_rope(a, q, k, positions, inv_freq);
   set_cache(a, k_cache, v_cache, k, v, slots);
   launch<true, true>(a, q.shape[0], stream);
+}
+
+void rope_kv_write_fp8(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& positions,
+                       const TensorView& inv_freq, const TensorView& k_cache, const TensorView& v_cache,
+                       const TensorView& k_scale, const TensorView& v_scale, const TensorView& slots,
+                       cudaStream_t stream) {
+  check_rope_args(q, k, positions, inv_freq);
+  check_fp8_kv_cache(k_cache, v_cache, k_scale, v_scale, "rope_kv_write_fp8");
+  cpu::check_rows(v, "rope_kv_write_fp8 v", DType::BF16, 3);
+  cpu::check_packed(slots, "rope_kv_write_fp8 slots", DType::I32, 1);
+  const int64_t tokens = k.shape[0];
+  cpu::check_dim(k, "rope_kv_write_fp8 k", 1, k_cache.shape[2], "KV heads, as in k_cache");
+  cpu::check_dim(k, "rope_kv_write_fp8 k", 2, k_cache.shape[3], "head_dim, as in k_cache");
+  for (int d = 0; d < 3; ++d)
+    STEM_CHECK(v.shape[d] == k.shape[d], "rope_kv_write_fp8: v ", v.str(), " must match k ", k.str());
+  cpu::check_dim(slots, "rope_kv_write_fp8 slots", 0, tokens, "tokens, as in k");
+  STEM_CHECK(k_cache.shape[0] * k_cache.shape[1] <= INT32_MAX, "rope_kv_write_fp8: ",
+             k_cache.shape[0] * k_cache.shape[1], " cache slots is over what i32 slots can address");
+  if (q.shape[0] == 0) return;
+  Args a{};
+  set_rope(a, q, k, positions, inv_freq);
+  a.v = v.ptr<bf16>();
+  a.v_stride = cpu::row_stride(v);
+  a.slots = slots.ptr<int32_t>();
+  a.n_slots = k_cache.shape[0] * k_cache.shape[1];
+  a.k_codes = k_cache.ptr<uint8_t>();
+  a.v_codes = v_cache.ptr<uint8_t>();
+  a.k_scale = k_scale.ptr<float>();
+  a.v_scale = v_scale.ptr<float>();
+  launch<true, true, true>(a, q.shape[0], stream);
 }
 
 }  // namespace stem::cuda

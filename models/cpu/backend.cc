@@ -11,6 +11,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/fp8.h"
+#include "kernels/cpu/kv_fp8.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
@@ -80,24 +81,45 @@ class CpuOps final : public ModelOps {
     cpu::dequantize_rows_fp8(aw, q, TensorView());
     cpu::scaled_matmul(out, aw, sa, w, it->second, bias);
   }
+  // FP8 KV cache: each layer's scales, found by the address of its codes.
+  void set_kv_scales(const KvLayers& kv) {
+    for (size_t l = 0; l < kv.k_scale.size(); ++l) {
+      kv_scales_[kv.k[l].data] = kv.k_scale[l];
+      kv_scales_[kv.v[l].data] = kv.v_scale[l];
+    }
+  }
+  // The step's staging plan for an FP8 cache (every sequence's pages: the CPU reads no code directly).
+  void set_stage_plan(const cpu::KvStagePlan* plan) { stage_ = plan; }
+
   void rope_kv_write(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& positions,
                      const TensorView& inv_freq, const TensorView& k_cache, const TensorView& v_cache,
                      const TensorView& slots) override {
-    cpu::rope_kv_write(q, k, v, positions, inv_freq, k_cache, v_cache, slots);
+    if (k_cache.dtype != DType::F8E4M3) return cpu::rope_kv_write(q, k, v, positions, inv_freq, k_cache, v_cache, slots);
+    cpu::rope_kv_write_fp8(q, k, v, positions, inv_freq, k_cache, v_cache, scales_of(k_cache), scales_of(v_cache),
+                           slots);
   }
   void attention(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                  const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start, float scale,
                  int64_t sliding_window) override {
-    cpu::paged_attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window);
+    if (k_cache.dtype != DType::F8E4M3)
+      return cpu::paged_attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window);
+    stage(k_cache, v_cache);
+    cpu::paged_attention(out, q, staged_k_.view(), staged_v_.view(), staged_table(page_table), kv_lens, query_start,
+                         scale, sliding_window);
   }
   void stem_attention(const TensorView& out, const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                       const TensorView& page_table, const TensorView& kv_lens, const TensorView& query_start,
                       float scale, int64_t sliding_window) override {
-    const cpu::StemPlan plan =
-        cpu::stem_plan(q, k_cache, v_cache, page_table, kv_lens, query_start, *blocks_, scale, *settings_);
+    TensorView k = k_cache, v = v_cache, table = page_table;
+    if (k_cache.dtype == DType::F8E4M3) {
+      stage(k_cache, v_cache);
+      k = staged_k_.view();
+      v = staged_v_.view();
+      table = staged_table(page_table);
+    }
+    const cpu::StemPlan plan = cpu::stem_plan(q, k, v, table, kv_lens, query_start, *blocks_, scale, *settings_);
     count_stem(plan, *blocks_, *stats_);
-    cpu::block_sparse_attention(out, q, k_cache, v_cache, page_table, kv_lens, query_start, plan, scale,
-                                sliding_window);
+    cpu::block_sparse_attention(out, q, k, v, table, kv_lens, query_start, plan, scale, sliding_window);
   }
   void swiglu(const TensorView& out, const TensorView& gate, const TensorView& up) override {
     cpu::swiglu(out, gate, up);
@@ -110,6 +132,33 @@ class CpuOps final : public ModelOps {
   std::unordered_map<const void*, TensorView> fp8_scales_;
   std::vector<uint8_t> codes_;  // the FP8 GEMM's activations: codes, widened, scales
   std::vector<float> widened_, a_scale_;
+
+  TensorView scales_of(const TensorView& cache) const {
+    const auto it = kv_scales_.find(cache.data);
+    STEM_CHECK(it != kv_scales_.end(), "CPU backend: an FP8 KV cache without its scales");
+    return it->second;
+  }
+  // "FP8 at rest": the layer's pages of the step dequantized into f32 staging pages (the same
+  // values the decode path's code · scale gives), which the f32 kernels then read.
+  void stage(const TensorView& k_cache, const TensorView& v_cache) {
+    STEM_CHECK(stage_, "CPU backend: an FP8 KV cache in a step without a staging plan");
+    const auto n = static_cast<int64_t>(stage_->pages.size());
+    const std::vector<int64_t> shape{std::max<int64_t>(n, 1), k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]};
+    if (staged_k_.empty() || staged_k_.shape() != shape) {
+      staged_k_ = Tensor(DType::F32, shape);
+      staged_v_ = Tensor(DType::F32, shape);
+    }
+    cpu::dequantize_kv_pages(staged_k_.view(), staged_v_.view(), k_cache, v_cache, scales_of(k_cache),
+                             scales_of(v_cache),
+                             TensorView(const_cast<int32_t*>(stage_->pages.data()), DType::I32, {n}));
+  }
+  TensorView staged_table(const TensorView& page_table) const {
+    return TensorView(const_cast<int32_t*>(stage_->page_table.data()), DType::I32,
+                      {page_table.shape[0], page_table.shape[1]});
+  }
+  std::unordered_map<const void*, TensorView> kv_scales_;
+  const cpu::KvStagePlan* stage_ = nullptr;
+  Tensor staged_k_, staged_v_;
 };
 
 TensorView i32(const std::vector<int32_t>& v, std::initializer_list<int64_t> shape) {
@@ -130,11 +179,20 @@ class CpuBackend final : public ModelBackend {
     place_weights(c, table, weights_, DType::F32, static_cast<char*>(arena_.data()), fp8);
     load_weights(table, weights_, c, w, nullptr);
     ops_.set_fp8_scales(weights_);
+    kv_fp8_ = kv_cache_fp8(o.kv_cache_dtype);
+    const DType kv_dtype = kv_fp8_ ? DType::F8E4M3 : DType::F32;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
       for (auto* pool : {&k_, &v_}) {
-        pool->emplace_back(DType::F32, std::vector<int64_t>{o.num_pages, o.page_size, c.num_key_value_heads, c.head_dim});
+        pool->emplace_back(kv_dtype, std::vector<int64_t>{o.num_pages, o.page_size, c.num_key_value_heads, c.head_dim});
         (pool == &k_ ? kv_.k : kv_.v).push_back(pool->back().view());
+        if (!kv_fp8_) continue;
+        // Scales of 1 and codes of 0: pages nothing wrote yet hold zeros, as the f32 pool's.
+        Tensor scale(DType::F32, {o.num_pages, o.page_size, c.num_key_value_heads});
+        std::fill_n(scale.view().ptr<float>(), scale.numel(), 1.f);
+        (pool == &k_ ? kv_.k_scale : kv_.v_scale).push_back(scale.view());
+        scales_.push_back(std::move(scale));
       }
+    ops_.set_kv_scales(kv_);
   }
   const ModelConfig& config() const override { return config_; }
   std::string name() const override { return "cpu"; }
@@ -173,6 +231,8 @@ class CpuBackend final : public ModelBackend {
     s.stem = std::any_of(blocks.begin(), blocks.end(), [](const StemQueryBlock& q) { return q.sparse; });
     stem_stats_ = {};
     ops_.begin_step(stem_, blocks, stem_stats_);
+    if (kv_fp8_) stage_ = cpu::stage_kv_pages(b.page_table, b.max_pages, b.kv_lens, b.query_start, page_size_, 0);
+    ops_.set_stage_plan(kv_fp8_ ? &stage_ : nullptr);
 
     const Tensor residual = Tensor::f32({T, H}), x = Tensor::f32({T, H});
     const Tensor qkv = Tensor::f32({T, c.q_dim() + 2 * c.kv_dim()}), proj = Tensor::f32({T, H});
@@ -200,6 +260,9 @@ class CpuBackend final : public ModelBackend {
   Tensor arena_;          // f32, every weight (and FP8 scales)
   LlamaWeights weights_;  // views into arena_
   std::vector<Tensor> k_, v_;
+  bool kv_fp8_ = false;
+  cpu::KvStagePlan stage_;      // FP8 KV cache: the step's pages to stage
+  std::vector<Tensor> scales_;  // FP8 KV cache: each layer's K and V scales
   KvLayers kv_;
   CpuOps ops_;
   ForwardingOps* decorator_ = nullptr;

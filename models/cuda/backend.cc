@@ -8,6 +8,8 @@
 #include <map>
 #include <optional>
 
+#include "kernels/cpu/kv_fp8.h"
+#include "kernels/cuda/attention_decode.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/stem.cuh"
 #include "kernels/cuda/token_logprob.cuh"
@@ -75,9 +77,16 @@ class CudaBackend final : public CudaModelBackend {
         options_(co),
         page_size_(o.page_size),
         stem_(o.stem),
+        kv_fp8_(kv_cache_fp8(o.kv_cache_dtype)),
         weights_(c, store, co.seed, wants_fp8(c, o)) {
     ws_.fp8 = weights_.fp8();
     ops_.set_fp8_weights(weights_);
+    if (kv_fp8_) {
+      // The bf16 staging prefill and Stem read, for one sequence of the longest context, taken
+      // before the pool is sized (a step that stages more grows it then).
+      const int64_t max_len = o.max_model_len > 0 ? o.max_model_len : c.max_position_embeddings;
+      ws_.grow_stage(c, std::max<int64_t>(1, (max_len + page_size_ - 1) / page_size_), page_size_, stream_.get());
+    }
     std::sort(options_.graph_batch_sizes.begin(), options_.graph_batch_sizes.end());
     const int64_t max_graph = options_.graph_batch_sizes.empty() ? 1 : options_.graph_batch_sizes.back();
     ensure_workspace(std::max(co.reserve_step_tokens, max_graph), max_graph,
@@ -89,34 +98,51 @@ class CudaBackend final : public CudaModelBackend {
     if (weights_.fp8()) check_fp8_gemm();
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
 
-    kv_bytes_per_token_ = static_cast<size_t>(c.num_hidden_layers) * 2 * c.kv_dim() * 2;
+    // bf16: 2 bytes an element. FP8: 1 byte an element and an f32 scale per KV head (each layer's
+    // scale arrays rounded up to 256 bytes, counted below).
+    kv_bytes_per_token_ = static_cast<size_t>(c.num_hidden_layers) * 2 *
+                          (kv_fp8_ ? c.kv_dim() + c.num_key_value_heads * 4 : c.kv_dim() * 2);
     const size_t page_bytes = kv_bytes_per_token_ * static_cast<size_t>(page_size_);
+    const size_t layer_slack = kv_fp8_ ? static_cast<size_t>(c.num_hidden_layers) * 2 * 256 : 0;
     num_pages_ = o.num_pages;
     size_t free = 0, total = 0;
     CUDA_CHECK(cudaMemGetInfo(&free, &total));
     if (num_pages_ == 0) {
       // The fraction bounds everything this process holds (and whatever else the device already
       // holds): what is left of it after the weights and activations becomes the KV pool.
-      const double budget = o.gpu_memory_fraction * static_cast<double>(total) - static_cast<double>(total - free);
+      const double budget = o.gpu_memory_fraction * static_cast<double>(total) - static_cast<double>(total - free) -
+                            static_cast<double>(layer_slack);
       num_pages_ = budget > 0 ? static_cast<int64_t>(budget / static_cast<double>(page_bytes)) : 0;
       STEM_CHECK(num_pages_ > 0, "CUDA backend: no memory left for the KV cache: weights ", weights_.bytes() >> 20,
                  " MiB, in use ", (total - free) >> 20, " MiB of ", total >> 20, " MiB, gpu_memory_fraction ",
                  o.gpu_memory_fraction);
     }
-    kv_ = DeviceMemory(static_cast<size_t>(num_pages_) * page_bytes, "the KV cache");
-    // Zeroed so that pages nothing has written yet (padding rows of a graph read page 0) hold finite values.
+    const size_t slots = static_cast<size_t>(num_pages_) * page_size_;
+    const size_t layer_bytes = slots * c.kv_dim() * (kv_fp8_ ? 1 : 2);
+    const size_t scale_bytes = kv_fp8_ ? (slots * c.num_key_value_heads * 4 + 255) / 256 * 256 : 0;
+    const size_t layers2 = 2 * static_cast<size_t>(c.num_hidden_layers);
+    kv_ = DeviceMemory(layers2 * (layer_bytes + scale_bytes), "the KV cache");
+    // Zeroed so that pages nothing has written yet (padding rows of a graph read page 0) hold finite
+    // values (FP8: codes 0 and scales 0).
     CUDA_CHECK(cudaMemsetAsync(kv_.get(), 0, kv_.bytes(), stream_.get()));
-    const size_t layer_bytes = static_cast<size_t>(num_pages_) * page_size_ * c.kv_dim() * 2;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-      for (int which = 0; which < 2; ++which)
+      for (int which = 0; which < 2; ++which) {
+        const size_t i = 2 * static_cast<size_t>(l) + which;
         (which ? kv_layers_.v : kv_layers_.k)
-            .push_back(TensorView(kv_.bytes_ptr((2 * static_cast<size_t>(l) + which) * layer_bytes), DType::BF16,
+            .push_back(TensorView(kv_.bytes_ptr(i * layer_bytes), kv_fp8_ ? DType::F8E4M3 : DType::BF16,
                                   {num_pages_, page_size_, c.num_key_value_heads, c.head_dim}));
+        // FP8: the scales [P, page_size, Hkv] after every layer's codes.
+        if (kv_fp8_)
+          (which ? kv_layers_.v_scale : kv_layers_.k_scale)
+              .push_back(TensorView(kv_.bytes_ptr(layers2 * layer_bytes + i * scale_bytes), DType::F32,
+                                    {num_pages_, page_size_, c.num_key_value_heads}));
+      }
+    ops_.set_kv_scales(kv_layers_);
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     warm_up();
-    spdlog::info("cuda backend: weights {} MiB, activations {} MiB, KV cache {} pages of {} tokens ({} MiB), {} MiB free",
+    spdlog::info("cuda backend: weights {} MiB, activations {} MiB, KV cache {} pages of {} tokens ({} MiB, {}), {} MiB free",
                  weights_.bytes() >> 20, ws_.bytes() >> 20, num_pages_, page_size_, kv_.bytes() >> 20,
-                 (free - kv_.bytes()) >> 20);
+                 kv_fp8_ ? "FP8 E4M3 with a scale per token and KV head" : "bf16", (free - kv_.bytes()) >> 20);
   }
 
   ~CudaBackend() override { cudaStreamSynchronize(stream_.get()); }
@@ -150,7 +176,12 @@ class CudaBackend final : public CudaModelBackend {
 
   void fill_kv_random(uint64_t seed) override {
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
-    fill_random_bf16(kv_.get(), kv_.bytes() / 2, seed);
+    if (!kv_fp8_) return fill_random_bf16(kv_.get(), kv_.bytes() / 2, seed);
+    // Codes of N(0, 1) values, every scale 0x3C3C3C3C (about 0.0115): N(0, 0.0115) keys and values.
+    const auto codes = static_cast<size_t>(static_cast<const char*>(kv_layers_.k_scale[0].data) -
+                                           static_cast<const char*>(kv_.get()));
+    fill_random_fp8(kv_.get(), codes, seed);
+    CUDA_CHECK(cudaMemset(kv_.bytes_ptr(codes), 0x3C, kv_.bytes() - codes));
   }
 
   void forward(const ForwardBatch& batch, Tensor& logits) override {
@@ -295,12 +326,36 @@ class CudaBackend final : public CudaModelBackend {
     // The step's Stem plan is made once here and used by every sparse layer.
     const std::optional<cuda::StemStep> stem = plan_stem(batch);
     const GraphKey key = stem ? GraphKey{} : graph_key_for(batch, options_.graph_batch_sizes);
-    const StepLayout layout =
+    StepLayout layout =
         key.batch ? StepLayout::make(key.batch, key.batch, key.pages, key.batch)
                   : StepLayout::make(batch.num_tokens(), batch.num_seqs(), batch.max_pages,
                                      static_cast<int64_t>(batch.logit_rows.size()));
+    // FP8 KV cache, eager steps: the pages prefill and Stem read are staged in bf16 at each layer
+    // (sequences with more rows than the decode kernel takes, and Stem's sequences); the rest
+    // read the codes.
+    cpu::KvStagePlan stage_plan;
+    if (kv_fp8_ && !key.batch) {
+      stage_plan = cpu::stage_kv_pages(batch.page_table, batch.max_pages, batch.kv_lens, batch.query_start,
+                                       page_size_,
+                                       cuda::decode_max_rows(config_.num_attention_heads, config_.num_key_value_heads),
+                                       batch.stem);
+      layout = layout.with_stage(static_cast<int64_t>(stage_plan.pages.size()));
+      ws_.grow_stage(config_, layout.stage_pages, page_size_, stream_.get());
+    }
     ensure_workspace(layout.tokens, layout.rows, layout.total);
     fill_step(batch, layout, ws_.meta_host.as<int32_t>());
+    if (kv_fp8_ && !key.batch) {
+      fill_stage(stage_plan, layout, ws_.meta_host.as<int32_t>());
+      auto meta = [this](int64_t at) { return ws_.meta.bytes_ptr(static_cast<size_t>(at) * 4); };
+      const int64_t Hk = config_.num_key_value_heads, D = config_.head_dim;
+      kv_stage_.k = TensorView(ws_.stage_k.get(), DType::BF16, {ws_.stage_pages, page_size_, Hk, D});
+      kv_stage_.v = TensorView(ws_.stage_v.get(), DType::BF16, {ws_.stage_pages, page_size_, Hk, D});
+      kv_stage_.pages = TensorView(meta(layout.stage_pages_at), DType::I32, {layout.stage_pages});
+      kv_stage_.page_table = TensorView(meta(layout.stage_table_at), DType::I32, {layout.seqs, layout.max_pages});
+      kv_stage_.unstaged = TensorView(meta(layout.unstaged_at), DType::I32, {layout.seqs});
+      kv_stage_.any_unstaged =
+          std::any_of(stage_plan.unstaged.begin(), stage_plan.unstaged.end(), [](int32_t u) { return u != 0; });
+    }
     // Rows [0, R) of the final hidden states are the logit rows already when the batch asks for
     // its first R rows in order (every decode step; a prompt scored at every position).
     bool gather = false;
@@ -382,6 +437,7 @@ class CudaBackend final : public CudaModelBackend {
     step.gather = gather;
     step.stem = stem != nullptr;
     ops_.begin_step(decode_only, stem, &stem_, static_cast<long long*>(stem_skipped_.get()));
+    ops_.set_kv_stage(kv_fp8_ && !decode_only ? &kv_stage_ : nullptr);
     ops_.set_fp8_buffers(ws_.fp8_codes.get(), static_cast<float*>(ws_.fp8_scales.get()), ws_.tokens,
                          CudaWorkspace::fp8_width(config_));
     llama_forward(config_, weights_, kv_layers_, stem_, step, ops_);
@@ -416,6 +472,8 @@ class CudaBackend final : public CudaModelBackend {
   StemStepStats stem_stats_;
   int64_t num_pages_ = 0;
   size_t kv_bytes_per_token_ = 0;
+  bool kv_fp8_ = false;           // --kv-cache-dtype fp8
+  CudaOps::KvStage kv_stage_;     // FP8: the eager step's staging (views of ws_)
   CudaWeights weights_;
   cuda::GemmContext gemm_;
   CudaWorkspace ws_;

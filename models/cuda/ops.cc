@@ -7,6 +7,7 @@
 #include "kernels/cuda/attention_decode.cuh"
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/fp8.cuh"
+#include "kernels/cuda/kv_fp8.cuh"
 #include "kernels/cuda/rmsnorm.cuh"
 #include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/swiglu.cuh"
@@ -84,10 +85,36 @@ void CudaOps::matmul(const TensorView& out, const TensorView& a, const TensorVie
   cuda::fp8_matmul(gemm_, out, codes, scales, w, it->second, bias, stream_);
 }
 
+void CudaOps::set_kv_scales(const KvLayers& kv) {
+  kv_scales_.clear();
+  for (size_t l = 0; l < kv.k_scale.size(); ++l) {
+    kv_scales_[kv.k[l].data] = kv.k_scale[l];
+    kv_scales_[kv.v[l].data] = kv.v_scale[l];
+  }
+}
+
+TensorView CudaOps::kv_scales_of(const TensorView& cache) const {
+  const auto it = kv_scales_.find(cache.data);
+  STEM_CHECK(it != kv_scales_.end(), "CUDA backend: an FP8 KV cache without its scales");
+  return it->second;
+}
+
+void CudaOps::stage(const TensorView& k_cache, const TensorView& v_cache, TensorView& k, TensorView& v) {
+  STEM_CHECK(kv_stage_, "CUDA backend: an FP8 KV cache's prefill in a step without staging");
+  const KvStage& st = *kv_stage_;
+  cuda::dequantize_kv_pages(st.k, st.v, k_cache, v_cache, kv_scales_of(k_cache), kv_scales_of(v_cache), st.pages,
+                            stream_);
+  k = st.k;
+  v = st.v;
+}
+
 void CudaOps::rope_kv_write(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& positions,
                             const TensorView& inv_freq, const TensorView& k_cache, const TensorView& v_cache,
                             const TensorView& slots) {
   fp8_holds_ = TensorView();
+  if (k_cache.dtype == DType::F8E4M3)
+    return cuda::rope_kv_write_fp8(q, k, v, positions, inv_freq, k_cache, v_cache, kv_scales_of(k_cache),
+                                   kv_scales_of(v_cache), slots, stream_);
   cuda::rope_kv_write(q, k, v, positions, inv_freq, k_cache, v_cache, slots, stream_);
 }
 
@@ -95,6 +122,18 @@ void CudaOps::attention(const TensorView& out, const TensorView& q, const Tensor
                         const TensorView& v_cache, const TensorView& page_table, const TensorView& kv_lens,
                         const TensorView& query_start, float scale, int64_t sliding_window) {
   fp8_holds_ = TensorView();
+  if (k_cache.dtype == DType::F8E4M3) {
+    // Decode rows read the codes directly; prefill rows (sequences with more than decode_max_rows
+    // rows, all staged) read the bf16 staging through the router's prefill half.
+    if (!decode_only_) {
+      TensorView k, v;
+      stage(k_cache, v_cache, k, v);
+      cuda::paged_prefill(out, q, k, v, kv_stage_->page_table, kv_lens, query_start, scale, sliding_window, stream_);
+    }
+    cuda::paged_decode_fp8(out, q, k_cache, v_cache, kv_scales_of(k_cache), kv_scales_of(v_cache), page_table,
+                           kv_lens, query_start, scale, sliding_window, stream_);
+    return;
+  }
   if (decode_only_)
     cuda::paged_decode(out, q, k_cache, v_cache, page_table, kv_lens, query_start, scale, sliding_window, stream_);
   else
@@ -106,6 +145,19 @@ void CudaOps::stem_attention(const TensorView& out, const TensorView& q, const T
                              const TensorView& query_start, float scale, int64_t sliding_window) {
   fp8_holds_ = TensorView();
   STEM_CHECK(stem_ && settings_, "CUDA backend: a Stem layer in a step without Stem metadata");
+  if (k_cache.dtype == DType::F8E4M3) {
+    // The staging holds every sequence Stem plans or routes (its prefill rows and its Stem
+    // sequences' few rows); the decode rows of the others, which Stem's router computes over
+    // staging pages that are not theirs, are computed again from the codes over those rows.
+    TensorView k, v;
+    stage(k_cache, v_cache, k, v);
+    cuda::stem_prefill(out, q, k, v, kv_stage_->page_table, kv_lens, query_start, *stem_, scale, sliding_window,
+                       *settings_, stream_, skipped_);
+    if (kv_stage_->any_unstaged)
+      cuda::paged_decode_fp8(out, q, k_cache, v_cache, kv_scales_of(k_cache), kv_scales_of(v_cache), page_table,
+                             kv_lens, query_start, scale, sliding_window, stream_, kv_stage_->unstaged);
+    return;
+  }
   cuda::stem_prefill(out, q, k_cache, v_cache, page_table, kv_lens, query_start, *stem_, scale, sliding_window,
                      *settings_, stream_, skipped_);
 }

@@ -10,6 +10,7 @@
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/stem.cuh"
 #include "models/cuda/profile.h"
+#include "models/llama.h"
 #include "models/llama_weights.h"
 #include "models/ops.h"
 
@@ -47,6 +48,19 @@ class CudaOps final : public ModelOps {
     fp8_holds_ = TensorView();
   }
 
+  // FP8 KV cache (kernels/cuda/kv_fp8.cuh): each layer's scales, found by the address of its codes.
+  void set_kv_scales(const KvLayers& kv);
+  // The step's staging of an FP8 cache (eager steps with prefill rows; null otherwise): the bf16
+  // staging pages, and on the device the plan's page list, staged page table and unstaged flags.
+  struct KvStage {
+    TensorView k, v;         // bf16 [capacity, page_size, Hkv, D]
+    TensorView pages;        // i32 [N]
+    TensorView page_table;   // i32 [S, max_pages], staging page numbers
+    TensorView unstaged;     // i32 [S]
+    bool any_unstaged = false;
+  };
+  void set_kv_stage(const KvStage* stage) { kv_stage_ = stage; }
+
   void embedding(const TensorView& out, const TensorView& ids, const TensorView& table) override;
   void rmsnorm(const TensorView& out, const TensorView& x, const TensorView& weight, float eps) override;
   void add_rmsnorm(const TensorView& out, const TensorView& residual, const TensorView& x, const TensorView& weight,
@@ -79,6 +93,11 @@ class CudaOps final : public ModelOps {
   TensorView fp8_scales(int64_t rows) const;
 
   std::unordered_map<const void*, TensorView> fp8_weight_scales_;
+  std::unordered_map<const void*, TensorView> kv_scales_;
+  const KvStage* kv_stage_ = nullptr;
+  TensorView kv_scales_of(const TensorView& cache) const;
+  // The layer's staged pages as bf16 caches of the staging's page numbers.
+  void stage(const TensorView& k_cache, const TensorView& v_cache, TensorView& k, TensorView& v);
   void* fp8_codes_ = nullptr;
   float* fp8_scales_ = nullptr;
   int64_t fp8_rows_ = 0, fp8_width_ = 0;

@@ -39,6 +39,16 @@ StepLayout StepLayout::make(int64_t tokens, int64_t seqs, int64_t max_pages, int
   return l;
 }
 
+StepLayout StepLayout::with_stage(int64_t pages) const {
+  StepLayout l = *this;
+  l.stage_pages = pages;
+  l.stage_pages_at = l.total;
+  l.stage_table_at = l.stage_pages_at + align32(pages);
+  l.unstaged_at = l.stage_table_at + align32(seqs * max_pages);
+  l.total = l.unstaged_at + align32(seqs);
+  return l;
+}
+
 GraphKey graph_key_for(const ForwardBatch& b, const std::vector<int32_t>& batch_sizes) {
   const int64_t S = b.num_seqs();
   if (batch_sizes.empty() || b.num_tokens() != S || static_cast<int64_t>(b.logit_rows.size()) != S) return {};
@@ -71,6 +81,16 @@ void fill_step(const ForwardBatch& b, const StepLayout& l, int32_t* host) {
   int32_t* rows = host + l.logit_rows_at;
   std::copy(b.logit_rows.begin(), b.logit_rows.end(), rows);
   for (int64_t r = R; r < l.rows; ++r) rows[r] = static_cast<int32_t>(r);
+}
+
+void fill_stage(const cpu::KvStagePlan& plan, const StepLayout& l, int32_t* host) {
+  STEM_CHECK(static_cast<int64_t>(plan.pages.size()) == l.stage_pages &&
+                 static_cast<int64_t>(plan.page_table.size()) == l.seqs * l.max_pages &&
+                 static_cast<int64_t>(plan.unstaged.size()) == l.seqs,
+             "the staging plan (", plan.pages.size(), " pages) does not match the step layout");
+  std::copy(plan.pages.begin(), plan.pages.end(), host + l.stage_pages_at);
+  std::copy(plan.page_table.begin(), plan.page_table.end(), host + l.stage_table_at);
+  std::copy(plan.unstaged.begin(), plan.unstaged.end(), host + l.unstaged_at);
 }
 
 }  // namespace stem

@@ -59,6 +59,13 @@ class RandomFiller {
   // FP8 weights (codes F8E4M3 [rows, cols], scales f32 [rows]): codes of N(0, 1) values from a
   // pool made once, like the bf16 one, and every scale 0.02, so the values are N(0, 0.02) again.
   void normal_fp8(const TensorView& codes, const TensorView& scales) {
+    copy_codes(codes.data, static_cast<size_t>(codes.numel()));
+    const std::vector<float> host(static_cast<size_t>(scales.numel()), 0.02f);
+    CUDA_CHECK(cudaMemcpy(scales.data, host.data(), host.size() * 4, cudaMemcpyHostToDevice));
+  }
+
+  // n codes at dst from the FP8 pool (made on first use).
+  void copy_codes(void* dst, size_t n) {
     if (!fp8_pool_.get()) {
       std::vector<uint8_t> host(kPool);
       for (size_t i = 0; i < kPool; i += 2) {
@@ -71,16 +78,13 @@ class RandomFiller {
       fp8_pool_ = cudabk::DeviceMemory(kPool, "the random FP8 weight pool");
       CUDA_CHECK(cudaMemcpy(fp8_pool_.get(), host.data(), kPool, cudaMemcpyHostToDevice));
     }
-    const size_t n = static_cast<size_t>(codes.numel());
     for (size_t done = 0; done < n;) {
       const size_t len = std::min(kChunk, n - done);
       const size_t start = (splitmix64(state_) % (kPool - kChunk)) & ~size_t{15};
-      CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(codes.data) + done, fp8_pool_.bytes_ptr(start), len,
+      CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + done, fp8_pool_.bytes_ptr(start), len,
                                  cudaMemcpyDeviceToDevice, nullptr));
       done += len;
     }
-    const std::vector<float> host(static_cast<size_t>(scales.numel()), 0.02f);
-    CUDA_CHECK(cudaMemcpy(scales.data, host.data(), host.size() * 4, cudaMemcpyHostToDevice));
   }
 
   static void ones(const TensorView& dst) {
@@ -99,6 +103,12 @@ class RandomFiller {
 void fill_random_bf16(void* dst, size_t count, uint64_t seed) {
   RandomFiller fill(seed);
   fill.normal(TensorView(dst, DType::BF16, {static_cast<int64_t>(count)}));
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+void fill_random_fp8(void* dst, size_t count, uint64_t seed) {
+  RandomFiller fill(seed);
+  fill.copy_codes(dst, count);
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 

@@ -45,5 +45,7 @@ class CudaWeights : public LlamaWeights {
 // Fills `count` bf16 values at dst (device memory) with N(0, 0.02) noise, at copy speed (the same
 // pool-of-chunks scheme as random weights). Benchmarks use it for KV caches they do not prefill.
 void fill_random_bf16(void* dst, size_t count, uint64_t seed);
+// The same for `count` E4M3 codes of N(0, 1) values (an FP8 KV cache; its scales are the caller's).
+void fill_random_fp8(void* dst, size_t count, uint64_t seed);
 
 }  // namespace stem

@@ -42,8 +42,22 @@ bool CudaWorkspace::grow(const ModelConfig& c, int64_t want_tokens, int64_t want
   return true;
 }
 
+void CudaWorkspace::grow_stage(const ModelConfig& c, int64_t pages, int32_t page_size, cudaStream_t stream) {
+  if (pages <= stage_pages) return;
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  stage_k.reset();
+  stage_v.reset();
+  const size_t bytes = static_cast<size_t>(pages) * page_size * c.kv_dim() * 2;
+  stage_k = cudabk::DeviceMemory(bytes, "the FP8 KV cache's bf16 staging (K)");
+  stage_v = cudabk::DeviceMemory(bytes, "the FP8 KV cache's bf16 staging (V)");
+  CUDA_CHECK(cudaMemsetAsync(stage_k.get(), 0, bytes, stream));
+  CUDA_CHECK(cudaMemsetAsync(stage_v.get(), 0, bytes, stream));
+  stage_pages = pages;
+}
+
 size_t CudaWorkspace::bytes() const {
   size_t n = 0;
+  n += stage_k.bytes() + stage_v.bytes();
   for (const cudabk::DeviceMemory* m :
        {&residual, &x, &qkv, &attn, &proj, &gate_up, &gathered, &logits, &meta, &fp8_codes, &fp8_scales})
     n += m->bytes();

@@ -9,7 +9,9 @@
 //      checkpoint: the same codes and scales on the device, so the same logits bit for bit;
 //   3. CUDA FP8 against CUDA bf16;
 //   4. the activations' quantization fused into the RMSNorms and the SwiGLU against the separate
-//      quantize op (STEM_FP8_FUSE=0): the same codes, so the same logits bit for bit.
+//      quantize op (STEM_FP8_FUSE=0): the same codes, so the same logits bit for bit;
+//   5. the FP8 KV cache (--kv-cache-dtype fp8, bf16 weights): CUDA against the CPU's FP8 cache,
+//      and against CUDA's bf16 cache, over prefill, mixed and graph-replayed decode steps.
 //
 // Bounds (‖a − b‖ / ‖b‖ over a step's logit rows), from the arithmetic:
 //   - FP8 vs bf16: E4M3 keeps 4 significant bits, so each rounding of a weight or an activation
@@ -20,6 +22,12 @@
 //     by bf16 rounding (δ ≈ 2^-9, what test_cuda_vs_cpu bounds), and an activation whose E4M3
 //     rounding that flips moves by a whole step s: the expected squared error per element is
 //     (δ/s)·s² = δ·s ≈ 2^-12, 1.6% RMS per GEMM, about half the FP8-vs-bf16 error. Bound 0.15.
+//   - FP8 KV vs bf16 KV: one E4M3 rounding of each cached key and value (≈ 2.6% RMS each, as
+//     above), no GEMM operand quantized; a score's error averages over D products and the output's
+//     over the softmax-weighted values, then the residual dilutes it: a few percent. Bound 0.15.
+//   - CUDA FP8 KV vs CPU FP8 KV: K and V differ before quantization by bf16 rounding, codes flip
+//     where that crosses a rounding boundary (as the activations above), plus what
+//     test_cuda_vs_cpu bounds. Bound 0.15.
 // Greedy top-1 must agree wherever the reference's two best logits are further apart than twice
 // the bound's worth of error on that row (2·tol·‖row‖₂, which the row's error cannot bridge), and
 // over all rows at least half must agree (a broken FP8 path agrees about 1 in V).
@@ -40,9 +48,11 @@ namespace {
 
 constexpr double kFp8VsCpuFp8 = 0.15;
 constexpr double kFp8VsBf16 = 0.25;
+constexpr double kFp8KvVsBf16Kv = 0.15;
+constexpr double kFp8KvVsCpuFp8Kv = 0.15;
 
 std::unique_ptr<ModelBackend> make(const std::filesystem::path& dir, const std::string& device, bool fp8,
-                                   int64_t num_pages, int32_t page_size) {
+                                   int64_t num_pages, int32_t page_size, const std::string& kv_cache_dtype = "auto") {
   const ModelConfig c = load_model_config(dir);
   const WeightStore store(dir);  // the backends copy the weights at load
   BackendOptions o;
@@ -50,6 +60,7 @@ std::unique_ptr<ModelBackend> make(const std::filesystem::path& dir, const std::
   o.page_size = page_size;
   o.device = device;
   if (fp8) o.quantization = "fp8";
+  o.kv_cache_dtype = kv_cache_dtype;
   if (device == "cpu") return make_cpu_backend(c, store, o);
   return make_cuda_model_backend(c, &store, o);
 }
@@ -268,4 +279,60 @@ TEST_CASE("cuda FP8 refuses shapes cuBLASLt's FP8 GEMM cannot take, with the rea
   stem::test::TempDir tmp;
   write_random_model(tmp.path(), llama_config(256, 4, 2, 64, 1, 512, 200), 61);  // intermediate 200
   STEM_CHECK_ERROR(make(tmp.path(), "cuda", true, 64, 16), "multiples of 16");
+}
+
+TEST_CASE("cuda FP8 KV cache matches cpu FP8 KV cache (--kv-cache-dtype fp8)") {
+  STEM_REQUIRE_GPU();
+  const auto [cfg, seed, name] = GENERATE(table<nlohmann::json, uint64_t, std::string>(
+      {{model_hd64(), 71, "fp8-kv hd64-qkv-bias"}, {model_hd128(), 72, "fp8-kv hd128-tied"}}));
+  const int32_t page_size = GENERATE(16, 4);
+  stem::test::TempDir tmp;
+  const ModelConfig c = write_random_model(tmp.path(), cfg, seed);
+  const int64_t pages = 128 * 16 / page_size;
+  auto gpu = make(tmp.path(), "cuda", false, pages, page_size, "fp8");
+  auto cpu = make(tmp.path(), "cpu", false, pages, page_size, "fp8");
+  run_pair(*gpu, *cpu, c, pages, page_size, seed + 100, kFp8KvVsCpuFp8Kv,
+           "model_cuda_fp8kv_vs_cpu_fp8kv " + name + " page" + std::to_string(page_size));
+  const CudaBackendStats st = static_cast<CudaModelBackend&>(*gpu).stats();
+  CHECK(st.graph_replays >= 8);  // the FP8 decode kernel captured into decode graphs and replayed
+}
+
+TEST_CASE("cuda FP8 KV cache against cuda bf16 KV cache, and about half the bytes a token") {
+  STEM_REQUIRE_GPU();
+  const auto [cfg, seed, name] = GENERATE(table<nlohmann::json, uint64_t, std::string>(
+      {{model_hd64(), 81, "hd64-qkv-bias"}, {model_hd128(), 82, "hd128-tied"}}));
+  stem::test::TempDir tmp;
+  const ModelConfig c = write_random_model(tmp.path(), cfg, seed);
+  auto fp8 = make(tmp.path(), "cuda", false, 128, 16, "fp8");
+  auto bf16 = make(tmp.path(), "cuda", false, 128, 16, "bf16");
+  run_pair(*fp8, *bf16, c, 128, 16, seed + 100, kFp8KvVsBf16Kv, "model_cuda_fp8kv_vs_bf16kv " + name);
+  const size_t f = static_cast<CudaModelBackend&>(*fp8).stats().kv_bytes_per_token;
+  const size_t b = static_cast<CudaModelBackend&>(*bf16).stats().kv_bytes_per_token;
+  // Codes (1 byte an element) and an f32 scale per head: D + 4 bytes against 2·D.
+  CHECK(f * 2 * c.head_dim == b * (c.head_dim + 4));
+  // And with FP8 weights too: both kinds of quantization at once, against the bf16 model.
+  auto both = make(tmp.path(), "cuda", true, 128, 16, "fp8");
+  auto bf16_again = make(tmp.path(), "cuda", false, 128, 16);
+  run_pair(*both, *bf16_again, c, 128, 16, seed + 200, kFp8VsBf16, "model_cuda_fp8_fp8kv_vs_bf16 " + name);
+}
+
+TEST_CASE("cuda FP8 KV cache: the pool from --gpu-memory-fraction holds about twice the bf16 pool's tokens") {
+  STEM_REQUIRE_GPU();
+  stem::test::TempDir tmp;
+  nlohmann::json cfg = model_hd128();
+  cfg["max_position_embeddings"] = 4096;
+  const ModelConfig c = write_random_model(tmp.path(), cfg, 91);
+  const WeightStore store(tmp.path());
+  int64_t pages[2];
+  for (int fp8 = 0; fp8 < 2; ++fp8) {
+    BackendOptions o;
+    o.device = "cuda";
+    o.gpu_memory_fraction = 0.3;
+    o.kv_cache_dtype = fp8 ? "fp8" : "bf16";
+    pages[fp8] = make_cuda_model_backend(c, &store, o)->num_pages();  // freed before the next one
+  }
+  INFO("bf16 pool " << pages[0] << " pages, fp8 pool " << pages[1]);
+  // (2·D) / (D + 4) = 1.94 for D = 128, less the staging taken first (4096 tokens of bf16).
+  CHECK(pages[1] > pages[0] * 19 / 10);
+  CHECK(pages[1] < pages[0] * 2);
 }

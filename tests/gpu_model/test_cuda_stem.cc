@@ -37,6 +37,12 @@ void mark(ForwardBatch& b, const std::vector<int32_t>& prompt_lens) {
 
 std::vector<float> values(const Tensor& t) { return {t.ptr<float>(), t.ptr<float>() + t.numel()}; }
 
+// CUDA's FP8 KV cache against the CPU's (both --kv-cache-dtype fp8): codes of keys and values that
+// differ before quantization by bf16 rounding flip where that crosses a rounding boundary (an E4M3
+// step, 2^-3..2^-4 of the value, on about 2^-9/2^-4 of the elements), and a selection on such
+// scores may choose a tied block on one side only: looser than kModelTolerance.
+constexpr double kFp8KvTolerance = 0.1;
+
 }  // namespace
 
 TEST_CASE("cuda Stem prefill matches the cpu's: unchunked, chunked, mixed with dense and decode rows") {
@@ -158,4 +164,46 @@ TEST_CASE("cuda token logprobs and Stem settings switched in place match the cpu
   // a random model's rows are nearly flat, so near-ties flip some argmaxes, not most.
   CHECK(std::abs(nll_gpu - nll_cpu) / nll_cpu < 1e-2);
   CHECK(same * 2 >= kPrompt - 1);
+}
+
+TEST_CASE("cuda Stem prefill with an FP8 KV cache matches the cpu's: staged pages, a dense chunk and a decode row") {
+  STEM_REQUIRE_GPU();
+  stem::test::TempDir tmp;
+  nlohmann::json cfg = llama_config(512, 4, 2, 128, 4);
+  cfg["max_position_embeddings"] = 8192;
+  const ModelConfig c = write_random_model(tmp.path(), cfg, 41);
+  WeightStore store(tmp.path());
+  BackendOptions o;
+  o.num_pages = 640;
+  o.page_size = 16;
+  o.stem = stem_settings();
+  o.kv_cache_dtype = "fp8";
+  auto cpu = make_cpu_backend(c, store, o);
+  o.device = "cuda";
+  auto gpu = make_cuda_model_backend(c, &store, o);
+  std::mt19937_64 rng(42);
+  const std::vector<int32_t> prompt = random_tokens(rng, kPrompt, c.vocab_size);
+  PagedSequences seqs(o.num_pages, o.page_size, 43);
+  // Chunks of 1024 of a Stem prompt, with a dense 600-token sequence in the first step and its
+  // decode row in the second (not staged in a Stem step: computed again from the codes).
+  const int chunked = seqs.add(), dense_seq = seqs.add();
+  const std::vector<int32_t> other = random_tokens(rng, 600, c.vocab_size);
+  int64_t sparse_blocks = 0;
+  for (int64_t begin = 0; begin < kPrompt; begin += 1024) {
+    const int64_t end = std::min<int64_t>(kPrompt, begin + 1024);
+    std::vector<PagedSequences::Part> parts = {{chunked, {prompt.begin() + begin, prompt.begin() + end}}};
+    std::vector<int32_t> lens = {static_cast<int32_t>(kPrompt)};
+    if (begin == 0) parts.push_back({dense_seq, other}), lens.push_back(0);
+    if (begin == 1024) parts.push_back({dense_seq, {17}}), lens.push_back(0);
+    ForwardBatch b = seqs.step(parts, true);
+    mark(b, lens);
+    Tensor want, got;
+    cpu->forward(b, want);
+    gpu->forward(b, got);
+    CHECK(gpu->last_stem_stats().sparse_blocks == cpu->last_stem_stats().sparse_blocks);
+    sparse_blocks += cpu->last_stem_stats().sparse_blocks;
+    STEM_CHECK_CLOSE("model_stem_fp8kv_cuda_vs_cpu chunk at " + std::to_string(begin), values(got), values(want),
+                     kFp8KvTolerance);
+  }
+  CHECK(sparse_blocks == 24 * 2);  // nb = 32, k_s = 8: blocks 8..31 sparse in layers 2 and 3
 }

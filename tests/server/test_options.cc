@@ -168,6 +168,16 @@ TEST_CASE("quantization: --quantization fp8 lands in the engine's options, on se
   CHECK_THROWS(parse_serve({"--model", "m", "--quantization", "int8"}));
 }
 
+TEST_CASE("kv cache dtype: --kv-cache-dtype auto|bf16|fp8 lands in the engine's options, on serve and generate") {
+  CHECK(parse_serve({"--model", "m"}).engine.kv_cache_dtype == "auto");
+  for (const char* d : {"auto", "bf16", "fp8"})
+    CHECK(parse_serve({"--model", "m", "--kv-cache-dtype", d}).engine.kv_cache_dtype == d);
+  CHECK(parse_generate({"--model", "m", "--prompt", "p", "--kv-cache-dtype", "fp8"}).engine.kv_cache_dtype == "fp8");
+  CHECK(parse_serve({"--model", "m", "--kv-cache-dtype", "fp8"}).engine.quantization.empty());  // independent flags
+  CHECK_THROWS(parse_serve({"--model", "m", "--kv-cache-dtype", "fp8_e5m2"}));
+  CHECK_THROWS(parse_serve({"--model", "m", "--kv-cache-dtype", "int8"}));
+}
+
 TEST_CASE("the tool-call parser (--tool-call-parser) names one of the served formats") {
   CHECK(parse_serve({"--model", "m"}).api.tool_call_parser.empty());  // from the chat template
   for (const char* f : {"hermes", "llama3_json", "mistral"})
