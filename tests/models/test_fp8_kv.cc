@@ -12,6 +12,7 @@
 #include "engine/engine.h"
 #include "engine/page_hash.h"
 #include "models/backend.h"
+#include "tests/models/logit_compare.h"
 #include "tests/test_util.h"
 
 using namespace stem;
@@ -39,46 +40,6 @@ std::vector<int32_t> tokens(size_t n, int32_t seed) {
 // sequence, top-1 the same wherever the f32 cache's top-two margin exceeds twice that.
 constexpr double kU8 = 0x1p-4, kKvBound = 2 * kU8 + kU8 * kU8;
 
-int64_t argmax(const float* x, int64_t n) { return std::max_element(x, x + n) - x; }
-
-struct Comparison {
-  double rel = 0, max_diff = 0, max_ref = 0;
-  int64_t rows = 0, same_top1 = 0, must_agree = 0, agree = 0;
-};
-
-Comparison compare(const Tensor& got, const Tensor& ref) {
-  REQUIRE(got.shape() == ref.shape());
-  const int64_t R = ref.shape()[0], V = ref.shape()[1];
-  Comparison c;
-  c.rows = R;
-  double num = 0, den = 0;
-  int64_t nonfinite = 0;
-  for (int64_t i = 0; i < R * V; ++i) {
-    const double d = got.ptr<float>()[i] - double(ref.ptr<float>()[i]);
-    nonfinite += !std::isfinite(d);
-    num += d * d;
-    den += double(ref.ptr<float>()[i]) * ref.ptr<float>()[i];
-    c.max_diff = std::max(c.max_diff, std::abs(d));
-    c.max_ref = std::max(c.max_ref, std::abs(double(ref.ptr<float>()[i])));
-  }
-  CHECK(nonfinite == 0);
-  c.rel = std::sqrt(num / den);
-  const double bound = kKvBound * std::max(1.0, c.max_ref);
-  for (int64_t r = 0; r < R; ++r) {
-    const float *x = got.ptr<float>() + r * V, *y = ref.ptr<float>() + r * V;
-    const int64_t top = argmax(y, V);
-    double second = -INFINITY;
-    for (int64_t v = 0; v < V; ++v)
-      if (v != top) second = std::max(second, double(y[v]));
-    const bool same = argmax(x, V) == top;
-    c.same_top1 += same;
-    if (y[top] - second > 2 * bound) {
-      ++c.must_agree;
-      c.agree += same;
-    }
-  }
-  return c;
-}
 
 // The model's logits with an FP8 KV cache against the f32 cache's; chunk > 0: prompts prefill in
 // steps of that many tokens.
@@ -91,7 +52,8 @@ void check_fp8_kv(const std::string& name, int64_t chunk) {
   Engine fp8(fixture(name), o);
   int64_t rows = 0, same = 0, must = 0;
   for (size_t n : {9, 23, 40}) {
-    const Comparison c = compare(fp8.score(tokens(n, static_cast<int32_t>(n))), ref.score(tokens(n, int32_t(n))));
+    const test::LogitComparison c =
+        test::compare_logits(fp8.score(tokens(n, static_cast<int32_t>(n))), ref.score(tokens(n, int32_t(n))), kKvBound);
     INFO(name << " (chunks of " << chunk << "), " << n << " tokens: relative error " << c.rel
               << ", largest logit error " << c.max_diff << " (largest logit " << c.max_ref << "), top-1 the same on "
               << c.same_top1 << " of " << c.rows << ", " << c.agree << " of the " << c.must_agree

@@ -16,6 +16,7 @@
 #include "kernels/cpu/fp8.h"
 #include "models/backend.h"
 #include "models/llama_weights.h"
+#include "tests/models/logit_compare.h"
 #include "tests/test_util.h"
 
 using namespace stem;
@@ -157,46 +158,6 @@ namespace {
 // top-1 the same on 85% of the positions (the others within 0.02 of a tie).
 constexpr double kU8 = 0x1p-4, kFp8Bound = 2 * kU8 + kU8 * kU8;
 
-struct LogitComparison {
-  double rel = 0, max_diff = 0, max_ref = 0;
-  int64_t rows = 0, same_top1 = 0, must_agree = 0, agree = 0;
-};
-
-int64_t argmax(const float* x, int64_t n) { return std::max_element(x, x + n) - x; }
-
-LogitComparison compare(const Tensor& got, const Tensor& ref) {
-  REQUIRE(got.shape() == ref.shape());
-  const int64_t R = ref.shape()[0], V = ref.shape()[1];
-  LogitComparison c;
-  c.rows = R;
-  double num = 0, den = 0;
-  int64_t nonfinite = 0;
-  for (int64_t i = 0; i < R * V; ++i) {
-    const double d = got.ptr<float>()[i] - double(ref.ptr<float>()[i]);
-    nonfinite += !std::isfinite(d);
-    num += d * d;
-    den += double(ref.ptr<float>()[i]) * ref.ptr<float>()[i];
-    c.max_diff = std::max(c.max_diff, std::abs(d));
-    c.max_ref = std::max(c.max_ref, std::abs(double(ref.ptr<float>()[i])));
-  }
-  CHECK(nonfinite == 0);
-  c.rel = std::sqrt(num / den);
-  const double bound = kFp8Bound * std::max(1.0, c.max_ref);
-  for (int64_t r = 0; r < R; ++r) {
-    const float *x = got.ptr<float>() + r * V, *y = ref.ptr<float>() + r * V;
-    const int64_t top = argmax(y, V);
-    double second = -INFINITY;
-    for (int64_t v = 0; v < V; ++v)
-      if (v != top) second = std::max(second, double(y[v]));
-    const bool same = argmax(x, V) == top;
-    c.same_top1 += same;
-    if (y[top] - second > 2 * bound) {
-      ++c.must_agree;
-      c.agree += same;
-    }
-  }
-  return c;
-}
 
 void check_fp8_logits(const std::string& name, const fs::path& fp8_dir, const fs::path& f32_dir, bool flag) {
   EngineOptions o;
@@ -206,7 +167,8 @@ void check_fp8_logits(const std::string& name, const fs::path& fp8_dir, const fs
   Engine fp8(fp8_dir, o);
   int64_t rows = 0, same = 0, must = 0;
   for (size_t n : {8, 23, 40}) {
-    const LogitComparison c = compare(fp8.score(tokens(n, static_cast<int32_t>(n))), ref.score(tokens(n, int32_t(n))));
+    const test::LogitComparison c =
+        test::compare_logits(fp8.score(tokens(n, static_cast<int32_t>(n))), ref.score(tokens(n, int32_t(n))), kFp8Bound);
     INFO(name << ", " << n << " tokens: relative error " << c.rel << ", largest logit error " << c.max_diff
               << " (largest logit " << c.max_ref << "), top-1 the same on " << c.same_top1 << " of " << c.rows
               << ", " << c.agree << " of the " << c.must_agree << " beyond the bound");
