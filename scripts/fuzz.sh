@@ -5,7 +5,7 @@
 # folder). A crash, a sanitizer report, a timeout or running out of memory fails the script; the
 # input that did it is in build-fuzz/fuzz/artifacts/<target>/.
 #   scripts/fuzz.sh                      # each target 60 s
-#   scripts/fuzz.sh 30                   # each target 30 s (CI)
+#   scripts/fuzz.sh 20                   # each target 20 s (CI)
 #   scripts/fuzz.sh 600 fuzz_tokenizer   # one target 10 minutes
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
