@@ -9,11 +9,8 @@
 
 namespace stem::cpu {
 
-namespace {
-
-// Codes [P,page_size,Hkv,D] (F8E4M3) and scales [P,page_size,Hkv] (f32), K's and V's alike.
-void check_fp8_caches(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k_scale,
-                      const TensorView& v_scale, const char* op) {
+void check_fp8_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k_scale,
+                        const TensorView& v_scale, const char* op) {
   const std::string o(op);
   check_packed(k_cache, (o + " k_cache").c_str(), DType::F8E4M3, 4);
   check_packed(v_cache, (o + " v_cache").c_str(), DType::F8E4M3, 4);
@@ -27,11 +24,9 @@ void check_fp8_caches(const TensorView& k_cache, const TensorView& v_cache, cons
                k_scale.str(), " and ", v_scale.str(), " must be [P, page_size, Hkv] of k_cache ", k_cache.str());
 }
 
-}  // namespace
-
 void kv_write_fp8(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k_scale,
                   const TensorView& v_scale, const TensorView& k, const TensorView& v, const TensorView& slots) {
-  check_fp8_caches(k_cache, v_cache, k_scale, v_scale, "kv_write_fp8");
+  check_fp8_kv_cache(k_cache, v_cache, k_scale, v_scale, "kv_write_fp8");
   check_rows(k, "kv_write_fp8 k", DType::F32, 3);
   check_rows(v, "kv_write_fp8 v", DType::F32, 3);
   check_packed(slots, "kv_write_fp8 slots", DType::I32, 1);
@@ -97,7 +92,7 @@ KvStagePlan stage_kv_pages(const std::vector<int32_t>& page_table, int32_t max_p
 void dequantize_kv_pages(const TensorView& k_out, const TensorView& v_out, const TensorView& k_cache,
                          const TensorView& v_cache, const TensorView& k_scale, const TensorView& v_scale,
                          const TensorView& pages) {
-  check_fp8_caches(k_cache, v_cache, k_scale, v_scale, "dequantize_kv_pages");
+  check_fp8_kv_cache(k_cache, v_cache, k_scale, v_scale, "dequantize_kv_pages");
   check_packed(k_out, "dequantize_kv_pages k_out", DType::F32, 4);
   check_packed(v_out, "dequantize_kv_pages v_out", DType::F32, 4);
   check_packed(pages, "dequantize_kv_pages pages", DType::I32, 1);

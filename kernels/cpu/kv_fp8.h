@@ -17,6 +17,11 @@ namespace stem::cpu {
 // Each token's k and v (f32 [T,Hkv,D], row-strided allowed) quantized per head into its cache slot:
 // codes k_cache, v_cache F8E4M3 [P,page_size,Hkv,D] and scales k_scale, v_scale f32 [P,page_size,Hkv],
 // all contiguous. Slots as kv_write (kernels/cpu/kv_write.h): every one checked first.
+// Codes k_cache, v_cache F8E4M3 [P,page_size,Hkv,D] and scales k_scale, v_scale f32
+// [P,page_size,Hkv], contiguous and of one another's shapes; refused naming `op` otherwise.
+void check_fp8_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k_scale,
+                        const TensorView& v_scale, const char* op);
+
 void kv_write_fp8(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k_scale,
                   const TensorView& v_scale, const TensorView& k, const TensorView& v, const TensorView& slots);
 

@@ -8,26 +8,17 @@
 
 #include <string>
 
+#include "kernels/cpu/kv_fp8.h"
 #include "kernels/cpu/rows.h"
 #include "kernels/view.h"
 
 namespace stem::cuda {
 
-// Codes k_cache, v_cache F8E4M3 [P,page_size,Hkv,D] and scales k_scale, v_scale f32 [P,page_size,Hkv],
-// all contiguous and 16-byte aligned.
+// The CPU twin's layout (cpu::check_fp8_kv_cache), head_dim a multiple of 16 and every array
+// 16-byte aligned.
 inline void check_fp8_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k_scale,
                                const TensorView& v_scale, const char* op) {
-  const std::string o(op);
-  cpu::check_packed(k_cache, (o + " k_cache").c_str(), DType::F8E4M3, 4);
-  cpu::check_packed(v_cache, (o + " v_cache").c_str(), DType::F8E4M3, 4);
-  cpu::check_packed(k_scale, (o + " k_scale").c_str(), DType::F32, 3);
-  cpu::check_packed(v_scale, (o + " v_scale").c_str(), DType::F32, 3);
-  for (int d = 0; d < 4; ++d)
-    STEM_CHECK(v_cache.shape[d] == k_cache.shape[d], op, ": v_cache ", v_cache.str(), " must match k_cache ",
-               k_cache.str());
-  for (int d = 0; d < 3; ++d)
-    STEM_CHECK(k_scale.shape[d] == k_cache.shape[d] && v_scale.shape[d] == k_cache.shape[d], op, ": scales ",
-               k_scale.str(), " and ", v_scale.str(), " must be [P, page_size, Hkv] of k_cache ", k_cache.str());
+  cpu::check_fp8_kv_cache(k_cache, v_cache, k_scale, v_scale, op);  // the twin's layout
   STEM_CHECK(k_cache.shape[3] % 16 == 0, op, ": head_dim must be a multiple of 16, got ", k_cache.str());
   for (const TensorView* t : {&k_cache, &v_cache, &k_scale, &v_scale})
     STEM_CHECK(reinterpret_cast<uintptr_t>(t->data) % 16 == 0, op, ": the FP8 cache and its scales must start 16-byte aligned");

@@ -55,4 +55,14 @@ inline LogitComparison compare_logits(const Tensor& got, const Tensor& ref, doub
   return c;
 }
 
+// The checks both FP8 model tests make on one comparison: the relative error and every logit
+// within bound_fraction (of the largest |logit|), the top-1 the same wherever the margin says it
+// must be, and some error at all (the approximation did run).
+inline void check_within(const LogitComparison& c, double bound_fraction) {
+  CHECK(c.rel <= bound_fraction);
+  CHECK(c.max_diff <= bound_fraction * std::max(1.0, c.max_ref));
+  CHECK(c.agree == c.must_agree);
+  CHECK(c.rel > 0);
+}
+
 }  // namespace stem::test
