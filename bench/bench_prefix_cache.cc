@@ -17,13 +17,11 @@
 //
 // --vary: question r is `suffix` − r tokens long instead (each question a step of a new size, as
 // real questions are: the costs a new shape pays once, GEMM plans among them, show in every TTFT).
-// --warmup: each engine first serves two throwaway requests of its own random tokens (4096, then
-// those plus `suffix` more: a question's shapes on a short cached prefix), so that what the first
-// step of a shape costs once per process or engine is paid before the document.
-// --modes dense,paper,threshold and --caching on,off: a subset of the rows.
+// --modes dense,paper,threshold and --caching on,off: a subset of the rows. STEM_WARMUP=0 (the CUDA
+// backend's load-time GEMM tuning off) shows what the first question paid before it.
 //
 //   bench_prefix_cache [--config F] [--lengths 32768,131072] [--suffix 512] [--runs 4] [--vary]
-//                      [--warmup] [--modes dense,paper,threshold] [--caching on,off]
+//                      [--modes dense,paper,threshold] [--caching on,off]
 //                      [--threshold 0.8738] [--chat] [--answer 100] [--json FILE]
 #include <algorithm>
 #include <cstdio>
@@ -53,7 +51,6 @@ struct Args {
   std::vector<int64_t> lengths = {32768, 131072};
   int64_t suffix = 512;
   bool vary = false;
-  bool warmup = false;
   std::vector<std::string> modes = {"dense", "paper", "threshold"};
   std::vector<bool> caching = {false, true};
   int runs = 4;
@@ -65,7 +62,7 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  bench::parse_flags(argc, argv, {"--chat", "--vary", "--warmup"}, [&a](const std::string& k, const std::string& v) {
+  bench::parse_flags(argc, argv, {"--chat", "--vary"}, [&a](const std::string& k, const std::string& v) {
     if (k == "--config") a.config = v;
     else if (k == "--lengths") a.lengths = parse_list(v);
     else if (k == "--suffix") a.suffix = std::stoll(v);
@@ -74,7 +71,6 @@ Args parse(int argc, char** argv) {
     else if (k == "--json") a.json = v;
     else if (k == "--chat") a.chat = true;
     else if (k == "--vary") a.vary = true;
-    else if (k == "--warmup") a.warmup = true;
     else if (k == "--modes") a.modes = bench::split(v, ',');
     else if (k == "--caching") {
       a.caching.clear();
@@ -179,13 +175,6 @@ Row measure(const fs::path& dir, const Mode& mode, bool caching, int64_t L, cons
     for (int32_t& x : t) x = static_cast<int32_t>(rng() % vocab);
     return t;
   };
-  if (a.warmup) {  // two throwaway requests: a short document, then a question on it (a hit)
-    std::vector<int32_t> prompt = tokens(4096);
-    timed_generate(engine, prompt, 1);
-    const std::vector<int32_t> question = tokens(a.suffix);
-    prompt.insert(prompt.end(), question.begin(), question.end());
-    timed_generate(engine, prompt, 1);
-  }
   Row row;
   row.length = L;
   row.mode = mode.name;
@@ -281,7 +270,7 @@ int main(int argc, char** argv) {
       nlohmann::json out = nlohmann::json::array();
       for (const Row& r : rows)
         out.push_back({{"prompt", r.length}, {"mode", r.mode}, {"caching", r.caching}, {"cold_ms", r.cold_ms},
-                       {"next_ms", r.warm_ms}, {"cached_tokens", r.cached_tokens}, {"suffix", a.suffix}, {"vary", a.vary}, {"warmup", a.warmup},
+                       {"next_ms", r.warm_ms}, {"cached_tokens", r.cached_tokens}, {"suffix", a.suffix}, {"vary", a.vary},
                        {"runs", a.runs}, {"each_ms", r.each_ms}, {"chat", a.chat}, {"each_prompt", r.each_prompt},
                        {"each_cached", r.each_cached}, {"each_forward_ms", r.each_forward_ms},
                        {"each_device_ms", r.each_device_ms}});
