@@ -10,6 +10,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${STEM_ASAN_BUILD_DIR:-$root/build-asan}"
 jobs="${STEM_JOBS:-$(nproc)}"
+source "$root/scripts/ccache_env.sh"
 
 start=$(date +%s)
 # Line tables (-g1) are enough for the reports' stack traces and build much faster than -g; -O1 (what
@@ -29,23 +30,28 @@ reports="$build/test-reports"
 rm -rf "$reports"
 mkdir -p "$reports"
 rc=0
-start=$(date +%s)
-# The Catch2 tests; not the other CTest entries (the integration tests run below; bench/ and
-# deploy/ check benchmarks and packaging, not the code's memory safety, and bench/eval_quick
-# alone takes five minutes under ASan: this build leaves bench/eval out).
-ctest --test-dir "$build" --output-on-failure -j "$jobs" -E '^(integration|bench|deploy)/' --timeout 1200 \
-  --output-junit "$reports/ctest.xml" || rc=1
-echo "test_sanitize.sh: unit tests in $(($(date +%s) - start)) s"
-
 # The integration tests under ASan run the model 2-3x slower. The default subset leaves out the
 # slowest model-bound cases (the 32-request concurrency run and the long-prompt Stem request),
 # which exercise the same server paths as the ones kept.
 subset="${STEM_SANITIZE_PYTEST:-not test_concurrent_mixed_requests_match_alone and not test_stem_http}"
-start=$(date +%s)
 pytest_args=(-q -rs -p no:cacheprovider --durations=5 --junitxml="$reports/integration.xml" tests/integration)
 [ "$subset" = all ] || pytest_args+=(-k "$subset")
-(cd "$root" && STEMSERVE_BIN="$build/server/stemserve" "$root/.venv/bin/python" -m pytest "${pytest_args[@]}") || rc=1
-echo "test_sanitize.sh: integration tests in $(($(date +%s) - start)) s"
+# They run beside the unit tests, which get the other cores: the CPU backend computes on one core,
+# so the two together keep every core busy (one after the other, the unit tests' slowest few and
+# then pytest left cores idle). Their log is shown when they end.
+start=$(date +%s)
+(cd "$root" && STEMSERVE_BIN="$build/server/stemserve" "$root/.venv/bin/python" -m pytest "${pytest_args[@]}") \
+  >"$reports/integration.log" 2>&1 &
+pytest_pid=$!
+# The Catch2 tests; not the other CTest entries (the integration tests run above; bench/ and
+# deploy/ check benchmarks and packaging, not the code's memory safety, and bench/eval_quick
+# alone takes five minutes under ASan: this build leaves bench/eval out).
+ctest --test-dir "$build" --output-on-failure -j "$((jobs > 1 ? jobs - 1 : 1))" -E '^(integration|bench|deploy)/' \
+  --timeout 1200 --output-junit "$reports/ctest.xml" || rc=1
+echo "test_sanitize.sh: unit tests in $(($(date +%s) - start)) s"
+wait "$pytest_pid" || rc=1
+cat "$reports/integration.log"
+echo "test_sanitize.sh: integration tests in $(($(date +%s) - start)) s (from the same start)"
 
 # The pytest cases that -k leaves out are "deselected", not skipped: they are not in the report.
 /usr/bin/python3 "$root/scripts/test_report.py" --name test_sanitize.sh "$reports/ctest.xml" "$reports/integration.xml" ||
