@@ -62,7 +62,7 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& given)
     spdlog::warn("max_num_batched_tokens {} < max_num_seqs {}: when every sequence decodes, the newest ones wait",
                  options.max_num_batched_tokens, options.max_num_seqs);
   scheduler_ = std::make_unique<Scheduler>(
-      *kv_, SchedulerOptions{options.max_num_batched_tokens, options.max_num_seqs});
+      *kv_, SchedulerOptions{options.max_num_batched_tokens, options.max_num_seqs, backend_->max_prefill_context()});
 
   eos_ids_ = config_.eos_token_ids;
   if (options.load_tokenizer) {

@@ -16,7 +16,6 @@ struct Engine::Sequence : SeqState {
   SequenceOutput output;
   bool done = false;
   bool stem = false;        // prefills with Stem (the request's mode, or the engine's default)
-  int64_t prefill_len = 0;  // tokens of the prefill under way: the prompt, or more when recomputed
   bool stem_pages = false;  // that prefill selects causally with Stem: its pages are Stem K/V (their own kind)
   Sequence(Active* r, int32_t i, const SamplingParams& p, uint64_t seed, SequenceOutput out)
       : request(r), index(i), sampler(p, seed), output(std::move(out)) {}

@@ -206,9 +206,9 @@ StepStats Engine::step() {
     Sequence& st = static_cast<Sequence&>(*c.seq);
     // A prefill begins when the sequence is admitted (a new prompt, or a recompute after a
     // preemption), at position 0 or after the pages it took from the prefix cache, and covers
-    // every token the sequence has then; its later chunks and its decode rows follow.
+    // every token the sequence has then (the scheduler's prefill_len); its later chunks and its
+    // decode rows follow.
     if (c.admitted) {
-      st.prefill_len = static_cast<int64_t>(st.tokens.size());
       if (st.request->cached_tokens < 0) st.request->cached_tokens = st.cached_tokens;
       if (st.cached_tokens > 0)
         spdlog::debug("prefix cache hit: sequence {} takes {} of its {} tokens ({} pages) from the cache", st.id,

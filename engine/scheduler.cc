@@ -23,6 +23,20 @@ int64_t chunk_size(const SeqState& s, int64_t budget) {
 Scheduler::Scheduler(PageAllocator& kv, const SchedulerOptions& options) : kv_(kv), options_(options) {
   if (options.max_num_batched_tokens < 1) throw Error("max_num_batched_tokens must be >= 1");
   if (options.max_num_seqs < 1) throw Error("max_num_seqs must be >= 1");
+  if (options.max_prefill_context < 0) throw Error("max_prefill_context must be >= 0");
+}
+
+int64_t Scheduler::prefill_context(const SeqState& s, int64_t start, int64_t count) const {
+  if (start >= s.prefill_len) return 0;
+  const int64_t P = kv_.page_size();
+  return (start + count + P - 1) / P * P;
+}
+
+bool Scheduler::take_prefill_context(int64_t context, StepBudget& budget) const {
+  const int64_t cap = options_.max_prefill_context;
+  if (cap > 0 && context > 0 && budget.prefill_context > 0 && budget.prefill_context + context > cap) return false;
+  budget.prefill_context += context;
+  return true;
 }
 
 void Scheduler::add(SeqState* seq) {
@@ -66,11 +80,12 @@ void Scheduler::cache_computed(const ScheduleResult& plan) {
   }
 }
 
-void Scheduler::preempt(SeqState* victim, ScheduleResult& out, int64_t& budget) {
+void Scheduler::preempt(SeqState* victim, ScheduleResult& out, StepBudget& budget) {
   // Undo its share of this step, if it had one: the pages it would have written are gone.
   auto it = std::find_if(out.seqs.begin(), out.seqs.end(), [&](const ScheduledSeq& s) { return s.seq == victim; });
   if (it != out.seqs.end()) {
-    budget += it->count;
+    budget.tokens += it->count;
+    budget.prefill_context -= prefill_context(*victim, it->start, it->count);
     out.seqs.erase(it);
   }
   running_.erase(victim->id);
@@ -84,7 +99,7 @@ void Scheduler::preempt(SeqState* victim, ScheduleResult& out, int64_t& budget) 
 
 ScheduleResult Scheduler::schedule() {
   ScheduleResult out;
-  int64_t budget = options_.max_num_batched_tokens;
+  StepBudget budget{options_.max_num_batched_tokens};
 
   // Running sequences: decode rows first (they are cheap and keep streams flowing), then the rest
   // of partially prefilled prompts. Copies of the lists, because preemption edits running_.
@@ -94,9 +109,11 @@ ScheduleResult Scheduler::schedule() {
   for (auto& [id, s] : running_)
     if (s->pending() > 1) order.push_back(s);
   for (SeqState* s : order) {
-    if (budget == 0) break;
+    if (budget.tokens == 0) break;
     if (!running_.count(s->id)) continue;  // preempted earlier in this step
-    const int64_t n = chunk_size(*s, budget);
+    const int64_t n = chunk_size(*s, budget.tokens);
+    const int64_t context = prefill_context(*s, s->num_computed, n);
+    if (!take_prefill_context(context, budget)) continue;  // its prefill goes on in a later step
     bool placed = true;
     while (!kv_.reserve(s->pages, s->num_computed + n)) {
       SeqState* victim = std::prev(running_.end())->second;  // the newest
@@ -106,14 +123,17 @@ ScheduleResult Scheduler::schedule() {
         break;
       }
     }
-    if (!placed) continue;
+    if (!placed) {
+      budget.prefill_context -= context;
+      continue;
+    }
     out.seqs.push_back({s, s->num_computed, n, s->num_computed + n == static_cast<int64_t>(s->tokens.size())});
-    budget -= n;
+    budget.tokens -= n;
   }
 
   // Waiting sequences, oldest first, while the budget, the sequence cap and free pages allow.
   // A newcomer never preempts: it waits for pages instead.
-  while (!waiting_.empty() && budget > 0 && num_running() < options_.max_num_seqs) {
+  while (!waiting_.empty() && budget.tokens > 0 && num_running() < options_.max_num_seqs) {
     SeqState* s = waiting_.begin()->second;
     // One preempted this step would only be recomputed from scratch and preempted again.
     if (std::find(out.preempted.begin(), out.preempted.end(), s) != out.preempted.end()) break;
@@ -129,8 +149,16 @@ ScheduleResult Scheduler::schedule() {
       s->num_cached_pages = kv_.take_cached(s->page_hashes, s->tokens, max_pages, s->pages, align);
       s->num_computed = s->num_cached_pages * P;
     }
-    const int64_t n = chunk_size(*s, budget);
+    const int64_t n = chunk_size(*s, budget.tokens);
+    s->prefill_len = static_cast<int64_t>(s->tokens.size());
+    const int64_t context = prefill_context(*s, s->num_computed, n);
+    if (!take_prefill_context(context, budget)) {
+      release(s);
+      s->num_computed = 0;
+      break;
+    }
     if (!kv_.reserve(s->pages, s->num_computed + n)) {
+      budget.prefill_context -= context;
       release(s);
       s->num_computed = 0;
       break;
@@ -144,7 +172,7 @@ ScheduleResult Scheduler::schedule() {
     running_[s->id] = s;
     out.seqs.push_back(
         {s, s->num_computed, n, s->num_computed + n == static_cast<int64_t>(s->tokens.size()), /*admitted=*/true});
-    budget -= n;
+    budget.tokens -= n;
   }
 
   for (ScheduledSeq& c : out.seqs) {

@@ -3,6 +3,8 @@
 // sequence first, then prefill chunks of partially prefilled and waiting prompts (oldest first).
 // A chunk that does not finish its prompt ends on a multiple of the sequence's chunk_align when
 // the budget reaches one (the rest of the budget goes to the next sequence).
+// With a prefill context cap (SchedulerOptions::max_prefill_context), the sequences that prefill in
+// one step hold at most that many context tokens together; the first one always goes.
 // When pages run out it preempts the newest running sequence: its pages are freed and it goes back
 // to the waiting queue, to be recomputed later from its prompt and the tokens it has generated.
 // With prefix caching (docs/prefix_caching.md), a sequence it admits first takes the cached pages
@@ -23,6 +25,9 @@ struct SeqState {
   int64_t id = 0;               // admission order: a larger id is newer
   std::vector<int32_t> tokens;  // the prompt, then the generated tokens
   int64_t num_computed = 0;     // leading tokens whose K/V are in the cache
+  // Tokens of the prefill under way, set when the sequence is admitted: the prompt, or more when it
+  // is recomputed after a preemption. A chunk that starts before it prefills; later ones decode.
+  int64_t prefill_len = 0;
   std::vector<int32_t> pages;
   int64_t num_preemptions = 0;
   // Prefill chunks that stop short of the end of `tokens` end on a multiple of this where the
@@ -65,6 +70,11 @@ struct ScheduleResult {
 struct SchedulerOptions {
   int64_t max_num_batched_tokens = 512;  // tokens per step (decode rows + prefill chunks)
   int64_t max_num_seqs = 64;             // sequences holding pages at once
+  // The most context tokens, each sequence's counted in whole pages up to the end of its chunk,
+  // that the sequences prefilling in one step may hold together; 0: no limit. A step's first
+  // prefill always goes; one that would pass the cap waits for a later step. The backend's figure
+  // (ModelBackend::max_prefill_context: the CUDA backend's staging of an FP8 KV cache).
+  int64_t max_prefill_context = 0;
 };
 
 class Scheduler {
@@ -93,7 +103,17 @@ class Scheduler {
   const SchedulerOptions& options() const { return options_; }
 
  private:
-  void preempt(SeqState* victim, ScheduleResult& out, int64_t& budget);
+  // What one step has left to give: tokens, and context for prefilling sequences.
+  struct StepBudget {
+    int64_t tokens = 0;
+    int64_t prefill_context = 0;  // used so far
+  };
+  void preempt(SeqState* victim, ScheduleResult& out, StepBudget& budget);
+  // The context a chunk of s from `start`, `count` tokens long, holds against the cap: 0 for a
+  // decode chunk, else its end rounded up to whole pages.
+  int64_t prefill_context(const SeqState& s, int64_t start, int64_t count) const;
+  // Whether a chunk holding `context` fits the step's cap (taking it if so).
+  bool take_prefill_context(int64_t context, StepBudget& budget) const;
   void release(SeqState* seq);
   // Computes seq's page hashes up to `pages` full pages of its tokens.
   void hash_pages(SeqState& seq, int64_t pages) const;

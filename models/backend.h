@@ -111,6 +111,12 @@ class ModelBackend {
   virtual std::string name() const = 0;  // "cpu", "cuda"
   virtual int64_t num_pages() const = 0;
   virtual int32_t page_size() const = 0;
+  // The most context tokens (each sequence's in whole pages) that the sequences prefilling in one
+  // step may hold together without the backend taking memory beyond what it reserved at load; the
+  // engine's scheduler keeps to it (SchedulerOptions::max_prefill_context). 0: no limit. The CUDA
+  // backend with an FP8 KV cache stages those contexts in bf16 for prefill and Stem, in room
+  // reserved for one max_model_len sequence.
+  virtual int64_t max_prefill_context() const { return 0; }
   // Runs one step: writes the new tokens' K/V into the pages `batch.slots` names, and the
   // logits of `batch.logit_rows` as f32 [rows, vocab] on the host (resized as needed).
   virtual void forward(const ForwardBatch& batch, Tensor& logits) = 0;

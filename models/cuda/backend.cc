@@ -86,6 +86,7 @@ class CudaBackend final : public CudaModelBackend {
       // before the pool is sized (a step that stages more grows it then).
       const int64_t max_len = o.max_model_len > 0 ? o.max_model_len : c.max_position_embeddings;
       ws_.grow_stage(c, std::max<int64_t>(1, (max_len + page_size_ - 1) / page_size_), page_size_, stream_.get());
+      max_prefill_context_ = ws_.stage_pages * page_size_;
     }
     std::sort(options_.graph_batch_sizes.begin(), options_.graph_batch_sizes.end());
     const int64_t max_graph = options_.graph_batch_sizes.empty() ? 1 : options_.graph_batch_sizes.back();
@@ -151,6 +152,7 @@ class CudaBackend final : public CudaModelBackend {
   std::string name() const override { return "cuda"; }
   int64_t num_pages() const override { return num_pages_; }
   int32_t page_size() const override { return page_size_; }
+  int64_t max_prefill_context() const override { return max_prefill_context_; }
 
   StemStepStats last_stem_stats() const override { return stem_stats_; }
   double last_step_device_ms() const override { return stats_.last_step_device_ms; }
@@ -167,6 +169,7 @@ class CudaBackend final : public CudaModelBackend {
     s.weight_step_read_bytes = weights_.step_read_bytes();
     s.kv_bytes_per_token = kv_bytes_per_token_;
     s.gemm_tunings = static_cast<int64_t>(gemm_.tunings());
+    s.kv_stage_pages = ws_.stage_pages;
     return s;
   }
 
@@ -332,7 +335,9 @@ class CudaBackend final : public CudaModelBackend {
                                      static_cast<int64_t>(batch.logit_rows.size()));
     // FP8 KV cache, eager steps: the pages prefill and Stem read are staged in bf16 at each layer
     // (sequences with more rows than the decode kernel takes, and Stem's sequences); the rest
-    // read the codes.
+    // read the codes. The engine's steps fit the staging reserved at load (max_prefill_context);
+    // a caller that passes more (a benchmark's batch of long prompts) grows it here, outside the
+    // memory the pool was sized around.
     cpu::KvStagePlan stage_plan;
     if (kv_fp8_ && !key.batch) {
       stage_plan = cpu::stage_kv_pages(batch.page_table, batch.max_pages, batch.kv_lens, batch.query_start,
@@ -471,6 +476,7 @@ class CudaBackend final : public CudaModelBackend {
   StemSettings stem_;
   StemStepStats stem_stats_;
   int64_t num_pages_ = 0;
+  int64_t max_prefill_context_ = 0;  // FP8 KV cache: the staging reserved at load, in tokens
   size_t kv_bytes_per_token_ = 0;
   bool kv_fp8_ = false;           // --kv-cache-dtype fp8
   CudaOps::KvStage kv_stage_;     // FP8: the eager step's staging (views of ws_)

@@ -35,6 +35,9 @@ struct CudaBackendStats {
   int64_t graphs_captured = 0, graph_replays = 0, eager_steps = 0;
   // GEMM shape buckets tuned so far, the load's warm-up included (cuda::GemmContext::tunings).
   int64_t gemm_tunings = 0;
+  // FP8 KV cache: the bf16 staging's pages (reserved at load for one max_model_len sequence; more
+  // only if a step staged more, which the engine's scheduler avoids).
+  int64_t kv_stage_pages = 0;
   // The last step's GPU time: from the metadata upload to the logits (forward; their copy to the
   // host not included) or to the sampled tokens on the host (forward_sample).
   float last_step_device_ms = 0;

@@ -37,8 +37,10 @@
 
 #include "base/weights.h"
 #include "kernels/cpu/fp8.h"
+#include "engine/engine.h"
 #include "models/cuda/backend.h"
 #include "tests/gpu_model/gpu_model_util.h"
+#include "tests/rounding.h"
 #include "tests/test_util.h"
 
 using namespace stem;
@@ -335,4 +337,78 @@ TEST_CASE("cuda FP8 KV cache: the pool from --gpu-memory-fraction holds about tw
   // (2·D) / (D + 4) = 1.94 for D = 128, less the staging taken first (4096 tokens of bf16).
   CHECK(pages[1] > pages[0] * 19 / 10);
   CHECK(pages[1] < pages[0] * 2);
+}
+
+// The staging of an FP8 cache holds one max_model_len sequence's context (reserved at load, inside
+// the memory the pool is sized around); the engine's scheduler keeps the contexts of each step's
+// prefilling sequences within it (ModelBackend::max_prefill_context). Three 1200-token prompts
+// added together (3600 tokens of context, against staging for 2048) prefill in turns, the staging
+// never grows, and each answers as it does alone.
+TEST_CASE("cuda FP8 KV cache: an engine's concurrent prompts prefill within the staging reserved at load") {
+  STEM_REQUIRE_GPU();
+  stem::test::TempDir tmp;
+  nlohmann::json cfg = model_hd128();
+  cfg["max_position_embeddings"] = 2048;
+  const ModelConfig c = write_random_model(tmp.path(), cfg, 95);
+  EngineOptions o;
+  o.device = "cuda";
+  o.load_tokenizer = false;
+  o.kv_cache_dtype = "fp8";
+  o.kv_cache_tokens = 16384;
+  o.max_num_batched_tokens = 4096;  // a budget that takes all three prompts in one step
+  o.sparse_prefill = SparsePrefill::Dense;
+  o.enable_prefix_caching = false;  // the second run computes every prompt again
+  Engine e(tmp.path(), o);
+  const auto& cuda = static_cast<const CudaModelBackend&>(e.backend());
+  const int64_t staged = cuda.stats().kv_stage_pages;
+  CHECK(staged == 2048 / 16);
+  CHECK(e.backend().max_prefill_context() == 2048);
+
+  std::mt19937_64 rng(96);
+  struct Out {
+    std::vector<int32_t> tokens;
+    std::vector<SampleResult> samples;
+    bool done = false;
+  };
+  auto request = [](const std::vector<int32_t>& prompt) {
+    GenerateRequest r;
+    r.prompt = prompt;
+    r.sampling.temperature = 0;
+    r.sampling.logprobs = true;
+    r.sampling.top_logprobs = 2;
+    r.stop.max_tokens = 6;
+    r.stop.ignore_eos = true;
+    return r;
+  };
+  auto sink = [](Out& out) {
+    return [&out](const TokenEvent& ev) {
+      if (ev.token >= 0) {
+        out.tokens.push_back(ev.token);
+        out.samples.push_back(ev.sample);
+      }
+      if (ev.finished) out.done = true;
+    };
+  };
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 3; ++i) prompts.push_back(random_tokens(rng, 1200, c.vocab_size));
+  std::vector<Out> alone(3), together(3);
+  for (int i = 0; i < 3; ++i) {
+    e.add_request(request(prompts[i]), sink(alone[i]));
+    while (!alone[i].done) e.step();
+  }
+  for (int i = 0; i < 3; ++i) e.add_request(request(prompts[i]), sink(together[i]));
+  int64_t steps = 0, max_prefilling = 0;
+  while (e.has_work()) {
+    const StepStats st = e.step();
+    max_prefilling = std::max(max_prefilling, st.num_seqs - st.num_decode);
+    ++steps;
+  }
+  CHECK(max_prefilling == 1);  // one 1200-token context at a time fits 2048, two do not
+  CHECK(cuda.stats().kv_stage_pages == staged);
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(together[i].done);
+    // Batched with other rows, the prefill's GEMMs round differently, and a code of the cache may
+    // round to its neighbour: the FP8 cache's tolerance against bf16 (near-ties may differ).
+    test::check_same_greedy(alone[i].tokens, alone[i].samples, together[i].tokens, kFp8KvVsBf16Kv);
+  }
 }
