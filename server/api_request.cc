@@ -1,5 +1,6 @@
 #include "server/api_request.h"
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 
@@ -15,6 +16,8 @@ ServedModel ServedModel::of(const Engine& engine, const std::string& served_name
   ServedModel m;
   m.engine = &engine;
   m.path = engine.model_dir().string();
+  m.created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+                  .count();
   m.name = served_name;
   if (m.name.empty()) m.name = std::filesystem::path(m.path).lexically_normal().filename().string();
   if (m.name.empty()) m.name = std::filesystem::path(m.path).parent_path().filename().string();  // "dir/"

@@ -98,7 +98,7 @@ void HttpServer::Impl::routes() {
               ojson{{"object", "list"},
                     {"data", ojson::array({ojson{{"id", ctx.model.name},
                                                  {"object", "model"},
-                                                 {"created", 0},
+                                                 {"created", ctx.model.created},
                                                  {"owned_by", "stemserve"},
                                                  {"root", ctx.model.path},
                                                  {"max_model_len", e.max_model_len()}}})}});

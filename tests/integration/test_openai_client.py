@@ -1,5 +1,6 @@
 """The official openai client against the real server: completions and chat, streamed and not."""
 import json
+import time
 import urllib.request
 
 import pytest
@@ -27,6 +28,8 @@ def test_tokenize_and_detokenize_round_trip(server):
 def test_models_lists_the_served_model(client, model_name):
     models = client.models.list()
     assert [m.id for m in models.data] == [model_name]
+    # "created": when the server loaded it (Unix seconds), as vLLM reports; not 0.
+    assert time.time() - 3600 < models.data[0].created <= time.time() + 1
 
 
 def test_completion(client, model_name):
