@@ -13,7 +13,8 @@ struct Fixture {
   PageAllocator kv;
   Scheduler sched;
   std::vector<std::unique_ptr<SeqState>> seqs;
-  Fixture(int64_t pages, int64_t budget, int64_t max_seqs) : kv(pages, 16), sched(kv, {budget, max_seqs}) {}
+  Fixture(int64_t pages, int64_t budget, int64_t max_seqs, int64_t max_prefill_context = 0)
+      : kv(pages, 16), sched(kv, {budget, max_seqs, max_prefill_context}) {}
 
   SeqState* add(int64_t prompt_len) {
     auto s = std::make_unique<SeqState>();
@@ -181,100 +182,73 @@ TEST_CASE("scheduler: bad options are refused") {
 
 TEST_CASE("scheduler: prefilling sequences hold at most max_prefill_context tokens of context together") {
   // Pages of 16; the cap is 16 pages. Two 200-token prompts (13 pages each) do not fit one step.
-  PageAllocator kv(64, 16);
-  Scheduler sched(kv, {1000, 8, 256});
-  std::vector<std::unique_ptr<SeqState>> seqs;
-  auto add = [&](int64_t len) {
-    seqs.push_back(std::make_unique<SeqState>());
-    seqs.back()->id = static_cast<int64_t>(seqs.size()) - 1;
-    seqs.back()->tokens.assign(len, 1);
-    sched.add(seqs.back().get());
-    return seqs.back().get();
-  };
-  SeqState* a = add(200);
-  SeqState* b = add(200);
-  auto r = sched.schedule();
+  const int64_t cap = GENERATE(256, 0);
+  Fixture f(64, 1000, 8, cap);
+  SeqState* a = f.add(200);
+  SeqState* b = f.add(200);
+  auto r = f.sched.schedule();
+  if (cap == 0) {  // without a cap both prefill at once
+    CHECK(r.seqs.size() == 2);
+    return;
+  }
   REQUIRE(r.seqs.size() == 1);
   CHECK(r.seqs[0].seq == a);
   CHECK(a->prefill_len == 200);
-  CHECK(sched.num_waiting() == 1);  // b waits, though the token budget had room
-  a->tokens.push_back(7);
+  CHECK(f.sched.num_waiting() == 1);  // b waits, though the token budget had room
+  f.sample(r);
   // a decodes (a decode row holds no context against the cap) and b prefills.
-  r = sched.schedule();
+  r = f.sched.schedule();
   REQUIRE(r.seqs.size() == 2);
   CHECK(count_of(r, a) == 1);
   CHECK(count_of(r, b) == 200);
   CHECK(b->prefill_len == 200);
-
-  SECTION("without a cap both prefill in the first step") {
-    PageAllocator kv2(64, 16);
-    Scheduler open(kv2, {1000, 8, 0});
-    SeqState c, d;
-    c.id = 0, d.id = 1;
-    c.tokens.assign(200, 1);
-    d.tokens.assign(200, 1);
-    open.add(&c);
-    open.add(&d);
-    CHECK(open.schedule().seqs.size() == 2);
-  }
 }
 
 TEST_CASE("scheduler: a chunked prefill's context counts up to its chunk's end; the step's first prefill always goes") {
   // Budget 128 tokens a step, cap 256 tokens (16 pages of 16).
-  PageAllocator kv(64, 16);
-  Scheduler sched(kv, {128, 8, 256});
-  SeqState a, b;
-  a.id = 0, b.id = 1;
-  a.tokens.assign(300, 1);
-  b.tokens.assign(40, 1);
-  sched.add(&a);
-  sched.add(&b);
-  auto r = sched.schedule();  // a: 0..128 (context 128); the budget is spent
+  Fixture f(64, 128, 8, 256);
+  SeqState* a = f.add(300);
+  SeqState* b = f.add(40);
+  auto r = f.sched.schedule();  // a: 0..128 (context 128); the budget is spent
   REQUIRE(r.seqs.size() == 1);
-  r = sched.schedule();  // a: 128..256 (context 256); the budget is spent
+  r = f.sched.schedule();  // a: 128..256 (context 256); the budget is spent
   REQUIRE(r.seqs.size() == 1);
   CHECK(r.seqs[0].start == 128);
-  r = sched.schedule();  // a: 256..300, context 304 > 256 but the step's first prefill; b (48 more) waits
+  r = f.sched.schedule();  // a: 256..300, context 304 > 256 but the step's first prefill; b (48 more) waits
   REQUIRE(r.seqs.size() == 1);
-  CHECK(r.seqs[0].seq == &a);
+  CHECK(r.seqs[0].seq == a);
   CHECK(r.seqs[0].count == 44);
   CHECK(r.seqs[0].sample);
-  CHECK(sched.num_waiting() == 1);
-  a.tokens.push_back(7);
-  r = sched.schedule();  // a decodes, b prefills
-  CHECK(count_of(r, &a) == 1);
-  CHECK(count_of(r, &b) == 40);
+  CHECK(f.sched.num_waiting() == 1);
+  f.sample(r);
+  r = f.sched.schedule();  // a decodes, b prefills
+  CHECK(count_of(r, a) == 1);
+  CHECK(count_of(r, b) == 40);
 }
 
 TEST_CASE("scheduler: a preempted sequence's recompute is a prefill again, its generated tokens included") {
   // 8 pages of 16: a and b (60 tokens, 4 pages each) fill them; a's 65th token needs a fifth page,
   // and b, the newest, is preempted for it.
-  PageAllocator kv(8, 16);
-  Scheduler sched(kv, {1000, 8, 256});
-  SeqState a, b;
-  a.id = 0, b.id = 1;
-  a.tokens.assign(60, 1);
-  b.tokens.assign(60, 1);
-  sched.add(&a);
-  sched.add(&b);
-  auto r = sched.schedule();
+  Fixture f(8, 1000, 8, 256);
+  SeqState* a = f.add(60);
+  SeqState* b = f.add(60);
+  auto r = f.sched.schedule();
   REQUIRE(r.seqs.size() == 2);  // 64 + 64 tokens of context: within the cap
   for (int i = 0; i < 10 && r.preempted.empty(); ++i) {
-    for (const auto& c : r.seqs)
-      if (c.sample) c.seq->tokens.push_back(7);
-    r = sched.schedule();
+    f.sample(r);
+    r = f.sched.schedule();
   }
   REQUIRE(r.preempted.size() == 1);
-  CHECK(r.preempted[0] == &b);
-  CHECK(a.prefill_len == 60);  // a decodes on
-  sched.remove(&a);
-  r = sched.schedule();
+  CHECK(r.preempted[0] == b);
+  CHECK(a->prefill_len == 60);  // a decodes on
+  f.sched.remove(a);
+  r = f.sched.schedule();
   REQUIRE(r.seqs.size() == 1);
-  CHECK(r.seqs[0].seq == &b);
+  CHECK(r.seqs[0].seq == b);
   CHECK(r.seqs[0].start == 0);
-  CHECK(r.seqs[0].count == static_cast<int64_t>(b.tokens.size()));
-  CHECK(b.tokens.size() > 60);
-  CHECK(b.prefill_len == static_cast<int64_t>(b.tokens.size()));
+  CHECK(r.seqs[0].count == static_cast<int64_t>(b->tokens.size()));
+  CHECK(b->tokens.size() > 60);
+  CHECK(b->prefill_len == static_cast<int64_t>(b->tokens.size()));
 }
 
 TEST_CASE("scheduler: a negative prefill context cap is refused") {
