@@ -51,6 +51,23 @@ def test_copied_files_exist_in_a_clone_and_pass_dockerignore(stages):
         assert not dropped, f"COPY {src}: .dockerignore leaves out {dropped[:5]}"
 
 
+def test_copied_scripts_bring_what_they_source(stages):
+    """A script copied by name (to be run: the folders copied whole are sources for CMake) that
+    sources another file of the tree (`source "$root/..."`) the stage lacks fails only in `docker
+    build` (scripts/build.sh sources scripts/ccache_env.sh)."""
+    checked = 0
+    for stage in stages:
+        copied = {src.rstrip("/") for i in stage.all("COPY") for src in copy_sources(i)}
+        for src in sorted(c for c in copied if c.endswith(".sh")):
+            script = ROOT / src
+            if script.is_file():
+                for needed in re.findall(r'^\s*(?:source|\.) "\$root/([^"]+)"', script.read_text(), re.M):
+                    checked += 1
+                    assert any(needed == c or needed.startswith(c + "/") for c in copied), \
+                        f"stage {stage.name}: {src} sources {needed}, which it does not copy"
+    assert checked, "no copied script sources anything: the pattern no longer matches scripts/build.sh"
+
+
 def test_build_stage_copies_every_cmake_subdirectory(stages):
     """A folder the top-level CMakeLists.txt adds but the image lacks breaks only `docker build`."""
     build = next(s for s in stages if s.name == "build")
