@@ -50,8 +50,8 @@ class GrammarCache {
 struct ServedModel {
   std::string name;  // --served-model-name, else the model folder's name
   std::string path;  // the folder; also accepted as a model name
-  int64_t created = 0;  // Unix seconds when it was loaded: /v1/models' "created"
   const Engine* engine = nullptr;
+  int64_t created = 0;  // Unix seconds when it was loaded: /v1/models' "created"
   // The tokenizer's tokens as bytes, for structured output; built by the first request that needs it.
   struct Vocab {
     std::once_flag once;
