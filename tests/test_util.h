@@ -6,6 +6,7 @@
 #include <string>
 
 #include "tests/catch.h"
+#include "tests/test_paths.h"
 
 namespace stem::test {
 
@@ -44,13 +45,14 @@ std::string error_of(Fn&& fn) {
   return "";
 }
 
-inline std::string source_dir() { return STEM_SOURCE_DIR; }
-inline std::string fixtures_dir() { return STEM_FIXTURES_DIR; }
+inline std::string source_dir() { return source_dir_path(); }
+inline std::string fixtures_dir() { return fixtures_dir_path(); }
+inline std::string build_dir() { return build_dir_path(); }
 
 // The default model as models/prepare/ converts it; tests that need it skip where it is absent.
 inline std::filesystem::path default_model_dir() {
   if (const char* env = std::getenv("STEM_TEST_MODEL")) return env;
-  return std::filesystem::path(STEM_SOURCE_DIR) / "models/cache/SmolLM2-135M-Instruct";
+  return std::filesystem::path(source_dir()) / "models/cache/SmolLM2-135M-Instruct";
 }
 
 }  // namespace stem::test

@@ -8,10 +8,11 @@
 #include <string>
 
 #include "kernels/check.h"
+#include "tests/test_paths.h"
 
 namespace stem::fuzz {
 
-inline std::filesystem::path source_dir() { return STEM_SOURCE_DIR; }
+inline std::filesystem::path source_dir() { return stem::test::source_dir_path(); }
 
 // The default model (its tokenizer and chat template), as the tests find it.
 inline std::filesystem::path default_model_dir() {

@@ -18,6 +18,7 @@
 #include "base/model_config.h"
 #include "models/backend.h"
 #include "tests/cuda/gpu_test_util.h"
+#include "tests/test_paths.h"
 
 namespace stem::gpu_model_test {
 
@@ -25,13 +26,13 @@ namespace stem::gpu_model_test {
 // machine and run on another).
 inline std::filesystem::path fixtures_dir() {
   if (const char* env = std::getenv("STEM_FIXTURES")) return env;
-  return STEM_FIXTURES_DIR;
+  return test::fixtures_dir_path();
 }
 
 // The source tree (bench/configs/); STEM_SOURCE overrides the path compiled in.
 inline std::filesystem::path source_dir() {
   if (const char* env = std::getenv("STEM_SOURCE")) return env;
-  return STEM_SOURCE_DIR;
+  return test::source_dir_path();
 }
 
 struct NamedTensor {

@@ -22,7 +22,7 @@ struct Run {
 };
 
 Run generate_with(const fs::path& model) {
-  const std::string cmd = std::string(STEM_BUILD_DIR) + "/server/stemserve generate --model '" + model.string() +
+  const std::string cmd = stem::test::build_dir() + "/server/stemserve generate --model '" + model.string() +
                           "' --prompt hi --max-tokens 1 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   REQUIRE(p != nullptr);

@@ -59,7 +59,7 @@ TEST_CASE("grpc: our protobuf and libsentencepiece's own copy live in one proces
   bad[bad.find("h\xc3\xa9")] = '\xc3';  // 0xC3 0xC3: not UTF-8
   CHECK_FALSE(back.ParseFromString(bad));
 
-  auto tok = load_tokenizer(fs::path(STEM_FIXTURES_DIR) / "tokenizers" / "sp_bpe" / "tokenizer.model");
+  auto tok = load_tokenizer(fs::path(stem::test::fixtures_dir()) / "tokenizers" / "sp_bpe" / "tokenizer.model");
   const std::vector<int32_t> ids = tok->encode("Hello world", true);
   CHECK(ids.front() == 1);
   CHECK(tok->decode(ids, true) == "Hello world");

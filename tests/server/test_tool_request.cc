@@ -97,7 +97,7 @@ TEST_CASE("tool request: history in OpenAI's form renders as transformers render
   // The fixtures' tool conversations, sent as an OpenAI client sends them (arguments as JSON
   // text), must render byte for byte as jinja2 rendered the originals: the arguments parsed back
   // in the caller's key order, tool messages and their ids kept.
-  const std::string dir = std::string(STEM_FIXTURES_DIR) + "/chat_templates/";
+  const std::string dir = stem::test::fixtures_dir() + "/chat_templates/";
   auto read = [](const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     std::ostringstream ss;

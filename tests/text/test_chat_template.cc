@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "tests/catch.h"
+#include "tests/test_util.h"
 
 using stem::ChatTemplate;
 using stem::ChatTemplateError;
@@ -283,7 +284,7 @@ TEST_CASE("chat template: load_chat_template: chat_template.jinja beside the con
 }
 
 TEST_CASE("chat template: the SmolLM2 template, as the server uses it") {
-  std::ifstream in(std::string(STEM_FIXTURES_DIR) + "/chat_templates/smollm2.jinja");
+  std::ifstream in(stem::test::fixtures_dir() + "/chat_templates/smollm2.jinja");
   std::string source((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   stem::ModelChatTemplate model(ChatTemplate(source), std::nullopt, "<|im_start|>", "<|im_end|>");
   stem::ChatTemplateInputs inputs;

@@ -6,6 +6,7 @@
 
 #include "text/chat_template.h"
 #include "tests/catch.h"
+#include "tests/test_util.h"
 
 using stem::ChatTemplate;
 using stem::ChatTemplateError;
@@ -45,7 +46,7 @@ std::string first_difference(const std::string& want, const std::string& got) {
 }
 
 void replay(const std::string& name) {
-  const std::string dir = std::string(STEM_FIXTURES_DIR) + "/chat_templates/";
+  const std::string dir = stem::test::fixtures_dir() + "/chat_templates/";
   auto fixture = nlohmann::ordered_json::parse(read_text(dir + name + ".json"));
   ChatTemplate tmpl(read_text(dir + fixture["template"].get<std::string>()));
   tmpl.set_clock(fixture_now);
@@ -85,7 +86,7 @@ void replay(const std::string& name) {
 
 // A file of {template, expected | error} cases sharing one context.
 void replay_templates(const std::string& file) {
-  const std::string dir = std::string(STEM_FIXTURES_DIR) + "/chat_templates/";
+  const std::string dir = stem::test::fixtures_dir() + "/chat_templates/";
   auto fixture = nlohmann::ordered_json::parse(read_text(dir + file));
   const auto& context = fixture["context"];
   size_t checked = 0;

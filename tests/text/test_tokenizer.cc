@@ -8,13 +8,14 @@
 
 #include "text/tokenizer.h"
 #include "tests/catch.h"
+#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
 
-const fs::path kFixtures = fs::path(STEM_FIXTURES_DIR) / "tokenizers";
+const fs::path kFixtures = fs::path(stem::test::fixtures_dir()) / "tokenizers";
 
 json read_json(const fs::path& p) {
   std::ifstream in(p);
@@ -160,7 +161,7 @@ TEST_CASE("tokenizer fixtures: SentencePiece BPE tokenizer.model with byte fallb
 }
 
 TEST_CASE("tokenizer fixtures: real SmolLM2-135M-Instruct tokenizer.json") {
-  const fs::path dir = fs::path(STEM_SOURCE_DIR) / "models" / "cache" / "SmolLM2-135M-Instruct";
+  const fs::path dir = fs::path(stem::test::source_dir()) / "models" / "cache" / "SmolLM2-135M-Instruct";
   if (!fs::exists(dir / "tokenizer.json")) SKIP((dir / "tokenizer.json").string() << " is not prepared (see models/prepare)");
   auto tok = stem::load_tokenizer(dir);
   check_fixture(*tok, "smollm2_real");

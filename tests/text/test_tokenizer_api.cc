@@ -11,12 +11,13 @@
 #include "text/tokenizer.h"
 #include "kernels/check.h"
 #include "tests/catch.h"
+#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-const fs::path kFixtures = fs::path(STEM_FIXTURES_DIR) / "tokenizers";
+const fs::path kFixtures = fs::path(stem::test::fixtures_dir()) / "tokenizers";
 
 std::string read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);

@@ -9,6 +9,7 @@
 
 #include "text/tokenizer_text.h"
 #include "tests/catch.h"
+#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 using namespace stem::tok;
@@ -34,7 +35,7 @@ std::string utf8(uint32_t cp) {
 }  // namespace
 
 TEST_CASE("regex classes match Oniguruma's on every code point") {
-  std::ifstream in(fs::path(STEM_FIXTURES_DIR) / "tokenizers" / "unicode_classes.json");
+  std::ifstream in(fs::path(stem::test::fixtures_dir()) / "tokenizers" / "unicode_classes.json");
   REQUIRE(in.good());
   const auto j = nlohmann::json::parse(in);
   // Characters that are new since the fixture's Unicode version may differ (PCRE2 10.42 has 14).
