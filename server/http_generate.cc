@@ -98,6 +98,7 @@ void handle_generation(HttpContext& ctx, ApiKind kind, const httplib::Request& r
   } catch (const ApiError& e) {
     return send_error(res, e);
   } catch (const QueueFullError& e) {
+    res.set_header("Retry-After", "1");  // the queue drains by the step: a second is a fair wait
     return send_error(res, ApiError(429, e.what()));
   } catch (const ShuttingDownError& e) {
     return send_error(res, ApiError(503, e.what()));

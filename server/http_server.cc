@@ -69,9 +69,20 @@ void HttpServer::Impl::routes() {
     }
     return httplib::Server::HandlerResponse::Unhandled;
   });
-  // Routing misses, oversized bodies and the like: httplib sets the status; we add the body.
+  // Routing misses, oversized bodies and the like: httplib sets the status; we add the body. A
+  // route asked with another method is 405 with the method it takes (Allow), not httplib's 404.
   server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
+    static const std::pair<const char*, const char*> kRoutes[] = {
+        {"/health", "GET"},         {"/v1/models", "GET"},  {"/metrics", "GET"},   {"/v1/completions", "POST"},
+        {"/v1/chat/completions", "POST"}, {"/tokenize", "POST"}, {"/detokenize", "POST"}};
+    if (res.status == 404)
+      for (const auto& [path, method] : kRoutes)
+        if (req.path == path && req.method != method) {
+          res.status = 405;
+          res.set_header("Allow", method);
+          return send_error(res, ApiError(405, req.method + " is not allowed on " + req.path + "; use " + method));
+        }
     std::string what = res.status == 404   ? "no route for " + req.method + " " + req.path
                        : res.status == 413 ? "the request body is larger than the server's limit (--max-request-bytes)"
                        : res.status == 405 ? "method not allowed"

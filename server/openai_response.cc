@@ -95,9 +95,12 @@ ojson ResponseBuilder::logprobs_of(const TokenEvent& e, int64_t text_offset) con
                                  {"token", token}, {"logprob", e.sample.logprob}, {"bytes", bytes_of(token)},
                                  {"top_logprobs", top}}})}};
   }
+  // The legacy completions API lists the chosen token too ("the logprobs most likely tokens, as well
+  // the chosen tokens", as vLLM does): with logprobs 0, the chosen token alone.
   ojson top = ojson::object();
   for (const TokenLogprob& t : e.sample.top)
     top[valid_utf8(tokenizer_.decode(std::vector<int32_t>{t.id}, false))] = t.logprob;
+  if (!top.contains(token)) top[token] = e.sample.logprob;
   return ojson{{"tokens", {token}},
                {"token_logprobs", {e.sample.logprob}},
                {"top_logprobs", ojson::array({top})},

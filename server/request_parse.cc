@@ -1,7 +1,10 @@
 #include "server/request_parse.h"
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
+#include <span>
+#include <string_view>
 
 namespace stem {
 
@@ -117,6 +120,9 @@ ChatPrompt chat_prompt(const json& body) {
     if (!msg.is_object()) bad(where, where + " must be an object with 'role' and 'content'");
     auto role = msg.find("role");
     if (role == msg.end() || !role->is_string()) bad(where + ".role", where + ".role must be a string");
+    if (const auto r = role->get<std::string>();
+        r != "system" && r != "developer" && r != "user" && r != "assistant" && r != "tool")
+      bad(where + ".role", where + ".role '" + r + "' is not one of system, developer, user, assistant, tool");
     nlohmann::ordered_json copy(msg);
     auto content = msg.find("content");
     if (content == msg.end() || content->is_null()) {
@@ -343,7 +349,39 @@ json parse_json_body(const std::string& body) {
   return j;
 }
 
+// The top-level fields each endpoint reads. Any other is refused by name: a field we do not serve
+// (logit_bias, store, metadata, a misspelt one) is never silently ignored. `user` (the caller's
+// end-user id, which OpenAI keeps for abuse monitoring) is accepted: there is nothing to serve.
+constexpr std::string_view kCommonFields[] = {
+    "model", "max_tokens", "n", "temperature", "top_p", "min_p", "top_k", "repetition_penalty", "presence_penalty",
+    "frequency_penalty", "seed", "stop", "stop_token_ids", "ignore_eos", "include_stop_str_in_output", "logprobs",
+    "stream", "stream_options", "sparse_prefill", "cache_salt", "response_format", "structured_outputs", "guided_json",
+    "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend", "guided_whitespace_pattern",
+    "functions", "function_call", "user"};
+constexpr std::string_view kCompletionFields[] = {"prompt", "best_of", "echo", "suffix"};
+constexpr std::string_view kChatFields[] = {"messages", "max_completion_tokens", "top_logprobs", "add_generation_prompt",
+                                            "tools", "tool_choice", "parallel_tool_calls"};
+
+bool listed(std::span<const std::string_view> names, const std::string& key) {
+  return std::find(names.begin(), names.end(), key) != names.end();
+}
+
+void check_known_fields(ApiKind kind, const json& body) {
+  const bool chat = kind == ApiKind::Chat;
+  const std::span<const std::string_view> own = chat ? std::span<const std::string_view>(kChatFields) : kCompletionFields;
+  const std::span<const std::string_view> other =
+      chat ? std::span<const std::string_view>(kCompletionFields) : kChatFields;
+  for (auto it = body.begin(); it != body.end(); ++it) {
+    const std::string& k = it.key();
+    if (listed(kCommonFields, k) || listed(own, k)) continue;
+    if (listed(other, k))
+      bad(k, quoted_name(k) + " is for " + (chat ? "/v1/completions" : "/v1/chat/completions"));
+    bad(k, quoted_name(k) + " is not supported");
+  }
+}
+
 GenerationFields generation_fields(ApiKind kind, const json& body) {
+  check_known_fields(kind, body);
   GenerationFields f;
   f.model = get_string(body, "model");
   if (kind == ApiKind::Chat) {
@@ -395,13 +433,12 @@ GenerationFields generation_fields(ApiKind kind, const json& body) {
     if (const json* choice = field(body, "tool_choice")) f.tool_choice = *choice;
     f.parallel_tool_calls = get_bool(body, "parallel_tool_calls");
   }
-  for (const char* name : {"tools", "tool_choice", "parallel_tool_calls"})
-    if (kind != ApiKind::Chat && field(body, name)) bad(name, std::string("'") + name + "' is for /v1/chat/completions");
   for (const char* name : {"functions", "function_call"})
     if (field(body, name)) bad(name, std::string("'") + name + "' (deprecated by OpenAI) is not supported; use 'tools'");
   f.stream = get_bool(body, "stream").value_or(false);
   if (const json* so = field(body, "stream_options")) {
     if (!so->is_object()) bad("stream_options", "'stream_options' must be an object");
+    if (!f.stream) bad("stream_options", "'stream_options' is only allowed when 'stream' is true");
     f.include_usage = get_bool(*so, "include_usage").value_or(false);
   }
   return f;

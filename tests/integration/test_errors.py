@@ -43,6 +43,18 @@ CASES = [
     ("JSON nested too deep", "/v1/chat/completions",
      b'{"messages": [{"role": "user", "content": "hi", "x": ' + b"[" * 200000 + b"]" * 200000 + b"}]}", 400, None),
     ("tokenize without a prompt", "/tokenize", {}, 400, "prompt"),
+    # A field we do not serve is refused by name, never ignored (issue 19's client findings).
+    ("a field we do not serve", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1": 5}}, 400, "logit_bias"),
+    ("a misspelt field", "/v1/completions", {"prompt": "Hi", "max_token": 5}, 400, "max_token"),
+    ("a chat field in completions", "/v1/completions", {"prompt": "Hi", "tools": []}, 400, "tools"),
+    ("a completions field in chat", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "hi"}], "echo": False}, 400, "echo"),
+    ("stream_options without stream", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": True}}, 400,
+     "stream_options"),
+    ("an unknown message role", "/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, 400,
+     "messages[0].role"),
 ]
 
 
@@ -66,6 +78,12 @@ def test_unknown_route_and_oversized_body(make_server):
     s = make_server("--max-request-bytes", "1000")
     r = httpx.get(s.url + "/v2/nothing", timeout=10)
     assert r.status_code == 404 and r.json()["error"]["message"]
+    # A route asked with the wrong method: 405, with the method it takes.
+    for method, path, allow in (("GET", "/v1/completions", "POST"), ("POST", "/v1/models", "GET"),
+                                ("DELETE", "/v1/chat/completions", "POST")):
+        r = httpx.request(method, s.url + path, timeout=10)
+        assert r.status_code == 405, (method, path, r.text)
+        assert r.headers["Allow"] == allow and allow in r.json()["error"]["message"]
     r = httpx.post(s.url + "/v1/completions", json={"prompt": "x" * 5000}, timeout=10)
     assert r.status_code == 413
     assert httpx.post(s.url + "/v1/completions", json=GOOD, timeout=60).status_code == 200

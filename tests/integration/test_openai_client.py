@@ -133,3 +133,17 @@ def test_sampling_fields_are_accepted(client, model_name):
                                   extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1,
                                               "ignore_eos": True})
     assert r.usage.completion_tokens == 4
+
+
+def test_completion_logprobs_list_the_chosen_token(client, model_name):
+    """The legacy completions API gives "the logprobs most likely tokens, as well the chosen tokens":
+    with logprobs 0, each entry is the chosen token alone (it was an empty object)."""
+    r = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=3, temperature=0, logprobs=0)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == 3
+    for tok, top, logprob in zip(lp.tokens, lp.top_logprobs, lp.token_logprobs):
+        assert top == {tok: logprob}
+    r = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=3, temperature=0.9, seed=5, logprobs=1)
+    lp = r.choices[0].logprobs
+    for tok, top in zip(lp.tokens, lp.top_logprobs):
+        assert tok in top and 1 <= len(top) <= 2

@@ -67,7 +67,7 @@ def test_api_key_on_every_route_but_health(make_server):
             assert r.status_code == 401, (method, path, headers, r.text)
             assert "API key" in r.json()["error"]["message"]
     ok = {"Authorization": "Bearer s3cret"}
-    expected = {"/v1/nothing": 404, "/health": 404}
+    expected = {"/v1/nothing": 404, "/health": 405}  # POST on GET /health: the wrong method
     for method, path, body in HTTP_ROUTES:
         r = httpx.request(method, s.url + path, json=body, headers=ok, timeout=60)
         assert r.status_code == expected.get(path, 200), (method, path, r.text)

@@ -42,6 +42,7 @@ def test_full_queue_answers_429(make_server):
                 r = httpx.post(s.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=30)
                 assert r.status_code == 429
                 assert "queue" in r.json()["error"]["message"]
+                assert r.headers["Retry-After"] == "1"  # as RFC 9110 lets a 429 say when to come back
     # Both streams were dropped: once the server has noticed, their room and pages come back.
     s.wait_metric('stemserve_request_success_total{finished_reason="cancelled"}', lambda v: v == 2)
     s.wait_metric("stemserve_kv_cache_used_pages", lambda v: v == 0)

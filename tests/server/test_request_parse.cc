@@ -107,6 +107,20 @@ TEST_CASE("request parse: each bad field is a 4xx naming it") {
   CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "logprobs": 21})") == P{400, "logprobs"});
   CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "echo": true})") == P{400, "echo"});
   CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "stream_options": 1})") == P{400, "stream_options"});
+  // Fields not served are refused by name; stream_options needs stream; roles are OpenAI's.
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "logit_bias": {"1": 2}})") == P{400, "logit_bias"});
+  CHECK(failure(ApiKind::Chat, R"({"messages": [{"role": "user", "content": "Hi"}], "store": true})") ==
+        P{400, "store"});
+  CHECK(failure(ApiKind::Chat, R"({"messages": [{"role": "user", "content": "Hi"}], "prompt": "x"})") ==
+        P{400, "prompt"});
+  CHECK(failure(ApiKind::Completion, R"({"prompt": "Hi", "stream_options": {"include_usage": true}})") ==
+        P{400, "stream_options"});
+  CHECK(failure(ApiKind::Chat, R"({"messages": [{"role": "robot", "content": "Hi"}]})") ==
+        P{400, "messages[0].role"});
+  CHECK_NOTHROW(parse_generation(ApiKind::Chat,
+                                 parse_json_body(R"({"messages": [{"role": "developer", "content": "Be brief."},
+                                                     {"role": "user", "content": "Hi"}], "user": "u-1"})"),
+                                 served()));
   CHECK(failure(ApiKind::Completion, R"({"prompt": [1, -4]})") == P{400, "prompt"});
   CHECK(failure(ApiKind::Chat, R"({"messages": "hi"})") == P{400, "messages"});
   CHECK(failure(ApiKind::Chat, R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})") ==
@@ -124,7 +138,7 @@ TEST_CASE("response builder: events become choices, stream chunks and usage") {
   if (!fs::exists(test::default_model_dir() / "model.safetensors")) SKIP("default model not prepared");
   auto p = parse_generation(ApiKind::Chat,
                             parse_json_body(R"({"messages": [{"role": "user", "content": "Hi"}], "n": 2,
-                                                "logprobs": true, "top_logprobs": 1,
+                                                "logprobs": true, "top_logprobs": 1, "stream": true,
                                                 "stream_options": {"include_usage": true}})"),
                             served());
   ResponseBuilder rb(p, "smol", engine().tokenizer());
