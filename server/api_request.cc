@@ -84,6 +84,7 @@ std::vector<int32_t> chat_ids(const ChatPrompt& chat, const std::string& field, 
     in.messages = chat.messages;
     in.add_generation_prompt = chat.add_generation_prompt;
     in.tools = chat.tools;
+    in.extra = chat.kwargs;
     text = chat_template->render(in);
   } catch (const std::exception& e) {
     bad(field, std::string("the chat template could not render these messages: ") + e.what());

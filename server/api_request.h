@@ -74,6 +74,9 @@ struct ChatPrompt {
   nlohmann::ordered_json messages = nlohmann::ordered_json::array();  // [{role, content: string}]
   nlohmann::ordered_json tools = nullptr;  // the template's `tools`: null, or the request's tool list
   bool add_generation_prompt = true;
+  // chat_template_kwargs: more variables for the template (SmolLM3's enable_thinking, a date), as
+  // transformers' apply_chat_template(**kwargs) takes them.
+  nlohmann::ordered_json kwargs = nlohmann::ordered_json::object();
 };
 // Text (tokenized with the tokenizer's special tokens), token ids, or chat messages.
 using Prompt = std::variant<std::string, std::vector<int64_t>, ChatPrompt>;

@@ -113,6 +113,16 @@ ChatPrompt chat_prompt(const json& body) {
   if (!m->is_array() || m->empty()) bad("messages", "'messages' must be a non-empty list of {role, content} objects");
   ChatPrompt chat;
   chat.add_generation_prompt = get_bool(body, "add_generation_prompt").value_or(true);
+  if (const json* kw = field(body, "chat_template_kwargs")) {
+    if (!kw->is_object()) bad("chat_template_kwargs", "'chat_template_kwargs' must be an object of template variables");
+    for (auto it = kw->begin(); it != kw->end(); ++it) {
+      const std::string& k = it.key();
+      if (k == "messages" || k == "tools" || k == "add_generation_prompt")
+        bad("chat_template_kwargs." + k, "'chat_template_kwargs." + k + "' is the request's own field: send '" + k +
+                                             "' itself");
+      chat.kwargs[k] = *it;
+    }
+  }
   nlohmann::ordered_json& out = chat.messages;
   for (size_t i = 0; i < m->size(); ++i) {
     const json& msg = (*m)[i];
@@ -359,8 +369,9 @@ constexpr std::string_view kCommonFields[] = {
     "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend", "guided_whitespace_pattern",
     "functions", "function_call", "user"};
 constexpr std::string_view kCompletionFields[] = {"prompt", "best_of", "echo", "suffix"};
-constexpr std::string_view kChatFields[] = {"messages", "max_completion_tokens", "top_logprobs", "add_generation_prompt",
-                                            "tools", "tool_choice", "parallel_tool_calls"};
+constexpr std::string_view kChatFields[] = {"messages",        "max_completion_tokens", "top_logprobs",
+                                            "add_generation_prompt", "chat_template_kwargs", "tools",
+                                            "tool_choice",     "parallel_tool_calls"};
 
 bool listed(std::span<const std::string_view> names, const std::string& key) {
   return std::find(names.begin(), names.end(), key) != names.end();
