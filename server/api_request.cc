@@ -249,6 +249,16 @@ toolcall::ToolRequest tool_request(const GenerationFields& f, const ServedModel&
 
 }  // namespace
 
+void set_chat_template_kwargs(ChatPrompt& chat, const nlohmann::ordered_json& kwargs, const std::string& field) {
+  if (!kwargs.is_object()) bad(field, quoted(field) + " must be an object of template variables");
+  for (auto it = kwargs.begin(); it != kwargs.end(); ++it) {
+    const std::string& k = it.key();
+    if (k == "messages" || k == "tools" || k == "add_generation_prompt")
+      bad(field + "." + k, quoted(field + "." + k) + " is the request's own field: send '" + k + "' itself");
+  }
+  chat.kwargs = kwargs;
+}
+
 void check_model(const std::optional<std::string>& name, const ServedModel& model) {
   if (name && !name->empty() && !model.matches(*name))
     throw ApiError(404, "The model '" + *name + "' does not exist; this server serves '" + model.name + "'.", "model");

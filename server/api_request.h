@@ -78,6 +78,9 @@ struct ChatPrompt {
   // transformers' apply_chat_template(**kwargs) takes them.
   nlohmann::ordered_json kwargs = nlohmann::ordered_json::object();
 };
+// Takes a request's chat_template_kwargs (`field` names them in errors): an object whose keys are
+// not the request's own fields (messages, tools, add_generation_prompt). HTTP and gRPC alike.
+void set_chat_template_kwargs(ChatPrompt& chat, const nlohmann::ordered_json& kwargs, const std::string& field);
 // Text (tokenized with the tokenizer's special tokens), token ids, or chat messages.
 using Prompt = std::variant<std::string, std::vector<int64_t>, ChatPrompt>;
 

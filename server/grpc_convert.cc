@@ -65,6 +65,9 @@ ChatPrompt chat_prompt(const v1::ChatMessages& chat) {
     out.messages.push_back(std::move(msg));
   }
   if (chat.has_add_generation_prompt()) out.add_generation_prompt = chat.add_generation_prompt();
+  if (!chat.chat_template_kwargs().empty())
+    set_chat_template_kwargs(out, parse_json_field(chat.chat_template_kwargs(), "chat.chat_template_kwargs"),
+                             "chat.chat_template_kwargs");
   return out;
 }
 

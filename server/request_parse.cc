@@ -113,16 +113,7 @@ ChatPrompt chat_prompt(const json& body) {
   if (!m->is_array() || m->empty()) bad("messages", "'messages' must be a non-empty list of {role, content} objects");
   ChatPrompt chat;
   chat.add_generation_prompt = get_bool(body, "add_generation_prompt").value_or(true);
-  if (const json* kw = field(body, "chat_template_kwargs")) {
-    if (!kw->is_object()) bad("chat_template_kwargs", "'chat_template_kwargs' must be an object of template variables");
-    for (auto it = kw->begin(); it != kw->end(); ++it) {
-      const std::string& k = it.key();
-      if (k == "messages" || k == "tools" || k == "add_generation_prompt")
-        bad("chat_template_kwargs." + k, "'chat_template_kwargs." + k + "' is the request's own field: send '" + k +
-                                             "' itself");
-      chat.kwargs[k] = *it;
-    }
-  }
+  if (const json* kw = field(body, "chat_template_kwargs")) set_chat_template_kwargs(chat, *kw, "chat_template_kwargs");
   nlohmann::ordered_json& out = chat.messages;
   for (size_t i = 0; i < m->size(); ++i) {
     const json& msg = (*m)[i];

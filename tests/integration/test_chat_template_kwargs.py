@@ -51,3 +51,32 @@ def test_chat_template_kwargs_reach_the_template(make_server, monkeypatch, tmp_p
                        ("x", "chat_template_kwargs")):
         r = httpx.post(s.url + "/v1/chat/completions", json={**body, "chat_template_kwargs": bad}, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_chat_template_kwargs_over_grpc(make_server, monkeypatch, tmp_path):
+    """The gRPC API's ChatMessages.chat_template_kwargs (a JSON object as text) render the same."""
+    import json
+
+    import grpc
+    from conftest import _model
+    from grpc_helpers import channel, stubs
+    pb, pb_grpc = stubs()
+    monkeypatch.setenv("STEM_TEST_MODEL", str(model_with_template(tmp_path, _model())))
+    s = make_server()
+    st = pb_grpc.StemserveStub(channel(s.grpc_target))
+    messages = [pb.ChatMessage(role="user", content="Hi")]
+
+    def rendered(kwargs):
+        ids = st.Tokenize(pb.TokenizeRequest(chat=pb.ChatMessages(messages=messages, chat_template_kwargs=kwargs)))
+        return st.Detokenize(pb.DetokenizeRequest(token_ids=ids.token_ids)).text
+
+    assert rendered("") == "<user>Hi"
+    assert rendered(json.dumps({"greeting": "hello there", "enable_thinking": False})) == \
+        "<user>Hi[hello there][no thinking]"
+    for bad, param in (('{"tools": []}', "chat.chat_template_kwargs.tools"), ("[1]", "chat.chat_template_kwargs"),
+                       ("{", "chat.chat_template_kwargs")):
+        try:
+            rendered(bad)
+            raise AssertionError(f"{bad} was accepted")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and param in e.details(), e.details()
