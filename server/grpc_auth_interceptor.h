@@ -1,5 +1,6 @@
-// The API key on gRPC calls that our service does not handle itself: server reflection. (The
-// Stemserve methods check the key in admit(); grpc.health.v1 stays open, as GET /health does.)
+// The API key on gRPC calls that our service does not handle itself: server reflection, every
+// method under "/grpc.reflection." (v1 and v1alpha). (The Stemserve methods check the key in
+// admit(); grpc.health.v1 stays open, as GET /health does.)
 #pragma once
 #include <grpcpp/support/server_interceptor.h>
 

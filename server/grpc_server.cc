@@ -12,6 +12,7 @@
 #include "server/grpc_auth_interceptor.h"
 #include "server/grpc_context.h"
 #include "server/grpc_convert.h"
+#include "server/grpc_reflection_v1.h"
 #include "stemserve/v1/stemserve.grpc.pb.h"
 
 namespace stem {
@@ -154,10 +155,13 @@ GrpcServer::~GrpcServer() { shutdown(std::chrono::milliseconds(0)); }
 
 void GrpcServer::start() {
   Impl& m = *impl_;
-  // Both are process-wide switches read when a server is built.
+  // Both are process-wide switches read when a server is built; the second adds gRPC's own
+  // reflection service, grpc.reflection.v1alpha (for older clients).
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // Reflection v1, ours (server/grpc_reflection_v1.h): what current clients ask for first.
+  builder.SetOption(reflection_v1_option());
   const std::string address = listen_address(m.options.host, m.options.grpc_port);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &m.port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(m.options.max_request_bytes, INT32_MAX)));
@@ -165,7 +169,7 @@ void GrpcServer::start() {
   // silently instead of failing as the HTTP port does.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(&m.service);
-  // With an API key, reflection asks for it too; health stays open, as GET /health does.
+  // With an API key, reflection (both versions) asks for it too; health stays open, as GET /health does.
   if (auto auth = make_reflection_auth(m.ctx.expected_auth)) {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
     interceptors.push_back(std::move(auth));

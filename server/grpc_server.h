@@ -1,5 +1,6 @@
 // The gRPC API (proto/stemserve/v1/stemserve.proto): Generate (server streaming), Tokenize,
-// Detokenize and ModelInfo, beside the standard grpc.health.v1 service and server reflection.
+// Detokenize and ModelInfo, beside the standard grpc.health.v1 service and server reflection
+// (grpc.reflection.v1, server/grpc_reflection_v1.h, and gRPC's own grpc.reflection.v1alpha).
 // It shares the HTTP API's engine loop, API key, queue limit and shutdown. Like the HTTP server
 // it starts before the model is loaded: health answers NOT_SERVING and calls UNAVAILABLE until
 // attach().

@@ -166,7 +166,7 @@ CLI::App* add_serve_command(CLI::App& app, ServeOptions& o) {
       ->check(CLI::Range(-1, 65535))->envname("STEMSERVE_GRPC_PORT")->capture_default_str();
   s->add_option("--api-key", api.api_key,
                 "Require 'Authorization: Bearer <key>' on every endpoint but /health (gRPC: the metadata, "
-                "except for health and reflection)")
+                "on every call but health, reflection included)")
       ->envname("STEMSERVE_API_KEY");
   s->add_option("--max-queue", o.max_queue, "Sequences that may wait beyond --max-num-seqs; more get 429")
       ->check(CLI::NonNegativeNumber)->envname("STEMSERVE_MAX_QUEUE")->capture_default_str();

@@ -1,6 +1,8 @@
 """The gRPC test client: Python code generated from proto/stemserve/v1/*.proto at test time
-(grpcio-tools' protoc, into a temporary folder; nothing generated is committed), plus helpers."""
+(grpcio-tools' protoc, into a temporary folder; nothing generated is committed), the messages of
+our grpc.reflection.v1 (proto/grpc/reflection/v1) generated the same way, plus helpers."""
 import importlib
+import importlib.util
 import pathlib
 import sys
 import tempfile
@@ -31,6 +33,38 @@ def stubs():
         _generated = (importlib.import_module("stemserve.v1.stemserve_pb2"),
                       importlib.import_module("stemserve.v1.stemserve_pb2_grpc"))
     return _generated
+
+
+_reflection_v1 = None
+
+
+def reflection_v1_pb2():
+    """The messages of proto/grpc/reflection/v1/reflection.proto, generated once per test session.
+    grpcio-reflection 1.85.1 has a client for v1alpha only. Loaded from its file under a name of
+    its own: as the package path grpc.reflection.v1 it would sit inside grpcio's `grpc`."""
+    global _reflection_v1
+    if _reflection_v1 is None:
+        from grpc_tools import protoc
+
+        out = pathlib.Path(tempfile.mkdtemp(prefix="stemserve-grpc-reflection-py-"))
+        proto = "grpc/reflection/v1/reflection.proto"
+        rc = protoc.main(["protoc", f"-I{PROTO_ROOT}", f"--python_out={out}", proto])
+        assert rc == 0, f"protoc failed on {proto}"
+        spec = importlib.util.spec_from_file_location("stemserve_test_reflection_v1_pb2",
+                                                      out / "grpc/reflection/v1/reflection_pb2.py")
+        _reflection_v1 = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_reflection_v1)
+    return _reflection_v1
+
+
+REFLECTION_V1_METHOD = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+
+
+def reflection_v1_info(ch):
+    """The bidi-streaming call grpc.reflection.v1.ServerReflection/ServerReflectionInfo on `ch`."""
+    m = reflection_v1_pb2()
+    return ch.stream_stream(REFLECTION_V1_METHOD, request_serializer=m.ServerReflectionRequest.SerializeToString,
+                            response_deserializer=m.ServerReflectionResponse.FromString)
 
 
 def channel(target):

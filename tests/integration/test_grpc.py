@@ -1,6 +1,6 @@
 """The gRPC API against the real server, with a grpcio client generated from our proto at test
 time: Generate streams the same greedy text as the HTTP API, Tokenize/Detokenize/ModelInfo,
-health and reflection, a cancelled call or an expired deadline frees the request's KV pages,
+health and reflection (v1 and v1alpha), a cancelled call or an expired deadline frees the request's KV pages,
 a full queue is RESOURCE_EXHAUSTED, bad requests get their status code, the API key,
 response_format's JSON schema and structured_outputs (regex, choice, json) enforced, and tools
 (named, required, auto with --tool-call-parser, results fed back) with calls in tool_calls."""
@@ -11,7 +11,7 @@ import grpc
 import httpx
 import pytest
 
-from grpc_helpers import channel, collect, stubs, wait_until
+from grpc_helpers import channel, collect, reflection_v1_info, reflection_v1_pb2, stubs, wait_until
 
 pb, pb_grpc = stubs()
 GREEDY = pb.SamplingParams(temperature=0)
@@ -103,9 +103,148 @@ def test_health_and_reflection(server):
                 reflection_pb2.ServerReflectionRequest(file_containing_symbol="stemserve.v1.Stemserve")]
     answers = list(reflection.ServerReflectionInfo(iter(requests), timeout=10))
     names = {s.name for s in answers[0].list_services_response.service}
-    assert {"stemserve.v1.Stemserve", "grpc.health.v1.Health"} <= names
+    assert names == SERVICES
     assert answers[1].file_descriptor_response.file_descriptor_proto  # the schema, for tools
     ch.close()
+
+
+# Every service the server has: ours, health, and reflection in both versions.
+SERVICES = {"stemserve.v1.Stemserve", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"}
+
+
+def load_files(answers):
+    """A fresh descriptor pool over the files of `answers` (FileDescriptorProto bytes); every file
+    a file imports must be among them."""
+    from google.protobuf import descriptor_database, descriptor_pb2, descriptor_pool
+    files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+             for a in answers for raw in a.file_descriptor_response.file_descriptor_proto]
+    names = [f.name for f in files]
+    assert len(names) == len(set(names)), f"a file sent twice on one stream: {names}"
+    for f in files:
+        assert set(f.dependency) <= set(names), (f.name, list(f.dependency), names)
+    db = descriptor_database.DescriptorDatabase()
+    for f in files:
+        db.Add(f)
+    return descriptor_pool.DescriptorPool(db), names
+
+
+def test_reflection_v1(server):
+    """grpc.reflection.v1 (ours; current clients ask for it first): every kind of request on one
+    stream, each answered in turn with its request and host echoed."""
+    r = reflection_v1_pb2()
+    v1alpha = "grpc.reflection.v1alpha.ServerReflection"
+    ch = channel(server.grpc_target)
+    info = reflection_v1_info(ch)
+    requests = [
+        r.ServerReflectionRequest(host="localhost", list_services=""),
+        r.ServerReflectionRequest(file_containing_symbol="stemserve.v1.Stemserve"),
+        r.ServerReflectionRequest(file_containing_symbol=v1alpha + ".ServerReflectionInfo"),
+        r.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+        # The same file as the service's: sent already on this stream, so no files again.
+        r.ServerReflectionRequest(file_containing_symbol="stemserve.v1.GenerateRequest"),
+        r.ServerReflectionRequest(file_by_filename="stemserve/v1/stemserve.proto"),
+        r.ServerReflectionRequest(file_containing_symbol="stemserve.v1.NoSuchThing"),
+        r.ServerReflectionRequest(file_by_filename="no/such.proto"),
+        r.ServerReflectionRequest(all_extension_numbers_of_type="stemserve.v1.NoSuchThing"),
+        r.ServerReflectionRequest(all_extension_numbers_of_type="stemserve.v1.GenerateRequest"),
+        r.ServerReflectionRequest(file_containing_extension=r.ExtensionRequest(
+            containing_type="stemserve.v1.GenerateRequest", extension_number=100)),
+        r.ServerReflectionRequest(),
+    ]
+    answers = list(info(iter(requests), timeout=10))
+    assert len(answers) == len(requests)
+    for q, a in zip(requests, answers):
+        assert a.original_request == q
+        assert a.valid_host == q.host
+    assert answers[0].valid_host == "localhost"
+    assert {s.name for s in answers[0].list_services_response.service} == SERVICES
+
+    pool, names = load_files(answers[1:6])
+    assert names[0] == "stemserve/v1/stemserve.proto"
+    generate = pool.FindServiceByName("stemserve.v1.Stemserve").methods_by_name["Generate"]
+    assert generate.server_streaming and not generate.client_streaming
+    assert generate.input_type.full_name == "stemserve.v1.GenerateRequest"
+    assert "sampling" in generate.input_type.fields_by_name
+    assert generate.input_type.fields_by_name["sampling"].message_type.full_name == "stemserve.v1.SamplingParams"
+    assert pool.FindServiceByName(v1alpha).methods_by_name["ServerReflectionInfo"]
+    info_method = pool.FindServiceByName("grpc.reflection.v1.ServerReflection").methods_by_name["ServerReflectionInfo"]
+    assert info_method.client_streaming and info_method.server_streaming
+    for sent_already in answers[4:6]:
+        assert sent_already.WhichOneof("message_response") == "file_descriptor_response"
+        assert not sent_already.file_descriptor_response.file_descriptor_proto
+
+    for a, what in zip(answers[6:9], ("stemserve.v1.NoSuchThing", "no/such.proto", "stemserve.v1.NoSuchThing")):
+        assert a.WhichOneof("message_response") == "error_response"
+        assert a.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+        assert what in a.error_response.error_message
+    assert answers[9].all_extension_numbers_response.base_type_name == "stemserve.v1.GenerateRequest"
+    assert list(answers[9].all_extension_numbers_response.extension_number) == []
+    assert answers[10].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert answers[11].error_response.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "file_containing_symbol" in answers[11].error_response.error_message
+
+    # A message alone, on a stream of its own: its file comes again, and resolves the message.
+    alone = list(info(iter([r.ServerReflectionRequest(file_containing_symbol="stemserve.v1.GenerateRequest")]),
+                      timeout=10))
+    pool, names = load_files(alone)
+    assert names == ["stemserve/v1/stemserve.proto"]
+    assert pool.FindMessageTypeByName("stemserve.v1.GenerateRequest").fields_by_name["text"].number == \
+        pb.GenerateRequest.DESCRIPTOR.fields_by_name["text"].number
+    ch.close()
+
+
+class ToReflectionV1:
+    """A channel that sends the v1alpha reflection call to v1 instead (grpcio-reflection 1.85.1's
+    client knows only v1alpha; the two versions' messages are the same on the wire)."""
+
+    def __init__(self, ch):
+        self.ch = ch
+
+    def stream_stream(self, method, *args, **kwargs):
+        assert method == "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", method
+        return self.ch.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", *args, **kwargs)
+
+
+def test_reflection_client_over_v1(server):
+    """grpcio-reflection's own client, ProtoReflectionDescriptorDatabase, over v1: it lists the
+    services and builds Stemserve's schema in a descriptor pool, as a tool would."""
+    from google.protobuf import descriptor_pool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+    ch = channel(server.grpc_target)
+    db = ProtoReflectionDescriptorDatabase(ToReflectionV1(ch))
+    assert set(db.get_services()) == SERVICES
+    pool = descriptor_pool.DescriptorPool(db)
+    tokenize = pool.FindServiceByName("stemserve.v1.Stemserve").methods_by_name["Tokenize"]
+    assert tokenize.input_type.full_name == "stemserve.v1.TokenizeRequest"
+    assert pool.FindMessageTypeByName("stemserve.v1.ModelInfoResponse").fields_by_name
+    with pytest.raises(KeyError):
+        pool.FindMessageTypeByName("stemserve.v1.NoSuchThing")
+    ch.close()
+
+
+def test_reflection_v1_proto_matches_the_public_definition():
+    """Our proto/grpc/reflection/v1 has the messages, fields (name, number, type, repeated, oneof)
+    and method of the public definition, which grpcio-reflection's v1alpha messages carry under
+    another package name."""
+    from grpc_reflection.v1alpha import reflection_pb2 as alpha
+    ours = reflection_v1_pb2().DESCRIPTOR
+    theirs = alpha.DESCRIPTOR
+    assert ours.package == "grpc.reflection.v1" and theirs.package == "grpc.reflection.v1alpha"
+
+    def shape(message):
+        return sorted((f.name, f.number, f.type, f.is_repeated, f.containing_oneof.name if f.containing_oneof else None,
+                       f.message_type.name if f.message_type else None) for f in message.fields)
+
+    assert set(ours.message_types_by_name) == set(theirs.message_types_by_name)
+    for name, message in ours.message_types_by_name.items():
+        assert shape(message) == shape(theirs.message_types_by_name[name]), name
+    (mine,) = ours.services_by_name["ServerReflection"].methods
+    (public,) = theirs.services_by_name["ServerReflection"].methods
+    assert (mine.name, mine.input_type.name, mine.output_type.name, mine.client_streaming, mine.server_streaming) == \
+        (public.name, public.input_type.name, public.output_type.name, public.client_streaming,
+         public.server_streaming) == ("ServerReflectionInfo", "ServerReflectionRequest", "ServerReflectionResponse",
+                                      True, True)
 
 
 def test_cancel_mid_stream_frees_pages(server, stub):

@@ -14,7 +14,7 @@ import grpc
 import httpx
 import pytest
 
-from grpc_helpers import channel, stubs
+from grpc_helpers import channel, reflection_v1_info, reflection_v1_pb2, stubs
 
 pb, pb_grpc = stubs()
 
@@ -72,12 +72,13 @@ def test_api_key_on_every_route_but_health(make_server):
         r = httpx.request(method, s.url + path, json=body, headers=ok, timeout=60)
         assert r.status_code == expected.get(path, 200), (method, path, r.text)
 
-    # gRPC: every Stemserve method and reflection; health stays open.
+    # gRPC: every Stemserve method and reflection (v1 and v1alpha); health stays open.
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
     ch = channel(s.grpc_target)
     st = pb_grpc.StemserveStub(ch)
     refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+    refl_v1, v1 = reflection_v1_info(ch), reflection_v1_pb2()
     calls = {
         "Generate": lambda md: list(st.Generate(pb.GenerateRequest(text="Hi", max_tokens=1), metadata=md, timeout=30)),
         "Tokenize": lambda md: st.Tokenize(pb.TokenizeRequest(text="Hi"), metadata=md, timeout=10),
@@ -85,19 +86,24 @@ def test_api_key_on_every_route_but_health(make_server):
         "ModelInfo": lambda md: st.ModelInfo(pb.ModelInfoRequest(), metadata=md, timeout=10),
         "reflection": lambda md: list(refl.ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=md, timeout=10)),
+        "reflection v1": lambda md: list(refl_v1(
+            iter([v1.ServerReflectionRequest(file_containing_symbol="stemserve.v1.Stemserve")]), metadata=md,
+            timeout=10)),
     }
     for name, call in calls.items():
         for md in ((), (("authorization", "Bearer wrong"),), (("authorization", "s3cret"),)):
             with pytest.raises(grpc.RpcError) as e:
                 call(md)
             # Reflection is refused before it answers; gRPC's interceptors can only cancel it.
-            want = grpc.StatusCode.CANCELLED if name == "reflection" else grpc.StatusCode.UNAUTHENTICATED
+            want = grpc.StatusCode.CANCELLED if name.startswith("reflection") else grpc.StatusCode.UNAUTHENTICATED
             assert e.value.code() == want, (name, md, e.value.details())
         assert call((("authorization", "Bearer s3cret"),)), name
     assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
         health_pb2.HealthCheckResponse.SERVING
     ch.close()
     assert "refused, no valid API key" in s.log_text()
+    for service in ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"):
+        assert f"gRPC /{service}/ServerReflectionInfo from " in s.log_text(), service
 
 
 def test_caps_name_their_setting(make_server):
