@@ -13,6 +13,7 @@
 #include "server/grpc_context.h"
 #include "server/grpc_convert.h"
 #include "server/grpc_reflection_v1.h"
+#include "grpc/health/v1/health.pb.h"
 #include "stemserve/v1/stemserve.grpc.pb.h"
 
 namespace stem {
@@ -159,6 +160,10 @@ void GrpcServer::start() {
   // reflection service, grpc.reflection.v1alpha (for older clients).
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  // gRPC's health service is built without protobuf's C++ code; the schema reflection gives for it
+  // is ours (proto/grpc/health/v1/health.proto), in the descriptor pool once its generated code is
+  // linked: naming one of its messages links it.
+  (void)grpc::health::v1::HealthCheckRequest::descriptor();
   grpc::ServerBuilder builder;
   // Reflection v1, ours (server/grpc_reflection_v1.h): what current clients ask for first.
   builder.SetOption(reflection_v1_option());

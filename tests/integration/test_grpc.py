@@ -100,17 +100,26 @@ def test_health_and_reflection(server):
             health_pb2.HealthCheckResponse.SERVING
     reflection = reflection_pb2_grpc.ServerReflectionStub(ch)
     requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
-                reflection_pb2.ServerReflectionRequest(file_containing_symbol="stemserve.v1.Stemserve")]
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol="stemserve.v1.Stemserve"),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.health.v1.Health")]
     answers = list(reflection.ServerReflectionInfo(iter(requests), timeout=10))
     names = {s.name for s in answers[0].list_services_response.service}
     assert names == SERVICES
-    assert answers[1].file_descriptor_response.file_descriptor_proto  # the schema, for tools
+    # The schemas, for tools: every listed service's (reflection v1's and health's are ours).
+    assert answers[1].file_descriptor_response.file_descriptor_proto
+    assert answers[2].file_descriptor_response.file_descriptor_proto
     ch.close()
 
 
 # Every service the server has: ours, health, and reflection in both versions.
 SERVICES = {"stemserve.v1.Stemserve", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection"}
+
+
+def shape(message):
+    """A message's fields as the wire sees them: name, number, type, repeated, oneof, message type."""
+    return sorted((f.name, f.number, f.type, f.is_repeated, f.containing_oneof.name if f.containing_oneof else None,
+                   f.message_type.name if f.message_type else None) for f in message.fields)
 
 
 def load_files(answers):
@@ -140,6 +149,7 @@ def test_reflection_v1(server):
         r.ServerReflectionRequest(host="localhost", list_services=""),
         r.ServerReflectionRequest(file_containing_symbol="stemserve.v1.Stemserve"),
         r.ServerReflectionRequest(file_containing_symbol=v1alpha + ".ServerReflectionInfo"),
+        r.ServerReflectionRequest(file_containing_symbol="grpc.health.v1.Health.Check"),
         r.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
         # The same file as the service's: sent already on this stream, so no files again.
         r.ServerReflectionRequest(file_containing_symbol="stemserve.v1.GenerateRequest"),
@@ -160,7 +170,7 @@ def test_reflection_v1(server):
     assert answers[0].valid_host == "localhost"
     assert {s.name for s in answers[0].list_services_response.service} == SERVICES
 
-    pool, names = load_files(answers[1:6])
+    pool, names = load_files(answers[1:7])
     assert names[0] == "stemserve/v1/stemserve.proto"
     generate = pool.FindServiceByName("stemserve.v1.Stemserve").methods_by_name["Generate"]
     assert generate.server_streaming and not generate.client_streaming
@@ -168,21 +178,37 @@ def test_reflection_v1(server):
     assert "sampling" in generate.input_type.fields_by_name
     assert generate.input_type.fields_by_name["sampling"].message_type.full_name == "stemserve.v1.SamplingParams"
     assert pool.FindServiceByName(v1alpha).methods_by_name["ServerReflectionInfo"]
+    # Health's schema (ours, proto/grpc/health/v1) is grpcio-health-checking's, less the List method
+    # that came after gRPC 1.51 (whose health service we run answers Check and Watch).
+    from grpc_health.v1 import health_pb2
+    health = pool.FindServiceByName("grpc.health.v1.Health")
+    public = health_pb2.DESCRIPTOR.services_by_name["Health"].methods_by_name
+    assert [m.name for m in health.methods] == ["Check", "Watch"]
+    for m in health.methods:
+        assert (m.input_type.full_name, m.output_type.full_name, m.client_streaming, m.server_streaming) == \
+            (public[m.name].input_type.full_name, public[m.name].output_type.full_name,
+             public[m.name].client_streaming, public[m.name].server_streaming), m.name
+    for name in ("HealthCheckRequest", "HealthCheckResponse"):
+        assert shape(pool.FindMessageTypeByName("grpc.health.v1." + name)) == \
+            shape(health_pb2.DESCRIPTOR.message_types_by_name[name]), name
+    status = pool.FindEnumTypeByName("grpc.health.v1.HealthCheckResponse.ServingStatus")
+    assert [(v.name, v.number) for v in status.values] == \
+        [(v.name, v.number) for v in health_pb2.HealthCheckResponse.ServingStatus.DESCRIPTOR.values]
     info_method = pool.FindServiceByName("grpc.reflection.v1.ServerReflection").methods_by_name["ServerReflectionInfo"]
     assert info_method.client_streaming and info_method.server_streaming
-    for sent_already in answers[4:6]:
+    for sent_already in answers[5:7]:
         assert sent_already.WhichOneof("message_response") == "file_descriptor_response"
         assert not sent_already.file_descriptor_response.file_descriptor_proto
 
-    for a, what in zip(answers[6:9], ("stemserve.v1.NoSuchThing", "no/such.proto", "stemserve.v1.NoSuchThing")):
+    for a, what in zip(answers[7:10], ("stemserve.v1.NoSuchThing", "no/such.proto", "stemserve.v1.NoSuchThing")):
         assert a.WhichOneof("message_response") == "error_response"
         assert a.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
         assert what in a.error_response.error_message
-    assert answers[9].all_extension_numbers_response.base_type_name == "stemserve.v1.GenerateRequest"
-    assert list(answers[9].all_extension_numbers_response.extension_number) == []
-    assert answers[10].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
-    assert answers[11].error_response.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert "file_containing_symbol" in answers[11].error_response.error_message
+    assert answers[10].all_extension_numbers_response.base_type_name == "stemserve.v1.GenerateRequest"
+    assert list(answers[10].all_extension_numbers_response.extension_number) == []
+    assert answers[11].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert answers[12].error_response.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "file_containing_symbol" in answers[12].error_response.error_message
 
     # A message alone, on a stream of its own: its file comes again, and resolves the message.
     alone = list(info(iter([r.ServerReflectionRequest(file_containing_symbol="stemserve.v1.GenerateRequest")]),
@@ -208,7 +234,7 @@ class ToReflectionV1:
 
 def test_reflection_client_over_v1(server):
     """grpcio-reflection's own client, ProtoReflectionDescriptorDatabase, over v1: it lists the
-    services and builds Stemserve's schema in a descriptor pool, as a tool would."""
+    services and builds each one's schema in a descriptor pool, as a tool would."""
     from google.protobuf import descriptor_pool
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
     ch = channel(server.grpc_target)
@@ -217,6 +243,8 @@ def test_reflection_client_over_v1(server):
     pool = descriptor_pool.DescriptorPool(db)
     tokenize = pool.FindServiceByName("stemserve.v1.Stemserve").methods_by_name["Tokenize"]
     assert tokenize.input_type.full_name == "stemserve.v1.TokenizeRequest"
+    for service in SERVICES:  # as grpcurl's describe does
+        assert pool.FindServiceByName(service).methods, service
     assert pool.FindMessageTypeByName("stemserve.v1.ModelInfoResponse").fields_by_name
     with pytest.raises(KeyError):
         pool.FindMessageTypeByName("stemserve.v1.NoSuchThing")
@@ -231,10 +259,6 @@ def test_reflection_v1_proto_matches_the_public_definition():
     ours = reflection_v1_pb2().DESCRIPTOR
     theirs = alpha.DESCRIPTOR
     assert ours.package == "grpc.reflection.v1" and theirs.package == "grpc.reflection.v1alpha"
-
-    def shape(message):
-        return sorted((f.name, f.number, f.type, f.is_repeated, f.containing_oneof.name if f.containing_oneof else None,
-                       f.message_type.name if f.message_type else None) for f in message.fields)
 
     assert set(ours.message_types_by_name) == set(theirs.message_types_by_name)
     for name, message in ours.message_types_by_name.items():

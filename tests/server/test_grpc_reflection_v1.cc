@@ -6,6 +6,7 @@
 #include <google/protobuf/descriptor.pb.h>
 #include <google/protobuf/text_format.h>
 
+#include "grpc/health/v1/health.pb.h"
 #include "stemserve/v1/stemserve.pb.h"
 #include "tests/catch.h"
 
@@ -183,10 +184,11 @@ TEST_CASE("reflection v1: unknown names are NOT_FOUND, a request asking nothing 
   CHECK(message.find("file_containing_symbol") != std::string::npos);
 }
 
-TEST_CASE("reflection v1: the generated pool holds our API and the reflection v1 schema") {
+TEST_CASE("reflection v1: the generated pool holds our API and the reflection v1 and health schemas") {
   // A generated file joins the pool when its object file is linked: this test names nothing else
   // of stemserve.proto's (the server links it through its service).
   REQUIRE(stemserve::v1::GenerateRequest::descriptor() != nullptr);
+  REQUIRE(grpc::health::v1::HealthCheckRequest::descriptor() != nullptr);
   ReflectionV1Answers stream(nullptr, pb::DescriptorPool::generated_pool());
   const Names api = files_of(stream.answer(symbol("stemserve.v1.Stemserve")));
   REQUIRE_FALSE(api.empty());
@@ -196,4 +198,5 @@ TEST_CASE("reflection v1: the generated pool holds our API and the reflection v1
   CHECK(files_of(fresh.answer(symbol("stemserve.v1.Stemserve.Generate")))[0] == "stemserve/v1/stemserve.proto");
   CHECK(files_of(fresh.answer(symbol("grpc.reflection.v1.ServerReflection"))) ==
         Names{"grpc/reflection/v1/reflection.proto"});
+  CHECK(files_of(fresh.answer(symbol("grpc.health.v1.Health.Watch"))) == Names{"grpc/health/v1/health.proto"});
 }
