@@ -7,7 +7,9 @@
 //  * Decode, one row per sequence: GB/s counting the K/V bytes read once (kv_len · Hkv · D · 2 B ·
 //    2) plus q and out, beside a device-to-device copy (bytes read + written) measured in the run.
 // Times are medians of CUDA-event-timed calls after warm-ups; inputs are random, never zeros.
-// Usage: bench_attention [--json results.json] [--max-len 131072]
+//  * The same decode over an FP8 cache (E4M3 codes and a scale per token and head), with each FP8
+//    decode kernel (cuda::Fp8DecodeKernel): GB/s on the codes and scales read.
+// Usage: bench_attention [--json results.json] [--max-len 131072] [--decode-only]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -297,6 +299,79 @@ void bench_decode(int64_t seqs, int64_t kv_len, double copy_gbps, std::mt19937_6
   json_row(row);
 }
 
+// The same decode over an FP8 cache (random codes, none NaN; scales near 1/448), each FP8 decode
+// kernel in turn: GB/s counting the codes and scales read once, plus q and out.
+void bench_decode_fp8(int64_t seqs, int64_t kv_len, double copy_gbps, std::mt19937_64& rng) {
+  const std::vector<int32_t> kv_lens(static_cast<size_t>(seqs), static_cast<int32_t>(kv_len));
+  std::vector<int32_t> query_start(static_cast<size_t>(seqs) + 1);
+  std::iota(query_start.begin(), query_start.end(), 0);
+  const double kv_bytes = double(seqs) * kv_len * kHkv * (kD + 4) * 2;
+  const int copies = static_cast<int>(std::clamp(std::ceil(512e6 / kv_bytes), 1.0, 16.0));
+  // Page tables as the bf16 cache's (its K/V are not used; the codes live in their own buffers).
+  int64_t pages = 0, max_pages = 0;
+  for (int32_t len : kv_lens) {
+    pages += (len + kPage - 1) / kPage;
+    max_pages = std::max<int64_t>(max_pages, (len + kPage - 1) / kPage);
+  }
+  pages *= copies;
+  std::vector<int32_t> order(static_cast<size_t>(pages));
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<std::unique_ptr<Buffer>> tables;
+  size_t next = 0;
+  for (int c = 0; c < copies; ++c) {
+    std::vector<int32_t> table(kv_lens.size() * max_pages, 0);
+    for (size_t i = 0; i < kv_lens.size(); ++i)
+      for (int64_t j = 0; j * kPage < kv_lens[i]; ++j) table[i * max_pages + j] = order[next++];
+    tables.push_back(std::make_unique<Buffer>(table.size() * 4));
+    tables.back()->upload(table);
+  }
+  const int64_t rows = pages * kPage * kHkv;
+  Buffer kc(rows * kD), vc(rows * kD), ks(rows * 4), vs(rows * 4);
+  {
+    std::vector<uint8_t> codes(static_cast<size_t>(std::min<int64_t>(rows * kD, int64_t{1} << 24)));
+    for (uint8_t& c : codes) c = static_cast<uint8_t>(rng() % 0x7f) | static_cast<uint8_t>(rng() & 0x80);  // no 0x7f/0xff
+    for (Buffer* b : {&kc, &vc})
+      for (size_t off = 0; off < b->bytes(); off += codes.size())
+        CUDA_CHECK(cudaMemcpy(static_cast<char*>(b->get()) + off, codes.data(), std::min(codes.size(), b->bytes() - off),
+                              cudaMemcpyHostToDevice));
+    std::vector<float> scales(static_cast<size_t>(rows));
+    for (float& x : scales) x = (0.5f + static_cast<float>(rng() % 1000) / 1000.f) / 448.f;
+    ks.upload(scales);
+    vs.upload(scales);
+  }
+  Buffer q(seqs * kHq * kD * 2), out(seqs * kHq * kD * 2), lens(seqs * 4), starts((seqs + 1) * 4);
+  fill_random_bf16(q);
+  lens.upload(kv_lens);
+  starts.upload(query_start);
+  const float scale = 1.f / std::sqrt(float(kD));
+  const cuda::Fp8DecodeKernel before = cuda::fp8_decode_kernel();
+  for (auto [kernel, name] : {std::pair{cuda::Fp8DecodeKernel::kWiden, "widen"}, {cuda::Fp8DecodeKernel::kRegisters, "regs"},
+                              {cuda::Fp8DecodeKernel::kRegistersInt, "regs-int"}}) {
+    cuda::set_fp8_decode_kernel(kernel);
+    const double ms = median_ms(
+        [&](int i) {
+          cuda::paged_decode_fp8(out.view(DType::BF16, {seqs, kHq, kD}), q.view(DType::BF16, {seqs, kHq, kD}),
+                                 kc.view(DType::F8E4M3, {pages, kPage, kHkv, kD}), vc.view(DType::F8E4M3, {pages, kPage, kHkv, kD}),
+                                 ks.view(DType::F32, {pages, kPage, kHkv}), vs.view(DType::F32, {pages, kPage, kHkv}),
+                                 tables[static_cast<size_t>(i % copies)]->view(DType::I32, {seqs, max_pages}),
+                                 lens.view(DType::I32, {seqs}), starts.view(DType::I32, {seqs + 1}), scale, 0, nullptr);
+        },
+        3, 30);
+    const double bytes = kv_bytes + 2.0 * seqs * kHq * kD * 2;
+    const double gbps = bytes / ms * 1e-6;
+    std::printf("decode-fp8 %-8s S=%-4lld kv=%-6lld %9.1f us %7.0f GB/s (%3.0f%% of copy)\n", name,
+                static_cast<long long>(seqs), static_cast<long long>(kv_len), ms * 1e3, gbps, 100 * gbps / copy_gbps);
+    std::fflush(stdout);
+    char row[256];
+    std::snprintf(row, sizeof row,
+                  "{\"op\": \"decode_fp8\", \"kernel\": \"%s\", \"seqs\": %lld, \"kv_len\": %lld, \"us\": %.2f, \"gbps\": %.1f}",
+                  name, static_cast<long long>(seqs), static_cast<long long>(kv_len), ms * 1e3, gbps);
+    json_row(row);
+  }
+  cuda::set_fp8_decode_kernel(before);
+}
+
 double copy_ceiling_gbps() {
   const size_t bytes = size_t{1} << 30;
   Buffer src(bytes), dst(bytes);
@@ -311,8 +386,10 @@ double copy_ceiling_gbps() {
 int main(int argc, char** argv) {
   std::string json_path;
   int64_t max_len = 131072;
+  bool decode_only = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--decode-only")) decode_only = true;
     else if (!std::strcmp(argv[i], "--max-len") && i + 1 < argc) max_len = std::atoll(argv[++i]);
   }
   cudaDeviceProp prop{};
@@ -321,12 +398,17 @@ int main(int argc, char** argv) {
               prop.multiProcessorCount, static_cast<long long>(kHq), static_cast<long long>(kHkv),
               static_cast<long long>(kD), static_cast<long long>(kPage));
   std::mt19937_64 rng(1);
-  for (int64_t len = 8192; len <= max_len; len *= 2) bench_prefill(len, rng);
-  for (int64_t len = 32768; len <= max_len; len *= 4) bench_prefill_sparse(len, rng);
+  if (!decode_only) {
+    for (int64_t len = 8192; len <= max_len; len *= 2) bench_prefill(len, rng);
+    for (int64_t len = 32768; len <= max_len; len *= 4) bench_prefill_sparse(len, rng);
+  }
   const double copy = copy_ceiling_gbps();
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy);
-  for (auto [seqs, kv] : std::vector<std::pair<int64_t, int64_t>>{{1, 8192}, {1, 32768}, {16, 8192}, {64, 4096}, {128, 2048}})
+  for (auto [seqs, kv] : std::vector<std::pair<int64_t, int64_t>>{
+           {1, 8192}, {1, 32768}, {1, 131072}, {16, 8192}, {64, 4096}, {64, 32768}, {128, 2048}}) {
     bench_decode(seqs, kv, copy, rng);
+    bench_decode_fp8(seqs, kv, copy, rng);
+  }
   if (!json_path.empty()) {
     std::ofstream f(json_path);
     f << "{\"device\": \"" << prop.name << "\", \"copy_gbps\": " << copy << ",\n \"results\": [\n" << json << "\n]}\n";

@@ -6,6 +6,8 @@
 # GPU machine does not have:
 #
 #   scripts/gpu_model_test.sh pack                 # here: build (CUDA on), fill build-gpumodel-carry/
+#                                                  # (STEM_PACK_EXTRA="tests/cuda_test_kv_fp8 ...":
+#                                                  # more targets of the build folder along)
 #   scripts/gpu_model_test.sh run [quick|full|stem|none]  # there, from the repo root, with that
 #                                                  # folder carried: tests, then benchmarks (default
 #                                                  # quick; stem: TTFT Stem beside dense at 32K-128K,
@@ -22,6 +24,8 @@
 #                                                  # with --kv-cache-dtype bf16, then fp8 (issue 18):
 #                                                  # the KV pool's capacity, decode at batch 1 and 64
 #                                                  # over 32K contexts, TTFT at 32K; ARGS go to both
+#                                                  # (STEM_FP8_DECODE_AB="widen regs": the FP8 run
+#                                                  # once per FP8 decode kernel)
 #   scripts/gpu_model_test.sh unpack               # there: unpacks the carried bundle (run, real and
 #                                                  # constrained do it themselves; for other scripts)
 #   scripts/gpu_model_test.sh pack real            # here: only what `real` runs, into
@@ -63,6 +67,10 @@ pack() {  # $1: "real" packs only the real-model check, "constrained" only bench
     tests=""
     targets=bench_constrained
   fi
+  # STEM_PACK_EXTRA: more targets to carry, as paths in the build folder (tests/cuda_test_kv_fp8
+  # bench/bench_attention): kernel tests and benchmarks beside the model's, for one call.
+  local extra="${STEM_PACK_EXTRA:-}" e
+  for e in $extra; do targets="$targets $(basename "$e")"; done
   # shellcheck disable=SC2086
   cmake --build "$build" -j "${STEM_JOBS:-2}" --target $targets || exit 1
   rm -rf "$carry"
@@ -85,6 +93,7 @@ pack() {  # $1: "real" packs only the real-model check, "constrained" only bench
     fi
   fi
   for t in $tests; do cp "$build/tests/$t" "$carry/bin/"; done
+  for e in $extra; do cp "$build/$e" "$carry/bin/"; done
   # Libraries the GPU machine has itself (or newer): the C/C++ runtimes, CUDA, OpenBLAS and its
   # Fortran runtime. Everything else our binaries link goes along.
   ldd "$carry"/bin/* | awk '/=>/ { print $1, $3 }' | sort -u | while read -r name path; do
@@ -262,14 +271,24 @@ constrained() {  # bench_constrained on the carried Qwen2.5-Coder-1.5B config an
 }
 
 kv() {  # bench_model with the bf16 KV cache, then the FP8 one (issue 18); "$@": more bench_model flags
-  local logs="${OUT:-$carry/logs}" rc=0 d
+  # STEM_FP8_DECODE_AB="widen regs": the FP8 run once per decode kernel (STEM_FP8_DECODE), in that order.
+  local logs="${OUT:-$carry/logs}" rc=0 run d k
   mkdir -p "$logs"
   carried_env "$logs"
-  for d in bf16 fp8; do
-    echo "== bench_model --kv-cache-dtype $d (Llama-3.1-8B shape: the pool's capacity, decode at batch 1/64 over 32K, TTFT at 32K)"
-    "$carry/bin/bench_model" --config "$root/bench/configs/llama-3.1-8b.json" --kv-cache-dtype "$d" --batches 1,64 \
-      --contexts 32768 --steps 20 --ttft 32768 --sparse-prefill both --json "$logs/bench_kv_$d.json" "$@" 2>&1 \
-      | tee "$logs/bench_kv_$d.txt"
+  local runs=(bf16)
+  if [ -n "${STEM_FP8_DECODE_AB:-}" ]; then
+    for k in $STEM_FP8_DECODE_AB; do runs+=("fp8:$k"); done
+  else
+    runs+=(fp8)
+  fi
+  for run in "${runs[@]}"; do
+    d="${run%%:*}"
+    k="${run#*:}"
+    [ "$k" = "$run" ] && k=""
+    echo "== bench_model --kv-cache-dtype $d${k:+ (STEM_FP8_DECODE=$k)} (Llama-3.1-8B shape: the pool's capacity, decode at batch 1/64 over 32K, TTFT at 32K)"
+    STEM_FP8_DECODE="$k" "$carry/bin/bench_model" --config "$root/bench/configs/llama-3.1-8b.json" --kv-cache-dtype "$d" \
+      --batches 1,64 --contexts 32768 --steps 20 --ttft 32768 --sparse-prefill both \
+      --json "$logs/bench_kv_$d${k:+_$k}.json" "$@" 2>&1 | tee "$logs/bench_kv_$d${k:+_$k}.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || rc=1
   done
   return $rc

@@ -3,7 +3,13 @@
 #include "kernels/cuda/attention_decode.cuh"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <utility>
 
+#include "kernels/cuda/attention_decode_fp8.cuh"
 #include "kernels/cuda/attention_decode_kernel.cuh"
 #include "kernels/cuda/attention_launch.cuh"
 #include "kernels/cuda/kv_fp8.cuh"
@@ -15,10 +21,20 @@ namespace {
 constexpr int64_t kMinChunk = 256;
 constexpr int64_t kMaxSplits = 1024;
 
+// The kernel of each cache and FP8 variant, and its shared memory.
+template <int D, bool kFp8>
+std::pair<void (*)(attn::DecodeParams), int> decode_kernel_of(Fp8DecodeKernel fp8) {
+  if constexpr (kFp8) {
+    if (fp8 == Fp8DecodeKernel::kRegisters) return {attn::decode_fp8_reg_kernel<D, false>, attn::fp8_reg_smem_bytes<D>()};
+    if (fp8 == Fp8DecodeKernel::kRegistersInt) return {attn::decode_fp8_reg_kernel<D, true>, attn::fp8_reg_smem_bytes<D>()};
+  }
+  return {attn::decode_kernel<D, kFp8>, attn::decode_smem_bytes<D, kFp8>()};
+}
+
 template <int D, bool kFp8>
 void launch_decode(attn::DecodeParams p, int64_t seqs, int64_t kv_heads, cudaStream_t stream) {
-  constexpr int smem = attn::decode_smem_bytes<D, kFp8>();
-  attn::allow_smem(reinterpret_cast<const void*>(&attn::decode_kernel<D, kFp8>), smem, "paged_decode");
+  const auto [kernel, smem] = decode_kernel_of<D, kFp8>(fp8_decode_kernel());
+  attn::allow_smem(reinterpret_cast<const void*>(kernel), smem, "paged_decode");
   STEM_CHECK(seqs < (int64_t{1} << 31) && kv_heads * p.mtiles < 65536, "paged_decode: ", seqs, " sequences x ",
              kv_heads * p.mtiles, " head tiles do not fit one launch");
   const dim3 grid(static_cast<unsigned>(seqs), static_cast<unsigned>(kv_heads * p.mtiles), 1);
@@ -30,7 +46,7 @@ void launch_decode(attn::DecodeParams p, int64_t seqs, int64_t kv_heads, cudaStr
     p.part_lse = p.part_o + vectors * D;
   }
   try {
-    launch_pdl(attn::decode_kernel<D, kFp8>, dim3(grid.x, grid.y, static_cast<unsigned>(p.splits)), attn::kThreads, smem,
+    launch_pdl(kernel, dim3(grid.x, grid.y, static_cast<unsigned>(p.splits)), attn::kThreads, smem,
                stream, p);
     if (p.splits > 1) launch_pdl(attn::decode_reduce_kernel<D>, grid, attn::kThreads, 0, stream, p);
   } catch (...) {
@@ -40,7 +56,28 @@ void launch_decode(attn::DecodeParams p, int64_t seqs, int64_t kv_heads, cudaStr
   if (workspace != nullptr) CUDA_CHECK(cudaFreeAsync(workspace, stream));
 }
 
+std::atomic<int> g_fp8_decode{-1};  // -1: not chosen yet (STEM_FP8_DECODE, else the default)
+
 }  // namespace
+
+Fp8DecodeKernel fp8_decode_kernel() {
+  int k = g_fp8_decode.load(std::memory_order_relaxed);
+  if (k < 0) {
+    k = static_cast<int>(parse_fp8_decode_kernel(std::getenv("STEM_FP8_DECODE")));
+    g_fp8_decode.store(k, std::memory_order_relaxed);
+  }
+  return static_cast<Fp8DecodeKernel>(k);
+}
+
+void set_fp8_decode_kernel(Fp8DecodeKernel kernel) { g_fp8_decode.store(static_cast<int>(kernel), std::memory_order_relaxed); }
+
+Fp8DecodeKernel parse_fp8_decode_kernel(const char* name) {
+  if (name == nullptr || *name == '\0') return Fp8DecodeKernel::kRegisters;
+  if (!std::strcmp(name, "widen")) return Fp8DecodeKernel::kWiden;
+  if (!std::strcmp(name, "regs")) return Fp8DecodeKernel::kRegisters;
+  if (!std::strcmp(name, "regs-int")) return Fp8DecodeKernel::kRegistersInt;
+  throw Error(std::string("STEM_FP8_DECODE: '") + name + "' is not widen, regs or regs-int");
+}
 
 int64_t decode_max_rows(int64_t q_heads, int64_t kv_heads) {
   STEM_CHECK(kv_heads > 0 && q_heads % kv_heads == 0, "decode_max_rows: ", q_heads, " q heads over ", kv_heads,

@@ -14,6 +14,17 @@
 
 namespace stem::cuda {
 
+// The FP8 decode kernel (the A/B of bench/RESULTS.md): kWiden widens each tile's codes to bf16 in
+// shared memory behind a barrier (attention_decode_kernel.cuh); kRegisters reads the codes into
+// registers and converts them there with the conversion instruction, kRegistersInt with integer
+// operations (attention_decode_fp8.cuh). Chosen by STEM_FP8_DECODE=widen|regs|regs-int, read at the
+// first FP8 decode, or by set_fp8_decode_kernel (tests); default kRegisters.
+enum class Fp8DecodeKernel { kWiden, kRegisters, kRegistersInt };
+Fp8DecodeKernel fp8_decode_kernel();
+void set_fp8_decode_kernel(Fp8DecodeKernel kernel);
+// The kernel a STEM_FP8_DECODE value names (null or empty: the default); anything else throws.
+Fp8DecodeKernel parse_fp8_decode_kernel(const char* name);
+
 // The most query rows a sequence may own for the decode kernel: max(1, 16 / (Hq/Hkv)).
 int64_t decode_max_rows(int64_t q_heads, int64_t kv_heads);
 

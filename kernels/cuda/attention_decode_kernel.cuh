@@ -138,6 +138,76 @@ struct DecodeWork {
   }
 };
 
+// The end of both decode kernels: merges the four warps' online-softmax states (through s_o, the
+// stages' space) and writes the vectors' outputs (or, with splits, the partial states). col(dn, j,
+// c) is the column of output fragment o[dn][2·hf + j] in quad lane c.
+template <int D, typename Col>
+__device__ __forceinline__ void decode_merge_store(const DecodeParams& p, const DecodeWork& w, float* s_o,
+                                                   const float (&o)[D / 8][4], const float (&row_max)[2],
+                                                   const float (&row_sum)[2], int seq, int g, int split, Col col) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  // Merge the four warps' states: each writes (max, sum, unnormalised output) per row.
+  float* s_ml = s_o + 4 * kDecodeVectors * D;  // s_o: [4][16][D], then [4][16][2]
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int r = (lane >> 2) + hf * 8, at = warp * kDecodeVectors + r;
+    const float l = quad_sum(row_sum[hf]);
+    if ((lane & 3) == 0) {
+      s_ml[2 * at] = row_max[hf];
+      s_ml[2 * at + 1] = l;
+    }
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      s_o[at * D + col(dn, 0, lane & 3)] = o[dn][2 * hf];
+      s_o[at * D + col(dn, 1, lane & 3)] = o[dn][2 * hf + 1];
+    }
+  }
+  __syncthreads();
+
+  // Thread → row tid / 8, columns [(tid % 8)·D/8, +D/8).
+  constexpr int kCols = D / 8;
+  const int r = tid >> 3, c0 = (tid & 7) * kCols, v = w.vec0 + r;
+  float m_all = -INFINITY;
+#pragma unroll
+  for (int wi = 0; wi < 4; ++wi) m_all = fmaxf(m_all, s_ml[2 * (wi * kDecodeVectors + r)]);
+  const float base = m_all == -INFINITY ? 0.f : m_all;
+  float weight[4], l_all = 0.f;
+#pragma unroll
+  for (int wi = 0; wi < 4; ++wi) {
+    weight[wi] = fast_exp2(s_ml[2 * (wi * kDecodeVectors + r)] - base);
+    l_all += weight[wi] * s_ml[2 * (wi * kDecodeVectors + r) + 1];
+  }
+  if (v >= w.n_vec) return;
+  const float inv = l_all > 0.f ? 1.f / l_all : 0.f;
+  float acc[kCols];
+#pragma unroll
+  for (int c = 0; c < kCols; ++c) {
+    acc[c] = 0.f;
+#pragma unroll
+    for (int wi = 0; wi < 4; ++wi) acc[c] += weight[wi] * s_o[(wi * kDecodeVectors + r) * D + c0 + c];
+    acc[c] *= inv;
+  }
+  if (p.splits == 1) {
+    bf16* dst = p.out + static_cast<int64_t>(w.row_begin + v / p.group) * p.out_stride +
+                static_cast<int64_t>(g * p.group + v % p.group) * D + c0;
+#pragma unroll
+    for (int c = 0; c < kCols; c += 8) {
+      uint4 packed;
+      packed.x = pack_bf16(acc[c], acc[c + 1]);
+      packed.y = pack_bf16(acc[c + 2], acc[c + 3]);
+      packed.z = pack_bf16(acc[c + 4], acc[c + 5]);
+      packed.w = pack_bf16(acc[c + 6], acc[c + 7]);
+      *reinterpret_cast<uint4*>(dst + c) = packed;
+    }
+  } else {
+    const int64_t at = ((static_cast<int64_t>(seq) * gridDim.y + blockIdx.y) * p.splits + split) * kDecodeVectors + r;
+    float* dst = p.part_o + at * D + c0;
+#pragma unroll
+    for (int c = 0; c < kCols; c += 4) *reinterpret_cast<float4*>(dst + c) = make_float4(acc[c], acc[c + 1], acc[c + 2], acc[c + 3]);
+    if ((tid & 7) == 0) p.part_lse[at] = l_all > 0.f ? base + __log2f(l_all) : -INFINITY;
+  }
+}
+
 template <int D, bool kFp8 = false>
 __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_constant__ DecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -284,67 +354,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_consta
   cp_async_wait<0>();
   __syncthreads();
 
-  // Merge the four warps' states: each writes (max, sum, unnormalised output) per row.
-  float* s_o = reinterpret_cast<float*>(s_kv);  // [4][16][D]
-  float* s_ml = s_o + 4 * kDecodeVectors * D;    // [4][16][2]
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const int r = (lane >> 2) + hf * 8, at = warp * kDecodeVectors + r;
-    const float l = quad_sum(row_sum[hf]);
-    if ((lane & 3) == 0) {
-      s_ml[2 * at] = row_max[hf];
-      s_ml[2 * at + 1] = l;
-    }
-#pragma unroll
-    for (int dn = 0; dn < D / 8; ++dn) {
-      s_o[at * D + dn * 8 + ((lane & 3) << 1)] = o[dn][2 * hf];
-      s_o[at * D + dn * 8 + ((lane & 3) << 1) + 1] = o[dn][2 * hf + 1];
-    }
-  }
-  __syncthreads();
-
-  // Thread → row tid / 8, columns [(tid % 8)·D/8, +D/8).
-  constexpr int kCols = D / 8;
-  const int r = tid >> 3, c0 = (tid & 7) * kCols, v = w.vec0 + r;
-  float m_all = -INFINITY;
-#pragma unroll
-  for (int wi = 0; wi < 4; ++wi) m_all = fmaxf(m_all, s_ml[2 * (wi * kDecodeVectors + r)]);
-  const float base = m_all == -INFINITY ? 0.f : m_all;
-  float weight[4], l_all = 0.f;
-#pragma unroll
-  for (int wi = 0; wi < 4; ++wi) {
-    weight[wi] = fast_exp2(s_ml[2 * (wi * kDecodeVectors + r)] - base);
-    l_all += weight[wi] * s_ml[2 * (wi * kDecodeVectors + r) + 1];
-  }
-  if (v >= w.n_vec) return;
-  const float inv = l_all > 0.f ? 1.f / l_all : 0.f;
-  float acc[kCols];
-#pragma unroll
-  for (int c = 0; c < kCols; ++c) {
-    acc[c] = 0.f;
-#pragma unroll
-    for (int wi = 0; wi < 4; ++wi) acc[c] += weight[wi] * s_o[(wi * kDecodeVectors + r) * D + c0 + c];
-    acc[c] *= inv;
-  }
-  if (p.splits == 1) {
-    bf16* dst = p.out + static_cast<int64_t>(w.row_begin + v / p.group) * p.out_stride +
-                static_cast<int64_t>(g * p.group + v % p.group) * D + c0;
-#pragma unroll
-    for (int c = 0; c < kCols; c += 8) {
-      uint4 packed;
-      packed.x = pack_bf16(acc[c], acc[c + 1]);
-      packed.y = pack_bf16(acc[c + 2], acc[c + 3]);
-      packed.z = pack_bf16(acc[c + 4], acc[c + 5]);
-      packed.w = pack_bf16(acc[c + 6], acc[c + 7]);
-      *reinterpret_cast<uint4*>(dst + c) = packed;
-    }
-  } else {
-    const int64_t at = ((static_cast<int64_t>(seq) * gridDim.y + blockIdx.y) * p.splits + split) * kDecodeVectors + r;
-    float* dst = p.part_o + at * D + c0;
-#pragma unroll
-    for (int c = 0; c < kCols; c += 4) *reinterpret_cast<float4*>(dst + c) = make_float4(acc[c], acc[c + 1], acc[c + 2], acc[c + 3]);
-    if ((tid & 7) == 0) p.part_lse[at] = l_all > 0.f ? base + __log2f(l_all) : -INFINITY;
-  }
+  decode_merge_store<D>(p, w, reinterpret_cast<float*>(s_kv), o, row_max, row_sum, seq, g, split,
+                        [](int dn, int j, int c) { return dn * 8 + 2 * c + j; });
 }
 
 // Merges the splits of each query vector: weights 2^(lse_c − max) over the splits that started

@@ -3,9 +3,10 @@
 // and round to nearest even with saturation: the quantize op's arithmetic, held bit for bit by
 // test_fp8.cc), the staging dequantization bit for bit (code · scale in f32, one bf16 rounding),
 // and paged_decode_fp8 (alone, with `only`, and composed with the staging and paged_prefill as
-// the backend runs a mixed step) against cpu::paged_attention over the dequantized cache, within
-// the bf16 attention tests' tolerance (the same MMAs on values that are exactly the codes; the
-// scales applied in f32).
+// the backend runs a mixed step; each of its kernels, cuda::Fp8DecodeKernel, over K and V values
+// of ordinary, tiny and large magnitudes) against cpu::paged_attention over the dequantized cache,
+// within the bf16 attention tests' tolerance (MMAs on values that are exactly the codes; the scales
+// applied in f32).
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -42,15 +43,19 @@ struct Fp8Cache {
   std::unique_ptr<DeviceBuffer> d_kc, d_vc, d_ks, d_vs;
   int64_t P, ps, hkv, d;
 
-  explicit Fp8Cache(const PagedStep& s) : P(s.pages), ps(s.page_size), hkv(s.hkv), d(s.d) {
+  // magnitude: the step's K and V values times this before they are quantized (the scales follow).
+  explicit Fp8Cache(const PagedStep& s, float magnitude = 1.f) : P(s.pages), ps(s.page_size), hkv(s.hkv), d(s.d) {
     const int64_t rows = P * ps * hkv;
     kc.resize(rows * d);
     vc.resize(rows * d);
     ks.resize(rows);
     vs.resize(rows);
-    for (auto [x, c, sc] : {std::tuple{&s.k_cache, &kc, &ks}, {&s.v_cache, &vc, &vs}})
+    for (auto [x, c, sc] : {std::tuple{&s.k_cache, &kc, &ks}, {&s.v_cache, &vc, &vs}}) {
+      std::vector<float> values(*x);
+      for (float& v : values) v *= magnitude;
       cpu::quantize_rows_fp8(TensorView(c->data(), DType::F8E4M3, {rows, d}), TensorView(sc->data(), DType::F32, {rows}),
-                             TensorView(const_cast<float*>(x->data()), DType::F32, {rows, d}));
+                             TensorView(values.data(), DType::F32, {rows, d}));
+    }
     k_deq.resize(rows * d);
     v_deq.resize(rows * d);
     std::vector<int32_t> all(static_cast<size_t>(P));
@@ -85,6 +90,16 @@ std::vector<float> fp8_reference(const PagedStep& s, const Fp8Cache& c, float sc
                        TensorView(table.data(), DType::I32, {S, s.max_pages}), TensorView(lens.data(), DType::I32, {S}),
                        TensorView(start.data(), DType::I32, {S + 1}), scale, window);
   return out;
+}
+
+// Sets the FP8 decode kernel for one test and puts the previous one back.
+struct Fp8DecodeScope {
+  cuda::Fp8DecodeKernel before = cuda::fp8_decode_kernel();
+  explicit Fp8DecodeScope(cuda::Fp8DecodeKernel k) { cuda::set_fp8_decode_kernel(k); }
+  ~Fp8DecodeScope() { cuda::set_fp8_decode_kernel(before); }
+};
+const char* kernel_name(cuda::Fp8DecodeKernel k) {
+  return k == cuda::Fp8DecodeKernel::kWiden ? "widen" : k == cuda::Fp8DecodeKernel::kRegisters ? "regs" : "regs-int";
 }
 
 struct DecodeCase {
@@ -224,19 +239,26 @@ TEST_CASE("cuda paged_decode_fp8 matches the CPU twin over the dequantized cache
   const uint64_t seed = ktest::test_seed();
   INFO("seed " << seed);
   std::mt19937_64 rng(seed);
+  const auto kernel = GENERATE(cuda::Fp8DecodeKernel::kWiden, cuda::Fp8DecodeKernel::kRegisters,
+                               cuda::Fp8DecodeKernel::kRegistersInt);
+  const Fp8DecodeScope scope(kernel);
   const size_t which = GENERATE(0, 1, 2, 3, 4);
   REQUIRE(which < kDecodeCases.size());
   const DecodeCase& c = kDecodeCases[which];
-  INFO(c.name);
+  // K and V of every size the cache meets: tiny values (scales near 1e-7, the probabilities times
+  // the value scales far below f16's normal range without the kernels' 2^8), and large ones.
+  const float magnitude = GENERATE(1.f, 1e-4f, 300.f);
+  INFO(c.name << ", kernel " << kernel_name(kernel) << ", values x" << magnitude);
   for (const Seq& s : c.seqs) REQUIRE(s.rows <= cuda::decode_max_rows(c.hq, c.hkv));
   PagedStep step(rng, c.hq, c.hkv, c.d, c.page_size, c.seqs, 2.f);
-  const Fp8Cache fp8(step);
+  const Fp8Cache fp8(step, magnitude);
   const float scale = attn_test::default_scale(c.d);
   const std::vector<float> ref = fp8_reference(step, fp8, scale, c.window);
   step.d_out->poison();
   cuda::paged_decode_fp8(step.out_view(), step.q_view(), fp8.dk(), fp8.dv(), fp8.dks(), fp8.dvs(), step.table_view(),
                          step.lens_view(), step.start_view(), scale, c.window, nullptr);
-  STEM_CHECK_CLOSE(std::string("attention_decode_fp8 ") + c.name, step.download_out(), ref, gpu_test::kBf16Tolerance);
+  const std::string what = std::string("attention_decode_fp8 ") + kernel_name(kernel) + " x" + std::to_string(magnitude) + " " + c.name;
+  STEM_CHECK_CLOSE(what, step.download_out(), ref, gpu_test::kBf16Tolerance);
 
   // `only`: the first sequence skipped, its rows left as they were (NaN); the others computed.
   std::vector<int32_t> only(c.seqs.size(), 1);
@@ -249,7 +271,7 @@ TEST_CASE("cuda paged_decode_fp8 matches the CPU twin over the dequantized cache
   const std::vector<float> out = step.download_out();
   const int64_t row = c.hq * c.d, first = step.query_start[1] * row;
   CHECK(gpu_test::count_nan(std::vector<float>(out.begin(), out.begin() + first)) == first);
-  STEM_CHECK_CLOSE(std::string("attention_decode_fp8 only ") + c.name, std::vector<float>(out.begin() + first, out.end()),
+  STEM_CHECK_CLOSE("only: " + what, std::vector<float>(out.begin() + first, out.end()),
                    std::vector<float>(ref.begin() + first, ref.end()), gpu_test::kBf16Tolerance);
 }
 
@@ -258,6 +280,9 @@ TEST_CASE("cuda FP8 mixed step: staged prefill (paged_prefill) and FP8 decode ro
   const uint64_t seed = ktest::test_seed();
   INFO("seed " << seed);
   std::mt19937_64 rng(seed);
+  const auto kernel = GENERATE(cuda::Fp8DecodeKernel::kWiden, cuda::Fp8DecodeKernel::kRegisters,
+                               cuda::Fp8DecodeKernel::kRegistersInt);
+  const Fp8DecodeScope scope(kernel);
   const int64_t d = GENERATE(64, 128);
   const int64_t window = GENERATE(0, 150);
   const int64_t hq = 8, hkv = 2;
@@ -281,6 +306,6 @@ TEST_CASE("cuda FP8 mixed step: staged prefill (paged_prefill) and FP8 decode ro
                       step.lens_view(), step.start_view(), scale, window, nullptr);
   cuda::paged_decode_fp8(step.out_view(), step.q_view(), fp8.dk(), fp8.dv(), fp8.dks(), fp8.dvs(), step.table_view(),
                          step.lens_view(), step.start_view(), scale, window, nullptr);
-  STEM_CHECK_CLOSE("attention_fp8_mixed d" + std::to_string(d) + " window " + std::to_string(window),
+  STEM_CHECK_CLOSE(std::string("attention_fp8_mixed ") + kernel_name(kernel) + " d" + std::to_string(d) + " window " + std::to_string(window),
                    step.download_out(), ref, gpu_test::kBf16Tolerance);
 }
