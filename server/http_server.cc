@@ -4,7 +4,10 @@
 
 #include <chrono>
 #include <filesystem>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "text/tokenizer.h"
 #include "server/auth.h"
@@ -53,6 +56,7 @@ struct HttpServer::Impl {
   int port = 0;
 
   void routes();
+  std::vector<std::pair<std::string, std::string>> route_methods;  // (path, method) of every route
 };
 
 void HttpServer::Impl::routes() {
@@ -71,13 +75,19 @@ void HttpServer::Impl::routes() {
   });
   // Routing misses, oversized bodies and the like: httplib sets the status; we add the body. A
   // route asked with another method is 405 with the method it takes (Allow), not httplib's 404.
-  server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+  // The routes, each registered through get() or post(), which record its method for that handler.
+  auto get = [this](const char* path, httplib::Server::Handler handler) {
+    route_methods.emplace_back(path, "GET");
+    server.Get(path, std::move(handler));
+  };
+  auto post = [this](const char* path, httplib::Server::Handler handler) {
+    route_methods.emplace_back(path, "POST");
+    server.Post(path, std::move(handler));
+  };
+  server.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    static const std::pair<const char*, const char*> kRoutes[] = {
-        {"/health", "GET"},         {"/v1/models", "GET"},  {"/metrics", "GET"},   {"/v1/completions", "POST"},
-        {"/v1/chat/completions", "POST"}, {"/tokenize", "POST"}, {"/detokenize", "POST"}};
     if (res.status == 404)
-      for (const auto& [path, method] : kRoutes)
+      for (const auto& [path, method] : route_methods)
         if (req.path == path && req.method != method) {
           res.status = 405;
           res.set_header("Allow", method);
@@ -96,14 +106,14 @@ void HttpServer::Impl::routes() {
     send_error(res, ApiError(500, "internal error"));
   });
 
-  server.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+  get("/health", [this](const httplib::Request&, httplib::Response& res) {
     if (ctx.ready.load()) {
       res.status = 200;
     } else {
       send_error(res, ApiError(503, "the model is still loading"));
     }
   });
-  server.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+  get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     const Engine& e = *ctx.model.engine;
     send_json(res, 200,
               ojson{{"object", "list"},
@@ -114,26 +124,26 @@ void HttpServer::Impl::routes() {
                                                  {"root", ctx.model.path},
                                                  {"max_model_len", e.max_model_len()}}})}});
   });
-  server.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+  post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
     handle_generation(ctx, ApiKind::Completion, req, res);
   });
-  server.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+  post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
     handle_generation(ctx, ApiKind::Chat, req, res);
   });
-  server.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+  post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
     guarded(res, [&] {
       const std::vector<int32_t> ids = parse_tokenize(parse_json_body(req.body), ctx.model);
       send_json(res, 200,
                 ojson{{"tokens", ids}, {"count", ids.size()}, {"max_model_len", ctx.model.engine->max_model_len()}});
     });
   });
-  server.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+  post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
     guarded(res, [&] {
       const std::vector<int32_t> ids = parse_detokenize(parse_json_body(req.body), ctx.model);
       send_json(res, 200, ojson{{"prompt", ctx.model.engine->tokenizer().decode(ids, false)}});
     });
   });
-  server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+  get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(ctx.metrics->render(ctx.loop->counters()), "text/plain; version=0.0.4; charset=utf-8");
   });
 }

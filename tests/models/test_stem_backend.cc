@@ -231,15 +231,26 @@ TEST_CASE("stem backend: with an FP8 KV cache, chunked equals unchunked, the sam
   CHECK(chunked.stem.sparse_blocks == whole.stem.sparse_blocks);
   CHECK(chunked.stem.skipped_key_blocks == whole.stem.skipped_key_blocks);
   REQUIRE(chunked.logits.size() == whole.logits.size());
-  CHECK(test::max_scaled_diff(chunked.logits.data(), whole.logits.data(), whole.logits.size()) <= kTol);
+  // Relative (Frobenius) error of x against y over the prompt's logits.
+  auto rel_error = [](const std::vector<float>& x, const std::vector<float>& y) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      num += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
+      den += double(y[i]) * y[i];
+    }
+    return std::sqrt(num / den);
+  };
+  // Chunked against whole: the K/V values differ only by the GEMMs' summation order (BLAS picks
+  // its kernels by shape and CPU), but a code flips where that crosses an E4M3 rounding boundary
+  // (a step of 2^-4 of one value), which float32's rounding bound does not cover; as in
+  // tests/models/test_fp8_kv.cc's batching test, a wrong position, page or block would be an error
+  // of order one.
+  const double chunk_rel = rel_error(chunked.logits, whole.logits);
+  INFO("FP8 KV Stem, chunks of 256 against whole: relative error " << chunk_rel);
+  CHECK(chunk_rel <= 1e-2);
   // Against the f32 cache: E4M3's first-order bound on the logits (tests/models/test_fp8_kv.cc),
   // relative over the prompt's logits; it did run in FP8.
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.logits.size(); ++i) {
-    num += (double(whole.logits[i]) - ref.logits[i]) * (double(whole.logits[i]) - ref.logits[i]);
-    den += double(ref.logits[i]) * ref.logits[i];
-  }
-  const double rel = std::sqrt(num / den);
+  const double rel = rel_error(whole.logits, ref.logits);
   INFO("FP8 KV Stem against f32 KV Stem: relative error " << rel << " over " << ref.logits.size() / V << " rows");
   CHECK(rel <= 2 * 0x1p-4 + 0x1p-8);
   CHECK(rel > 0);
