@@ -11,6 +11,8 @@
 // "fp8-gemv" (cuda::fp8_gemv, which fp8_matmul runs at M ≤ kFp8GemvRows; the "fp8" rows stay
 // cuBLASLt), on the same operands.
 // Usage: bench_ops [--json results.json] [--gemm-only] (only the ceilings and the GEMMs)
+//                  [--fp8-gemv-sweep] (the ceilings, then the FP8 projections at M 1..8 with
+//                  every variant of fp8_gemv: rows "fp8-gemv-vN")
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -240,6 +242,8 @@ void measure_fp8_ceiling(cuda::GemmContext& ctx) {
 // (M 4096, 8192) sizes; weights rotate over copies to stay out of L2, as in bench_gemms. The
 // "bf16" and "fp8" rows are cuBLASLt only (gemv and fp8_gemv off), so that the two columns compare
 // the same library; at M ≤ 8 the "bf16-gemv" and "fp8-gemv" rows time our decode kernels.
+bool fp8_gemv_sweep = false;  // --fp8-gemv-sweep: decode sizes only, every fp8_gemv variant timed
+
 void bench_fp8_gemms(cuda::GemmContext& ctx) {
   measure_fp8_ceiling(ctx);
   ctx.set_gemv(false);
@@ -253,7 +257,8 @@ void bench_fp8_gemms(cuda::GemmContext& ctx) {
   };
   const std::vector<Proj> projs = {{"qkv", 6144, 4096}, {"o_proj", 4096, 4096}, {"gate_up", 28672, 4096},
                                    {"down", 4096, 14336}};
-  const std::vector<int64_t> ms = {1, 2, 4, 8, 32, 64, 128, 256, 4096, 8192};
+  const std::vector<int64_t> ms = fp8_gemv_sweep ? std::vector<int64_t>{1, 2, 4, 8}
+                                                 : std::vector<int64_t>{1, 2, 4, 8, 32, 64, 128, 256, 4096, 8192};
   for (const Proj& p : projs) {
     const size_t w_bytes = static_cast<size_t>(p.n * p.k * 2);
     const size_t copies = std::clamp<size_t>((size_t{200} << 20) / w_bytes + 1, 1, 8);
@@ -311,6 +316,20 @@ void bench_fp8_gemms(cuda::GemmContext& ctx) {
                          sw.view(DType::F32, {p.n}), {});
         });
         record(std::string("fp8-gemv ") + p.name, shape, fp8_gemv_us, flops, fp8_bytes, fp8_ceiling_tflops);
+        if (fp8_gemv_sweep) {  // each variant of the kernel (fp8_gemv.cuh), the default above
+          const int before = cuda::fp8_gemv_variant();
+          for (int v = 0; v < cuda::fp8_gemv_variants(); ++v) {
+            cuda::set_fp8_gemv_variant(v);
+            const double us = median_us([&](int i) {
+              cuda::fp8_gemv(out.view(DType::BF16, {m, p.n}), a8.view(DType::F8E4M3, {m, p.k}), sa.view(DType::F32, {m}),
+                             ws8[static_cast<size_t>(i) % copies]->view(DType::F8E4M3, {p.n, p.k}),
+                             sw.view(DType::F32, {p.n}), {});
+            });
+            record(std::string("fp8-gemv-v") + std::to_string(v) + " " + p.name, shape, us, flops, fp8_bytes,
+                   fp8_ceiling_tflops);
+          }
+          cuda::set_fp8_gemv_variant(before);
+        }
         std::printf("%-12s %-30s fp8-gemv %.2fx fp8 (cuBLASLt), %.2fx bf16-gemv\n", p.name, shape.c_str(),
                     fp8_us / fp8_gemv_us, gemv_us / fp8_gemv_us);
       }
@@ -431,6 +450,8 @@ int main(int argc, char** argv) {
       json = argv[++i];
     else if (std::string(argv[i]) == "--gemm-only")
       gemm_only = true;
+    else if (std::string(argv[i]) == "--fp8-gemv-sweep")
+      fp8_gemv_sweep = true;
   }
   try {
     cudaDeviceProp prop{};
@@ -438,9 +459,9 @@ int main(int argc, char** argv) {
     std::printf("device: %s, %d SMs, %.0f MB L2\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
     cuda::GemmContext ctx;
     measure_ceilings(ctx);
-    bench_gemms(ctx);
+    if (!fp8_gemv_sweep) bench_gemms(ctx);
     bench_fp8_gemms(ctx);
-    if (!gemm_only) bench_elementwise();
+    if (!gemm_only && !fp8_gemv_sweep) bench_elementwise();
     CUDA_CHECK(cudaDeviceSynchronize());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_ops: %s\n", e.what());

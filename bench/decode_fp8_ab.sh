@@ -30,10 +30,11 @@ grep -aE -A12 "FAILED|SKIPPED" "$logs/cuda_test_kv_fp8.log" | head -n 40
 if command -v compute-sanitizer > /dev/null; then
   for tool in memcheck racecheck; do
     start=$SECONDS
-    # At most 150 s each (racecheck is slow): a run cut short by the limit is reported, not failed.
-    timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 9 "$carry/bin/cuda_test_kv_fp8" "cuda paged_decode_fp8*" \
+    # At most $STEM_SANITIZE_LIMIT s each (default 150; racecheck is slow): a run cut short by the
+    # limit is reported, not failed.
+    timeout "${STEM_SANITIZE_LIMIT:-150}" compute-sanitizer --tool "$tool" --error-exitcode 9 "$carry/bin/cuda_test_kv_fp8" "cuda paged_decode_fp8*" \
       > "$logs/sanitize_$tool.log" 2>&1
-    case $? in 0) ;; 124) echo "  ($tool stopped at 150 s; its errors so far: $(grep -ac '========= ' "$logs/sanitize_$tool.log"))" ;; *) rc=1 ;; esac
+    case $? in 0) ;; 124) echo "  ($tool stopped at ${STEM_SANITIZE_LIMIT:-150} s; its errors so far: $(grep -ac '========= ' "$logs/sanitize_$tool.log"))" ;; *) rc=1 ;; esac
     echo "compute-sanitizer $tool, paged_decode_fp8: $(grep -aE 'ERROR SUMMARY|All tests passed|test cases' "$logs/sanitize_$tool.log" | tr '\n' ' ') ($((SECONDS - start)) s)"
   done
 else

@@ -1,6 +1,11 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <atomic>
+#include <cstdlib>
+#include <string>
+#include <utility>
+
 #include "kernels/cpu/rows.h"
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/cuda_check.cuh"
@@ -11,18 +16,22 @@ namespace stem::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
-// Output features per warp: each `a` vector widened serves all of them. Four, not gemv's two: an
-// E4M3 weight vector holds 16 values to widen and multiply for the bytes of gemv's 8, and `a` is
-// widened too, so the widening of `a` is spread over more rows here. Not yet measured: per 16
-// weight bytes a lane issues about 24 widening instructions, 24·M/4 for `a` and 16·M FMAs, so at
-// M = 4 the SM's issue rate may bound the kernel before the memory does (then the cutoff in
-// gemm.cuh, kFp8GemvRows, comes down, or the widening gets cheaper).
-constexpr int kRowsPerWarp = 4;
-constexpr int kRowsPerBlock = kThreads / 32 * kRowsPerWarp;
-constexpr int kSteps = 2;  // weight loads in flight per row and lane (16 bytes each): 8 a lane, as gemv's
 constexpr int kCodes = 16;  // E4M3 values in one 16-byte load
-static_assert(kFp8GemvMaxRows * kRowsPerWarp <= 32, "one lane stores each of a warp's results");
+
+// The kernel's shapes (fp8_gemv_variant): output features per warp (R; each `a` vector widened
+// serves all of them), 16-byte weight loads in flight per row and lane (S), warps per block (W),
+// and whether a warp loads its first weights before the PDL wait (weights are no kernel's output,
+// so their first loads may overlap the kernel before: Early). Variant 0 is the kernel measured in
+// the fifth session (bench/RESULTS.md); the others are the sweep's (bench_ops --fp8-gemv-sweep).
+struct Variant {
+  int rows, steps, warps;
+  bool early;
+};
+constexpr Variant kVariants[] = {
+    {4, 2, 8, false}, {4, 2, 8, true}, {4, 4, 8, true}, {2, 4, 8, true}, {2, 4, 4, true}, {4, 4, 4, true},
+};
+constexpr int kVariantCount = sizeof(kVariants) / sizeof(kVariants[0]);
+static_assert(kFp8GemvMaxRows * 4 <= 32, "one lane stores each of a warp's results");
 
 // Weights are read once per step: keep them out of L1, where the rows of `a` that every warp
 // reads again stay.
@@ -49,47 +58,55 @@ __device__ __forceinline__ void widen(const uint4& raw, float (&v)[kCodes]) {
     }
 }
 
-// One warp computes kRowsPerWarp output features for all M rows: lanes stride over K in 16-code
-// vectors (a warp reads 512 contiguous bytes of each weight row per step), then reduce by shuffles.
-// A product of two E4M3 values has at most 8 significant bits and lies within 2^-18..448², so
-// fmaf rounds only the sum: products exact, summed in f32, as the twin.
-template <int M>
-__global__ void __launch_bounds__(kThreads)
+// One warp computes R output features for all M rows: lanes stride over K in 16-code vectors (a
+// warp reads 512 contiguous bytes of each weight row per step), then reduce by shuffles. A product
+// of two E4M3 values has at most 8 significant bits and lies within 2^-18..448², so fmaf rounds
+// only the sum: products exact, summed in f32, as the twin.
+template <int M, int R, int S, int W, bool kEarly>
+__global__ void __launch_bounds__(W * 32)
     fp8_gemv_kernel(bf16* out, int64_t ldo, const uint8_t* a, int64_t lda, const float* a_scale, const uint8_t* w,
                     int64_t ldw, const float* w_scale, const bf16* bias, int64_t N, int64_t K) {
+  static_assert(M * R <= 32, "one lane stores each of a warp's results");
   const int lane = threadIdx.x % 32;
-  const int64_t n0 = (blockIdx.x * int64_t{kThreads} + threadIdx.x) / 32 * kRowsPerWarp;
+  const int64_t n0 = (blockIdx.x * int64_t{W * 32} + threadIdx.x) / 32 * R;
+  const uint8_t* rows[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) rows[r] = w + (n0 + r < N ? n0 + r : N - 1) * ldw;  // a past-the-end row re-reads the last
+
+  // S loop steps of weights are loaded before any of them is used, written out as in gemv.cu
+  // (where `#pragma unroll` alone kept the loads next to their uses).
+  uint4 raw[S][R];
+  auto load = [&](int64_t k0) {
+#pragma unroll
+    for (int u = 0; u < S; ++u)
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        raw[u][r] = k0 + u * 32 * kCodes < K ? load_streaming(rows[r] + k0 + u * 32 * kCodes) : uint4{};
+  };
+  const int64_t first = lane * kCodes;
+  if (kEarly && n0 < N) load(first);
   // `a` and a_scale are the kernel before's output.
   pdl_wait();
   pdl_launch_dependents();
   if (n0 >= N) return;
-  const uint8_t* rows[kRowsPerWarp];
-#pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) rows[r] = w + (n0 + r < N ? n0 + r : N - 1) * ldw;  // a past-the-end row re-reads the last
+  if (!kEarly) load(first);
 
-  // kSteps loop steps of weights are loaded before any of them is used, written out as in gemv.cu
-  // (where `#pragma unroll` alone kept the loads next to their uses).
-  float acc[M][kRowsPerWarp] = {};
-  for (int64_t k0 = lane * kCodes; k0 < K; k0 += kSteps * 32 * kCodes) {
-    uint4 raw[kSteps][kRowsPerWarp];
+  float acc[M][R] = {};
+  for (int64_t k0 = first; k0 < K; k0 += S * 32 * kCodes) {
+    if (k0 != first) load(k0);
 #pragma unroll
-    for (int u = 0; u < kSteps; ++u)
-#pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r)
-        raw[u][r] = k0 + u * 32 * kCodes < K ? load_streaming(rows[r] + k0 + u * 32 * kCodes) : uint4{};
-#pragma unroll
-    for (int u = 0; u < kSteps; ++u) {
+    for (int u = 0; u < S; ++u) {
       const int64_t k = k0 + u * 32 * kCodes;
       if (k >= K) break;
-      float wv[kRowsPerWarp][kCodes];
+      float wv[R][kCodes];
 #pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) widen(raw[u][r], wv[r]);
+      for (int r = 0; r < R; ++r) widen(raw[u][r], wv[r]);
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float av[kCodes];
         widen(*reinterpret_cast<const uint4*>(a + m * lda + k), av);
 #pragma unroll
-        for (int r = 0; r < kRowsPerWarp; ++r)
+        for (int r = 0; r < R; ++r)
 #pragma unroll
           for (int j = 0; j < kCodes; ++j) acc[m][r] = fmaf(av[j], wv[r][j], acc[m][r]);
       }
@@ -98,14 +115,14 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int m = 0; m < M; ++m)
 #pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
+    for (int r = 0; r < R; ++r) {
       float x = acc[m][r];
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
       // Lane m·R + r writes that result, so that the stores of one warp go out together. The
       // twin's order: sum · (a_scale · w_scale) + bias (0 without one), each step rounded in f32
       // (no fused multiply-add), then one rounding to bf16.
-      if (lane == m * kRowsPerWarp + r && n0 + r < N) {
+      if (lane == m * R + r && n0 + r < N) {
         const int64_t n = n0 + r;
         const float scaled = __fmul_rn(x, __fmul_rn(a_scale[m], w_scale[n]));
         const float b = bias != nullptr ? __bfloat162float(bias[n]) : 0.f;
@@ -114,31 +131,55 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+struct Args {
+  bf16* o;
+  int64_t ldo;
+  const uint8_t* a;
+  int64_t lda;
+  const float* sa;
+  const uint8_t* w;
+  int64_t ldw;
+  const float* sw;
+  const bf16* b;
+  int64_t N, K;
+};
+
+template <int M, int V>
+void launch_variant(const Args& x, cudaStream_t stream) {
+  constexpr Variant v = kVariants[V];
+  const auto grid = static_cast<unsigned>((x.N + v.rows * v.warps - 1) / (v.rows * v.warps));
+  launch_pdl(fp8_gemv_kernel<M, v.rows, v.steps, v.warps, v.early>, grid, v.warps * 32, 0, stream, x.o, x.ldo, x.a,
+             x.lda, x.sa, x.w, x.ldw, x.sw, x.b, x.N, x.K);
+}
+
+template <int M, int... V>
+void launch_m(int variant, const Args& x, cudaStream_t stream, std::integer_sequence<int, V...>) {
+  ((variant == V ? launch_variant<M, V>(x, stream) : void()), ...);
+}
+
+template <int... M>
+void launch_rows(int64_t rows, int variant, const Args& x, cudaStream_t stream, std::integer_sequence<int, M...>) {
+  ((rows == M + 1 ? launch_m<M + 1>(variant, x, stream, std::make_integer_sequence<int, kVariantCount>()) : void()), ...);
+}
+
+std::atomic<int> g_variant{-1};  // -1: not chosen yet (STEM_FP8_GEMV_VARIANT, else 0)
+
 void launch(const TensorView& out, const TensorView& a, const TensorView& a_scale, const TensorView& w,
             const TensorView& w_scale, const TensorView& bias, cudaStream_t stream) {
-  const int64_t M = a.shape[0], N = w.shape[0], K = w.shape[1];
-  const auto grid = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
-  bf16* o = out.ptr<bf16>();
-  const bf16* b = bias.empty() ? nullptr : bias.ptr<bf16>();
-  const int64_t ldo = cpu::row_stride(out), lda = cpu::row_stride(a), ldw = cpu::row_stride(w);
-  const uint8_t *ap = a.ptr<uint8_t>(), *wp = w.ptr<uint8_t>();
-  const float *sa = a_scale.ptr<float>(), *sw = w_scale.ptr<float>();
-  switch (M) {
-#define STEM_FP8_GEMV_CASE(m)                                                                                   \
-  case m:                                                                                                       \
-    launch_pdl(fp8_gemv_kernel<m>, grid, kThreads, 0, stream, o, ldo, ap, lda, sa, wp, ldw, sw, b, N, K); \
-    break;
-    STEM_FP8_GEMV_CASE(1)
-    STEM_FP8_GEMV_CASE(2)
-    STEM_FP8_GEMV_CASE(3)
-    STEM_FP8_GEMV_CASE(4)
-    STEM_FP8_GEMV_CASE(5)
-    STEM_FP8_GEMV_CASE(6)
-    STEM_FP8_GEMV_CASE(7)
-    STEM_FP8_GEMV_CASE(8)
-#undef STEM_FP8_GEMV_CASE
-    default: STEM_CHECK(false, "fp8_gemv takes 1 to ", kFp8GemvMaxRows, " rows, got ", M);
-  }
+  const int64_t M = a.shape[0];
+  STEM_CHECK(M >= 1 && M <= kFp8GemvMaxRows, "fp8_gemv takes 1 to ", kFp8GemvMaxRows, " rows, got ", M);
+  const Args x{out.ptr<bf16>(),
+               cpu::row_stride(out),
+               a.ptr<uint8_t>(),
+               cpu::row_stride(a),
+               a_scale.ptr<float>(),
+               w.ptr<uint8_t>(),
+               cpu::row_stride(w),
+               w_scale.ptr<float>(),
+               bias.empty() ? nullptr : bias.ptr<bf16>(),
+               w.shape[0],
+               w.shape[1]};
+  launch_rows(M, fp8_gemv_variant(), x, stream, std::make_integer_sequence<int, kFp8GemvMaxRows>());
 }
 
 // Rows read kCodes E4M3 values at a time: a 16-byte aligned start, rows and row strides in whole
@@ -157,6 +198,30 @@ void check_code_vector_rows(const TensorView& v, const char* name) {
 }
 
 }  // namespace
+
+int fp8_gemv_variants() { return kVariantCount; }
+
+int fp8_gemv_variant() {
+  int v = g_variant.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("STEM_FP8_GEMV_VARIANT");
+    v = 0;
+    if (env != nullptr && *env != '\0') {
+      char* end = nullptr;
+      const long parsed = std::strtol(env, &end, 10);
+      STEM_CHECK(*end == '\0' && parsed >= 0 && parsed < kVariantCount, "STEM_FP8_GEMV_VARIANT: '", env,
+                 "' is not a variant number, 0 to ", kVariantCount - 1);
+      v = static_cast<int>(parsed);
+    }
+    g_variant.store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
+void set_fp8_gemv_variant(int variant) {
+  STEM_CHECK(variant >= 0 && variant < kVariantCount, "fp8_gemv variant ", variant, " is not 0 to ", kVariantCount - 1);
+  g_variant.store(variant, std::memory_order_relaxed);
+}
 
 bool fp8_gemv_accepts(const TensorView& out, const TensorView& a, const TensorView& w) {
   (void)out;

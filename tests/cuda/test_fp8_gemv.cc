@@ -120,6 +120,20 @@ TEST_CASE("cuda FP8 gemv matches the CPU twin for 1 to 8 rows, alone and through
     gpu_test::report_error(label + " (error/bound)", worst);
     CHECK(bad == 0);
 
+    // Every variant of the kernel (its shape: rows per warp, loads in flight, warps per block, early
+    // loads) sums in the same order: the same bits as the default's.
+    {
+      const int before = cuda::fp8_gemv_variant();
+      for (int v = 0; v < cuda::fp8_gemv_variants(); ++v) {
+        cuda::set_fp8_gemv_variant(v);
+        d_out.poison();
+        cuda::fp8_gemv(d_out.view(DType::BF16, {m, n}), a_v, as_v, w_v, ws_v, bias_v);
+        INFO("variant " << v);
+        CHECK(gpu_test::download_f32(d_out, DType::BF16, m * n) == got);
+      }
+      cuda::set_fp8_gemv_variant(before);
+    }
+
     // Into the right half of a wider out (row stride 2N): the left half stays poisoned.
     DeviceBuffer d_wide(static_cast<size_t>(m * 2 * n) * 2);
     d_wide.poison();
