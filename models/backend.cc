@@ -1,7 +1,11 @@
 #include "models/backend.h"
 
 #include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
 
+#include "base/weights.h"
 #include "kernels/cpu/token_logprob.h"
 #include "kernels/cpu/token_mask.h"
 
@@ -163,6 +167,19 @@ bool wants_fp8(const ModelConfig& config, const BackendOptions& options) {
   if (!options.quantization.empty() && options.quantization != "fp8")
     throw Error("quantization '" + options.quantization + "' is not supported (fp8)");
   return options.quantization == "fp8" || config.quantization == "fp8";
+}
+
+std::vector<LargeKeyBias> large_key_biases(const ModelConfig& config, const WeightStore& weights, float limit) {
+  std::vector<LargeKeyBias> out;
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    const std::string name = "model.layers." + std::to_string(l) + ".self_attn.k_proj.bias";
+    if (!weights.has(name)) continue;
+    const Tensor bias = weights.load_f32(name, {config.kv_dim()});
+    float max_abs = 0.f;
+    for (int64_t i = 0; i < bias.numel(); ++i) max_abs = std::max(max_abs, std::abs(bias.ptr<float>()[i]));
+    if (max_abs >= limit) out.push_back({l, max_abs});
+  }
+  return out;
 }
 
 bool kv_cache_fp8(const std::string& kv_cache_dtype) {

@@ -177,6 +177,21 @@ struct BackendOptions {
 // Whether the KV cache is FP8 (kv_cache_dtype "fp8"); refuses any value but auto, bf16 and fp8.
 bool kv_cache_fp8(const std::string& kv_cache_dtype);
 
+// The FP8 KV cache keeps each value to 3 significant bits of its own size (a scale per token and
+// KV head, E4M3 codes), so a key channel whose bias is large against the token's own part of it
+// loses that part: Qwen2.5's first layers carry key biases up to 354 against a token-dependent
+// part of about 1 (E4M3's steps there are 32), and Qwen2.5-Coder-1.5B's long-context accuracy
+// fell from 58.4 to under 20 with --kv-cache-dtype fp8 (bench/RESULTS.md). Returns (layer, largest
+// |k_proj bias|) for each layer whose key bias reaches `limit` (none for models without biases).
+struct LargeKeyBias {
+  int64_t layer;
+  float max_abs;
+};
+std::vector<LargeKeyBias> large_key_biases(const ModelConfig& config, const WeightStore& weights, float limit);
+// The limit the engine warns at: from 16 on, E4M3's steps are 2 or more, larger than the
+// token-dependent part of a key channel in the models measured (about 1).
+constexpr float kFp8KvKeyBiasLimit = 16.f;
+
 // Whether the model runs in FP8: asked for, or an FP8 checkpoint. Refuses any other quantization.
 bool wants_fp8(const ModelConfig& config, const BackendOptions& options);
 // Refuses FP8 on a GPU of compute capability below 8.9 (FP8 tensor cores came with Ada and

@@ -216,3 +216,34 @@ TEST_CASE("fp8 kv: auto and bf16 are today's cache; an unknown KV dtype is refus
   o.kv_cache_dtype = "fp8_e5m2";
   CHECK_THROWS_WITH(Engine(fixture("llama-gqa"), o), Contains("kv_cache_dtype 'fp8_e5m2'"));
 }
+
+TEST_CASE("fp8 kv: the layers whose key biases the FP8 cache would lose are found, each with its largest |bias|") {
+  const fs::path dir = fixture("qwen2-bias");
+  const ModelConfig c = load_model_config(dir);
+  const WeightStore w(dir);
+  // Each layer's largest |k_proj bias|, read here on its own.
+  std::vector<float> largest;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const Tensor b = w.load_f32("model.layers." + std::to_string(l) + ".self_attn.k_proj.bias", {c.kv_dim()});
+    float m = 0.f;
+    for (int64_t i = 0; i < b.numel(); ++i) m = std::max(m, std::abs(b.ptr<float>()[i]));
+    largest.push_back(m);
+  }
+  REQUIRE(c.num_hidden_layers >= 2);
+  // A limit at the smaller of two layers' maxima reports the larger and itself, not a layer below it.
+  const float lo = std::min(largest[0], largest[1]);
+  const std::vector<LargeKeyBias> some = large_key_biases(c, w, lo);
+  std::vector<int64_t> expected;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    if (largest[static_cast<size_t>(l)] >= lo) expected.push_back(l);
+  REQUIRE(some.size() == expected.size());
+  for (size_t i = 0; i < some.size(); ++i) {
+    CHECK(some[i].layer == expected[i]);
+    CHECK(some[i].max_abs == largest[static_cast<size_t>(some[i].layer)]);
+  }
+  // The fixture's biases are small random values: nothing at the engine's limit.
+  CHECK(large_key_biases(c, w, kFp8KvKeyBiasLimit).empty());
+  // A model without biases has none to report, at any limit.
+  const fs::path plain = fixture("llama-gqa");
+  CHECK(large_key_biases(load_model_config(plain), WeightStore(plain), 0.f).empty());
+}
