@@ -19,17 +19,22 @@ namespace stem {
 namespace {
 
 // --kv-cache-dtype fp8 on a model whose key biases are large (models/backend.h, large_key_biases):
-// served as asked, with a warning that names the layers.
-void warn_fp8_kv_key_biases(const ModelConfig& config, const WeightStore& weights) {
-  const std::vector<LargeKeyBias> large = large_key_biases(config, weights, kFp8KvKeyBiasLimit);
-  if (large.empty()) return;
-  std::string layers;
-  for (const LargeKeyBias& b : large) layers += (layers.empty() ? "" : ", ") + fmt::format("{} ({:.0f})", b.layer, b.max_abs);
-  spdlog::warn("--kv-cache-dtype fp8: the key biases of layers {} (largest |bias| in parentheses) are large against "
-               "the token's own part of a key, which the FP8 cache's 3 significant bits lose there; long-context "
-               "accuracy may drop sharply (Qwen2.5-Coder-1.5B: RULER-style 32K average 58.4 with a bf16 cache, under 20 with FP8). "
-               "Prefer --kv-cache-dtype bf16 for this model",
-               layers);
+// those layers' K/V stay unquantized, said in the log with the layers and their largest |bias|.
+std::vector<int64_t> unquantized_kv_layers(const ModelConfig& config, const WeightStore& weights, float limit) {
+  const std::vector<LargeKeyBias> large = large_key_biases(config, weights, limit);
+  std::vector<int64_t> layers;
+  std::string named;
+  for (const LargeKeyBias& b : large) {
+    layers.push_back(b.layer);
+    named += (named.empty() ? "" : ", ") + fmt::format("{} ({:.3g})", b.layer, b.max_abs);
+  }
+  if (!layers.empty())
+    spdlog::info("--kv-cache-dtype fp8: layers {} keep their K/V unquantized: their key biases (largest |bias| in "
+                 "parentheses) are large against the token's own part of a key, which E4M3's 3 significant bits "
+                 "would lose (Qwen2.5-Coder-1.5B with every layer in FP8: RULER-style 32K average under 20, against "
+                 "58.4 with a bf16 cache)",
+                 named);
+  return layers;
 }
 
 }  // namespace
@@ -65,7 +70,8 @@ Engine::Engine(const fs::path& model_dir, const EngineOptions& given)
     backend_ = make_backend(config_, nullptr, bo);
   } else {
     WeightStore weights(model_dir);
-    if (kv_cache_fp8(options.kv_cache_dtype)) warn_fp8_kv_key_biases(config_, weights);
+    if (kv_cache_fp8(options.kv_cache_dtype))
+      bo.kv_unquantized_layers = unquantized_kv_layers(config_, weights, options.kv_fp8_key_bias_limit);
     backend_ = make_backend(config_, &weights, bo);
   }
   kv_ = std::make_unique<PageAllocator>(backend_->num_pages(), backend_->page_size(), options.enable_prefix_caching);

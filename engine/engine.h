@@ -37,6 +37,9 @@ struct EngineOptions {
   double gpu_memory_fraction = 0.9;      // cuda: share of device memory for weights + KV cache
   std::string quantization;              // "fp8" (--quantization): BackendOptions::quantization
   std::string kv_cache_dtype = "auto";   // auto, bf16, fp8 (--kv-cache-dtype): BackendOptions::kv_cache_dtype
+  // With fp8: a layer whose key bias reaches this keeps its K/V unquantized (models/backend.h,
+  // large_key_biases; BackendOptions::kv_unquantized_layers). Tests lower it.
+  float kv_fp8_key_bias_limit = kFp8KvKeyBiasLimit;
   int32_t page_size = 16;
   int64_t max_model_len = 0;             // 0: the model's max_position_embeddings
   int64_t kv_cache_tokens = 0;           // 0: room for one sequence of max_model_len (cpu)

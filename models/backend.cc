@@ -188,6 +188,12 @@ bool kv_cache_fp8(const std::string& kv_cache_dtype) {
   throw Error("kv_cache_dtype '" + kv_cache_dtype + "' is not supported (auto, bf16, fp8)");
 }
 
+bool kv_layer_fp8(const BackendOptions& options, int64_t layer) {
+  if (!kv_cache_fp8(options.kv_cache_dtype)) return false;
+  const auto& skip = options.kv_unquantized_layers;
+  return std::find(skip.begin(), skip.end(), layer) == skip.end();
+}
+
 void check_fp8_gpu(int major, int minor, const std::string& gpu_name) {
   if (major * 10 + minor < 89)
     throw Error("FP8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper); " + gpu_name + " is " +

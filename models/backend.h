@@ -169,6 +169,9 @@ struct BackendOptions {
   // (CUDA: bf16; CPU: f32), "fp8": E4M3 codes with an f32 scale per (token, KV head) for K and for
   // V (kernels/cpu/kv_fp8.h), about half the bytes a token, so the pool holds about twice the tokens.
   std::string kv_cache_dtype = "auto";
+  // With kv_cache_dtype fp8: layers whose K and V stay unquantized (bf16 on the GPU, f32 on the
+  // CPU), for keys that E4M3 cannot hold (the engine fills it from large_key_biases).
+  std::vector<int64_t> kv_unquantized_layers;
   // The longest sequence the engine serves (0: the model's max_position_embeddings): the CUDA
   // backend reserves the FP8 cache's bf16 staging for one sequence of it before sizing the pool.
   int64_t max_model_len = 0;
@@ -176,20 +179,23 @@ struct BackendOptions {
 
 // Whether the KV cache is FP8 (kv_cache_dtype "fp8"); refuses any value but auto, bf16 and fp8.
 bool kv_cache_fp8(const std::string& kv_cache_dtype);
+// Whether layer `layer`'s K/V are FP8: an FP8 cache and not one of kv_unquantized_layers.
+bool kv_layer_fp8(const BackendOptions& options, int64_t layer);
 
 // The FP8 KV cache keeps each value to 3 significant bits of its own size (a scale per token and
 // KV head, E4M3 codes), so a key channel whose bias is large against the token's own part of it
 // loses that part: Qwen2.5's first layers carry key biases up to 354 against a token-dependent
 // part of about 1 (E4M3's steps there are 32), and Qwen2.5-Coder-1.5B's long-context accuracy
-// fell from 58.4 to under 20 with --kv-cache-dtype fp8 (bench/RESULTS.md). Returns (layer, largest
-// |k_proj bias|) for each layer whose key bias reaches `limit` (none for models without biases).
+// fell from 58.4 to under 20 with every layer in FP8 (bench/RESULTS.md). Returns (layer, largest
+// |k_proj bias|) for each layer whose key bias reaches `limit` (none for models without biases);
+// the engine keeps those layers' K/V unquantized (BackendOptions::kv_unquantized_layers).
 struct LargeKeyBias {
   int64_t layer;
   float max_abs;
 };
 std::vector<LargeKeyBias> large_key_biases(const ModelConfig& config, const WeightStore& weights, float limit);
-// The limit the engine warns at: from 16 on, E4M3's steps are 2 or more, larger than the
-// token-dependent part of a key channel in the models measured (about 1).
+// The engine's limit: from 16 on, E4M3's steps are 2 or more, larger than the token-dependent
+// part of a key channel in the models measured (about 1).
 constexpr float kFp8KvKeyBiasLimit = 16.f;
 
 // Whether the model runs in FP8: asked for, or an FP8 checkpoint. Refuses any other quantization.

@@ -15,8 +15,10 @@ namespace stem {
 
 // The paged KV cache as the model sees it: per layer, K and V pages [P, page_size, Hkv, D]. An
 // FP8 cache (kernels/cpu/kv_fp8.h) holds E4M3 codes there (F8E4M3) and its scales [P, page_size,
-// Hkv] in k_scale, v_scale (empty otherwise); the ops find a layer's scales by the address of its
-// codes, as they find an FP8 weight's, so the op interface stays the same.
+// Hkv] in k_scale, v_scale (empty otherwise; one per layer, an empty view for a layer the FP8 cache
+// keeps unquantized, BackendOptions::kv_unquantized_layers); the ops find a layer's scales by the
+// address of its codes, as they find an FP8 weight's, and branch on each layer's cache dtype, so the
+// op interface stays the same.
 struct KvLayers {
   std::vector<TensorView> k, v;
   std::vector<TensorView> k_scale, v_scale;

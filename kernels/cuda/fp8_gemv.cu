@@ -162,7 +162,17 @@ void launch_rows(int64_t rows, int variant, const Args& x, cudaStream_t stream, 
   ((rows == M + 1 ? launch_m<M + 1>(variant, x, stream, std::make_integer_sequence<int, kVariantCount>()) : void()), ...);
 }
 
-std::atomic<int> g_variant{-1};  // -1: not chosen yet (STEM_FP8_GEMV_VARIANT, else 0)
+constexpr int kUnread = -2, kByShape = -1;
+std::atomic<int> g_variant{kUnread};  // kUnread: STEM_FP8_GEMV_VARIANT not read yet
+
+// The variant by the number of rows, from bench_ops --fp8-gemv-sweep on the H100 (bench/RESULTS.md):
+// 2 rows a warp in blocks of 4 warps (variant 4) up to 4 rows (13% less time than variant 0 over
+// the 8B projections at M 4, 1-3% at M 1 and 2), variant 0 at 5 to 8 (8% less than variant 4 at M 8).
+int variant_for_rows(int64_t rows) {
+  const int chosen = fp8_gemv_variant();
+  if (chosen != kByShape) return chosen;
+  return rows <= 4 ? 4 : 0;
+}
 
 void launch(const TensorView& out, const TensorView& a, const TensorView& a_scale, const TensorView& w,
             const TensorView& w_scale, const TensorView& bias, cudaStream_t stream) {
@@ -179,7 +189,7 @@ void launch(const TensorView& out, const TensorView& a, const TensorView& a_scal
                bias.empty() ? nullptr : bias.ptr<bf16>(),
                w.shape[0],
                w.shape[1]};
-  launch_rows(M, fp8_gemv_variant(), x, stream, std::make_integer_sequence<int, kFp8GemvMaxRows>());
+  launch_rows(M, variant_for_rows(M), x, stream, std::make_integer_sequence<int, kFp8GemvMaxRows>());
 }
 
 // Rows read kCodes E4M3 values at a time: a 16-byte aligned start, rows and row strides in whole
@@ -203,9 +213,9 @@ int fp8_gemv_variants() { return kVariantCount; }
 
 int fp8_gemv_variant() {
   int v = g_variant.load(std::memory_order_relaxed);
-  if (v < 0) {
+  if (v == kUnread) {
     const char* env = std::getenv("STEM_FP8_GEMV_VARIANT");
-    v = 0;
+    v = kByShape;
     if (env != nullptr && *env != '\0') {
       char* end = nullptr;
       const long parsed = std::strtol(env, &end, 10);
@@ -219,7 +229,8 @@ int fp8_gemv_variant() {
 }
 
 void set_fp8_gemv_variant(int variant) {
-  STEM_CHECK(variant >= 0 && variant < kVariantCount, "fp8_gemv variant ", variant, " is not 0 to ", kVariantCount - 1);
+  STEM_CHECK(variant >= kByShape && variant < kVariantCount, "fp8_gemv variant ", variant, " is not -1 (by shape) or 0 to ",
+             kVariantCount - 1);
   g_variant.store(variant, std::memory_order_relaxed);
 }
 

@@ -27,10 +27,11 @@ bool fp8_gemv_accepts(const TensorView& out, const TensorView& a, const TensorVi
 // it adds the bias; here the bias is added before the one rounding, as the twin does.)
 // Any N; a NaN code (0x7F/0xFF) gives NaN, as in the twin.
 // The kernel's shape (fp8_gemv.cu's Variant: rows per warp, loads in flight, warps per block,
-// early weight loads), 0 .. fp8_gemv_variants() - 1: STEM_FP8_GEMV_VARIANT, read at the first
-// call, or set_fp8_gemv_variant (tests, bench_ops --fp8-gemv-sweep); default 0. Every variant
-// computes the same sums in the same order (each lane's strided products, then the warp's
-// shuffle reduction), so they give the same bits.
+// early weight loads), 0 .. fp8_gemv_variants() - 1, or -1: chosen by the number of rows (the
+// default, from the H100 sweep in bench/RESULTS.md). STEM_FP8_GEMV_VARIANT, read at the first call,
+// or set_fp8_gemv_variant (tests, bench_ops --fp8-gemv-sweep) fix one. Every variant computes the
+// same sums in the same order (each lane's strided products, then the warp's shuffle reduction),
+// so they give the same bits.
 int fp8_gemv_variants();
 int fp8_gemv_variant();
 void set_fp8_gemv_variant(int variant);

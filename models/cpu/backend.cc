@@ -84,6 +84,7 @@ class CpuOps final : public ModelOps {
   // FP8 KV cache: each layer's scales, found by the address of its codes.
   void set_kv_scales(const KvLayers& kv) {
     for (size_t l = 0; l < kv.k_scale.size(); ++l) {
+      if (kv.k_scale[l].empty()) continue;  // an unquantized layer of an FP8 cache
       kv_scales_[kv.k[l].data] = kv.k_scale[l];
       kv_scales_[kv.v[l].data] = kv.v_scale[l];
     }
@@ -180,12 +181,15 @@ class CpuBackend final : public ModelBackend {
     load_weights(table, weights_, c, w, nullptr);
     ops_.set_fp8_scales(weights_);
     kv_fp8_ = kv_cache_fp8(o.kv_cache_dtype);
-    const DType kv_dtype = kv_fp8_ ? DType::F8E4M3 : DType::F32;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
       for (auto* pool : {&k_, &v_}) {
-        pool->emplace_back(kv_dtype, std::vector<int64_t>{o.num_pages, o.page_size, c.num_key_value_heads, c.head_dim});
+        // An FP8 cache's unquantized layers (kv_unquantized_layers) stay f32, with an empty scale view.
+        const bool fp8 = kv_layer_fp8(o, l);
+        pool->emplace_back(fp8 ? DType::F8E4M3 : DType::F32,
+                           std::vector<int64_t>{o.num_pages, o.page_size, c.num_key_value_heads, c.head_dim});
         (pool == &k_ ? kv_.k : kv_.v).push_back(pool->back().view());
-        if (!kv_fp8_) continue;
+        if (kv_fp8_ && !fp8) (pool == &k_ ? kv_.k_scale : kv_.v_scale).push_back(TensorView());
+        if (!fp8) continue;
         // Scales of 1 and codes of 0: pages nothing wrote yet hold zeros, as the f32 pool's.
         Tensor scale(DType::F32, {o.num_pages, o.page_size, c.num_key_value_heads});
         std::fill_n(scale.view().ptr<float>(), scale.numel(), 1.f);

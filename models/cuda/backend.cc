@@ -100,11 +100,18 @@ class CudaBackend final : public CudaModelBackend {
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
 
     // bf16: 2 bytes an element. FP8: 1 byte an element and an f32 scale per KV head (each layer's
-    // scale arrays rounded up to 256 bytes, counted below).
-    kv_bytes_per_token_ = static_cast<size_t>(c.num_hidden_layers) * 2 *
-                          (kv_fp8_ ? c.kv_dim() + c.num_key_value_heads * 4 : c.kv_dim() * 2);
+    // scale arrays rounded up to 256 bytes, counted below); an FP8 cache's unquantized layers
+    // (BackendOptions::kv_unquantized_layers) bf16.
+    std::vector<bool> fp8_layer;
+    int64_t fp8_layers = 0;
+    kv_bytes_per_token_ = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      fp8_layer.push_back(kv_layer_fp8(o, l));
+      fp8_layers += fp8_layer.back();
+      kv_bytes_per_token_ += 2 * static_cast<size_t>(fp8_layer.back() ? c.kv_dim() + c.num_key_value_heads * 4 : c.kv_dim() * 2);
+    }
     const size_t page_bytes = kv_bytes_per_token_ * static_cast<size_t>(page_size_);
-    const size_t layer_slack = kv_fp8_ ? static_cast<size_t>(c.num_hidden_layers) * 2 * 256 : 0;
+    const size_t layer_slack = static_cast<size_t>(fp8_layers) * 2 * 256;
     num_pages_ = o.num_pages;
     size_t free = 0, total = 0;
     CUDA_CHECK(cudaMemGetInfo(&free, &total));
@@ -118,32 +125,41 @@ class CudaBackend final : public CudaModelBackend {
                  " MiB, in use ", (total - free) >> 20, " MiB of ", total >> 20, " MiB, gpu_memory_fraction ",
                  o.gpu_memory_fraction);
     }
+    // Per layer, K then V: bf16 values, or FP8 codes followed by their scales [P, page_size, Hkv].
+    // Every part is a multiple of 256 bytes (pages of 16 tokens times a multiple of 16 elements).
     const size_t slots = static_cast<size_t>(num_pages_) * page_size_;
-    const size_t layer_bytes = slots * c.kv_dim() * (kv_fp8_ ? 1 : 2);
-    const size_t scale_bytes = kv_fp8_ ? (slots * c.num_key_value_heads * 4 + 255) / 256 * 256 : 0;
-    const size_t layers2 = 2 * static_cast<size_t>(c.num_hidden_layers);
-    kv_ = DeviceMemory(layers2 * (layer_bytes + scale_bytes), "the KV cache");
+    const size_t bf16_bytes = slots * c.kv_dim() * 2, code_bytes = slots * c.kv_dim();
+    const size_t scale_bytes = (slots * c.num_key_value_heads * 4 + 255) / 256 * 256;
+    size_t kv_total = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) kv_total += 2 * (fp8_layer[l] ? code_bytes + scale_bytes : bf16_bytes);
+    kv_ = DeviceMemory(kv_total, "the KV cache");
     // Zeroed so that pages nothing has written yet (padding rows of a graph read page 0) hold finite
     // values (FP8: codes 0 and scales 0).
     CUDA_CHECK(cudaMemsetAsync(kv_.get(), 0, kv_.bytes(), stream_.get()));
+    size_t at = 0;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
       for (int which = 0; which < 2; ++which) {
-        const size_t i = 2 * static_cast<size_t>(l) + which;
+        const bool fp8 = fp8_layer[l];
         (which ? kv_layers_.v : kv_layers_.k)
-            .push_back(TensorView(kv_.bytes_ptr(i * layer_bytes), kv_fp8_ ? DType::F8E4M3 : DType::BF16,
+            .push_back(TensorView(kv_.bytes_ptr(at), fp8 ? DType::F8E4M3 : DType::BF16,
                                   {num_pages_, page_size_, c.num_key_value_heads, c.head_dim}));
-        // FP8: the scales [P, page_size, Hkv] after every layer's codes.
-        if (kv_fp8_)
-          (which ? kv_layers_.v_scale : kv_layers_.k_scale)
-              .push_back(TensorView(kv_.bytes_ptr(layers2 * layer_bytes + i * scale_bytes), DType::F32,
-                                    {num_pages_, page_size_, c.num_key_value_heads}));
+        at += fp8 ? code_bytes : bf16_bytes;
+        if (!kv_fp8_) continue;
+        (which ? kv_layers_.v_scale : kv_layers_.k_scale)
+            .push_back(fp8 ? TensorView(kv_.bytes_ptr(at), DType::F32, {num_pages_, page_size_, c.num_key_value_heads})
+                           : TensorView());
+        if (fp8) at += scale_bytes;
       }
+    STEM_CHECK(at == kv_total, "CUDA backend: the KV cache's layout is ", at, " bytes, allocated ", kv_total);
     ops_.set_kv_scales(kv_layers_);
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     warm_up();
+    std::string kv_kind = kv_fp8_ ? "FP8 E4M3 with a scale per token and KV head" : "bf16";
+    if (kv_fp8_ && fp8_layers < c.num_hidden_layers)
+      kv_kind += ", " + std::to_string(c.num_hidden_layers - fp8_layers) + " layers in bf16";
     spdlog::info("cuda backend: weights {} MiB, activations {} MiB, KV cache {} pages of {} tokens ({} MiB, {}), {} MiB free",
-                 weights_.bytes() >> 20, ws_.bytes() >> 20, num_pages_, page_size_, kv_.bytes() >> 20,
-                 kv_fp8_ ? "FP8 E4M3 with a scale per token and KV head" : "bf16", (free - kv_.bytes()) >> 20);
+                 weights_.bytes() >> 20, ws_.bytes() >> 20, num_pages_, page_size_, kv_.bytes() >> 20, kv_kind,
+                 (free - kv_.bytes()) >> 20);
   }
 
   ~CudaBackend() override { cudaStreamSynchronize(stream_.get()); }
@@ -180,11 +196,20 @@ class CudaBackend final : public CudaModelBackend {
   void fill_kv_random(uint64_t seed) override {
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     if (!kv_fp8_) return fill_random_bf16(kv_.get(), kv_.bytes() / 2, seed);
-    // Codes of N(0, 1) values, every scale 0x3C3C3C3C (about 0.0115): N(0, 0.0115) keys and values.
-    const auto codes = static_cast<size_t>(static_cast<const char*>(kv_layers_.k_scale[0].data) -
-                                           static_cast<const char*>(kv_.get()));
-    fill_random_fp8(kv_.get(), codes, seed);
-    CUDA_CHECK(cudaMemset(kv_.bytes_ptr(codes), 0x3C, kv_.bytes() - codes));
+    // FP8 layers: codes of N(0, 1) values, every scale 0x3C3C3C3C (about 0.0115): N(0, 0.0115) keys
+    // and values. Unquantized layers: bf16 as above.
+    for (size_t i = 0; i < 2 * kv_layers_.k.size(); ++i) {
+      const size_t l = i / 2;
+      const TensorView& cache = i % 2 ? kv_layers_.v[l] : kv_layers_.k[l];
+      const TensorView& scale = i % 2 ? kv_layers_.v_scale[l] : kv_layers_.k_scale[l];
+      const uint64_t s = seed + i;
+      if (cache.dtype != DType::F8E4M3) {
+        fill_random_bf16(cache.data, static_cast<size_t>(cache.numel()), s);
+        continue;
+      }
+      fill_random_fp8(cache.data, static_cast<size_t>(cache.numel()), s);
+      CUDA_CHECK(cudaMemset(scale.data, 0x3C, static_cast<size_t>(scale.numel()) * 4));
+    }
   }
 
   void forward(const ForwardBatch& batch, Tensor& logits) override {

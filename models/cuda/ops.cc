@@ -88,6 +88,7 @@ void CudaOps::matmul(const TensorView& out, const TensorView& a, const TensorVie
 void CudaOps::set_kv_scales(const KvLayers& kv) {
   kv_scales_.clear();
   for (size_t l = 0; l < kv.k_scale.size(); ++l) {
+    if (kv.k_scale[l].empty()) continue;  // an unquantized layer of an FP8 cache
     kv_scales_[kv.k[l].data] = kv.k_scale[l];
     kv_scales_[kv.v[l].data] = kv.v_scale[l];
   }

@@ -54,7 +54,8 @@ constexpr double kFp8KvVsBf16Kv = 0.15;
 constexpr double kFp8KvVsCpuFp8Kv = 0.15;
 
 std::unique_ptr<ModelBackend> make(const std::filesystem::path& dir, const std::string& device, bool fp8,
-                                   int64_t num_pages, int32_t page_size, const std::string& kv_cache_dtype = "auto") {
+                                   int64_t num_pages, int32_t page_size, const std::string& kv_cache_dtype = "auto",
+                                   const std::vector<int64_t>& kv_unquantized_layers = {}) {
   const ModelConfig c = load_model_config(dir);
   const WeightStore store(dir);  // the backends copy the weights at load
   BackendOptions o;
@@ -63,6 +64,7 @@ std::unique_ptr<ModelBackend> make(const std::filesystem::path& dir, const std::
   o.device = device;
   if (fp8) o.quantization = "fp8";
   o.kv_cache_dtype = kv_cache_dtype;
+  o.kv_unquantized_layers = kv_unquantized_layers;
   if (device == "cpu") return make_cpu_backend(c, store, o);
   return make_cuda_model_backend(c, &store, o);
 }
@@ -297,6 +299,29 @@ TEST_CASE("cuda FP8 KV cache matches cpu FP8 KV cache (--kv-cache-dtype fp8)") {
            "model_cuda_fp8kv_vs_cpu_fp8kv " + name + " page" + std::to_string(page_size));
   const CudaBackendStats st = static_cast<CudaModelBackend&>(*gpu).stats();
   CHECK(st.graph_replays >= 8);  // the FP8 decode kernel captured into decode graphs and replayed
+}
+
+TEST_CASE("cuda FP8 KV cache with unquantized layers (large key biases): as the CPU's, and bf16 where asked") {
+  STEM_REQUIRE_GPU();
+  stem::test::TempDir tmp;
+  const ModelConfig c = write_random_model(tmp.path(), model_hd64(), 91);
+  REQUIRE(c.num_hidden_layers >= 2);
+  // Layer 0 unquantized, the others FP8: the layout of mixed layers against the CPU's twin.
+  auto gpu = make(tmp.path(), "cuda", false, 128, 16, "fp8", {0});
+  auto cpu = make(tmp.path(), "cpu", false, 128, 16, "fp8", {0});
+  run_pair(*gpu, *cpu, c, 128, 16, 191, kFp8KvVsCpuFp8Kv, "model_cuda_fp8kv_mixed_vs_cpu layer 0 bf16");
+  const size_t mixed = static_cast<CudaModelBackend&>(*gpu).stats().kv_bytes_per_token;
+  const size_t L = static_cast<size_t>(c.num_hidden_layers), kv = static_cast<size_t>(c.kv_dim());
+  CHECK(mixed == 2 * (kv * 2) + (L - 1) * 2 * (kv + static_cast<size_t>(c.num_key_value_heads) * 4));
+  // Every layer unquantized: the bf16 cache's arithmetic (GEMM plans tuned apart may differ in the
+  // last bits, so a bound far under the FP8 cache's).
+  std::vector<int64_t> all(L);
+  for (size_t l = 0; l < L; ++l) all[l] = static_cast<int64_t>(l);
+  auto none = make(tmp.path(), "cuda", false, 128, 16, "fp8", all);
+  auto bf16 = make(tmp.path(), "cuda", false, 128, 16, "bf16");
+  run_pair(*none, *bf16, c, 128, 16, 192, 0.02, "model_cuda_fp8kv_all_unquantized_vs_bf16kv");
+  CHECK(static_cast<CudaModelBackend&>(*none).stats().kv_bytes_per_token ==
+        static_cast<CudaModelBackend&>(*bf16).stats().kv_bytes_per_token);
 }
 
 TEST_CASE("cuda FP8 KV cache against cuda bf16 KV cache, and about half the bytes a token") {

@@ -247,3 +247,35 @@ TEST_CASE("fp8 kv: the layers whose key biases the FP8 cache would lose are foun
   const fs::path plain = fixture("llama-gqa");
   CHECK(large_key_biases(load_model_config(plain), WeightStore(plain), 0.f).empty());
 }
+
+TEST_CASE("fp8 kv: layers with large key biases keep their K/V unquantized; the others are FP8") {
+  const fs::path dir = fixture("qwen2-bias");
+  const ModelConfig c = load_model_config(dir);
+  const WeightStore w(dir);
+  REQUIRE(c.num_hidden_layers >= 2);
+  std::vector<float> largest;
+  for (const LargeKeyBias& b : large_key_biases(c, w, 0.f)) largest.push_back(b.max_abs);
+  REQUIRE(largest.size() == static_cast<size_t>(c.num_hidden_layers));
+  EngineOptions o;
+  o.load_tokenizer = false;
+  Engine f32(dir, o);
+  o.kv_cache_dtype = "fp8";
+  Engine fp8(dir, o);
+  // Every layer's bias at or above the limit: no layer is FP8, so the same arithmetic as the f32 cache.
+  o.kv_fp8_key_bias_limit = 0.f;
+  Engine none(dir, o);
+  // Some layers: the limit at the largest of the layers' maxima keeps that layer (or those) only.
+  o.kv_fp8_key_bias_limit = *std::max_element(largest.begin(), largest.end());
+  Engine some(dir, o);
+  REQUIRE(std::count(largest.begin(), largest.end(), o.kv_fp8_key_bias_limit) < c.num_hidden_layers);
+  for (size_t n : {9, 40}) {
+    const std::vector<int32_t> ids = tokens(n, static_cast<int32_t>(n));
+    const Tensor ref = f32.score(ids), all = fp8.score(ids), kept = none.score(ids), mixed = some.score(ids);
+    auto values = [](const Tensor& t) { return std::vector<float>(t.ptr<float>(), t.ptr<float>() + t.numel()); };
+    INFO(n << " tokens");
+    CHECK(values(kept) == values(ref));
+    CHECK(values(mixed) != values(ref));  // the other layers are FP8
+    CHECK(values(mixed) != values(all));  // and that layer is not
+    test::check_within(test::compare_logits(mixed, ref, kKvBound), kKvBound);
+  }
+}
