@@ -126,7 +126,8 @@ class CudaBackend final : public CudaModelBackend {
                  o.gpu_memory_fraction);
     }
     // Per layer, K then V: bf16 values, or FP8 codes followed by their scales [P, page_size, Hkv].
-    // Every part is a multiple of 256 bytes (pages of 16 tokens times a multiple of 16 elements).
+    // Every part starts 16-byte aligned (kv_dim is a multiple of 16; the scales are rounded up to
+    // 256 bytes), as the FP8 kernels need (check_fp8_kv_cache).
     const size_t slots = static_cast<size_t>(num_pages_) * page_size_;
     const size_t bf16_bytes = slots * c.kv_dim() * 2, code_bytes = slots * c.kv_dim();
     const size_t scale_bytes = (slots * c.num_key_value_heads * 4 + 255) / 256 * 256;
