@@ -246,28 +246,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_fp8_reg_kernel(const __gri
         const int kpos = start + t * kTileKeys + key, qp = qpos[e >> 1];
         if (kpos > qp || (p.window > 0 && qp - kpos >= p.window)) s[n][e] = -INFINITY;
       }
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const float mx = quad_max(fmaxf(fmaxf(s[0][2 * hf], s[0][2 * hf + 1]), fmaxf(s[1][2 * hf], s[1][2 * hf + 1])));
-      const float new_max = fmaxf(row_max[hf], mx * p.scale_log2);
-      const float base = new_max == -INFINITY ? 0.f : new_max;
-      const float alpha = fast_exp2(row_max[hf] - base);
-      row_max[hf] = new_max;
-      float sum = 0.f;
-#pragma unroll
-      for (int n = 0; n < 2; ++n)
-#pragma unroll
-        for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
-          s[n][e] = fast_exp2(fmaf(s[n][e], p.scale_log2, -base));
-          sum += s[n][e];
-        }
-      row_sum[hf] = row_sum[hf] * alpha + sum;
-#pragma unroll
-      for (int dn = 0; dn < D / 8; ++dn) {
-        o[dn][2 * hf] *= alpha;
-        o[dn][2 * hf + 1] *= alpha;
-      }
-    }
+    online_softmax_tile<D>(s, row_max, row_sum, o, p.scale_log2);
     // Probabilities times the value scales (and 2^8: f16 keeps its precision down to 2^-14).
 #pragma unroll
     for (int n = 0; n < 2; ++n)

@@ -138,6 +138,36 @@ struct DecodeWork {
   }
 };
 
+// One 16-key score fragment s (this warp's keys, masked to -inf) into the online softmax of
+// the thread's two rows: the running max and sum, the output fragment rescaled, and s turned into
+// the probabilities 2^(s·scale_log2 − max) that P·V takes.
+template <int D>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[2][4], float (&row_max)[2], float (&row_sum)[2],
+                                                    float (&o)[D / 8][4], float scale_log2) {
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const float mx = quad_max(fmaxf(fmaxf(s[0][2 * hf], s[0][2 * hf + 1]), fmaxf(s[1][2 * hf], s[1][2 * hf + 1])));
+    const float new_max = fmaxf(row_max[hf], mx * scale_log2);
+    const float base = new_max == -INFINITY ? 0.f : new_max;
+    const float alpha = fast_exp2(row_max[hf] - base);
+    row_max[hf] = new_max;
+    float sum = 0.f;
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
+        s[n][e] = fast_exp2(fmaf(s[n][e], scale_log2, -base));
+        sum += s[n][e];
+      }
+    row_sum[hf] = row_sum[hf] * alpha + sum;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      o[dn][2 * hf] *= alpha;
+      o[dn][2 * hf + 1] *= alpha;
+    }
+  }
+}
+
 // The end of both decode kernels: merges the four warps' online-softmax states (through s_o, the
 // stages' space) and writes the vectors' outputs (or, with splits, the partial states). col(dn, j,
 // c) is the column of output fragment o[dn][2·hf + j] in quad lane c.
@@ -311,28 +341,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_consta
           const int kpos = k0 + n * 8 + ((lane & 3) << 1) + (e & 1), qp = qpos[e >> 1];
           if (kpos > qp || (p.window > 0 && qp - kpos >= p.window)) s[n][e] = -INFINITY;
         }
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const float mx = quad_max(fmaxf(fmaxf(s[0][2 * hf], s[0][2 * hf + 1]), fmaxf(s[1][2 * hf], s[1][2 * hf + 1])));
-        const float new_max = fmaxf(row_max[hf], mx * p.scale_log2);
-        const float base = new_max == -INFINITY ? 0.f : new_max;
-        const float alpha = fast_exp2(row_max[hf] - base);
-        row_max[hf] = new_max;
-        float sum = 0.f;
-#pragma unroll
-        for (int n = 0; n < 2; ++n)
-#pragma unroll
-          for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
-            s[n][e] = fast_exp2(fmaf(s[n][e], p.scale_log2, -base));
-            sum += s[n][e];
-          }
-        row_sum[hf] = row_sum[hf] * alpha + sum;
-#pragma unroll
-        for (int dn = 0; dn < D / 8; ++dn) {
-          o[dn][2 * hf] *= alpha;
-          o[dn][2 * hf + 1] *= alpha;
-        }
-      }
+      online_softmax_tile<D>(s, row_max, row_sum, o, p.scale_log2);
       if constexpr (kFp8) {
 #pragma unroll
         for (int n = 0; n < 2; ++n)
