@@ -142,23 +142,9 @@ __global__ void __launch_bounds__(kThreads, 2) decode_fp8_reg_kernel(const __gri
   pdl_wait();
   pdl_launch_dependents();
   DecodeWork w;
-  if (!w.load(p, seq, blockIdx.y % p.mtiles)) return;
-  const int begin = split * p.chunk;
-  if (begin >= w.kv_len) return;
-  const int end = min(w.kv_len, begin + p.chunk);
-  const int k_min = p.window > 0 ? max(0, w.first_pos - p.window + 1) : 0;
-  const int start = max(begin, k_min & ~(kTileKeys - 1));
-  const int n_tiles = start < end ? (end - start + kTileKeys - 1) / kTileKeys : 0;
-
-  constexpr int kQChunks = D / 8;
-  for (int c = tid; c < kDecodeVectors * kQChunks; c += kThreads) {
-    const int r = c / kQChunks, chunk = c % kQChunks, v = w.vec0 + r;
-    const bool valid = v < w.n_vec;
-    const bf16* src = valid ? p.q + static_cast<int64_t>(w.row_begin + v / p.group) * p.q_stride +
-                                  static_cast<int64_t>(g * p.group + v % p.group) * D + chunk * 8
-                            : p.q;
-    cp_async_16(smem_u32(s_q) + tile_offset<D>(r, chunk), src, valid);
-  }
+  if (!w.load(p, seq, blockIdx.y % p.mtiles) || !w.range(p, split)) return;
+  const int start = w.start, end = w.end, n_tiles = w.n_tiles;
+  issue_q_tile<D>(p, w, g, s_q, tid);
   cp_async_commit();
 
   const int32_t* table_row = p.kv.page_table + static_cast<int64_t>(seq) * p.kv.max_pages;

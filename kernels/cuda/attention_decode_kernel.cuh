@@ -136,7 +136,35 @@ struct DecodeWork {
     first_pos = kv_len - n_rows;
     return vec0 < n_vec;
   }
+  // The keys split `split` covers: tiles from `start` (the first tile the sliding window reaches)
+  // up to `end`; false when the split starts past the context (the reduce counts only the splits
+  // that start inside it).
+  int start, end, n_tiles;
+  __device__ bool range(const DecodeParams& p, int split) {
+    const int begin = split * p.chunk;
+    if (begin >= kv_len) return false;
+    end = min(kv_len, begin + p.chunk);
+    const int k_min = p.window > 0 ? max(0, first_pos - p.window + 1) : 0;
+    start = max(begin, k_min & ~(kTileKeys - 1));
+    n_tiles = start < end ? (end - start + kTileKeys - 1) / kTileKeys : 0;
+    return true;
+  }
 };
+
+// The CTA's 16 query vectors of KV head g into s_q (bf16 rows of D, tile_offset's layout), by async
+// copies; padding vectors are zeros. The caller commits the group.
+template <int D>
+__device__ __forceinline__ void issue_q_tile(const DecodeParams& p, const DecodeWork& w, int g, bf16* s_q, int tid) {
+  constexpr int kChunks = D / 8;
+  for (int c = tid; c < kDecodeVectors * kChunks; c += kThreads) {
+    const int r = c / kChunks, chunk = c % kChunks, v = w.vec0 + r;
+    const bool valid = v < w.n_vec;
+    const bf16* src = valid ? p.q + static_cast<int64_t>(w.row_begin + v / p.group) * p.q_stride +
+                                  static_cast<int64_t>(g * p.group + v % p.group) * D + chunk * 8
+                            : p.q;
+    cp_async_16(smem_u32(s_q) + tile_offset<D>(r, chunk), src, valid);
+  }
+}
 
 // One 16-key score fragment s (this warp's keys, masked to -inf) into the online softmax of
 // the thread's two rows: the running max and sum, the output fragment rescaled, and s turned into
@@ -249,23 +277,9 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_consta
   pdl_wait();  // q and the newest K/V come from the kernels before
   pdl_launch_dependents();
   DecodeWork w;
-  if (!w.load(p, seq, blockIdx.y % p.mtiles)) return;
-  const int begin = split * p.chunk;
-  if (begin >= w.kv_len) return;  // the reduce counts only the splits that start inside the context
-  const int end = min(w.kv_len, begin + p.chunk);
-  const int k_min = p.window > 0 ? max(0, w.first_pos - p.window + 1) : 0;
-  const int start = max(begin, k_min & ~(kTileKeys - 1));
-  const int n_tiles = start < end ? (end - start + kTileKeys - 1) / kTileKeys : 0;
-
-  constexpr int kChunks = D / 8;
-  for (int c = tid; c < kDecodeVectors * kChunks; c += kThreads) {
-    const int r = c / kChunks, chunk = c % kChunks, v = w.vec0 + r;
-    const bool valid = v < w.n_vec;
-    const bf16* src = valid ? p.q + static_cast<int64_t>(w.row_begin + v / p.group) * p.q_stride +
-                                  static_cast<int64_t>(g * p.group + v % p.group) * D + chunk * 8
-                            : p.q;
-    cp_async_16(smem_u32(s_q) + tile_offset<D>(r, chunk), src, valid);
-  }
+  if (!w.load(p, seq, blockIdx.y % p.mtiles) || !w.range(p, split)) return;
+  const int start = w.start, end = w.end, n_tiles = w.n_tiles;
+  issue_q_tile<D>(p, w, g, s_q, tid);
   cp_async_commit();
 
   const int32_t* table_row = p.kv.page_table + static_cast<int64_t>(seq) * p.kv.max_pages;
